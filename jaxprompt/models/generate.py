@@ -1,0 +1,106 @@
+"""Greedy and sampled decoding with a key/value cache, starting from embeddings.
+
+Starting from embeddings (not tokens) lets a learned prompt's virtual tokens lead the input; a
+`Prefix` (prefix tuning, or a prompt's precomputed keys/values) is attended at every step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from jaxprompt.models import Model, Prefix, positions_from_mask
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """temperature 0 is greedy; top_k 0 and top_p 1 disable those filters."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def sample_token(logits: Float[Array, "B V"], rng: jax.Array, sampling: Sampling) -> Int[Array, "B"]:
+    if sampling.greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / sampling.temperature
+    if sampling.top_k:
+        kth = jax.lax.top_k(logits, sampling.top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if sampling.top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        # keep the smallest set whose mass reaches top_p (the top token always stays)
+        keep = jnp.cumsum(probs, axis=-1) - probs < sampling.top_p
+        threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+@partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "eos_token_id", "pad_token_id"))
+def generate(
+    model: Model,
+    params: dict,
+    embeds: Float[Array, "B T E"],
+    attention_mask: Bool[Array, "B T"],
+    *,
+    max_new_tokens: int,
+    sampling: Sampling = Sampling(),
+    rng: jax.Array | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    prefix: Prefix | None = None,
+) -> tuple[Int[Array, "B N"], Int[Array, "B"]]:
+    """New tokens `[B, max_new_tokens]` and each row's length (up to and including EOS).
+
+    Inputs must be left-padded, so every row's next token goes to the same slot. Rows that emit
+    `eos_token_id` stop; their remaining slots hold `pad_token_id` (EOS if unset). Decoding ends
+    early when every row has stopped.
+    """
+    B, T, _ = embeds.shape
+    if rng is None:
+        rng = jax.random.key(0)
+    pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
+    dtype = jax.tree.leaves(params)[0].dtype
+    start = 0 if prefix is None else prefix.length
+    cache = model.init_cache(B, T + max_new_tokens, dtype)
+    positions = positions_from_mask(attention_mask, start)
+    logits, cache = model.forward(params, embeds, positions, attention_mask, cache, prefix)
+
+    def cond(carry):
+        i, _, _, done, _, _, _ = carry
+        return (i < max_new_tokens) & ~jnp.all(done)
+
+    def body(carry):
+        i, last_logits, next_pos, done, out, lengths, cache = carry
+        token = sample_token(last_logits, jax.random.fold_in(rng, i), sampling)
+        token = jnp.where(done, pad, token)
+        out = out.at[:, i].set(token)
+        lengths = lengths + (~done).astype(jnp.int32)
+        if eos_token_id is not None:
+            done = done | (token == eos_token_id)
+        step_logits, cache = model.forward(params, model.embed(params, token[:, None]), next_pos[:, None],
+                                           jnp.ones((B, 1), bool), cache, prefix)
+        return i + 1, step_logits[:, -1], next_pos + 1, done, out, lengths, cache
+
+    carry = (jnp.int32(0), logits[:, -1], positions[:, -1] + 1, jnp.zeros(B, bool),
+             jnp.full((B, max_new_tokens), pad, jnp.int32), jnp.zeros(B, jnp.int32), cache)
+    _, _, _, _, out, lengths, _ = jax.lax.while_loop(cond, body, carry)
+    return out, lengths
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[Int[Array, "B T"], Bool[Array, "B T"]]:
+    """Token lists -> left-padded ids and mask, the layout `generate` expects."""
+    T = max(len(s) for s in sequences)
+    ids = [[pad_id] * (T - len(s)) + list(s) for s in sequences]
+    mask = [[False] * (T - len(s)) + [True] * len(s) for s in sequences]
+    return jnp.asarray(ids, jnp.int32), jnp.asarray(mask, bool)

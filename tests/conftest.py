@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny random GPT-2/OPT models built offline with `transformers`."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TOKENIZER_DIR = REPO / "checkpoints" / "tiny-gpt2-wordnet"
+
+# name -> HF config kwargs. Large init std so logits are far from uniform and parity is meaningful.
+TINY = {
+    "gpt2": dict(model_type="gpt2", vocab_size=128, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                 initializer_range=0.2, bos_token_id=0, eos_token_id=0),
+    "gpt2-untied": dict(model_type="gpt2", vocab_size=128, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                        initializer_range=0.2, bos_token_id=0, eos_token_id=0, tie_word_embeddings=False),
+    "opt": dict(model_type="opt", vocab_size=128, max_position_embeddings=64, hidden_size=32, num_hidden_layers=2,
+                num_attention_heads=4, ffn_dim=64, init_std=0.2),
+    "opt-post-ln-proj": dict(model_type="opt", vocab_size=128, max_position_embeddings=64, hidden_size=32,
+                             num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, init_std=0.2,
+                             word_embed_proj_dim=16, do_layer_norm_before=False),
+    "opt-pre-ln-proj": dict(model_type="opt", vocab_size=128, max_position_embeddings=64, hidden_size=32,
+                            num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, init_std=0.2,
+                            word_embed_proj_dim=16),
+}
+
+
+def hf_config(name: str, **overrides):
+    from transformers import GPT2Config, OPTConfig
+
+    kw = {**TINY[name], **overrides}
+    model_type = kw.pop("model_type")
+    return (GPT2Config if model_type == "gpt2" else OPTConfig)(**kw)
+
+
+def build_hf_model(name: str, directory, seed: int = 0, **overrides):
+    """A tiny random `transformers` model saved to `directory`; returns the torch model (eval mode)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_config(name, **overrides)).eval()
+    model.save_pretrained(directory)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory):
+    """name -> (torch model, checkpoint dir); built once per session."""
+    pytest.importorskip("torch")
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            directory = tmp_path_factory.mktemp(name)
+            cache[name] = (build_hf_model(name, directory), str(directory))
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    from jaxprompt.tokenizer import Tokenizer
+
+    return Tokenizer.load(str(TOKENIZER_DIR))
+
+
+def pytest_configure(config):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
