@@ -1,0 +1,288 @@
+"""Templates -> token ids with prompt slots and a target mask; deterministic bucketed batches.
+
+A template such as `Here are two {prompt} {word1} and` with target ` {word2}` becomes
+
+    tokens  [Here, are, two, _, _, ..., _, hot, and, cold]
+    slots   [-1,   -1,  -1,  0, 1, ..., P-1, -1, -1, -1]   (-1: a real token)
+    target  the trailing ` cold` tokens (the only positions the loss sees)
+
+`{prompt}` takes the method's prompt length; `{prompt:N}` a slot of N virtual tokens. Several slots
+number their virtual tokens consecutively. The space before a `{prompt}` is dropped (the virtual
+tokens carry no text); the space after it stays with the next word, as GPT-2 tokenises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from jaxprompt.tokenizer import Tokenizer
+
+PROMPT = "prompt"
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::(\d+))?\}")
+LENGTH_BUCKETS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+
+
+class TemplateError(ValueError):
+    """A template, example or dataset that cannot be turned into training data."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    text: str  # input, with {field} and {prompt} placeholders
+    target: str  # what the model should produce, with {field} placeholders
+
+    def __post_init__(self):
+        for part in (self.text, self.target):
+            stray = _PLACEHOLDER.sub("", part)
+            if "{" in stray or "}" in stray:
+                raise TemplateError(f"malformed placeholder in {part!r}: use {{field}} or {{prompt}} / {{prompt:N}}")
+        if PROMPT in self._names(self.target):
+            raise TemplateError(f"the target {self.target!r} cannot contain {{prompt}}")
+        if not self._names(self.target):
+            raise TemplateError(f"the target {self.target!r} uses no field: nothing for the model to learn")
+
+    @staticmethod
+    def _names(part: str) -> list[str]:
+        return [m.group(1) for m in _PLACEHOLDER.finditer(part)]
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """Example fields the template reads, in order of first use."""
+        names = [n for n in self._names(self.text) + self._names(self.target) if n != PROMPT]
+        return tuple(dict.fromkeys(names))
+
+    @property
+    def has_prompt(self) -> bool:
+        return PROMPT in self._names(self.text)
+
+    def require_prompt(self) -> None:
+        if not self.has_prompt:
+            raise TemplateError(
+                f"template {self.text!r} has no {{prompt}} placeholder: write where the learned prompt goes, "
+                "e.g. 'Here are two {prompt} {word1} and'"
+            )
+
+    def check_example(self, example: dict) -> None:
+        missing = [f for f in self.fields if f not in example]
+        if missing:
+            raise TemplateError(
+                f"example has no field {missing[0]!r} used by the template (example fields: {', '.join(example)})"
+            )
+
+    def pieces(self, example: dict, prompt_length: int) -> list[str | int]:
+        """The input as text pieces and prompt slots (ints: number of virtual tokens)."""
+        self.check_example(example)
+        return _pieces(self.text, example, prompt_length)
+
+    def render_target(self, example: dict) -> str:
+        self.check_example(example)
+        return _PLACEHOLDER.sub(lambda m: str(example[m.group(1)]), self.target)
+
+    def render_hard(self, example: dict, prompt_text: str) -> str:
+        """The input with a written prompt in place of every {prompt} (the hard-prompt baseline)."""
+        self.check_example(example)
+        return _PLACEHOLDER.sub(lambda m: prompt_text if m.group(1) == PROMPT else str(example[m.group(1)]),
+                                self.text)
+
+    def n_virtual(self, prompt_length: int) -> int:
+        """Total virtual tokens over all {prompt} slots."""
+        return sum(int(m.group(2)) if m.group(2) else prompt_length
+                   for m in _PLACEHOLDER.finditer(self.text) if m.group(1) == PROMPT)
+
+    def shared_pieces(self, prompt_length: int) -> list[str | int]:
+        """The leading pieces that are the same for every example (fixed text and prompt slots)."""
+        first_field = min((m.start() for m in _PLACEHOLDER.finditer(self.text) if m.group(1) != PROMPT),
+                          default=len(self.text))
+        pieces = _pieces(self.text[:first_field], {}, prompt_length)
+        # text right before the first field may merge with it in BPE: only whole pieces up to the
+        # last prompt slot are shared
+        while pieces and isinstance(pieces[-1], str):
+            pieces.pop()
+        return pieces
+
+
+def _pieces(text: str, example: dict, prompt_length: int) -> list[str | int]:
+    out: list[str | int] = []
+    pos = 0
+    for m in _PLACEHOLDER.finditer(text):
+        literal = text[pos:m.start()]
+        if m.group(1) == PROMPT:
+            out.append(literal[:-1] if literal.endswith(" ") else literal)
+            out.append(int(m.group(2)) if m.group(2) else prompt_length)
+        else:
+            out.append(literal + str(example[m.group(1)]))
+        pos = m.end()
+    out.append(text[pos:])
+    return _merge_text(out)
+
+
+def _merge_text(pieces: list[str | int]) -> list[str | int]:
+    out: list[str | int] = []
+    for p in pieces:
+        if isinstance(p, str) and out and isinstance(out[-1], str):
+            out[-1] += p
+        elif p != "":
+            out.append(p)
+    return out
+
+
+@dataclasses.dataclass
+class Encoded:
+    """One example as token ids. `slots[t] >= 0` marks virtual token `slots[t]`; the last
+    `n_target` tokens are the target."""
+
+    tokens: list[int]
+    slots: list[int]
+    n_target: int
+    task_id: int = 0
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def encode_pieces(pieces: Sequence[str | int], tokenizer: Tokenizer, pad_id: int) -> tuple[list[int], list[int]]:
+    tokens: list[int] = []
+    slots: list[int] = []
+    if tokenizer.add_bos and tokenizer.bos_token_id is not None:
+        tokens.append(tokenizer.bos_token_id)
+        slots.append(-1)
+    n_virtual = 0
+    for piece in pieces:
+        if isinstance(piece, int):
+            tokens.extend([pad_id] * piece)
+            slots.extend(range(n_virtual, n_virtual + piece))
+            n_virtual += piece
+        else:
+            ids = tokenizer.encode(piece)
+            tokens.extend(ids)
+            slots.extend([-1] * len(ids))
+    return tokens, slots
+
+
+def encode(
+    template: Template,
+    example: dict,
+    tokenizer: Tokenizer,
+    prompt_length: int,
+    *,
+    hard_prompt: str | None = None,
+    with_target: bool = True,
+    task_id: int = 0,
+) -> Encoded:
+    """An example as ids. With `hard_prompt`, the written prompt text replaces {prompt}."""
+    pad = tokenizer.eos_token_id or 0
+    pieces = [template.render_hard(example, hard_prompt)] if hard_prompt is not None \
+        else template.pieces(example, prompt_length)
+    tokens, slots = encode_pieces(pieces, tokenizer, pad)
+    n_target = 0
+    if with_target:
+        target = tokenizer.encode(template.render_target(example))
+        if not target:
+            raise TemplateError(f"the target of example {example} is empty")
+        tokens += target
+        slots += [-1] * len(target)
+        n_target = len(target)
+    return Encoded(tokens, slots, n_target, task_id)
+
+
+def shared_length(template: Template, tokenizer: Tokenizer, prompt_length: int) -> int:
+    """Positions at the start of every encoded example that are identical across examples."""
+    pieces = template.shared_pieces(prompt_length)
+    return len(encode_pieces(pieces, tokenizer, 0)[0]) if pieces else 0
+
+
+def bucket(n: int, buckets: Sequence[int] = LENGTH_BUCKETS) -> int:
+    for b in buckets:
+        if n <= b:
+            return b
+    raise TemplateError(f"sequence of {n} tokens is longer than the largest bucket {buckets[-1]}")
+
+
+def collate(examples: Sequence[Encoded], pad_id: int, padding: str = "right", batch_size: int | None = None,
+            buckets: Sequence[int] = LENGTH_BUCKETS) -> dict[str, np.ndarray]:
+    """Pads to a length bucket; `batch_size` adds all-padding rows (zero loss weight) to fill a batch.
+
+    tokens, mask, slots        [B, T]
+    loss_mask                  [B, T]  1.0 on target tokens
+    target_index, target_weight [B, K]  positions of target tokens (K a power of two), for a loss
+                                        that computes logits only where it needs them
+    task_id                    [B]
+    """
+    B = batch_size or len(examples)
+    T = bucket(max(len(e) for e in examples), buckets)
+    K = 1 << max(0, (max(e.n_target for e in examples) - 1)).bit_length()
+    out = {
+        "tokens": np.full((B, T), pad_id, np.int32),
+        "mask": np.zeros((B, T), bool),
+        "slots": np.full((B, T), -1, np.int32),
+        "loss_mask": np.zeros((B, T), np.float32),
+        "target_index": np.ones((B, K), np.int32),
+        "target_weight": np.zeros((B, K), np.float32),
+        "task_id": np.zeros((B,), np.int32),
+    }
+    for b, e in enumerate(examples):
+        n = len(e)
+        start = 0 if padding == "right" else T - n
+        out["tokens"][b, start:start + n] = e.tokens
+        out["mask"][b, start:start + n] = True
+        out["slots"][b, start:start + n] = e.slots
+        if e.n_target:
+            out["loss_mask"][b, start + n - e.n_target:start + n] = 1.0
+            out["target_index"][b, :e.n_target] = np.arange(start + n - e.n_target, start + n)
+            out["target_weight"][b, :e.n_target] = 1.0
+        out["task_id"][b] = e.task_id
+    return out
+
+
+class Batches:
+    """Deterministic batches: batch s is a function of (seed, s) alone, so a resumed run sees the
+    same data as an uninterrupted one. Examples stream through seeded per-epoch permutations."""
+
+    def __init__(self, examples: Sequence[Encoded], batch_size: int, pad_id: int, seed: int = 0,
+                 buckets: Sequence[int] = LENGTH_BUCKETS):
+        if not examples:
+            raise TemplateError("the training set is empty")
+        self.examples = list(examples)
+        self.batch_size = batch_size
+        self.pad_id = pad_id
+        self.seed = seed
+        self.buckets = buckets
+
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
+
+    def indices(self, step: int) -> list[int]:
+        n, B = len(self.examples), self.batch_size
+        first, last = step * B // n, ((step + 1) * B - 1) // n
+        stream = np.concatenate([self._order(epoch) for epoch in range(first, last + 1)])
+        offset = step * B - first * n
+        return [int(i) for i in stream[offset:offset + B]]
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        return collate([self.examples[i] for i in self.indices(step)], self.pad_id, "right", buckets=self.buckets)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.examples) // self.batch_size)
+
+
+def eval_batches(examples: Sequence[Encoded], batch_size: int, pad_id: int, padding: str = "right",
+                 buckets: Sequence[int] = LENGTH_BUCKETS) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+    """Fixed-order batches (the last filled with zero-weight rows); yields (example indices, batch)."""
+    for start in range(0, len(examples), batch_size):
+        chunk = list(examples[start:start + batch_size])
+        yield list(range(start, start + len(chunk))), collate(chunk, pad_id, padding, batch_size, buckets)
+
+
+def check_lengths(examples: Iterable[Encoded], max_positions: int, extra: int = 0) -> None:
+    """Raises if an example (plus `extra` prefix positions) exceeds the model's position table."""
+    longest = max((len(e) for e in examples), default=0)
+    if longest + extra > max_positions:
+        raise TemplateError(
+            f"an example needs {longest + extra} positions but the model has {max_positions}; "
+            "shorten the prompt or the inputs"
+        )

@@ -1,0 +1,83 @@
+"""Prefix tuning (Li & Liang 2021): learned keys and values in every layer, or only the top k.
+
+With `reparam_hidden`, the keys/values are an MLP of a small learned input (the stabilising
+reparameterisation used during training); `inference_prompt` bakes them to plain keys/values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxprompt.models import Model, positions_from_mask
+from jaxprompt.prompts.base import PromptMethod
+
+
+class PrefixMLP(nn.Module):
+    hidden: int
+    out: int
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(self.out)(jnp.tanh(nn.Dense(self.hidden)(x)))
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixTuning(PromptMethod):
+    name: ClassVar[str] = "prefix"
+    kind: ClassVar[str] = "prefix"
+    top_layers: int | None = None  # only the top k layers get a prefix (LLaMA-Adapter style)
+    reparam_hidden: int | None = None  # MLP reparameterisation width; None learns keys/values directly
+    init_ids: tuple[int, ...] = ()  # tokens whose keys/values initialise the prefix (else random vocab)
+
+    def n_layers(self, model: Model) -> int:
+        L = model.config.n_layers
+        if self.top_layers is not None and not 1 <= self.top_layers <= L:
+            raise ValueError(f"top_layers must be in 1..{L}, got {self.top_layers}")
+        return L if self.top_layers is None else self.top_layers
+
+    def _mlp(self, model: Model, n: int) -> PrefixMLP:
+        c = model.config
+        return PrefixMLP(self.reparam_hidden, n * 2 * c.d_model)
+
+    def init(self, key, model: Model, frozen: dict, n_virtual: int = 0) -> dict:
+        c, n = model.config, self.n_layers(model)
+        P = self.length
+        if self.reparam_hidden:
+            k_in, k_mlp = jax.random.split(key)
+            inputs = 0.02 * jax.random.normal(k_in, (P, c.d_model), jnp.float32)
+            return {"inputs": inputs, "mlp": self._mlp(model, n).init(k_mlp, inputs)["params"]}
+        # keys/values the frozen model computes for real tokens: a start inside its own distribution
+        ids = (jnp.resize(jnp.asarray(self.init_ids, jnp.int32), (P,)) if self.init_ids
+               else jax.random.randint(key, (P,), 0, min(5000, c.vocab_size)))
+        mask = jnp.ones((1, P), bool)
+        cache = model.init_cache(1, P, jnp.float32)
+        frozen32 = jax.tree.map(lambda x: x.astype(jnp.float32), frozen)
+        _, cache = model.transformer(frozen32, model.embed(frozen32, ids[None]), positions_from_mask(mask), mask, cache)
+        kv = jnp.stack([cache.k[:, 0], cache.v[:, 0]], axis=2)  # [L, P, 2, H, K]
+        return {"kv": kv[c.n_layers - n:]}
+
+    def prefix(self, prompt, model: Model, frozen, step):
+        c, n = model.config, self.n_layers(model)
+        P, H, K = self.length, c.n_heads, c.head_dim
+        if "mlp" in prompt:
+            flat = self._mlp(model, n).apply({"params": prompt["mlp"]}, prompt["inputs"])  # [P, n * 2 * D]
+            kv = flat.reshape(P, n, 2, H, K).transpose(1, 0, 2, 3, 4)  # [n, P, 2, H, K]
+        else:
+            kv = prompt["kv"]
+        pad = c.n_layers - n  # lower layers without a prefix: zeros, masked out
+        kv = jnp.concatenate([jnp.zeros((pad, *kv.shape[1:]), kv.dtype), kv], axis=0)
+        layer_mask = jnp.arange(c.n_layers) >= pad
+        return kv[:, :, 0], kv[:, :, 1], layer_mask
+
+    def inference_prompt(self, prompt, model, frozen, step=None):
+        if "mlp" not in prompt:
+            return self, prompt
+        k, v, _ = self.prefix(prompt, model, frozen, step)
+        n = self.n_layers(model)
+        kv = jnp.stack([k, v], axis=2)[model.config.n_layers - n:]
+        return dataclasses.replace(self, reparam_hidden=None), {"kv": kv}

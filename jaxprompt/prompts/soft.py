@@ -1,0 +1,95 @@
+"""Prompts that are (functions of) free embedding vectors: soft, relaxed one-hot, projected (PEZ)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from jaxprompt.models import Model
+from jaxprompt.prompts.base import EmbeddingInit, PromptMethod
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftPrompt(PromptMethod, EmbeddingInit):
+    """Virtual token embeddings learned directly (Lester et al. 2021)."""
+
+    name: ClassVar[str] = "soft"
+
+    def init(self, key, model: Model, frozen: dict, n_virtual: int) -> dict:
+        return {"embeddings": self.initializer(model, frozen)(key, (n_virtual, model.config.d_embed))}
+
+    def virtual_tokens(self, prompt, model, frozen, step) -> Float[Array, "N E"]:
+        return prompt["embeddings"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RelaxedPrompt(PromptMethod, EmbeddingInit):
+    """Each slot is softmax(logits / tau) over the vocabulary times the embedding table, so the prompt
+    stays a mixture of real tokens; tau anneals geometrically from `tau_start` to `tau_end`."""
+
+    name: ClassVar[str] = "relaxed"
+    tau_start: float = 1.0
+    tau_end: float = 0.05
+    anneal_steps: int = 1000
+    init_logit: float = 5.0  # logit bump on the init-text tokens (init_from="text"); else near uniform
+
+    def init(self, key, model: Model, frozen: dict, n_virtual: int) -> dict:
+        V = model.config.vocab_size
+        logits = 0.01 * jax.random.normal(key, (n_virtual, V), jnp.float32)
+        if self.init_from == "text" and self.init_ids:
+            ids = jnp.resize(jnp.asarray(self.init_ids, jnp.int32), (n_virtual,))
+            logits = logits.at[jnp.arange(n_virtual), ids].add(self.init_logit)
+        return {"logits": logits}
+
+    def tau(self, step) -> Float[Array, ""]:
+        frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(self.anneal_steps, 1), 0.0, 1.0)
+        return self.tau_start * (self.tau_end / self.tau_start) ** frac
+
+    def virtual_tokens(self, prompt, model, frozen, step) -> Float[Array, "N E"]:
+        weights = jax.nn.softmax(prompt["logits"] / self.tau(step), axis=-1)
+        return weights @ model.embedding_table(frozen).astype(jnp.float32)
+
+    def tokens(self, prompt) -> Int[Array, "N"]:
+        """The hard prompt it stands for: the most likely token of each slot."""
+        return jnp.argmax(prompt["logits"], axis=-1)
+
+
+def nearest_tokens(vectors: Float[Array, "N E"], table: Float[Array, "V E"], metric: str = "cosine") -> Int[Array, "N"]:
+    """Index of the nearest vocabulary embedding of each vector (cosine or L2)."""
+    vectors, table = vectors.astype(jnp.float32), table.astype(jnp.float32)
+    if metric == "cosine":
+        unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+        return jnp.argmax(unit(vectors) @ unit(table).T, axis=-1)
+    if metric == "l2":
+        d2 = jnp.sum(table**2, -1)[None] - 2 * vectors @ table.T  # |v|^2 is constant per row
+        return jnp.argmin(d2, axis=-1)
+    raise ValueError(f"unknown metric {metric!r}; use cosine or l2")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectedPrompt(PromptMethod, EmbeddingInit):
+    """A readable hard prompt learned by gradients ("Hard Prompts Made Easy", Wen et al. 2023).
+
+    The forward pass uses each vector's nearest vocabulary embedding; the gradient taken there
+    updates the continuous vector (straight-through), so the prompt always *is* real tokens.
+    """
+
+    name: ClassVar[str] = "pez"
+    metric: str = "cosine"
+    init_from: str = "sampled_vocab"
+
+    def init(self, key, model: Model, frozen: dict, n_virtual: int) -> dict:
+        return {"embeddings": self.initializer(model, frozen)(key, (n_virtual, model.config.d_embed))}
+
+    def virtual_tokens(self, prompt, model, frozen, step) -> Float[Array, "N E"]:
+        table = model.embedding_table(frozen).astype(jnp.float32)
+        e = prompt["embeddings"]
+        projected = table[nearest_tokens(e, table, self.metric)]
+        return e + jax.lax.stop_gradient(projected - e)
+
+    def tokens(self, prompt, model: Model, frozen: dict) -> Int[Array, "N"]:
+        return nearest_tokens(prompt["embeddings"], model.embedding_table(frozen), self.metric)
