@@ -71,3 +71,33 @@ def gpt2_tokenizer():
 def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# ---- JAX-only tiny models with the real GPT-2 vocabulary (for training tests) -------------------
+
+def tiny_config(model_type: str = "gpt2", **overrides):
+    from jaxprompt.config import ModelConfig
+
+    base = dict(vocab_size=50257, max_positions=96, d_model=32, n_layers=2, n_heads=4, d_ff=64, d_embed=32,
+                eos_token_id=50256, bos_token_id=50256)
+    if model_type == "opt":
+        base.update(activation="relu", d_embed=16, pre_layer_norm=True)
+    base.update(overrides)
+    return ModelConfig(model_type=model_type, **base)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    """(Model, params) of a tiny random GPT-2 with GPT-2's 50257-token vocabulary."""
+    import jax
+
+    from jaxprompt.models import Model
+
+    model = Model(tiny_config())
+    return model, model.init(jax.random.key(0), std=0.2)
+
+
+ANTONYM_PAIRS = [("hot", "cold"), ("good", "bad"), ("big", "small"), ("up", "down"), ("left", "right"),
+                 ("in", "out"), ("yes", "no"), ("day", "night"), ("fast", "slow"), ("old", "new"),
+                 ("high", "low"), ("early", "late"), ("rich", "poor"), ("hard", "soft"), ("wet", "dry"),
+                 ("open", "closed")]
