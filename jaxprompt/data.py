@@ -56,6 +56,10 @@ class Template:
         return tuple(dict.fromkeys(names))
 
     @property
+    def target_fields(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self._names(self.target)))
+
+    @property
     def has_prompt(self) -> bool:
         return PROMPT in self._names(self.text)
 
@@ -73,10 +77,13 @@ class Template:
                 f"example has no field {missing[0]!r} used by the template (example fields: {', '.join(example)})"
             )
 
-    def pieces(self, example: dict, prompt_length: int) -> list[str | int]:
-        """The input as text pieces and prompt slots (ints: number of virtual tokens)."""
+    def pieces(self, example: dict, prompt_length: int, virtual: bool = True) -> list[str | int]:
+        """The input as text pieces and prompt slots (ints: number of virtual tokens).
+
+        `virtual=False` leaves the slots out (prefix tuning: the prompt lives in keys/values).
+        """
         self.check_example(example)
-        return _pieces(self.text, example, prompt_length)
+        return _pieces(self.text, example, prompt_length, virtual)
 
     def render_target(self, example: dict) -> str:
         self.check_example(example)
@@ -93,26 +100,16 @@ class Template:
         return sum(int(m.group(2)) if m.group(2) else prompt_length
                    for m in _PLACEHOLDER.finditer(self.text) if m.group(1) == PROMPT)
 
-    def shared_pieces(self, prompt_length: int) -> list[str | int]:
-        """The leading pieces that are the same for every example (fixed text and prompt slots)."""
-        first_field = min((m.start() for m in _PLACEHOLDER.finditer(self.text) if m.group(1) != PROMPT),
-                          default=len(self.text))
-        pieces = _pieces(self.text[:first_field], {}, prompt_length)
-        # text right before the first field may merge with it in BPE: only whole pieces up to the
-        # last prompt slot are shared
-        while pieces and isinstance(pieces[-1], str):
-            pieces.pop()
-        return pieces
 
-
-def _pieces(text: str, example: dict, prompt_length: int) -> list[str | int]:
+def _pieces(text: str, example: dict, prompt_length: int, virtual: bool = True) -> list[str | int]:
     out: list[str | int] = []
     pos = 0
     for m in _PLACEHOLDER.finditer(text):
         literal = text[pos:m.start()]
         if m.group(1) == PROMPT:
             out.append(literal[:-1] if literal.endswith(" ") else literal)
-            out.append(int(m.group(2)) if m.group(2) else prompt_length)
+            if virtual:
+                out.append(int(m.group(2)) if m.group(2) else prompt_length)
         else:
             out.append(literal + str(example[m.group(1)]))
         pos = m.end()
@@ -145,13 +142,17 @@ class Encoded:
 
 
 def encode_pieces(pieces: Sequence[str | int], tokenizer: Tokenizer, pad_id: int) -> tuple[list[int], list[int]]:
+    """Token ids and slot indices. A BOS-adding tokenizer (OPT) gets BOS before the first text, so a
+    template that starts with {prompt} reads [virtual tokens, BOS, text], PEFT's layout."""
     tokens: list[int] = []
     slots: list[int] = []
-    if tokenizer.add_bos and tokenizer.bos_token_id is not None:
-        tokens.append(tokenizer.bos_token_id)
-        slots.append(-1)
+    bos = tokenizer.bos_token_id if tokenizer.add_bos else None
     n_virtual = 0
     for piece in pieces:
+        if isinstance(piece, str) and bos is not None:
+            tokens.append(bos)
+            slots.append(-1)
+            bos = None
         if isinstance(piece, int):
             tokens.extend([pad_id] * piece)
             slots.extend(range(n_virtual, n_virtual + piece))
@@ -172,11 +173,13 @@ def encode(
     hard_prompt: str | None = None,
     with_target: bool = True,
     task_id: int = 0,
+    virtual: bool = True,
 ) -> Encoded:
-    """An example as ids. With `hard_prompt`, the written prompt text replaces {prompt}."""
+    """An example as ids. With `hard_prompt`, the written prompt text replaces {prompt};
+    `virtual=False` leaves out the prompt slots (prefix tuning)."""
     pad = tokenizer.eos_token_id or 0
     pieces = [template.render_hard(example, hard_prompt)] if hard_prompt is not None \
-        else template.pieces(example, prompt_length)
+        else template.pieces(example, prompt_length, virtual)
     tokens, slots = encode_pieces(pieces, tokenizer, pad)
     n_target = 0
     if with_target:
@@ -189,10 +192,17 @@ def encode(
     return Encoded(tokens, slots, n_target, task_id)
 
 
-def shared_length(template: Template, tokenizer: Tokenizer, prompt_length: int) -> int:
-    """Positions at the start of every encoded example that are identical across examples."""
-    pieces = template.shared_pieces(prompt_length)
-    return len(encode_pieces(pieces, tokenizer, 0)[0]) if pieces else 0
+def common_prefix_length(examples: Sequence[Encoded]) -> int:
+    """Leading positions (tokens and slots) identical in every example, stopping before any
+    position whose output predicts a target: the part a right-padded batch can compute once."""
+    if not examples:
+        return 0
+    first = examples[0]
+    limit = min(len(e) - e.n_target for e in examples) - 1
+    n = 0
+    while n < limit and all(e.tokens[n] == first.tokens[n] and e.slots[n] == first.slots[n] for e in examples):
+        n += 1
+    return n
 
 
 def bucket(n: int, buckets: Sequence[int] = LENGTH_BUCKETS) -> int:

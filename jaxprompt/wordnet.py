@@ -87,3 +87,31 @@ def antonym_pairs(synsets: dict[tuple[str, int], Synset]) -> list[tuple[str, str
             pairs.add((a, b))
             pairs.add((b, a))
     return sorted(pairs)
+
+
+def _fix_article(text: str) -> str:
+    """a/an agreement after a substitution."""
+    text = re.sub(r"\b([Aa])n (?=[^aeiouAEIOU\W])", r"\1 ", text)
+    return re.sub(r"\b([Aa]) (?=[aeiouAEIOU])", r"\1n ", text)
+
+
+def synonym_paraphrases(synsets: dict[tuple[str, int], Synset], min_words: int = 4) -> list[tuple[str, str]]:
+    """Paraphrase pairs from WordNet's example sentences: the sentence, and the same sentence with its
+    synset's word replaced by a single-word synonym from the same synset."""
+    pairs = []
+    for s in synsets.values():
+        singles = [w for w in s.words if " " not in w]
+        if len(singles) < 2:
+            continue
+        for example in s.examples:
+            if len(example.split()) < min_words:
+                continue
+            for word in singles:
+                m = re.search(r"\b%s\b" % re.escape(word), example)
+                synonyms = [o for o in singles if o.lower() != word.lower()]
+                if m is None or not synonyms:
+                    continue
+                synonym = synonyms[0]
+                pairs.append((example, _fix_article(example[:m.start()] + synonym + example[m.end():])))
+                break
+    return pairs

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import ANTONYM_PAIRS, REPO, tiny_config
-from jaxprompt.data import Batches, Template, encode, eval_batches, shared_length
+from jaxprompt.data import Batches, Template, common_prefix_length, encode, eval_batches
 from jaxprompt.loss import prompt_loss
 from jaxprompt.models import Model
 from jaxprompt.optim import OptimizerConfig, make_optimizer
@@ -26,14 +26,17 @@ TEMPLATE = Template("Here are two {prompt} {word1} and", " {word2}")
 P = 4
 
 
-def _examples(tokenizer, template=TEMPLATE, pairs=ANTONYM_PAIRS, task_id=0):
-    return [encode(template, {"word1": a, "word2": b}, tokenizer, P, task_id=task_id) for a, b in pairs]
+def _examples(tokenizer, template=TEMPLATE, pairs=ANTONYM_PAIRS, task_id=0, method=None):
+    virtual = method is None or method.kind != "prefix"  # prefix tuning has no slots in the tokens
+    return [encode(template, {"word1": a, "word2": b}, tokenizer, P, task_id=task_id, virtual=virtual)
+            for a, b in pairs]
 
 
-def _fit(model, frozen, method, examples, steps=30, lr=0.05, shared=True, **loop):
+def _fit(model, frozen, method, examples=None, steps=30, lr=0.05, shared=True, **loop):
+    examples = examples or _examples(_fit.tokenizer, method=method)
     prompt = method.init(jax.random.key(1), model, frozen, TEMPLATE.n_virtual(P))
     optimizer = make_optimizer(OptimizerConfig(lr=lr, total_steps=steps), prompt)
-    S = shared_length(TEMPLATE, _fit.tokenizer, P) if shared and not isinstance(method, MultiTask) else 0
+    S = common_prefix_length(examples) if shared and not isinstance(method, MultiTask) else 0
     val = [b for _, b in eval_batches(examples, 8, 50256)]
     config = LoopConfig(steps=steps, eval_every=loop.pop("eval_every", steps), progress=False, **loop)
     result = fit(prompt_loss(model, method, S), optimizer, prompt, frozen, Batches(examples, 8, 50256), val, config)
@@ -73,9 +76,9 @@ METHODS = [
 @pytest.mark.parametrize("name,options", METHODS, ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o in METHODS])
 def test_every_method_trains(tiny_lm, gpt2_tokenizer, name, options):
     model, frozen = tiny_lm
-    examples = _examples(gpt2_tokenizer)
+    method = make_method(name, length=P, **options)
     lr = {"relaxed": 2.0, "pez": 0.05}.get(name, 0.05)
-    _, result = _fit(model, frozen, make_method(name, length=P, **options), examples, steps=40, lr=lr, eval_every=20)
+    _, result = _fit(model, frozen, method, steps=40, lr=lr, eval_every=20)
     val = [h["val_loss"] for h in result.history if "val_loss" in h]
     first = [h["train_loss"] for h in result.history if "train_loss" in h][0]
     assert val[-1] < first - 0.1, (name, first, val)
@@ -120,9 +123,9 @@ def test_left_and_right_padding_give_the_same_loss(tiny_lm, gpt2_tokenizer):
     from jaxprompt.data import collate
 
     model, frozen = tiny_lm
-    examples = _examples(gpt2_tokenizer)[:5]
     for name in ("soft", "prefix"):
         method = make_method(name, length=P)
+        examples = _examples(gpt2_tokenizer, method=method)[:5]
         prompt = method.init(jax.random.key(0), model, frozen, P)
         losses = [prompt_loss(model, method)(prompt, frozen, collate(examples, 50256, side), None, 0)
                   for side in ("left", "right")]
@@ -149,11 +152,12 @@ def test_gathered_loss_equals_full_masked_loss(tiny_lm, gpt2_tokenizer):
 def test_shared_prefix_equals_unshared(tiny_lm, gpt2_tokenizer, name, options):
     """Computing the prompt + fixed text once at batch size 1 gives the same loss and gradient."""
     model, frozen = tiny_lm
-    batch = Batches(_examples(gpt2_tokenizer), 8, 50256)(0)
     method = make_method(name, length=P, **options)
+    examples = _examples(gpt2_tokenizer, method=method)
+    batch = Batches(examples, 8, 50256)(0)
     prompt = method.init(jax.random.key(0), model, frozen, P)
-    S = shared_length(TEMPLATE, gpt2_tokenizer, P)
-    assert S == len(gpt2_tokenizer.encode("Here are two")) + P
+    S = common_prefix_length(examples)
+    assert S == len(gpt2_tokenizer.encode("Here are two")) + (0 if name == "prefix" else P)
     value_grad = lambda s: jax.value_and_grad(lambda p: prompt_loss(model, method, s)(p, frozen, batch, None, 0)[0])(prompt)
     (l0, g0), (l1, g1) = value_grad(0), value_grad(S)
     np.testing.assert_allclose(l0, l1, rtol=1e-5)
@@ -162,9 +166,9 @@ def test_shared_prefix_equals_unshared(tiny_lm, gpt2_tokenizer, name, options):
 
 def test_prompt_gradients_match_finite_differences(tiny_lm, gpt2_tokenizer):
     model, frozen32 = tiny_lm
-    batch = Batches(_examples(gpt2_tokenizer), 4, 50256)(0)
     for name, options in (("soft", {}), ("ptuning", {"hidden": 16}), ("prefix", {"reparam_hidden": 16})):
         method = make_method(name, length=P, **options)
+        batch = Batches(_examples(gpt2_tokenizer, method=method), 4, 50256)(0)
         prompt = method.init(jax.random.key(0), model, frozen32, P)
         f = lambda p: prompt_loss(model, method)(p, frozen32, batch, None, 0)[0]
         grads = jax.grad(f)(prompt)
@@ -266,7 +270,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(tiny_lm, gpt2_tokenizer, tm
     val = [b for _, b in eval_batches(examples[:8], 8, 50256)]
     optimizer = make_optimizer(OptimizerConfig(lr=0.02, schedule="cosine", total_steps=20, warmup_steps=3), prompt)
     config = LoopConfig(steps=20, eval_every=5, progress=False, seed=5)
-    loss_fn = prompt_loss(model, method, shared_length(TEMPLATE, gpt2_tokenizer, P))
+    loss_fn = prompt_loss(model, method, common_prefix_length(examples))
     straight = fit(loss_fn, optimizer, prompt, frozen, batches, val, config, run_dir=str(tmp_path / "a"))
 
     class Killed(Exception):
@@ -346,8 +350,8 @@ def test_multitask_batch_uses_each_examples_prompt(tiny_lm, gpt2_tokenizer):
     for name in ("soft", "prefix"):
         method = MultiTask(base=make_method(name, length=P), n_tasks=2)
         prompt = method.init(jax.random.key(0), model, frozen, P)
-        ex0 = _examples(gpt2_tokenizer, pairs=ANTONYM_PAIRS[:3], task_id=0)
-        ex1 = _examples(gpt2_tokenizer, pairs=ANTONYM_PAIRS[3:6], task_id=1)
+        ex0 = _examples(gpt2_tokenizer, pairs=ANTONYM_PAIRS[:3], task_id=0, method=method)
+        ex1 = _examples(gpt2_tokenizer, pairs=ANTONYM_PAIRS[3:6], task_id=1, method=method)
         mixed = prompt_loss(model, method)(prompt, frozen, collate(ex0 + ex1, 50256), None, 0)
         alone = [prompt_loss(model, method.base)(method.task_prompt(prompt, t), frozen, collate(ex, 50256), None, 0)
                  for t, ex in ((0, ex0), (1, ex1))]
@@ -374,7 +378,7 @@ DP_SCRIPT = textwrap.dedent("""
     import sys, jax, numpy as np
     sys.path.insert(0, {tests!r})
     from conftest import ANTONYM_PAIRS, tiny_config
-    from jaxprompt.data import Batches, Template, encode, shared_length
+    from jaxprompt.data import Batches, Template, common_prefix_length, encode
     from jaxprompt.loss import prompt_loss
     from jaxprompt.models import Model
     from jaxprompt.optim import OptimizerConfig, make_optimizer
@@ -386,14 +390,14 @@ DP_SCRIPT = textwrap.dedent("""
     model = Model(tiny_config())
     frozen = model.init(jax.random.key(0), std=0.2)
     t = Template("Here are two {{prompt}} {{word1}} and", " {{word2}}")
-    ex = [encode(t, {{"word1": a, "word2": b}}, tok, 4) for a, b in ANTONYM_PAIRS]
     out = {{}}
     for n in (1, 2, 4):
         for name in ("soft", "prefix"):
             method = make_method(name, length=4)
+            ex = [encode(t, {{"word1": a, "word2": b}}, tok, 4, virtual=name != "prefix") for a, b in ANTONYM_PAIRS]
             prompt = method.init(jax.random.key(1), model, frozen, 4)
             opt = make_optimizer(OptimizerConfig(lr=0.05), prompt)
-            r = fit(prompt_loss(model, method, shared_length(t, tok, 4)), opt, prompt, frozen, Batches(ex, 8, 50256),
+            r = fit(prompt_loss(model, method, common_prefix_length(ex)), opt, prompt, frozen, Batches(ex, 8, 50256),
                     None, LoopConfig(steps=6, progress=False), devices=jax.devices()[:n])
             out[(n, name)] = np.concatenate([np.ravel(x) for x in jax.tree.leaves(r.state.params)])
     for name in ("soft", "prefix"):

@@ -18,11 +18,16 @@ from jaxprompt.prompts.insert import insert_batch
 from jaxprompt.prompts.multitask import MultiTask
 
 
-def prompt_inputs(model: Model, frozen: dict, method: PromptMethod, prompt: dict, batch: dict, step=0
-                  ) -> tuple[Float[Array, "B T E"], Prefix | None]:
-    """Input embeddings with virtual tokens in place, and the prefix keys/values (prefix methods)."""
+def prompt_inputs(model: Model, frozen: dict, method: PromptMethod | None, prompt: dict | None, batch: dict,
+                  step=0) -> tuple[Float[Array, "B T E"], Prefix | None]:
+    """Input embeddings with virtual tokens in place, and the prefix keys/values (prefix methods).
+
+    `method=None` runs the plain text (a written prompt is already in the tokens).
+    """
     policy = policy_of(frozen)
     embeds = model.embed(frozen, batch["tokens"])
+    if method is None:
+        return embeds, None
     multitask = isinstance(method, MultiTask)
     if method.kind == "embeddings":
         virtual = method.virtual_tokens(prompt, model, frozen, step)
@@ -39,7 +44,8 @@ def prompt_inputs(model: Model, frozen: dict, method: PromptMethod, prompt: dict
 
 
 def prompted_hidden(
-    model: Model, frozen: dict, method: PromptMethod, prompt: dict, batch: dict, step=0, shared_len: int = 0
+    model: Model, frozen: dict, method: PromptMethod | None, prompt: dict | None, batch: dict, step=0,
+    shared_len: int = 0,
 ) -> Float[Array, "B T-shared_len E"]:
     """Final hidden states of positions `shared_len:` (all positions when nothing is shared)."""
     embeds, prefix = prompt_inputs(model, frozen, method, prompt, batch, step)

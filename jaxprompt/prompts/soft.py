@@ -58,16 +58,21 @@ class RelaxedPrompt(PromptMethod, EmbeddingInit):
         return jnp.argmax(prompt["logits"], axis=-1)
 
 
-def nearest_tokens(vectors: Float[Array, "N E"], table: Float[Array, "V E"], metric: str = "cosine") -> Int[Array, "N"]:
-    """Index of the nearest vocabulary embedding of each vector (cosine or L2)."""
+def similarity(vectors: Float[Array, "N E"], table: Float[Array, "V E"], metric: str = "cosine"
+               ) -> Float[Array, "N V"]:
+    """Cosine similarity, or negative squared L2 distance: larger is nearer either way."""
     vectors, table = vectors.astype(jnp.float32), table.astype(jnp.float32)
     if metric == "cosine":
         unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-        return jnp.argmax(unit(vectors) @ unit(table).T, axis=-1)
+        return unit(vectors) @ unit(table).T
     if metric == "l2":
-        d2 = jnp.sum(table**2, -1)[None] - 2 * vectors @ table.T  # |v|^2 is constant per row
-        return jnp.argmin(d2, axis=-1)
+        return -(jnp.sum(vectors**2, -1)[:, None] - 2 * vectors @ table.T + jnp.sum(table**2, -1)[None])
     raise ValueError(f"unknown metric {metric!r}; use cosine or l2")
+
+
+def nearest_tokens(vectors: Float[Array, "N E"], table: Float[Array, "V E"], metric: str = "cosine") -> Int[Array, "N"]:
+    """Index of the nearest vocabulary embedding of each vector."""
+    return jnp.argmax(similarity(vectors, table, metric), axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,5 @@
+import sys
+
+from jaxprompt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,137 @@
+"""Evaluation of a learned (or written) prompt: test loss, exact match of greedy generation,
+BLEU / ROUGE-L for generative tasks, and a table of predictions vs references."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import defaultdict
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxprompt.data import collate, eval_batches
+from jaxprompt.loss import prompt_loss
+from jaxprompt.models.generate import Sampling, generate
+from jaxprompt.prompts.apply import prompt_inputs
+from jaxprompt.session import Session
+
+
+@dataclasses.dataclass
+class EvalResult:
+    label: str
+    n: int
+    loss: float
+    exact_match: float | None = None
+    bleu: float | None = None
+    rouge_l: float | None = None
+    samples: list[dict] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "samples"}
+
+
+def test_loss(session: Session, prompt, rows: list[dict], hard_prompt: str | None = None, batch_size: int = 32) -> float:
+    """Mean target-token NLL (nats) over `rows`."""
+    encoded = session.encode(rows, hard_prompt=hard_prompt)
+    method = None if hard_prompt is not None else session.method
+    loss_fn = jax.jit(prompt_loss(session.model, method))
+    total, count = 0.0, 0.0
+    for _, batch in eval_batches(encoded, batch_size, session.pad_id):
+        s, c = loss_fn(prompt, session.frozen, batch, None, 0)
+        total, count = total + float(s), count + float(c)
+    return total / max(count, 1.0)
+
+
+@partial(jax.jit, static_argnames=("model", "method", "max_new_tokens", "eos_token_id"))
+def _generate_batch(model, method, frozen, prompt, batch, max_new_tokens, eos_token_id):
+    embeds, prefix = prompt_inputs(model, frozen, method, prompt, batch)
+    return generate(model, frozen, embeds, batch["mask"], max_new_tokens=max_new_tokens, sampling=Sampling(),
+                    eos_token_id=eos_token_id, prefix=prefix)[0]
+
+
+def generate_texts(session: Session, prompt, rows: list[dict], hard_prompt: str | None = None,
+                   batch_size: int = 32, max_new_tokens: int | None = None) -> list[str]:
+    """Greedy continuations of each row's input (the template without its target)."""
+    encoded = session.encode(rows, hard_prompt=hard_prompt, with_target=False)
+    method = None if hard_prompt is not None else session.method
+    n_new = max_new_tokens or session.task.max_new_tokens
+    out: list[str] = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start:start + batch_size]
+        batch = collate(chunk, session.pad_id, padding="left", batch_size=batch_size)
+        tokens = np.asarray(_generate_batch(session.model, method, session.frozen, prompt,
+                                            {k: jnp.asarray(v) for k, v in batch.items()}, n_new,
+                                            session.tokenizer.eos_token_id))
+        for row in tokens[:len(chunk)]:
+            ids = list(row)
+            if session.tokenizer.eos_token_id in ids:
+                ids = ids[:ids.index(session.tokenizer.eos_token_id)]
+            out.append(session.tokenizer.decode(ids))
+    return out
+
+
+def answer_of(text: str, answer: str) -> str:
+    """The part of a generation that is compared with the reference."""
+    text = text.strip()
+    if answer == "word":
+        words = re.findall(r"[\w'-]+", text)
+        return words[0].lower() if words else ""
+    return text.split("\n")[0].strip()
+
+
+def evaluate(session: Session, prompt, rows: list[dict], hard_prompt: str | None = None, label: str = "",
+             batch_size: int = 32, n_samples: int = 10, generation: bool = True) -> EvalResult:
+    """Loss, exact match (any reference of the same input counts), and BLEU/ROUGE-L for text answers."""
+    task = session.task
+    result = EvalResult(label=label or ("written" if hard_prompt is not None else "learned"), n=len(rows),
+                        loss=test_loss(session, prompt, rows, hard_prompt, batch_size))
+    if not generation or not rows:
+        return result
+    # one generation per distinct input; every target of that input is a reference
+    references: dict[str, list[str]] = defaultdict(list)
+    firsts: dict[str, dict] = {}
+    for r in rows:
+        key = task.template.render_hard(r, "\x00")
+        references[key].append(answer_of(task.template.render_target(r), task.answer))
+        firsts.setdefault(key, r)
+    keys = list(firsts)
+    texts = generate_texts(session, prompt, [firsts[k] for k in keys], hard_prompt, batch_size)
+    predictions = [answer_of(t, task.answer) for t in texts]
+    norm = lambda s: s.strip().lower()
+    hits = [norm(p) in {norm(r) for r in references[k]} for p, k in zip(predictions, keys)]
+    result.exact_match = float(np.mean(hits))
+    if task.answer == "text":
+        import sacrebleu
+        from rouge_score import rouge_scorer
+
+        first_refs = [references[k][0] for k in keys]
+        result.bleu = float(sacrebleu.corpus_bleu(predictions, [first_refs]).score)
+        scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+        result.rouge_l = float(np.mean([scorer.score(r, p)["rougeL"].fmeasure for r, p in zip(first_refs, predictions)]))
+    fields = [f for f in task.fields if f not in task.template.target_fields]
+    for k, p, hit in list(zip(keys, predictions, hits))[:n_samples]:
+        result.samples.append({"input": " ".join(str(firsts[k][f]) for f in fields), "actual": " | ".join(references[k]),
+                               "predicted": p, "match": bool(hit)})
+    return result
+
+
+def format_table(results: list[EvalResult]) -> str:
+    """A fixed-width comparison table (written vs learned, ...)."""
+    cols = ["label", "n", "loss", "exact_match", "bleu", "rouge_l"]
+    show = [c for c in cols if any(getattr(r, c) is not None for r in results)]
+    fmt = lambda v: "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+    rows = [[fmt(getattr(r, c)) for c in show] for r in results]
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(show)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))
+    return "\n".join([line(show), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def format_samples(result: EvalResult) -> str:
+    lines = [f"{'input':<24} {'actual':<24} {'predicted':<24}"]
+    for s in result.samples:
+        mark = "" if s["match"] else "  x"
+        lines.append(f"{s['input'][:24]:<24} {s['actual'][:24]:<24} {s['predicted'][:24]:<24}{mark}")
+    return "\n".join(lines)

@@ -1,0 +1,200 @@
+"""Tasks: a template, a target, a written-prompt baseline, and data with deterministic splits.
+
+Built-in: `antonyms` (WordNet 3.0 antonym pairs) and `paraphrase` (WordNet example sentences
+with a word replaced by a synonym). Users define their own in a TOML/YAML file:
+
+    name = "capitals"
+    template = "The capital of {prompt} {country} is"
+    target = " {capital}"
+    hard_prompt = "the country's capital"     # the written-prompt baseline
+    data = "capitals.jsonl"                   # JSON/JSONL/CSV/Parquet, a saved datasets dir, or a Hub id
+    group_by = ["country"]                    # examples sharing these never straddle a split
+    answer = "word"                           # exact match on the first word ("word") or the line ("text")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+from typing import Any
+
+from jaxprompt.data import Template, TemplateError
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+SPLITS = ("train", "validation", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str
+    template: Template
+    hard_prompt: str = ""
+    data: str = ""
+    answer: str = "word"  # word | text
+    max_new_tokens: int = 8
+    group_by: tuple[str, ...] = ()  # fields whose (sorted) values define a split group
+    split_fractions: tuple[float, float] = (0.1, 0.15)  # validation, test
+    description: str = ""
+    data_format: str | None = None  # json | csv | parquet (inferred from the extension)
+
+    def __post_init__(self):
+        if self.answer not in ("word", "text"):
+            raise TemplateError(f"task {self.name!r}: answer must be 'word' or 'text', got {self.answer!r}")
+        self.template.require_prompt()
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return self.template.fields
+
+    def load(self, seed: int = 0) -> dict[str, list[dict]]:
+        """train / validation / test example lists. Deterministic for a given `seed`."""
+        return split_examples(load_records(self.data, self.data_format), self, seed)
+
+
+# ---- built-in tasks ----------------------------------------------------------------------------
+
+BUILTIN = {
+    "antonyms": Task(
+        name="antonyms",
+        template=Template("Here are two {prompt} {word1} and", " {word2}"),
+        hard_prompt="antonyms",
+        data=os.path.join(DATA_DIR, "antonyms.tsv"),
+        data_format="csv",
+        answer="word",
+        max_new_tokens=4,
+        group_by=("word1", "word2"),  # a pair and its reverse stay on the same side
+        description="English antonym pairs from WordNet 3.0 (6,622 ordered pairs)",
+    ),
+    "paraphrase": Task(
+        name="paraphrase",
+        template=Template("{prompt} {sentence} Paraphrase:", " {paraphrase}"),
+        hard_prompt="Rewrite the sentence with a synonym.",
+        data=os.path.join(DATA_DIR, "paraphrase.jsonl"),
+        answer="text",
+        max_new_tokens=32,
+        group_by=("sentence",),
+        description="WordNet example sentences and the same sentence with a synonym (lexical paraphrase)",
+    ),
+}
+
+
+def get_task(name_or_path: str) -> Task:
+    """A built-in task by name, or a task defined in a TOML / YAML / JSON file."""
+    if name_or_path in BUILTIN:
+        return BUILTIN[name_or_path]
+    if os.path.isfile(name_or_path):
+        return task_from_file(name_or_path)
+    raise TemplateError(
+        f"unknown task {name_or_path!r}: built-in tasks are {', '.join(BUILTIN)}, or pass a task file (.toml/.yaml)"
+    )
+
+
+def task_from_file(path: str) -> Task:
+    with open(path, "rb") as f:
+        raw = f.read()
+    if path.endswith(".toml"):
+        import tomllib
+
+        spec = tomllib.loads(raw.decode())
+    elif path.endswith((".yaml", ".yml")):
+        import yaml
+
+        spec = yaml.safe_load(raw)
+    else:
+        spec = json.loads(raw)
+    return task_from_dict(spec, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def task_from_dict(spec: dict[str, Any], base_dir: str = ".") -> Task:
+    spec = dict(spec)
+    for key in ("template", "target", "data"):
+        if key not in spec:
+            raise TemplateError(f"task definition is missing {key!r}")
+    known = {f.name for f in dataclasses.fields(Task)} | {"target"}
+    unknown = set(spec) - known
+    if unknown:
+        raise TemplateError(f"unknown task key(s) {sorted(unknown)}; known: {sorted(known)}")
+    data = spec.pop("data")
+    if not os.path.isabs(data) and os.path.exists(os.path.join(base_dir, data)):
+        data = os.path.join(base_dir, data)
+    template = Template(spec.pop("template"), spec.pop("target"))
+    for key in ("group_by", "split_fractions"):
+        if key in spec:
+            spec[key] = tuple(spec[key])
+    return Task(name=spec.pop("name", "custom"), template=template, data=data, **spec)
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+def load_records(source: str, data_format: str | None = None) -> list[dict]:
+    """Rows from a local file, a `save_to_disk` directory, or a Hub dataset id, through `datasets`."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    if os.path.isdir(source):
+        loaded = datasets.load_from_disk(source)
+    elif os.path.isfile(source):
+        ext = data_format or {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv",
+                              ".parquet": "parquet"}.get(os.path.splitext(source)[1])
+        if ext is None:
+            raise TemplateError(f"cannot tell the format of {source}: use .jsonl/.json/.csv/.tsv/.parquet")
+        kwargs = {"delimiter": "\t"} if source.endswith(".tsv") else {}
+        loaded = datasets.load_dataset(ext, data_files=source, split="train", **kwargs)
+    else:
+        try:
+            loaded = datasets.load_dataset(source)
+        except Exception as e:
+            raise TemplateError(
+                f"dataset {source!r} is not a local file or directory and could not be loaded from the Hub "
+                f"({type(e).__name__}); pass a local JSON/JSONL/CSV/Parquet file"
+            ) from e
+    if isinstance(loaded, datasets.DatasetDict):  # explicit splits are kept as a "split" column
+        rows = []
+        for split, ds in loaded.items():
+            rows.extend({**r, "_split": _normalise_split(split)} for r in ds)
+        return rows
+    return [dict(r) for r in loaded]
+
+
+def _normalise_split(name: str) -> str:
+    return {"valid": "validation", "val": "validation", "dev": "validation"}.get(name, name)
+
+
+def _bucket(key: str, seed: int) -> float:
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_examples(rows: list[dict], task: Task, seed: int = 0) -> dict[str, list[dict]]:
+    """Deterministic train/validation/test split by a hash of each example's group.
+
+    The group is the sorted values of `task.group_by` (default: all template fields), so e.g. an
+    antonym pair and its reverse never fall on both sides. Rows with an explicit split keep it.
+    """
+    if not rows:
+        raise TemplateError(f"task {task.name!r}: the dataset {task.data!r} is empty")
+    missing = [f for f in task.fields if f not in rows[0]]
+    if missing:
+        raise TemplateError(
+            f"task {task.name!r}: the data has no field {missing[0]!r} (fields: {', '.join(k for k in rows[0] if k != '_split')})"
+        )
+    group_fields = task.group_by or task.fields
+    target_fields = task.template.target_fields
+    val_frac, test_frac = task.split_fractions
+    out: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for r in rows:
+        if any(r.get(f) in (None, "") for f in target_fields):
+            continue  # a row without a target teaches nothing
+        split = r.pop("_split", None)
+        if split not in out:
+            u = _bucket("\x1f".join(sorted(str(r[f]) for f in group_fields)), seed)
+            split = "test" if u < test_frac else "validation" if u < test_frac + val_frac else "train"
+        out[split].append(r)
+    if not out["train"]:
+        raise TemplateError(f"task {task.name!r}: no training examples after splitting {len(rows)} rows")
+    for i, split in enumerate(SPLITS):  # file order (often sorted) says nothing; shuffle reproducibly
+        random.Random(seed * 10 + i).shuffle(out[split])
+    return out
