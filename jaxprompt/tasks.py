@@ -141,8 +141,13 @@ def load_records(source: str, data_format: str | None = None) -> list[dict]:
                               ".parquet": "parquet"}.get(os.path.splitext(source)[1])
         if ext is None:
             raise TemplateError(f"cannot tell the format of {source}: use .jsonl/.json/.csv/.tsv/.parquet")
+        if os.path.getsize(source) == 0:
+            raise TemplateError(f"the dataset {source} is empty")
         kwargs = {"delimiter": "\t"} if source.endswith(".tsv") else {}
-        loaded = datasets.load_dataset(ext, data_files=source, split="train", **kwargs)
+        try:
+            loaded = datasets.load_dataset(ext, data_files=source, split="train", **kwargs)
+        except Exception as e:
+            raise TemplateError(f"could not read {source} as {ext}: {type(e).__name__}: {e}") from e
     else:
         try:
             loaded = datasets.load_dataset(source)

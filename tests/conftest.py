@@ -24,6 +24,12 @@ TINY = {
     "opt-pre-ln-proj": dict(model_type="opt", vocab_size=128, max_position_embeddings=64, hidden_size=32,
                             num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, init_std=0.2,
                             word_embed_proj_dim=16),
+    # with GPT-2's vocabulary, for tests that tokenize real text (export, CLI)
+    "gpt2-50k": dict(model_type="gpt2", vocab_size=50257, n_positions=96, n_embd=32, n_layer=2, n_head=4,
+                     initializer_range=0.2),
+    "opt-50k-proj": dict(model_type="opt", vocab_size=50272, max_position_embeddings=96, hidden_size=32,
+                         num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, init_std=0.2,
+                         word_embed_proj_dim=16, bos_token_id=50256, eos_token_id=50256, pad_token_id=1),
 }
 
 
@@ -36,13 +42,18 @@ def hf_config(name: str, **overrides):
 
 
 def build_hf_model(name: str, directory, seed: int = 0, **overrides):
-    """A tiny random `transformers` model saved to `directory`; returns the torch model (eval mode)."""
+    """A tiny random `transformers` model saved to `directory`; returns the torch model (eval mode).
+    Models with GPT-2's vocabulary get the GPT-2 tokenizer beside them."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(hf_config(name, **overrides)).eval()
     model.save_pretrained(directory)
+    if model.config.vocab_size >= 50257:
+        from jaxprompt.tokenizer import Tokenizer
+
+        Tokenizer.load(str(TOKENIZER_DIR)).save(str(directory))
     return model
 
 
@@ -84,6 +95,23 @@ def tiny_config(model_type: str = "gpt2", **overrides):
         base.update(activation="relu", d_embed=16, pre_layer_norm=True)
     base.update(overrides)
     return ModelConfig(model_type=model_type, **base)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A checkpoint directory (config.json, model.safetensors, tokenizer.json) of a tiny random GPT-2
+    with GPT-2's vocabulary, written by jaxprompt itself (no torch needed)."""
+    import jax
+
+    from jaxprompt.models import Model
+    from jaxprompt.models.convert import save_pretrained
+    from jaxprompt.tokenizer import Tokenizer
+
+    directory = tmp_path_factory.mktemp("tiny-model")
+    model = Model(tiny_config())
+    save_pretrained(model.config, model.init(jax.random.key(0), std=0.2), str(directory))
+    Tokenizer.load(str(TOKENIZER_DIR)).save(str(directory))
+    return str(directory)
 
 
 @pytest.fixture(scope="session")
