@@ -1,0 +1,172 @@
+"""PEFT export/import: a prompt trained in JAX gives the same logits and generations in PyTorch."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import ANTONYM_PAIRS
+from jaxprompt.data import Batches, Template, collate, common_prefix_length
+from jaxprompt.export import ExportError, export_peft, export_plain, import_peft, peft_incompatibility
+from jaxprompt.loss import prompt_loss
+from jaxprompt.models.generate import generate
+from jaxprompt.optim import OptimizerConfig, make_optimizer
+from jaxprompt.prompts import make_method
+from jaxprompt.prompts.apply import prompt_inputs
+from jaxprompt.session import Session
+from jaxprompt.tasks import Task
+from jaxprompt.train import LoopConfig, fit
+
+torch = pytest.importorskip("torch")
+peft = pytest.importorskip("peft")
+
+PREPEND = Task(name="opposites", template=Template("{prompt} {word1} is the opposite of", " {word2}"),
+               hard_prompt="antonyms:", data="unused")
+ROWS = [{"word1": a, "word2": b} for a, b in ANTONYM_PAIRS]
+
+
+def _trained(tiny_hf, variant, method):
+    """A prompt trained for a few steps on a tiny random model (JAX), and the torch model."""
+    pt_model, directory = tiny_hf(variant)
+    session = Session.load(directory, PREPEND, method)
+    examples = session.encode(ROWS)
+    prompt = method.init(jax.random.key(0), session.model, session.frozen, session.n_virtual)
+    optimizer = make_optimizer(OptimizerConfig(lr=0.05), prompt)
+    result = fit(prompt_loss(session.model, method, common_prefix_length(examples)), optimizer, prompt, session.frozen,
+                 Batches(examples, 8, session.pad_id), None, LoopConfig(steps=3, progress=False))
+    trained = result.state.params
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(prompt), jax.tree.leaves(trained)))
+    return session, trained, pt_model, directory
+
+
+def _jax_logits(session, prompt, rows):
+    """Logits at every real text position, per row (virtual positions dropped)."""
+    encoded = session.encode(rows, with_target=False)
+    batch = collate(encoded, session.pad_id, "right")
+    embeds, prefix = prompt_inputs(session.model, session.frozen, session.method, prompt, batch)
+    from jaxprompt.models import positions_from_mask
+    start = 0 if prefix is None else prefix.length
+    logits, _ = session.model.forward(session.frozen, embeds, positions_from_mask(batch["mask"], start), batch["mask"],
+                                      prefix=prefix)
+    out = []
+    for b, e in enumerate(encoded):
+        real = [t for t, s in enumerate(e.slots) if s < 0]
+        out.append(np.asarray(logits[b, real]))
+    return out, encoded
+
+
+def _peft_logits(peft_model, encoded):
+    out = []
+    for e in encoded:
+        ids = torch.tensor([[t for t, s in zip(e.tokens, e.slots) if s < 0]])
+        with torch.no_grad():
+            logits = peft_model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].numpy()
+        out.append(logits[-ids.shape[1]:])  # prompt tuning returns the virtual positions too
+    return out
+
+
+CASES = [
+    ("gpt2-50k", "soft", {}),
+    ("gpt2-50k", "ptuning", {"hidden": 16}),
+    ("gpt2-50k", "prefix", {}),
+    ("gpt2-50k", "prefix", {"reparam_hidden": 16}),
+    ("opt-50k-proj", "soft", {}),
+    ("opt-50k-proj", "prefix", {}),
+]
+
+
+@pytest.mark.parametrize("variant,name,options", CASES, ids=[f"{v}-{n}-{len(o)}" for v, n, o in CASES])
+def test_peft_adapter_matches_jax(tiny_hf, tmp_path, variant, name, options):
+    method = make_method(name, length=4, **options)
+    session, prompt, pt_model, directory = _trained(tiny_hf, variant, method)
+    out = str(tmp_path / "adapter")
+    export_peft(session, prompt, out, base_model=directory)
+    config = json.load(open(f"{out}/adapter_config.json"))
+    expected_type = {"soft": "PROMPT_TUNING", "ptuning": "P_TUNING", "prefix": "PREFIX_TUNING"}[name]
+    assert config["peft_type"] == expected_type
+
+    from transformers import AutoModelForCausalLM
+    base = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    peft_model = peft.PeftModel.from_pretrained(base, out).eval()
+    rows = ROWS[:4]
+    ours, encoded = _jax_logits(session, prompt, rows)
+    theirs = _peft_logits(peft_model, encoded)
+    for a, b in zip(ours, theirs):
+        assert np.abs(b).max() > 1.0
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+
+    # greedy generations identical
+    gen_rows = [{"word1": w, "word2": ""} for w in ("hot", "rich", "early")]
+    enc = session.encode(gen_rows, with_target=False)
+    for e in enc:
+        batch = collate([e], session.pad_id, "left")
+        embeds, prefix = prompt_inputs(session.model, session.frozen, session.method, prompt, batch)
+        ours_gen, _ = generate(session.model, session.frozen, embeds, batch["mask"], max_new_tokens=6, prefix=prefix)
+        ids = torch.tensor([[t for t, s in zip(e.tokens, e.slots) if s < 0]])
+        with torch.no_grad():
+            ref = peft_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6,
+                                      do_sample=False, eos_token_id=None, pad_token_id=0)
+        np.testing.assert_array_equal(np.asarray(ours_gen)[0], ref[0, -6:].numpy())
+
+    # and back: the imported prompt is the identical pytree (p-tuning/reparam: the baked one)
+    run = import_peft(out, str(tmp_path / "imported"), task="antonyms", model=directory)
+    from jaxprompt.run import load_prompt
+    from jaxprompt.checkpoint import read_run_info
+    from jaxprompt.run import _restore_method
+    info = read_run_info(run)
+    imported_method = _restore_method(info["method"])
+    imported_session = Session(session.model, session.frozen, session.tokenizer, PREPEND, imported_method)
+    imported = load_prompt(run, imported_session, which="last")
+    _, baked = method.inference_prompt(prompt, session.model, session.frozen)
+    if name == "ptuning":
+        baked = {"embeddings": method.virtual_tokens(prompt, session.model, session.frozen, 0)}
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), baked, imported)
+
+
+def test_unrepresentable_prompts_say_so(tiny_hf, tmp_path):
+    _, directory = tiny_hf("gpt2-50k")
+    infix = Task(name="a", template=Template("Here are two {prompt} {word1} and", " {word2}"), data="unused")
+    two = Task(name="b", template=Template("{prompt} Q: {word1} {prompt:2}", " {word2}"), data="unused")
+    for task, method, message in [
+        (infix, make_method("soft", length=3), "prompt sits inside the template"),
+        (two, make_method("soft", length=3), "prompt sits inside the template"),
+        (PREPEND, make_method("prefix", length=3, top_layers=1), "only the top 1 layers"),
+    ]:
+        session = Session.load(directory, task, method)
+        prompt = method.init(jax.random.key(0), session.model, session.frozen, session.n_virtual)
+        assert message in peft_incompatibility(session)
+        with pytest.raises(ExportError, match="--to plain"):
+            export_peft(session, prompt, str(tmp_path / "x"))
+        export_plain(session, prompt, str(tmp_path / "plain"))  # always possible
+        description = json.load(open(tmp_path / "plain" / "prompt.json"))
+        assert description["template"] == task.template.text and description["method"] == method.name
+
+
+def test_plain_export_is_loadable_with_torch(tiny_hf, tmp_path):
+    _, directory = tiny_hf("gpt2-50k")
+    method = make_method("prefix", length=3, reparam_hidden=8)
+    session = Session.load(directory, PREPEND, method)
+    prompt = method.init(jax.random.key(0), session.model, session.frozen, 0)
+    export_plain(session, prompt, str(tmp_path))
+    state = torch.load(tmp_path / "prompt.pt")
+    k, v, _ = method.prefix(prompt, session.model, session.frozen, 0)
+    np.testing.assert_array_equal(state["past_key_values"].numpy(), np.asarray(jnp.stack([k, v], axis=2)))
+    assert {"prompt/inputs", "prompt/mlp/Dense_0/kernel"} <= set(state)
+
+
+def test_import_rejects_a_mismatched_adapter(tiny_hf, tmp_path):
+    from safetensors.numpy import save_file
+
+    _, directory = tiny_hf("gpt2-50k")
+    (tmp_path / "a").mkdir()
+    save_file({"prompt_embeddings": np.zeros((4, 99), np.float32)}, str(tmp_path / "a" / "adapter_model.safetensors"))
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 4, "base_model_name_or_path": directory}))
+    with pytest.raises(ExportError, match=r"shape \(4, 99\); this model needs \(4, 32\)"):
+        import_peft(str(tmp_path / "a"), str(tmp_path / "run"))
+    with pytest.raises(ExportError, match="not a PEFT adapter"):
+        import_peft(str(tmp_path), str(tmp_path / "run"))
