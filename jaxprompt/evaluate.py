@@ -12,10 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprompt.data import collate, eval_batches
-from jaxprompt.loss import prompt_loss
+from jaxprompt.data import Encoded, collate, common_prefix_length, eval_batches
+from jaxprompt.loss import target_nll
 from jaxprompt.models.generate import Sampling, generate
-from jaxprompt.prompts.apply import prompt_inputs
+from jaxprompt.prompts import MultiTask
+from jaxprompt.prompts.apply import prompt_inputs, prompted_hidden
 from jaxprompt.session import Session
 
 
@@ -33,38 +34,62 @@ class EvalResult:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "samples"}
 
 
-def test_loss(session: Session, prompt, rows: list[dict], hard_prompt: str | None = None, batch_size: int = 32) -> float:
-    """Mean target-token NLL (nats) over `rows`."""
+def _shared(session: Session, encoded: list[Encoded], method, prompt, share: bool):
+    """(S, head keys/values): the common head of `encoded`, from the session's prompt cache."""
+    S = common_prefix_length(encoded) if share and not isinstance(method, MultiTask) else 0
+    if S == 0:
+        return 0, None
+    head = session.prompt_cache.head(session, method, prompt, encoded[0].tokens[:S], encoded[0].slots[:S])
+    return S, head
+
+
+@partial(jax.jit, static_argnames=("model", "method", "shared_len"))
+def _loss_batch(model, method, frozen, prompt, batch, shared_len, head):
+    hidden = prompted_hidden(model, frozen, method, prompt, batch, 0, shared_len, head)
+    return target_nll(model, frozen, hidden, batch, shared_len)
+
+
+def test_loss(session: Session, prompt, rows: list[dict], hard_prompt: str | None = None, batch_size: int = 32,
+              share: bool = True) -> float:
+    """Mean target-token NLL (nats) over `rows`. The shared head is computed once (prompt cache)."""
     encoded = session.encode(rows, hard_prompt=hard_prompt)
     method = None if hard_prompt is not None else session.method
-    loss_fn = jax.jit(prompt_loss(session.model, method))
+    S, head = _shared(session, encoded, method, prompt, share)
     total, count = 0.0, 0.0
     for _, batch in eval_batches(encoded, batch_size, session.pad_id):
-        s, c = loss_fn(prompt, session.frozen, batch, None, 0)
+        s, c = _loss_batch(session.model, method, session.frozen, prompt, batch, S, head)
         total, count = total + float(s), count + float(c)
     return total / max(count, 1.0)
 
 
 @partial(jax.jit, static_argnames=("model", "method", "max_new_tokens", "eos_token_id"))
-def _generate_batch(model, method, frozen, prompt, batch, max_new_tokens, eos_token_id):
+def _generate_batch(model, method, frozen, prompt, batch, max_new_tokens, eos_token_id, head):
     embeds, prefix = prompt_inputs(model, frozen, method, prompt, batch)
+    if head is not None:
+        prefix = head  # the shared head already holds any prefix-tuning keys/values
     return generate(model, frozen, embeds, batch["mask"], max_new_tokens=max_new_tokens, sampling=Sampling(),
                     eos_token_id=eos_token_id, prefix=prefix)[0]
 
 
 def generate_texts(session: Session, prompt, rows: list[dict], hard_prompt: str | None = None,
-                   batch_size: int = 32, max_new_tokens: int | None = None) -> list[str]:
-    """Greedy continuations of each row's input (the template without its target)."""
+                   batch_size: int = 32, max_new_tokens: int | None = None, share: bool = True) -> list[str]:
+    """Greedy continuations of each row's input (the template without its target).
+
+    The head every input shares is computed once and attended by every batch; each row's own
+    tokens are left-padded after it.
+    """
     encoded = session.encode(rows, hard_prompt=hard_prompt, with_target=False)
     method = None if hard_prompt is not None else session.method
+    S, head = _shared(session, encoded, method, prompt, share)
+    rest = [Encoded(e.tokens[S:], e.slots[S:], 0, e.task_id) for e in encoded]
     n_new = max_new_tokens or session.task.max_new_tokens
     out: list[str] = []
-    for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start:start + batch_size]
+    for start in range(0, len(rest), batch_size):
+        chunk = rest[start:start + batch_size]
         batch = collate(chunk, session.pad_id, padding="left", batch_size=batch_size)
         tokens = np.asarray(_generate_batch(session.model, method, session.frozen, prompt,
                                             {k: jnp.asarray(v) for k, v in batch.items()}, n_new,
-                                            session.tokenizer.eos_token_id))
+                                            session.tokenizer.eos_token_id, head))
         for row in tokens[:len(chunk)]:
             ids = list(row)
             if session.tokenizer.eos_token_id in ids:

@@ -22,21 +22,27 @@ def nll_sum(
     return jnp.sum(nll * weights), jnp.sum(weights)
 
 
-def prompt_loss(model, method, shared_len: int = 0):
-    """`loss_fn(prompt, frozen, batch, rng, step) -> (nll sum, target count)` for a prompt method.
+def target_nll(model, frozen, hidden, batch: dict, offset: int = 0):
+    """NLL of the batch's target tokens from hidden states of positions `offset:`.
 
     Logits are computed only at the positions that predict target tokens ([B, K] instead of
     [B, T]): with a 50k vocabulary that is most of the work of a short-example forward pass.
     """
+    index = batch["target_index"]
+    before = jnp.maximum(index - 1 - offset, 0)  # the position whose output predicts the target
+    h = jnp.take_along_axis(hidden, before[..., None], axis=1)
+    logits = model.unembed(frozen, h)
+    targets = jnp.take_along_axis(batch["tokens"], index, axis=1)
+    return nll_sum(logits, targets, batch["target_weight"])
+
+
+def prompt_loss(model, method, shared_len: int = 0):
+    """`loss_fn(prompt, frozen, batch, rng, step) -> (nll sum, target count)` for a prompt method
+    (`method=None`: the text alone, e.g. a written prompt)."""
     from jaxprompt.prompts.apply import prompted_hidden
 
     def loss_fn(prompt, frozen, batch, rng, step):
         hidden = prompted_hidden(model, frozen, method, prompt, batch, step, shared_len)
-        index = batch["target_index"]
-        before = jnp.maximum(index - 1 - shared_len, 0)  # the position whose output predicts the target
-        h = jnp.take_along_axis(hidden, before[..., None], axis=1)
-        logits = model.unembed(frozen, h)
-        targets = jnp.take_along_axis(batch["tokens"], index, axis=1)
-        return nll_sum(logits, targets, batch["target_weight"])
+        return target_nll(model, frozen, hidden, batch, shared_len)
 
     return loss_fn

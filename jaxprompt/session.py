@@ -12,6 +12,7 @@ from jaxprompt.data import Encoded, check_lengths, common_prefix_length, encode
 from jaxprompt.models import Model
 from jaxprompt.models.convert import load_pretrained, resolve
 from jaxprompt.precision import as_dtype
+from jaxprompt.prompt_cache import PromptCache
 from jaxprompt.prompts import MultiTask, PromptMethod
 from jaxprompt.tasks import Task
 from jaxprompt.tokenizer import Tokenizer, check_tokenizer
@@ -28,6 +29,7 @@ class Session:
     task: Task
     method: PromptMethod
     model_id: str = ""
+    prompt_cache: PromptCache = dataclasses.field(default_factory=PromptCache)
 
     @classmethod
     def load(cls, model_id: str, task: Task, method: PromptMethod, dtype="float32", remat: bool = False,
