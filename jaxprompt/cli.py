@@ -140,11 +140,11 @@ def cmd_generate(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from jaxprompt.interpret import format_neighbours, nearest_vocabulary, plot_embedding_space
+    from jaxprompt.interpret import format_neighbours, nearest_vocabulary, plot_embedding_space, prompt_vectors
     from jaxprompt.run import load_run
 
-    session, prompt, _ = load_run(args.run_dir, which=args.which, model=args.model)
-    vectors, _ = _prompt_vectors(session, prompt)
+    session, prompt, info = load_run(args.run_dir, which=args.which, model=args.model)
+    vectors = prompt_vectors(session, prompt)
     table = session.model.embedding_table(session.frozen)
     for metric in ("cosine", "l2"):
         print(f"nearest vocabulary tokens by {metric}:")
@@ -153,18 +153,19 @@ def cmd_inspect(args) -> int:
     if args.plot:
         plot_embedding_space(vectors, table, args.plot, session.tokenizer)
         print(f"embedding-space plot: {args.plot}")
+    if args.evaluate:
+        import dataclasses
+
+        from jaxprompt.evaluate import evaluate, format_table
+        from jaxprompt.interpret import projected_prompt
+
+        soft, hard, _, text = projected_prompt(session, prompt)
+        print(f"projected hard prompt: {text!r}")
+        rows = session.task.load(seed=info["config"]["seed"])["test"][: args.evaluate]
+        learned = evaluate(session, prompt, rows, label="learned (continuous)")
+        projected = evaluate(dataclasses.replace(session, method=soft), hard, rows, label="projected to tokens")
+        print(format_table([learned, projected]))
     return 0
-
-
-def _prompt_vectors(session, prompt):
-    """Virtual token embeddings of a run's prompt (p-tuning baked)."""
-    import numpy as np
-
-    method = session.method
-    if method.kind == "prefix":
-        raise CLIError("prefix tuning learns keys/values, not token embeddings: there is no vocabulary to compare")
-    baked_method, baked = method.inference_prompt(prompt, session.model, session.frozen)
-    return np.asarray(baked_method.virtual_tokens(baked, session.model, session.frozen, 10**9)), baked_method
 
 
 def cmd_export(args) -> int:
@@ -241,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     ins = run_parser("inspect", "nearest vocabulary tokens of each prompt vector; embedding-space plot")
     ins.add_argument("--top", type=int, default=5)
     ins.add_argument("--plot", default=None, help="write a PCA plot of vocabulary vs prompt vectors (PNG)")
+    ins.add_argument("--evaluate", type=int, default=0, metavar="N",
+                     help="evaluate the prompt projected to its nearest tokens on N test examples")
     ins.set_defaults(fn=cmd_inspect)
 
     ex = sub.add_parser("export", help="export a trained prompt for PyTorch (PEFT adapter or plain tensors)")

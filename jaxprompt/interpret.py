@@ -73,3 +73,25 @@ def plot_embedding_space(vectors, table, path: str, tokenizer: Tokenizer | None 
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def prompt_vectors(session, prompt) -> np.ndarray:
+    """The virtual token embeddings a prompt feeds the model ([N, E]; p-tuning baked, relaxed at its
+    final temperature)."""
+    method = session.method
+    if method.kind == "prefix":
+        raise ValueError("prefix tuning learns keys/values, not token embeddings: there is no vocabulary to compare")
+    serving_method, serving = method.inference_prompt(prompt, session.model, session.frozen, 2**30)
+    return np.asarray(serving_method.virtual_tokens(serving, session.model, session.frozen, 2**30), np.float32)
+
+
+def projected_prompt(session, prompt, metric: str = "cosine"):
+    """The hard prompt a learned embedding prompt projects to: (soft method, prompt made of the
+    nearest tokens' embeddings, token ids, text). Evaluating it is evaluating the hard prompt, since
+    a token's embedding is exactly what the model sees for that token."""
+    from jaxprompt.prompts import SoftPrompt
+
+    table = session.model.embedding_table(session.frozen)
+    ids = project(prompt_vectors(session, prompt), table, metric)
+    soft = SoftPrompt(length=session.prompt_length)
+    return soft, {"embeddings": jnp.asarray(table, jnp.float32)[ids]}, ids, session.tokenizer.decode(ids)
