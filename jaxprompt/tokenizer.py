@@ -92,9 +92,20 @@ class Tokenizer:
             return None if value is None else backend.token_to_id(value)
 
         eos = special("eos_token", "<|endoftext|>" if backend.token_to_id("<|endoftext|>") is not None else "</s>")
-        bos = special("bos_token", None)
-        return cls(backend, eos_token_id=eos, bos_token_id=bos,
-                   add_bos=bool(config.get("add_bos_token", False)), name=os.path.basename(directory.rstrip("/")))
+        model_type = _model_type(directory)
+        # OPT's tokenizer starts every text with </s>; GPT-2's adds nothing
+        add_bos = bool(config.get("add_bos_token", model_type == "opt"))
+        bos = special("bos_token", "</s>" if model_type == "opt" else None)
+        return cls(backend, eos_token_id=eos, bos_token_id=bos, add_bos=add_bos and bos is not None,
+                   name=os.path.basename(directory.rstrip("/")))
+
+
+def _model_type(directory: str) -> str | None:
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("model_type")
 
 
 def check_tokenizer(tokenizer: Tokenizer, config: ModelConfig) -> None:

@@ -415,3 +415,24 @@ def test_one_two_four_devices_give_the_same_prompt():
     script = DP_SCRIPT.format(tests=str(REPO / "tests"), tok=str(TOKENIZER_DIR))
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+
+
+def test_corrupt_checkpoint_is_reported_and_left_in_place(tiny_lm, gpt2_tokenizer, tmp_path):
+    from jaxprompt.checkpoint import CheckpointError, Checkpointer
+
+    model, frozen = tiny_lm
+    method = make_method("soft", length=P)
+    prompt = method.init(jax.random.key(0), model, frozen, P)
+    optimizer = make_optimizer(OptimizerConfig(lr=0.01), prompt)
+    examples = _examples(gpt2_tokenizer)
+    fit(prompt_loss(model, method), optimizer, prompt, frozen, Batches(examples, 8, 50256), None,
+        LoopConfig(steps=2, progress=False), run_dir=str(tmp_path))
+    state_dir = tmp_path / "last" / "2" / "state"
+    files = [p for p in state_dir.rglob("*") if p.is_file()]
+    for p in files:
+        p.write_bytes(b"garbage")
+    ckpt = Checkpointer(str(tmp_path))
+    with pytest.raises(CheckpointError, match="last/2 .* cannot be read.*left in place"):
+        ckpt.restore(TrainState.create(prompt, optimizer, jax.random.PRNGKey(0)))
+    ckpt.close()
+    assert all(p.exists() for p in files)

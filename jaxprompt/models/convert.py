@@ -234,7 +234,7 @@ def load_params(config: ModelConfig, source: TensorSource, dtype=jnp.float32) ->
     dtype = jnp.dtype(dtype)
     np_dtype = ml_dtypes.bfloat16 if dtype == jnp.bfloat16 else np.dtype(dtype)
     rows = _rows(config)
-    shapes = Model(config).param_shapes(dtype)
+    shapes = jax.eval_shape(lambda: Model(config).init(jax.random.key(0), dtype))
     names = _key_map(config, source.keys(), rows)
     missing = sorted(names[k] for k in names if names[k] not in source.keys())
     tied = config.tie_word_embeddings
