@@ -204,8 +204,9 @@ def fit(
                     best, best_step, bad_evals = val, done, 0
                 else:
                     bad_evals += 1
-                if ckpt:
-                    loop = {"history": history, "best": best, "best_step": best_step, "bad_evals": bad_evals}
+                if ckpt:  # batches are a function of the step: the step is the data position
+                    loop = {"history": history, "best": best, "best_step": best_step, "bad_evals": bad_evals,
+                            "data_position": done}
                     ckpt.save(dp.unreplicate(state_r), {**(metadata or {}), "loop": loop}, val_loss=val)
                 if config.patience is not None and bad_evals >= config.patience:
                     stopped_early = True

@@ -1,0 +1,88 @@
+"""Nearest vocabulary tokens, projection to a hard prompt, PEZ, the PCA plot."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from conftest import ANTONYM_PAIRS
+from jaxprompt.evaluate import evaluate
+from jaxprompt.interpret import nearest_vocabulary, plot_embedding_space, projected_prompt
+from jaxprompt.prompt_cache import PromptCache
+from jaxprompt.prompts import make_method
+from jaxprompt.session import Session
+from jaxprompt.tasks import BUILTIN
+
+ROWS = [{"word1": a, "word2": b} for a, b in ANTONYM_PAIRS]
+
+
+def test_nearest_tokens_of_a_text_initialised_prompt(tiny_lm, gpt2_tokenizer):
+    model, frozen = tiny_lm
+    ids = gpt2_tokenizer.encode(" antonyms of words")
+    method = make_method("soft", length=len(ids), init_from="text", init_ids=tuple(ids))
+    vectors = method.init(jax.random.key(0), model, frozen, len(ids))["embeddings"]
+    table = model.embedding_table(frozen)
+    cos = nearest_vocabulary(vectors, table, gpt2_tokenizer, "cosine", k=3)
+    l2 = nearest_vocabulary(vectors, table, gpt2_tokenizer, "l2", k=3)
+    assert [row[0] for row in cos.token_ids] == ids and np.allclose(cos.scores[:, 0], 1.0, atol=1e-5)
+    assert [row[0] for row in l2.token_ids] == ids and np.allclose(l2.scores[:, 0], 0.0, atol=1e-3)
+    assert (np.diff(cos.scores, axis=1) <= 1e-6).all() and (np.diff(l2.scores, axis=1) >= -1e-6).all()
+    assert cos.tokens[0][0] == gpt2_tokenizer.decode([ids[0]])
+    # a random vector is off-vocabulary: its best cosine is well below 1
+    off = nearest_vocabulary(jax.random.normal(jax.random.key(1), (2, 32)), table, gpt2_tokenizer, "cosine", k=1)
+    assert off.scores.max() < 0.9
+
+
+def test_projected_prompt_is_the_hard_prompt(tiny_lm, gpt2_tokenizer):
+    """Evaluating the projection equals evaluating the decoded tokens written into the template."""
+    model, frozen = tiny_lm
+    method = make_method("soft", length=3)
+    session = Session(model, frozen, gpt2_tokenizer, BUILTIN["antonyms"], method, prompt_cache=PromptCache())
+    prompt = method.init(jax.random.key(0), model, frozen, 3)
+    soft, hard, ids, text = projected_prompt(session, prompt)
+    assert len(ids) == 3 and text == gpt2_tokenizer.decode(ids)
+    projected = evaluate(dataclasses.replace(session, method=soft), hard, ROWS[:6], n_samples=0)
+    # the same tokens as text: "Here are two" + tokens + " hot and" (encode per piece, as the template does)
+    from jaxprompt.data import Encoded, collate
+    from jaxprompt.loss import prompt_loss
+    encoded = [session.encode([r])[0] for r in ROWS[:6]]
+    as_text = [Encoded([ids[s] if s >= 0 else t for t, s in zip(e.tokens, e.slots)], [-1] * len(e), e.n_target)
+               for e in encoded]
+    s, c = prompt_loss(model, None)(None, frozen, collate(as_text, 50256), None, 0)
+    np.testing.assert_allclose(projected.loss, float(s / c), rtol=1e-5)
+
+
+def test_pez_prompt_is_always_real_tokens(tiny_lm, gpt2_tokenizer):
+    model, frozen = tiny_lm
+    method = make_method("pez", length=4)
+    prompt = method.init(jax.random.key(0), model, frozen, 4)
+    prompt = {"embeddings": prompt["embeddings"] + 0.01 * jax.random.normal(jax.random.key(1), (4, 32))}
+    virtual = method.virtual_tokens(prompt, model, frozen, 0)
+    table = model.embedding_table(frozen)
+    np.testing.assert_allclose(virtual, table[method.tokens(prompt, model, frozen)], atol=1e-6)
+    # the gradient passes straight through to the continuous vectors
+    g = jax.grad(lambda p: jnp.sum(method.virtual_tokens(p, model, frozen, 0) ** 2))(prompt)
+    np.testing.assert_allclose(g["embeddings"], 2 * virtual, rtol=1e-5)
+
+
+def test_relaxed_prompt_anneals_towards_its_tokens(tiny_lm):
+    model, frozen = tiny_lm
+    method = make_method("relaxed", length=3, tau_start=1.0, tau_end=0.01, anneal_steps=100, init_from="text",
+                         init_ids=(11, 22, 33))
+    prompt = method.init(jax.random.key(0), model, frozen, 3)
+    assert list(np.asarray(method.tokens(prompt))) == [11, 22, 33]
+    assert float(method.tau(0)) == 1.0 and abs(float(method.tau(100)) - 0.01) < 1e-7
+    table = model.embedding_table(frozen)
+    cold = method.virtual_tokens(prompt, model, frozen, 100)
+    np.testing.assert_allclose(cold, table[jnp.array([11, 22, 33])], atol=1e-3)
+
+
+def test_embedding_space_plot(tiny_lm, tmp_path):
+    model, frozen = tiny_lm
+    path = str(tmp_path / "space.png")
+    plot_embedding_space(jax.random.normal(jax.random.key(0), (5, 32)), model.embedding_table(frozen), path)
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
