@@ -70,12 +70,12 @@ class TrainConfig:
     progress: bool = True
 
 
-def build_method(config: TrainConfig, session_like_tokenizer, task: Task) -> PromptMethod:
+def build_method(config: TrainConfig, tokenizer, task: Task) -> PromptMethod:
     """The prompt method a config describes (text init tokenised with the model's tokenizer)."""
     init_ids = ()
-    if config.init == "text" or config.method == "prefix":
+    if config.init == "text":
         text = (config.init_text or task.hard_prompt or task.name).strip()
-        init_ids = tuple(session_like_tokenizer.encode(" " + text))
+        init_ids = tuple(tokenizer.encode(" " + text))
     common = dict(length=config.prompt_length)
     embedding = dict(init_from=config.init, init_ids=init_ids)
     if config.method == "soft":
@@ -84,10 +84,9 @@ def build_method(config: TrainConfig, session_like_tokenizer, task: Task) -> Pro
         return make_method("ptuning", **common, **embedding, encoder=config.encoder, hidden=config.encoder_hidden)
     if config.method == "prefix":
         return make_method("prefix", **common, top_layers=config.prefix_top_layers,
-                           reparam_hidden=config.prefix_reparam, init_ids=init_ids if config.init == "text" else ())
-    if config.method == "relaxed":
-        return make_method("relaxed", **common, **embedding, tau_end=config.tau_end,
-                           anneal_steps=max(1, (config.steps or 1000)))
+                           reparam_hidden=config.prefix_reparam, init_ids=init_ids)
+    if config.method == "relaxed":  # train_prompt sets anneal_steps to the run's length
+        return make_method("relaxed", **common, **embedding, tau_end=config.tau_end)
     if config.method == "pez":
         return make_method("pez", **common, init_from="sampled_vocab" if config.init == "vocab_normal" else config.init,
                            init_ids=init_ids)

@@ -1,0 +1,62 @@
+"""The embedded default model: loads in `transformers` with the same logits, and a learned prompt
+draws out antonym knowledge that pretraining put there."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxprompt.session import DEFAULT_MODEL
+
+pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(DEFAULT_MODEL, "model.safetensors")),
+                                reason="embedded model not built (scripts/pretrain_tiny.py)")
+
+
+def test_embedded_checkpoint_is_a_standard_hf_gpt2():
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+
+    from jaxprompt.models import Model
+    from jaxprompt.models.convert import load_pretrained
+    from jaxprompt.tokenizer import Tokenizer
+
+    assert os.path.getsize(os.path.join(DEFAULT_MODEL, "model.safetensors")) < 40e6
+    tokenizer = Tokenizer.load(DEFAULT_MODEL)
+    ids = tokenizer.encode("The opposite of hot is cold. Here are two antonyms big and")
+    assert ids[:3] == [464, 6697, 286]
+    pt = AutoModelForCausalLM.from_pretrained(DEFAULT_MODEL, dtype=torch.float32).eval()
+    config, params = load_pretrained(DEFAULT_MODEL)
+    ours = np.asarray(Model(config).logits(params, np.array([ids])))
+    with torch.no_grad():
+        ref = pt(torch.tensor([ids])).logits.numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+    report = json.load(open(os.path.join(DEFAULT_MODEL, "pretraining.json")))
+    assert report["final_lm_loss"] < 4.5
+
+
+def test_learned_prompt_beats_written_prompt_and_needs_pretraining(tmp_path):
+    from jaxprompt.models import Model
+    from jaxprompt.models.convert import load_pretrained, save_pretrained
+    from jaxprompt.run import TrainConfig, train_prompt
+    from jaxprompt.tokenizer import Tokenizer
+
+    config = TrainConfig(steps=300, prompt_length=8, lr=0.1, batch_size=32, eval_examples=300, eval_every=100,
+                         out=str(tmp_path / "pretrained"), progress=False)
+    written, learned = train_prompt(config, log=lambda *a: None).results
+    assert learned.loss < written.loss - 0.5, (written.summary(), learned.summary())
+    assert learned.exact_match > written.exact_match + 0.05, (written.summary(), learned.summary())
+
+    # a randomly initialised model of the same shape, prompt-tuned the same way
+    model_config, _ = load_pretrained(DEFAULT_MODEL)
+    random_dir = str(tmp_path / "random-model")
+    save_pretrained(model_config, Model(model_config).init(jax.random.key(0)), random_dir)
+    Tokenizer.load(DEFAULT_MODEL).save(random_dir)
+    (random,) = train_prompt(dataclasses.replace(config, model=random_dir, baseline=False,
+                                                 out=str(tmp_path / "random")), log=lambda *a: None).results
+    assert random.loss > learned.loss + 1.0, (random.summary(), learned.summary())
+    assert random.exact_match < learned.exact_match / 2, (random.summary(), learned.summary())
