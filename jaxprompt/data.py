@@ -23,7 +23,7 @@ from jaxprompt.tokenizer import Tokenizer
 
 PROMPT = "prompt"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::(\d+))?\}")
-LENGTH_BUCKETS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+LENGTH_BUCKETS = (8, 16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 
 
 class TemplateError(ValueError):
@@ -213,8 +213,10 @@ def bucket(n: int, buckets: Sequence[int] = LENGTH_BUCKETS) -> int:
 
 
 def collate(examples: Sequence[Encoded], pad_id: int, padding: str = "right", batch_size: int | None = None,
-            buckets: Sequence[int] = LENGTH_BUCKETS) -> dict[str, np.ndarray]:
+            buckets: Sequence[int] = LENGTH_BUCKETS, shared_len: int = 0) -> dict[str, np.ndarray]:
     """Pads to a length bucket; `batch_size` adds all-padding rows (zero loss weight) to fill a batch.
+    With a shared head of `shared_len` positions (computed once), the bucket applies to the rest,
+    which is all that is computed per example.
 
     tokens, mask, slots        [B, T]
     loss_mask                  [B, T]  1.0 on target tokens
@@ -223,7 +225,7 @@ def collate(examples: Sequence[Encoded], pad_id: int, padding: str = "right", ba
     task_id                    [B]
     """
     B = batch_size or len(examples)
-    T = bucket(max(len(e) for e in examples), buckets)
+    T = shared_len + bucket(max(len(e) for e in examples) - shared_len, buckets)
     K = 1 << max(0, (max(e.n_target for e in examples) - 1)).bit_length()
     out = {
         "tokens": np.full((B, T), pad_id, np.int32),
@@ -253,7 +255,7 @@ class Batches:
     same data as an uninterrupted one. Examples stream through seeded per-epoch permutations."""
 
     def __init__(self, examples: Sequence[Encoded], batch_size: int, pad_id: int, seed: int = 0,
-                 buckets: Sequence[int] = LENGTH_BUCKETS):
+                 buckets: Sequence[int] = LENGTH_BUCKETS, shared_len: int = 0):
         if not examples:
             raise TemplateError("the training set is empty")
         self.examples = list(examples)
@@ -261,6 +263,7 @@ class Batches:
         self.pad_id = pad_id
         self.seed = seed
         self.buckets = buckets
+        self.shared_len = shared_len
 
     def _order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
@@ -273,7 +276,8 @@ class Batches:
         return [int(i) for i in stream[offset:offset + B]]
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
-        return collate([self.examples[i] for i in self.indices(step)], self.pad_id, "right", buckets=self.buckets)
+        return collate([self.examples[i] for i in self.indices(step)], self.pad_id, "right", buckets=self.buckets,
+                       shared_len=self.shared_len)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -281,11 +285,12 @@ class Batches:
 
 
 def eval_batches(examples: Sequence[Encoded], batch_size: int, pad_id: int, padding: str = "right",
-                 buckets: Sequence[int] = LENGTH_BUCKETS) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+                 buckets: Sequence[int] = LENGTH_BUCKETS, shared_len: int = 0
+                 ) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
     """Fixed-order batches (the last filled with zero-weight rows); yields (example indices, batch)."""
     for start in range(0, len(examples), batch_size):
         chunk = list(examples[start:start + batch_size])
-        yield list(range(start, start + len(chunk))), collate(chunk, pad_id, padding, batch_size, buckets)
+        yield list(range(start, start + len(chunk))), collate(chunk, pad_id, padding, batch_size, buckets, shared_len)
 
 
 def check_lengths(examples: Iterable[Encoded], max_positions: int, extra: int = 0) -> None:

@@ -56,7 +56,7 @@ def test_loss(session: Session, prompt, rows: list[dict], hard_prompt: str | Non
     method = None if hard_prompt is not None else session.method
     S, head = _shared(session, encoded, method, prompt, share)
     total, count = 0.0, 0.0
-    for _, batch in eval_batches(encoded, batch_size, session.pad_id):
+    for _, batch in eval_batches(encoded, batch_size, session.pad_id, shared_len=S):
         s, c = _loss_batch(session.model, method, session.frozen, prompt, batch, S, head)
         total, count = total + float(s), count + float(c)
     return total / max(count, 1.0)

@@ -158,8 +158,8 @@ def train_prompt(config: TrainConfig, log=print) -> RunResult:
     t0 = time.perf_counter()
     result = fit(
         prompt_loss(session.model, method, shared), optimizer, prompt, session.frozen,
-        Batches(train_enc, batch_size, session.pad_id, seed=config.seed),
-        [b for _, b in eval_batches(val_enc, batch_size, session.pad_id)],
+        Batches(train_enc, batch_size, session.pad_id, seed=config.seed, shared_len=shared),
+        [b for _, b in eval_batches(val_enc, batch_size, session.pad_id, shared_len=shared)],
         LoopConfig(steps=steps, seed=config.seed, eval_every=min(config.eval_every, steps), patience=config.patience,
                    progress=config.progress), run_dir=run_dir, resume=config.resume, metadata={"run": info},
         devices=devices,

