@@ -28,7 +28,7 @@ def sweep_prompt_length(base, lengths: list[int], trials: int, sweep_dir: str | 
         config = dataclasses.replace(base, prompt_length=length, baseline=False,
                                      out=os.path.join(root, f"trial{trial.number}-P{length}"))
         run = train_prompt(config, log=log)
-        val = min((h["val_loss"] for h in run.history if "val_loss" in h), default=float("inf"))
+        val = min((h["val_loss"] for h in run.history if "val_loss" in h and h["step"] > 0), default=float("inf"))
         trial.set_user_attr("test_loss", run.results[-1].loss)
         trial.set_user_attr("exact_match", run.results[-1].exact_match)
         return val

@@ -159,6 +159,10 @@ def fit(
     stopped_early = False
     tokens_done, t0 = 0, time.perf_counter()
     bar = _progress(config, start)
+    if val_batches and start == 0:  # where the curve starts (not a checkpoint candidate)
+        record = {"step": 0, "val_loss": evaluate_loss(eval_fn, dp, state_r.params, frozen_r, val_batches, 0)}
+        history.append(record)
+        _append_metrics(metrics_path, record)
 
     def flush():
         """Host-side look at the steps since the last flush (one device sync per flush)."""

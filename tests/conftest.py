@@ -8,6 +8,16 @@ import pathlib
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache(tmp_path_factory):
+    """Tests rebuild the same steps as new closures; an on-disk XLA cache compiles each program once."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla-cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 TOKENIZER_DIR = REPO / "checkpoints" / "tiny-gpt2-wordnet"
 
 # name -> HF config kwargs. Large init std so logits are far from uniform and parity is meaningful.

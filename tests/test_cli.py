@@ -32,7 +32,7 @@ def test_train_writes_the_run_directory(trained_run, capsys):
     for r in results["results"]:
         assert r["n"] == 16 and r["loss"] > 0 and 0 <= r["exact_match"] <= 1
     history = [json.loads(line) for line in open(os.path.join(trained_run, "metrics.jsonl"))]
-    assert [h["step"] for h in history if "val_loss" in h] == [4, 8]
+    assert [h["step"] for h in history if "val_loss" in h] == [0, 4, 8]
     with open(os.path.join(trained_run, "curve.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -85,7 +85,7 @@ def test_resume_continues_the_run(tiny_model_dir, tmp_path, capsys):
     assert main([*args, "--steps", "3"]) == 0
     assert main([*args, "--steps", "6", "--resume"]) == 0
     history = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
-    assert [h["step"] for h in history if "val_loss" in h] == [3, 6]
+    assert [h["step"] for h in history if "val_loss" in h] == [0, 3, 6]
     assert sorted(os.listdir(os.path.join(run, "last"))) == ["3", "6"]
 
 

@@ -45,7 +45,7 @@ def test_learned_prompt_beats_written_prompt_and_needs_pretraining(tmp_path):
     from jaxprompt.run import TrainConfig, train_prompt
     from jaxprompt.tokenizer import Tokenizer
 
-    config = TrainConfig(steps=120, prompt_length=8, lr=0.1, batch_size=32, eval_examples=200, eval_every=60,
+    config = TrainConfig(steps=60, prompt_length=8, lr=0.1, batch_size=32, eval_examples=200, eval_every=30,
                          out=str(tmp_path / "pretrained"), progress=False)
     written, learned = train_prompt(config, log=lambda *a: None).results
     # measured: written 1.44 nats / 50% exact match, learned 0.94 / 58% (300 held-out pairs, 300 steps)
