@@ -8,6 +8,7 @@ import pathlib
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+TOKENIZER_DIR = REPO / "checkpoints" / "tiny-gpt2-wordnet"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -18,7 +19,7 @@ def _compilation_cache(tmp_path_factory):
     jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla-cache")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-TOKENIZER_DIR = REPO / "checkpoints" / "tiny-gpt2-wordnet"
+
 
 # name -> HF config kwargs. Large init std so logits are far from uniform and parity is meaningful.
 TINY = {

@@ -38,7 +38,7 @@ _GELU_C = math.sqrt(2 / math.pi)
 def gelu_tanh(x):
     """GPT-2's tanh-approximated GELU. Its backward reuses the forward's tanh (residual), which on
     CPU makes a GPT-2 prompt-tuning step ~15% faster than differentiating through it."""
-    return 0.5 * x * (1 + jnp.tanh(_GELU_C * (x + 0.044715 * x**3)))
+    return _gelu_fwd(x)[0]
 
 
 def _gelu_fwd(x):
