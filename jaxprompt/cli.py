@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from jaxprompt.checkpoint import CheckpointError as RunCheckpointError
-    from jaxprompt.config import ConfigError
+    from jaxprompt.models.config import ConfigError
     from jaxprompt.data import TemplateError
     from jaxprompt.models.convert import CheckpointError
     from jaxprompt.tokenizer import TokenizerError

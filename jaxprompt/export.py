@@ -179,7 +179,7 @@ def import_peft(adapter_dir: str, out_dir: str, task: str = "antonyms", model: s
     """A jaxprompt run directory (run.json + Orbax state) holding a PEFT adapter's prompt, ready for
     `jaxprompt eval/generate/inspect` or further training with `train --resume --out`."""
     from jaxprompt.checkpoint import Checkpointer, write_run_info
-    from jaxprompt.config import ModelConfig
+    from jaxprompt.models.config import ModelConfig
     from jaxprompt.models.convert import resolve
     from jaxprompt.optim import make_optimizer
     from jaxprompt.run import TrainConfig, _method_fields, _task_spec, optimizer_config

@@ -7,7 +7,7 @@ import os
 
 import jax.numpy as jnp
 
-from jaxprompt.config import ModelConfig
+from jaxprompt.models.config import ModelConfig
 from jaxprompt.data import Encoded, check_lengths, common_prefix_length, encode
 from jaxprompt.models import Model
 from jaxprompt.models.convert import load_pretrained, resolve

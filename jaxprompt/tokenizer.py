@@ -8,7 +8,7 @@ import os
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
-from jaxprompt.config import ModelConfig
+from jaxprompt.models.config import ModelConfig
 
 
 class TokenizerError(ValueError):

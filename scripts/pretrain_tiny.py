@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from jaxprompt.config import ModelConfig
+from jaxprompt.models.config import ModelConfig
 from jaxprompt.corpus import sentences
 from jaxprompt.loss import nll_sum
 from jaxprompt.models import Model

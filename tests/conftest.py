@@ -98,7 +98,7 @@ def pytest_configure(config):
 # ---- JAX-only tiny models with the real GPT-2 vocabulary (for training tests) -------------------
 
 def tiny_config(model_type: str = "gpt2", **overrides):
-    from jaxprompt.config import ModelConfig
+    from jaxprompt.models.config import ModelConfig
 
     base = dict(vocab_size=50257, max_positions=96, d_model=32, n_layers=2, n_heads=4, d_ff=64, d_embed=32,
                 eos_token_id=50256, bos_token_id=50256)

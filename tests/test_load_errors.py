@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from jaxprompt.config import ConfigError, ModelConfig
+from jaxprompt.models.config import ConfigError, ModelConfig
 from jaxprompt.models.convert import CheckpointError, load_pretrained
 from jaxprompt.tokenizer import Tokenizer, TokenizerError, check_tokenizer
 

@@ -8,7 +8,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from jaxprompt.config import PRESETS, ConfigError, ModelConfig, preset
+from jaxprompt.models.config import PRESETS, ConfigError, ModelConfig, preset
 from jaxprompt.models import Model, positions_from_mask
 from jaxprompt.models.convert import load_pretrained, to_hf_state_dict
 from jaxprompt.models.generate import Sampling, generate, left_pad

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxprompt.config import ModelConfig
+from jaxprompt.models.config import ModelConfig
 from jaxprompt.models import gpt2, opt
 from jaxprompt.models.layers import KVCache, Prefix
 from jaxprompt.precision import LOGITS_DTYPE

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from jaxprompt.config import ConfigError, ModelConfig
+from jaxprompt.models.config import ConfigError, ModelConfig
 from jaxprompt.models import Model
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxprompt.config import ModelConfig
+from jaxprompt.models.config import ModelConfig
 from jaxprompt.models.layers import KVCache, LayerInputs, Prefix, activation, attend, decoder_stack, dense, layer_norm
 
 
