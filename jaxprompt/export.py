@@ -179,7 +179,7 @@ def import_peft(adapter_dir: str, out_dir: str, task: str = "antonyms", model: s
     """A jaxprompt run directory (run.json + Orbax state) holding a PEFT adapter's prompt, ready for
     `jaxprompt eval/generate/inspect` or further training with `train --resume --out`."""
     from jaxprompt.checkpoint import Checkpointer, write_run_info
-    from jaxprompt.models.config import ModelConfig
+    from jaxprompt.models import config_from_hf
     from jaxprompt.models.convert import resolve
     from jaxprompt.optim import make_optimizer
     from jaxprompt.run import TrainConfig, _method_fields, _task_spec, optimizer_config
@@ -191,7 +191,7 @@ def import_peft(adapter_dir: str, out_dir: str, task: str = "antonyms", model: s
     if not base:
         raise ExportError("the adapter names no base model: pass --model")
     directory = resolve(base)
-    model_config = ModelConfig.from_hf_config(directory)
+    model_config = config_from_hf(directory)
     method, prompt = prompt_from_peft(config, tensor, model_config)
     train_config = TrainConfig(task=task, model=directory, method=method.name, prompt_length=method.length,
                                steps=1, progress=False)

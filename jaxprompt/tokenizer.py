@@ -1,4 +1,10 @@
-"""Byte-level BPE tokenizers of GPT-2 / OPT checkpoints, through the `tokenizers` library."""
+"""The tokenizer stored beside a checkpoint, through the `tokenizers` library, with the special-token
+facts jaxprompt needs: which BOS (if any) starts every text, which EOS ends generation, which pad.
+
+BOS is added the way transformers adds it: an explicit `add_bos_token` in tokenizer_config.json,
+else the `tokenizer.json` post-processor (Llama 3, Gemma: a template that prepends BOS), else (a
+`vocab.json` + `merges.txt` checkpoint) the family's convention from its architecture module.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,9 @@ import os
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
+from jaxprompt.models.architecture import TokenizerConventions
 from jaxprompt.models.config import ModelConfig
+from jaxprompt.models.registry import ARCHITECTURES
 
 
 class TokenizerError(ValueError):
@@ -16,18 +24,21 @@ class TokenizerError(ValueError):
 
 
 class Tokenizer:
-    """Text <-> token ids, with the special-token facts jaxprompt needs.
+    """Text <-> token ids.
 
-    `add_bos`: the checkpoint's tokenizer prepends BOS to every text (OPT does, GPT-2 does not).
+    `add_bos`: every text the model reads starts with `bos_token_id` (jaxprompt adds it before the
+    first text of a template, so a leading prompt reads [virtual tokens, BOS, text], PEFT's layout).
     """
 
     def __init__(self, tokenizer: _HFTokenizer, eos_token_id: int | None, bos_token_id: int | None = None,
-                 add_bos: bool = False, name: str = ""):
+                 add_bos: bool = False, name: str = "", pad_token_id: int | None = None):
         self.backend = tokenizer
         self.eos_token_id = eos_token_id
         self.bos_token_id = bos_token_id
-        self.add_bos = add_bos
+        self.add_bos = add_bos and bos_token_id is not None
         self.name = name
+        # padding is masked out everywhere; any real id will do when the checkpoint names none
+        self.pad_token_id = next((i for i in (pad_token_id, eos_token_id, bos_token_id) if i is not None), 0)
 
     @property
     def vocab_size(self) -> int:
@@ -70,42 +81,68 @@ class Tokenizer:
     @classmethod
     def load(cls, directory: str) -> "Tokenizer":
         """The tokenizer stored beside a checkpoint (tokenizer.json, or vocab.json + merges.txt)."""
-        config = {}
-        for name in ("tokenizer_config.json", "special_tokens_map.json"):
-            path = os.path.join(directory, name)
-            if os.path.isfile(path):
-                with open(path) as f:
-                    config = {**json.load(f), **config}
+        settings: dict = {}
+        for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the config wins
+            settings |= _read_json(os.path.join(directory, name))
+        model_config = _read_json(os.path.join(directory, "config.json"))
+        arch = ARCHITECTURES.get(model_config.get("model_type"))
+        family = arch.tokenizer if arch else TokenizerConventions(add_bos=False)
         tokenizer_json = os.path.join(directory, "tokenizer.json")
         vocab, merges = os.path.join(directory, "vocab.json"), os.path.join(directory, "merges.txt")
         if os.path.isfile(tokenizer_json):
-            backend = _HFTokenizer.from_file(tokenizer_json)
+            try:
+                backend = _HFTokenizer.from_file(tokenizer_json)
+            except Exception as e:  # the tokenizers library raises its own exception type
+                raise TokenizerError(f"cannot read {tokenizer_json}: {e}") from e
         elif os.path.isfile(vocab) and os.path.isfile(merges):
             backend = cls.from_bpe_files(vocab, merges).backend
         else:
             raise TokenizerError(f"no tokenizer in {directory}: need tokenizer.json or vocab.json + merges.txt")
 
-        def special(key, default):
-            value = config.get(key, default)
+        def special(key, default_text, default_id=None):
+            value = settings.get(key, default_text)
             if isinstance(value, dict):
                 value = value.get("content")
-            return None if value is None else backend.token_to_id(value)
+            token_id = None if value is None else backend.token_to_id(value)
+            if token_id is None and isinstance(default_id, list):
+                default_id = default_id[0] if default_id else None
+            return token_id if token_id is not None else default_id
 
-        eos = special("eos_token", "<|endoftext|>" if backend.token_to_id("<|endoftext|>") is not None else "</s>")
-        model_type = _model_type(directory)
-        # OPT's tokenizer starts every text with </s>; GPT-2's adds nothing
-        add_bos = bool(config.get("add_bos_token", model_type == "opt"))
-        bos = special("bos_token", "</s>" if model_type == "opt" else None)
-        return cls(backend, eos_token_id=eos, bos_token_id=bos, add_bos=add_bos and bos is not None,
+        eos = special("eos_token", family.eos_token or "<|endoftext|>", model_config.get("eos_token_id"))
+        bos = special("bos_token", family.bos_token, model_config.get("bos_token_id"))
+        pad = special("pad_token", None, model_config.get("pad_token_id"))
+        leading = _leading_special_ids(backend)
+        if "add_bos_token" in settings:
+            add_bos = bool(settings["add_bos_token"])
+        elif os.path.isfile(tokenizer_json):
+            add_bos = bool(leading)
+            bos = leading[0] if leading else bos
+        else:
+            add_bos = family.add_bos
+        return cls(backend, eos_token_id=eos, bos_token_id=bos, add_bos=add_bos, pad_token_id=pad,
                    name=os.path.basename(directory.rstrip("/")))
 
 
-def _model_type(directory: str) -> str | None:
-    path = os.path.join(directory, "config.json")
+def _read_json(path: str) -> dict:
     if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f).get("model_type")
+        return {}
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError) as e:
+        raise TokenizerError(f"cannot read {path}: {e}") from e
+    return value if isinstance(value, dict) else {}
+
+
+def _leading_special_ids(backend: _HFTokenizer) -> list[int]:
+    """Ids the post-processor puts before a text (a BOS template), found by encoding a probe."""
+    probe = "a"
+    plain = backend.encode(probe, add_special_tokens=False).ids
+    framed = backend.encode(probe, add_special_tokens=True).ids
+    for start in range(len(framed) - len(plain) + 1):
+        if framed[start:start + len(plain)] == plain:
+            return framed[:start]
+    return []
 
 
 def check_tokenizer(tokenizer: Tokenizer, config: ModelConfig) -> None:
@@ -115,8 +152,8 @@ def check_tokenizer(tokenizer: Tokenizer, config: ModelConfig) -> None:
             f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} tokens but the model's vocabulary has "
             f"{config.vocab_size}: they belong to different models"
         )
-    if config.eos_token_id is not None and tokenizer.eos_token_id is not None \
-            and tokenizer.eos_token_id != config.eos_token_id:
+    stops = {config.eos_token_id, *config.stop_token_ids}
+    if config.eos_token_id is not None and tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stops:
         raise TokenizerError(
             f"tokenizer {tokenizer.name!r} ends text with id {tokenizer.eos_token_id}, the model with "
             f"{config.eos_token_id}: they belong to different models"

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench_train import MODELS, time_it
-from jaxprompt.models.config import preset
+from jaxprompt.models import PRESETS, preset
 from jaxprompt.data import Encoded, collate
 from jaxprompt.models import Model
 from jaxprompt.models.generate import generate
@@ -53,8 +53,6 @@ def bench_peft(name, texts, prompt_len, new_tokens, dtype, reps):
     import torch
     from peft import PromptTuningConfig, get_peft_model
     from transformers import AutoModelForCausalLM, GPT2Config, OPTConfig
-
-    from jaxprompt.models.config import PRESETS
 
     spec = dict(PRESETS[MODELS[name]])
     model_type = spec.pop("model_type")

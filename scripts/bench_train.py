@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprompt.models.config import preset
+from jaxprompt.models import PRESETS, preset
 from jaxprompt.data import Encoded, collate, common_prefix_length
 from jaxprompt.loss import prompt_loss
 from jaxprompt.models import Model
@@ -118,7 +118,7 @@ def bench_peft(name: str, examples, prompt_len: int, dtype: str, steps: int) -> 
     from peft import PromptTuningConfig, get_peft_model
     from transformers import AutoModelForCausalLM, GPT2Config, OPTConfig
 
-    spec = dict(__import__("jaxprompt.models.config", fromlist=["PRESETS"]).PRESETS[MODELS[name]])
+    spec = dict(PRESETS[MODELS[name]])
     model_type = spec.pop("model_type")
     hf_config = (GPT2Config if model_type == "gpt2" else OPTConfig)(**spec)
     torch_dtype = torch.bfloat16 if dtype in ("bfloat16", "bf16") else torch.float32

@@ -22,6 +22,8 @@ def _compilation_cache(tmp_path_factory):
 
 
 # name -> HF config kwargs. Large init std so logits are far from uniform and parity is meaningful.
+# Each family's configs exercise its features: grouped-query heads, rope scaling, windows shorter
+# than the test sequences, soft-capping, partial rotary, tied and untied heads, odd sizes.
 TINY = {
     "gpt2": dict(model_type="gpt2", vocab_size=128, n_positions=64, n_embd=32, n_layer=2, n_head=4,
                  initializer_range=0.2, bos_token_id=0, eos_token_id=0),
@@ -35,6 +37,47 @@ TINY = {
     "opt-pre-ln-proj": dict(model_type="opt", vocab_size=128, max_position_embeddings=64, hidden_size=32,
                             num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, init_std=0.2,
                             word_embed_proj_dim=16),
+    "opt-non-affine": dict(model_type="opt", vocab_size=128, max_position_embeddings=64, hidden_size=32,
+                           num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, init_std=0.2,
+                           layer_norm_elementwise_affine=False, enable_bias=False),
+    # GQA (6 query heads on 2 key/value heads), Llama 3.1 rope scaling that changes the frequencies of
+    # these short sequences, an odd vocabulary, untied head
+    "llama": dict(model_type="llama", vocab_size=131, max_position_embeddings=64, hidden_size=48,
+                  intermediate_size=64, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
+                  rope_theta=500.0, rope_scaling={"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
+                                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+                  initializer_range=0.2, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2),
+    # multi-query (one key/value head), linear rope scaling, an odd head count, tied head
+    "llama-mqa-linear": dict(model_type="llama", vocab_size=128, max_position_embeddings=64, hidden_size=24,
+                             intermediate_size=40, num_hidden_layers=2, num_attention_heads=3, num_key_value_heads=1,
+                             rope_scaling={"rope_type": "linear", "factor": 2.0}, initializer_range=0.2,
+                             tie_word_embeddings=True, bos_token_id=1, eos_token_id=2),
+    "mistral": dict(model_type="mistral", vocab_size=128, max_position_embeddings=64, hidden_size=32,
+                    intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                    sliding_window=4, initializer_range=0.2, bos_token_id=1, eos_token_id=2),
+    "qwen2": dict(model_type="qwen2", vocab_size=128, max_position_embeddings=64, hidden_size=32,
+                  intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  use_sliding_window=True, sliding_window=4, max_window_layers=1, initializer_range=0.2,
+                  tie_word_embeddings=True, bos_token_id=1, eos_token_id=2),
+    "qwen3": dict(model_type="qwen3", vocab_size=128, max_position_embeddings=64, hidden_size=32,
+                  intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  head_dim=16, initializer_range=0.2, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2),
+    "gemma": dict(model_type="gemma", vocab_size=128, max_position_embeddings=64, hidden_size=32,
+                  intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                  head_dim=16, initializer_range=0.2, bos_token_id=2, eos_token_id=1, pad_token_id=0),
+    # caps small enough to bite, a window shorter than the sequences on every other layer, and an
+    # attention scale that is not 1/sqrt(head_dim)
+    "gemma2": dict(model_type="gemma2", vocab_size=128, max_position_embeddings=64, hidden_size=32,
+                   intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                   head_dim=8, query_pre_attn_scalar=32, sliding_window=4, attn_logit_softcapping=2.0,
+                   final_logit_softcapping=3.0, initializer_range=0.2, bos_token_id=2, eos_token_id=1,
+                   pad_token_id=0),
+    "gpt_neox": dict(model_type="gpt_neox", vocab_size=128, max_position_embeddings=64, hidden_size=64,
+                     intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, rotary_pct=0.25,
+                     use_parallel_residual=True, initializer_range=0.2, bos_token_id=0, eos_token_id=0),
+    "gpt_neox-sequential": dict(model_type="gpt_neox", vocab_size=128, max_position_embeddings=64, hidden_size=32,
+                                intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, rotary_pct=0.5,
+                                use_parallel_residual=False, initializer_range=0.2, bos_token_id=0, eos_token_id=0),
     # with GPT-2's vocabulary, for tests that tokenize real text (export, CLI)
     "gpt2-50k": dict(model_type="gpt2", vocab_size=50257, n_positions=96, n_embd=32, n_layer=2, n_head=4,
                      initializer_range=0.2),
@@ -45,21 +88,27 @@ TINY = {
 
 
 def hf_config(name: str, **overrides):
-    from transformers import GPT2Config, OPTConfig
+    from transformers import AutoConfig
 
     kw = {**TINY[name], **overrides}
-    model_type = kw.pop("model_type")
-    return (GPT2Config if model_type == "gpt2" else OPTConfig)(**kw)
+    return AutoConfig.for_model(kw.pop("model_type"), **kw)
 
 
 def build_hf_model(name: str, directory, seed: int = 0, **overrides):
     """A tiny random `transformers` model saved to `directory`; returns the torch model (eval mode).
-    Models with GPT-2's vocabulary get the GPT-2 tokenizer beside them."""
+    Norm weights and biases get noise too, so `(1 + w)` norms and biases are exercised. Models with
+    GPT-2's vocabulary get the GPT-2 tokenizer beside them."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(hf_config(name, **overrides)).eval()
+    config = hf_config(name, **overrides)
+    config._attn_implementation = "eager"
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for key, param in model.named_parameters():
+            if "norm" in key or key.endswith("bias"):
+                param.add_(0.2 * torch.randn_like(param))
     model.save_pretrained(directory)
     if model.config.vocab_size >= 50257:
         from jaxprompt.tokenizer import Tokenizer

@@ -1,10 +1,10 @@
-"""Model configuration, read from and written to Hugging Face `config.json`.
+"""The architecture-neutral model configuration, and helpers the architecture modules use to read
+and write Hugging Face `config.json`.
 
-Axis glossary used across jaxprompt (shape annotations follow it):
-  B batch, T time (tokens of the current call), S key/value slots (cache + current),
-  P prompt length (virtual tokens), D model width, E token-embedding width
-  (= D except OPT with `word_embed_proj_dim`), F feed-forward width, H heads,
-  K head width (D / H), V vocabulary, L layers.
+`ModelConfig` holds what the shared layers need to know; each architecture module
+(`gpt2.py`, `llama.py`, ...) maps its own `config.json` fields onto it with one table used both ways.
+Axis glossary: see the README (B batch, T time, D model width, E token-embedding width, F
+feed-forward width, H heads, G key/value heads, K head width, V vocabulary, L layers).
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import dataclasses
 import json
 import os
 from typing import Any, Mapping
-
-SUPPORTED_MODEL_TYPES = ("gpt2", "opt")
 
 
 class ConfigError(ValueError):
@@ -25,148 +23,74 @@ class ConfigError(ValueError):
 class ModelConfig:
     model_type: str
     vocab_size: int
-    max_positions: int
+    max_positions: int  # the position table (learned positions) or the trained context (rotary)
     d_model: int
     n_layers: int
     n_heads: int
     d_ff: int
-    d_embed: int  # token-embedding width; OPT's word_embed_proj_dim
+    d_embed: int | None = None  # token-embedding width (OPT's word_embed_proj_dim); default d_model
+    n_kv_heads: int | None = None  # key/value heads (grouped-query attention); default n_heads
+    head_dim: int | None = None  # default d_model // n_heads (Gemma and Qwen3 set it independently)
     activation: str = "gelu_new"
-    layer_norm_eps: float = 1e-5
+    norm_eps: float = 1e-5
+    # GPT-2 / OPT
     pre_layer_norm: bool = True
     final_layer_norm: bool = True
     layer_norm_affine: bool = True
     use_bias: bool = True
+    # rotary families
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    rope_theta: float = 10000.0
+    rope_scaling: tuple[tuple[str, Any], ...] | None = None  # rope_scaling dict as sorted items (hashable)
+    rotary_pct: float = 1.0  # fraction of each head that is rotated (GPT-NeoX: 0.25)
+    parallel_residual: bool = False  # GPT-NeoX: attention and MLP read the same input
+    sliding_window: int | None = None
+    windowed_layers: tuple[bool, ...] | None = None  # which layers use the window (None: all)
+    query_pre_attn_scalar: float | None = None  # Gemma 2: attention scale is its -1/2 power
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
     tie_word_embeddings: bool = True
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
+    stop_token_ids: tuple[int, ...] = ()  # every EOS id when config.json lists several (instruct models)
 
     def __post_init__(self):
-        if self.model_type not in SUPPORTED_MODEL_TYPES:
-            raise ConfigError(
-                f"unknown model_type {self.model_type!r}: jaxprompt supports {', '.join(SUPPORTED_MODEL_TYPES)}"
-            )
-        if self.d_model % self.n_heads:
-            raise ConfigError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
-        if self.model_type == "gpt2" and self.d_embed != self.d_model:
-            raise ConfigError("GPT-2 has no embedding projection: d_embed must equal d_model")
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-    @property
-    def position_offset(self) -> int:
-        # OPT's learned position table reserves its first two rows (a fairseq legacy).
-        return 2 if self.model_type == "opt" else 0
+        fill = lambda name, value: object.__setattr__(self, name, value) if getattr(self, name) is None else None
+        fill("d_embed", self.d_model)
+        fill("n_kv_heads", self.n_heads)
+        if self.head_dim is None:
+            if self.d_model % self.n_heads:
+                raise ConfigError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+            fill("head_dim", self.d_model // self.n_heads)
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+        if self.windowed_layers is not None and len(self.windowed_layers) != self.n_layers:
+            raise ConfigError(f"windowed_layers has {len(self.windowed_layers)} entries for {self.n_layers} layers")
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ConfigError(f"sliding_window must be at least 1, got {self.sliding_window}")
 
     @property
     def has_projection(self) -> bool:
         return self.d_embed != self.d_model
 
-    # ---- Hugging Face config.json, both directions -------------------------------------------
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.rotary_pct)
 
-    @classmethod
-    def from_hf_config(cls, hf: Mapping[str, Any] | str | os.PathLike | Any) -> "ModelConfig":
-        """Reads a HF config: a dict, a `config.json` path or directory, or a transformers config."""
-        hf = _as_dict(hf)
-        model_type = hf.get("model_type")
-        if model_type not in _HF_FIELDS:
-            raise ConfigError(
-                f"unknown model_type {model_type!r} in config.json: jaxprompt supports "
-                f"{', '.join(SUPPORTED_MODEL_TYPES)}"
-            )
-        if model_type == "gpt2":
-            for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
-                if hf.get(flag):
-                    raise ConfigError(f"GPT-2 option {flag}=True is not supported")
-            if hf.get("scale_attn_weights") is False:
-                raise ConfigError("GPT-2 option scale_attn_weights=False is not supported")
-        defaults = _HF_DEFAULTS[model_type]
-        fields = {}
-        for ours, theirs in _HF_FIELDS[model_type].items():
-            value = hf.get(theirs, defaults.get(theirs))
-            if isinstance(value, list):  # eos_token_id may be a list; the first is the stop token
-                value = value[0] if value else None
-            fields[ours] = value
-        if fields["d_ff"] is None:  # GPT-2 n_inner=None means 4 * n_embd
-            fields["d_ff"] = 4 * fields["d_model"]
-        if fields["d_embed"] is None:
-            fields["d_embed"] = fields["d_model"]
-        if model_type == "gpt2":
-            fields["pre_layer_norm"] = True
-            fields["final_layer_norm"] = True
-        else:
-            fields["final_layer_norm"] = bool(fields["pre_layer_norm"]) and not hf.get("_remove_final_layer_norm", False)
-        return cls(model_type=model_type, **fields)
+    @property
+    def rope_scaling_dict(self) -> dict | None:
+        return None if self.rope_scaling is None else dict(self.rope_scaling)
 
-    def to_hf_config(self) -> dict[str, Any]:
-        """The HF `config.json` dict for this model (inverse of `from_hf_config`)."""
-        out: dict[str, Any] = {"model_type": self.model_type}
-        for ours, theirs in _HF_FIELDS[self.model_type].items():
-            out[theirs] = getattr(self, ours)
-        if self.model_type == "gpt2":
-            out["architectures"] = ["GPT2LMHeadModel"]
-        else:
-            out["architectures"] = ["OPTForCausalLM"]
-            out["_remove_final_layer_norm"] = self.pre_layer_norm and not self.final_layer_norm
-        return out
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
 
 
-# ours -> HF name, per architecture. The single table used for reading and writing config.json.
-_HF_FIELDS = {
-    "gpt2": {
-        "vocab_size": "vocab_size",
-        "max_positions": "n_positions",
-        "d_model": "n_embd",
-        "n_layers": "n_layer",
-        "n_heads": "n_head",
-        "d_ff": "n_inner",
-        "d_embed": "n_embd",
-        "activation": "activation_function",
-        "layer_norm_eps": "layer_norm_epsilon",
-        "tie_word_embeddings": "tie_word_embeddings",
-        "bos_token_id": "bos_token_id",
-        "eos_token_id": "eos_token_id",
-        "pad_token_id": "pad_token_id",
-    },
-    "opt": {
-        "vocab_size": "vocab_size",
-        "max_positions": "max_position_embeddings",
-        "d_model": "hidden_size",
-        "n_layers": "num_hidden_layers",
-        "n_heads": "num_attention_heads",
-        "d_ff": "ffn_dim",
-        "d_embed": "word_embed_proj_dim",
-        "activation": "activation_function",
-        "pre_layer_norm": "do_layer_norm_before",
-        "layer_norm_affine": "layer_norm_elementwise_affine",
-        "use_bias": "enable_bias",
-        "tie_word_embeddings": "tie_word_embeddings",
-        "bos_token_id": "bos_token_id",
-        "eos_token_id": "eos_token_id",
-        "pad_token_id": "pad_token_id",
-    },
-}
+# ---- config.json helpers ---------------------------------------------------------------------
 
-# transformers' defaults for keys a config.json may omit.
-_HF_DEFAULTS = {
-    "gpt2": {
-        "vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
-        "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True,
-        "bos_token_id": 50256, "eos_token_id": 50256,
-    },
-    "opt": {
-        "vocab_size": 50272, "max_position_embeddings": 2048, "hidden_size": 768, "num_hidden_layers": 12,
-        "num_attention_heads": 12, "ffn_dim": 3072, "activation_function": "relu",
-        "do_layer_norm_before": True, "layer_norm_elementwise_affine": True, "enable_bias": True,
-        "tie_word_embeddings": True, "pad_token_id": 1, "bos_token_id": 2, "eos_token_id": 2,
-    },
-}
-
-
-def _as_dict(hf) -> dict[str, Any]:
+def as_dict(hf: Mapping[str, Any] | str | os.PathLike | Any) -> dict[str, Any]:
+    """A HF config as a dict: from a dict, a `config.json` path or directory, or a transformers config."""
     if isinstance(hf, Mapping):
         return dict(hf)
     if isinstance(hf, (str, os.PathLike)):
@@ -175,36 +99,62 @@ def _as_dict(hf) -> dict[str, Any]:
             path = os.path.join(path, "config.json")
         if not os.path.isfile(path):
             raise ConfigError(f"no config.json at {path}")
-        with open(path) as f:
-            return json.load(f)
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path} is not valid JSON: {e}") from e
     if hasattr(hf, "to_dict"):
         return hf.to_dict()
     raise ConfigError(f"cannot read a model config from {type(hf).__name__}")
 
 
-# Published architectures, as HF config dicts (what their config.json says).
-PRESETS: dict[str, dict[str, Any]] = {
-    "gpt2": {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12},
-    "distilgpt2": {"model_type": "gpt2", "n_embd": 768, "n_layer": 6, "n_head": 12},
-    "gpt2-medium": {"model_type": "gpt2", "n_embd": 1024, "n_layer": 24, "n_head": 16},
-    "gpt2-large": {"model_type": "gpt2", "n_embd": 1280, "n_layer": 36, "n_head": 20},
-    "gpt2-xl": {"model_type": "gpt2", "n_embd": 1600, "n_layer": 48, "n_head": 25},
-    "facebook/opt-125m": {"model_type": "opt", "hidden_size": 768, "num_hidden_layers": 12,
-                          "num_attention_heads": 12, "ffn_dim": 3072},
-    "facebook/opt-350m": {"model_type": "opt", "hidden_size": 1024, "num_hidden_layers": 24,
-                          "num_attention_heads": 16, "ffn_dim": 4096, "word_embed_proj_dim": 512,
-                          "do_layer_norm_before": False},
-    "facebook/opt-1.3b": {"model_type": "opt", "hidden_size": 2048, "num_hidden_layers": 24,
-                          "num_attention_heads": 32, "ffn_dim": 8192},
-    "facebook/opt-2.7b": {"model_type": "opt", "hidden_size": 2560, "num_hidden_layers": 32,
-                          "num_attention_heads": 32, "ffn_dim": 10240},
-    "facebook/opt-6.7b": {"model_type": "opt", "hidden_size": 4096, "num_hidden_layers": 32,
-                          "num_attention_heads": 32, "ffn_dim": 16384},
-}
+def read_fields(hf: Mapping[str, Any], fields: Mapping[str, str], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """`ours -> value` for a field table `ours -> HF name`, with transformers' defaults for omitted
+    keys. A list of EOS ids (instruct models) becomes `eos_token_id` = the first and `stop_token_ids`."""
+    out = {}
+    for ours, theirs in fields.items():
+        value = hf.get(theirs)
+        if value is None:
+            value = defaults.get(theirs)
+        if isinstance(value, list) and ours.endswith("token_id"):
+            if ours == "eos_token_id" and len(value) > 1:
+                out["stop_token_ids"] = tuple(value)
+            value = value[0] if value else None
+        out[ours] = value
+    return out
 
 
-def preset(name: str) -> ModelConfig:
-    """The `ModelConfig` of a published checkpoint, by its HF id (no download)."""
-    if name not in PRESETS:
-        raise ConfigError(f"no preset {name!r}; known: {', '.join(PRESETS)}")
-    return ModelConfig.from_hf_config(PRESETS[name])
+def write_fields(config: ModelConfig, fields: Mapping[str, str]) -> dict[str, Any]:
+    out = {theirs: getattr(config, ours) for ours, theirs in fields.items()}
+    if config.stop_token_ids and "eos_token_id" in fields:
+        out[fields["eos_token_id"]] = list(config.stop_token_ids)
+    return out
+
+
+def rope_from_hf(hf: Mapping[str, Any], default_theta: float) -> tuple[float, tuple[tuple[str, Any], ...] | None]:
+    """(rope_theta, rope_scaling items) from either config.json spelling: the published
+    `rope_theta` + `rope_scaling`, or transformers 5's `rope_parameters`."""
+    params = dict(hf.get("rope_parameters") or {})
+    scaling = dict(hf.get("rope_scaling") or params)
+    theta = hf.get("rope_theta", params.get("rope_theta", scaling.get("rope_theta", default_theta)))
+    scaling = {k: v for k, v in scaling.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return float(theta), None
+    scaling["rope_type"] = kind
+    scaling.pop("type", None)
+    return float(theta), tuple(sorted(scaling.items()))
+
+
+def rope_to_hf(config: ModelConfig) -> dict[str, Any]:
+    """The published spelling, which transformers 4 and 5 both read."""
+    return {"rope_theta": config.rope_theta, "rope_scaling": config.rope_scaling_dict}
+
+
+def refuse(hf: Mapping[str, Any], model_type: str, unsupported: Mapping[str, Any]) -> None:
+    """Raises if `hf` sets an option jaxprompt does not implement (`name -> the only accepted value`)."""
+    for name, accepted in unsupported.items():
+        value = hf.get(name, accepted)
+        if value != accepted and value is not None:
+            raise ConfigError(f"{model_type} option {name}={value!r} is not supported (only {accepted!r})")

@@ -1,8 +1,9 @@
 """Hugging Face checkpoints <-> jaxprompt params pytrees.
 
-One table per architecture, rows `(hf_key, pytree_path, transpose)`. The same rows load
-(`load_pretrained`) and export (`to_hf_state_dict`). `{i}` in a key is the layer index; the
-matching pytree leaf is stacked over layers. Both directions assert full coverage and shapes.
+Each architecture module has one key table, rows `(hf_key, params_path, transpose)`; the same rows
+load (`load_pretrained`) and export (`to_hf_state_dict`, `save_pretrained`). `{i}` in a key is the
+layer index; the matching params leaf is stacked over layers. Both directions check coverage and
+shapes.
 """
 
 from __future__ import annotations
@@ -16,78 +17,35 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from jaxprompt.models.architecture import KeyRow
 from jaxprompt.models.config import ConfigError, ModelConfig
-from jaxprompt.models import Model
+from jaxprompt.models.model import Model
+from jaxprompt.models.registry import architecture, config_from_hf, config_to_hf
 
 
 class CheckpointError(ValueError):
     """A checkpoint that does not match the model it claims to be."""
 
 
-# ---- the tables ----------------------------------------------------------------------------
-
-_NORM = lambda hf, path: [(f"{hf}.weight", f"{path}/scale", False), (f"{hf}.bias", f"{path}/bias", False)]
-_CONV1D = lambda hf, path: [(f"{hf}.weight", f"{path}/kernel", False), (f"{hf}.bias", f"{path}/bias", False)]
-_LINEAR = lambda hf, path: [(f"{hf}.weight", f"{path}/kernel", True), (f"{hf}.bias", f"{path}/bias", False)]
-
-# GPT-2's Conv1D stores weights (in, out): no transposes except an untied lm_head (nn.Linear).
-GPT2_TABLE = [
-    ("transformer.wte.weight", "wte/embedding", False),
-    ("transformer.wpe.weight", "wpe/embedding", False),
-    *_NORM("transformer.h.{i}.ln_1", "h/ln_1"),
-    *_CONV1D("transformer.h.{i}.attn.c_attn", "h/attn/c_attn"),
-    *_CONV1D("transformer.h.{i}.attn.c_proj", "h/attn/c_proj"),
-    *_NORM("transformer.h.{i}.ln_2", "h/ln_2"),
-    *_CONV1D("transformer.h.{i}.mlp.c_fc", "h/mlp/c_fc"),
-    *_CONV1D("transformer.h.{i}.mlp.c_proj", "h/mlp/c_proj"),
-    *_NORM("transformer.ln_f", "ln_f"),
-    ("lm_head.weight", "lm_head/kernel", True),
-]
-
-# OPT's nn.Linear stores weights (out, in): every kernel is transposed.
-OPT_TABLE = [
-    ("model.decoder.embed_tokens.weight", "embed_tokens/embedding", False),
-    ("model.decoder.embed_positions.weight", "embed_positions/embedding", False),
-    ("model.decoder.project_in.weight", "project_in/kernel", True),
-    ("model.decoder.project_out.weight", "project_out/kernel", True),
-    *_LINEAR("model.decoder.layers.{i}.self_attn.q_proj", "layers/self_attn/q_proj"),
-    *_LINEAR("model.decoder.layers.{i}.self_attn.k_proj", "layers/self_attn/k_proj"),
-    *_LINEAR("model.decoder.layers.{i}.self_attn.v_proj", "layers/self_attn/v_proj"),
-    *_LINEAR("model.decoder.layers.{i}.self_attn.out_proj", "layers/self_attn/out_proj"),
-    *_NORM("model.decoder.layers.{i}.self_attn_layer_norm", "layers/self_attn_layer_norm"),
-    *_LINEAR("model.decoder.layers.{i}.fc1", "layers/fc1"),
-    *_LINEAR("model.decoder.layers.{i}.fc2", "layers/fc2"),
-    *_NORM("model.decoder.layers.{i}.final_layer_norm", "layers/final_layer_norm"),
-    *_NORM("model.decoder.final_layer_norm", "final_layer_norm"),
-    ("lm_head.weight", "lm_head/kernel", True),
-]
-
-TABLES = {"gpt2": GPT2_TABLE, "opt": OPT_TABLE}
-
-# Prefixes a checkpoint may drop (base-model checkpoints such as the original `gpt2` weights),
-# and keys that are buffers rather than parameters.
-_OPTIONAL_PREFIXES = {"gpt2": ("transformer.",), "opt": ("model.", "model.decoder.")}
-_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
-_HEAD = "lm_head.weight"  # absent from `shapes` when tied; a checkpoint may still carry it
-
-
-def _rows(config: ModelConfig) -> list[tuple[str, tuple[str, ...], bool]]:
-    """The table rows that apply to this config's params pytree (optional modules dropped)."""
-    shapes = Model(config).param_shapes()
-    rows = []
-    for hf, path, transpose in TABLES[config.model_type]:
-        path = tuple(path.split("/"))
-        node = shapes
-        for name in path:
-            node = node.get(name) if isinstance(node, dict) else None
-        if node is not None:
-            rows.append((hf, path, transpose))
-    covered = {path for _, path, _ in rows}
-    for leaf_path, _ in jax.tree_util.tree_flatten_with_path(shapes)[0]:
-        names = tuple(e.key for e in leaf_path)
-        if names not in covered:  # a table bug, not a user error
-            raise AssertionError(f"conversion table for {config.model_type} does not cover {'/'.join(names)}")
+def key_rows(config: ModelConfig) -> list[KeyRow]:
+    """The architecture's key table, checked to cover every params leaf exactly once."""
+    rows = architecture(config.model_type).key_table(config)
+    leaves = {tuple(e.key for e in path) for path, _ in
+              jax.tree_util.tree_flatten_with_path(Model(config).param_shapes())[0]}
+    covered = [path for _, path, _ in rows]
+    if sorted(covered) != sorted(leaves):  # a table bug, not a user error
+        raise AssertionError(f"key table for {config.model_type} does not match its params: "
+                             f"uncovered {sorted(leaves - set(covered))}, unknown {sorted(set(covered) - leaves)}")
     return rows
+
+
+def tied_head_key(config: ModelConfig) -> str | None:
+    """The output head's key when untied: a tied checkpoint may still carry it (a copy)."""
+    if not config.tie_word_embeddings:
+        return None
+    untied = architecture(config.model_type).key_table(config.replace(tie_word_embeddings=False))
+    tied = {hf for hf, _, _ in architecture(config.model_type).key_table(config)}
+    return next((hf for hf, _, _ in untied if hf not in tied), None)
 
 
 def _get(tree: dict, path: tuple[str, ...]):
@@ -96,10 +54,8 @@ def _get(tree: dict, path: tuple[str, ...]):
     return tree
 
 
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
-    for name in path[:-1]:
-        tree = tree.setdefault(name, {})
-    tree[path[-1]] = value
+def _np_dtype(dtype) -> np.dtype:
+    return np.dtype(ml_dtypes.bfloat16) if jnp.dtype(dtype) == jnp.bfloat16 else np.dtype(dtype)
 
 
 # ---- export ----------------------------------------------------------------------------------
@@ -108,11 +64,11 @@ def _set(tree: dict, path: tuple[str, ...], value) -> None:
 def to_hf_state_dict(config: ModelConfig, params: dict) -> dict[str, np.ndarray]:
     """The HF (`*ForCausalLM`) state dict of a params pytree, as numpy arrays in the params' dtype.
 
-    A tied lm_head is omitted, as `save_pretrained` does.
+    A tied output head is omitted, as `save_pretrained` does.
     """
     expected = Model(config).param_shapes()
     out = {}
-    for hf, path, transpose in _rows(config):
+    for hf, path, transpose in key_rows(config):
         leaf = np.asarray(jax.device_get(_get(params, path)))
         want = _get(expected, path).shape
         if leaf.shape != want:
@@ -130,15 +86,16 @@ def save_pretrained(config: ModelConfig, params: dict, out_dir: str, dtype=None)
     os.makedirs(out_dir, exist_ok=True)
     state = to_hf_state_dict(config, params)
     if dtype is not None:
-        np_dtype = ml_dtypes.bfloat16 if jnp.dtype(dtype) == jnp.bfloat16 else np.dtype(dtype)
-        state = {k: v.astype(np_dtype) for k, v in state.items()}
-    hf_config = config.to_hf_config()
+        state = {k: v.astype(_np_dtype(dtype)) for k, v in state.items()}
+    hf_config = config_to_hf(config)
     hf_config["torch_dtype"] = str(jnp.dtype(next(iter(state.values())).dtype))
-    tmp = os.path.join(out_dir, "model.safetensors.tmp")
+    tmp = os.path.join(out_dir, f"model.safetensors.tmp{os.getpid()}")
     save_file(state, tmp, metadata={"format": "pt"})
     os.replace(tmp, os.path.join(out_dir, "model.safetensors"))
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
+    tmp = os.path.join(out_dir, f"config.json.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
         json.dump(hf_config, f, indent=2)
+    os.replace(tmp, os.path.join(out_dir, "config.json"))
 
 
 # ---- load ------------------------------------------------------------------------------------
@@ -147,11 +104,15 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 
 
 class TensorSource:
-    """Lazy access to the tensors of a checkpoint directory (safetensors, sharded or not, or .bin)."""
+    """Lazy access to the tensors of a checkpoint directory (safetensors, sharded or not, or .bin).
+
+    Shapes come from the file headers; safetensors slices are read from disk directly
+    (`get_slice`), so a shard of a large tensor costs only its own bytes.
+    """
 
     def __init__(self, directory: str):
         self.directory = directory
-        self._readers: dict[str, Callable[[str], np.ndarray]] = {}
+        self._tensors: dict[str, _Tensor] = {}
         present = [f for f in WEIGHT_FILES if os.path.isfile(os.path.join(directory, f))]
         if not present:
             raise CheckpointError(
@@ -160,35 +121,54 @@ class TensorSource:
         name = present[0]
         path = os.path.join(directory, name)
         if name.endswith(".index.json"):
-            with open(path) as f:
-                weight_map = json.load(f)["weight_map"]
-            shards = sorted(set(weight_map.values()))
+            try:
+                with open(path) as f:
+                    shards = sorted(set(json.load(f)["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                raise CheckpointError(f"unreadable checkpoint index {path}: {type(e).__name__}: {e}") from e
         else:
             shards = [name]
         for shard in shards:
             shard_path = os.path.join(directory, shard)
             if not os.path.isfile(shard_path):
                 raise CheckpointError(f"checkpoint shard {shard} listed in {name} is missing from {directory}")
-            for key, reader in _open_shard(shard_path).items():
-                self._readers[key] = reader
+            self._tensors.update(_open_shard(shard_path))
 
     def keys(self) -> set[str]:
-        return set(self._readers)
+        return set(self._tensors)
 
-    def get(self, key: str) -> np.ndarray:
-        return self._readers[key](key)
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._tensors[key].shape
+
+    def get(self, key: str, index: tuple[slice, ...] | None = None) -> np.ndarray:
+        """The tensor, or the part selected by `index` (slices in the file's layout)."""
+        return self._tensors[key].read(index)
 
 
-def _open_shard(path: str) -> dict[str, Callable[[str], np.ndarray]]:
+class _Tensor:
+    def __init__(self, shape: tuple[int, ...], read: Callable[[tuple | None], np.ndarray]):
+        self.shape, self.read = shape, read
+
+
+def _open_shard(path: str) -> dict[str, _Tensor]:
     if path.endswith(".safetensors"):
         from safetensors import safe_open
 
         try:
             handle = safe_open(path, framework="numpy")
-            keys = list(handle.keys())
+            shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
         except Exception as e:  # safetensors raises its own error types for truncated/corrupt headers
             raise CheckpointError(f"corrupt safetensors file {path}: {e}") from e
-        return {k: (lambda key, h=handle: h.get_tensor(key)) for k in keys}
+
+        def reader(key):
+            def read(index):
+                try:
+                    return handle.get_tensor(key) if index is None else handle.get_slice(key)[index]
+                except Exception as e:
+                    raise CheckpointError(f"corrupt safetensors file {path}: tensor {key}: {e}") from e
+            return read
+
+        return {k: _Tensor(shape, reader(k)) for k, shape in shapes.items()}
     try:
         import torch
     except ImportError as e:
@@ -201,19 +181,21 @@ def _open_shard(path: str) -> dict[str, Callable[[str], np.ndarray]]:
     except Exception as e:
         raise CheckpointError(f"corrupt PyTorch checkpoint {path}: {e}") from e
 
-    def read(key, state=state):
-        t = state[key]
-        if t.dtype == torch.bfloat16:
-            return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-        return t.numpy()
+    def torch_reader(t):
+        def read(index):
+            part = t if index is None else t[index]
+            if part.dtype == torch.bfloat16:
+                return part.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+            return part.numpy()
+        return read
 
-    return {k: read for k in state}
+    return {k: _Tensor(tuple(t.shape), torch_reader(t)) for k, t in state.items()}
 
 
-def _key_map(config: ModelConfig, source_keys: set[str], rows) -> dict[str, str]:
-    """Table key -> the key as this checkpoint spells it (some checkpoints drop the model prefix)."""
+def _key_map(config: ModelConfig, source_keys: set[str], rows: list[KeyRow]) -> dict[str, str]:
+    """Table key -> the key as this checkpoint spells it (base-model checkpoints drop a prefix)."""
     probe = rows[0][0]
-    for drop in ("", *_OPTIONAL_PREFIXES[config.model_type]):
+    for drop in ("", *architecture(config.model_type).optional_prefixes):
         if probe.startswith(drop) and probe[len(drop):] in source_keys:
             break
     else:
@@ -222,59 +204,81 @@ def _key_map(config: ModelConfig, source_keys: set[str], rows) -> dict[str, str]
             f"(found e.g. {sorted(source_keys)[:3]})"
         )
     strip = lambda k: k[len(drop):] if k.startswith(drop) else k
-    return {hf.format(i=i): strip(hf.format(i=i)) for hf, _, _ in rows
-            for i in (range(config.n_layers) if "{i}" in hf else [0])}
+    names = {hf.format(i=i): strip(hf.format(i=i)) for hf, _, _ in rows
+             for i in (range(config.n_layers) if "{i}" in hf else [0])}
+    for alias, key in architecture(config.model_type).key_aliases.items():
+        if key in names and names[key] not in source_keys and alias in source_keys:
+            names[key] = alias
+    return names
+
+
+class CheckpointReader:
+    """The params leaves of a checkpoint (or parts of them), checked against a config.
+
+    Construction checks names and shapes from the file headers alone; `leaf(path, index)` then reads
+    the stacked params leaf at `path` restricted to `index` (slices of the leaf's own axes), already
+    transposed into jaxprompt's layout.
+    """
+
+    def __init__(self, config: ModelConfig, source: TensorSource):
+        self.config, self.source = config, source
+        rows = key_rows(config)
+        self.rows = {path: (hf, transpose) for hf, path, transpose in rows}
+        self.names = _key_map(config, source.keys(), rows)
+        self.shapes = Model(config).param_shapes()
+        missing = sorted(self.names[k] for k in self.names if self.names[k] not in source.keys())
+        head = tied_head_key(config)
+        ignored = architecture(config.model_type).ignored_suffixes
+        extra = sorted(k for k in source.keys() - set(self.names.values())
+                       if not k.endswith(ignored) and not (head and k.endswith(head)))
+        if missing or extra:
+            raise CheckpointError(
+                f"checkpoint {source.directory} does not match the {config.model_type} config: "
+                + (f"missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''}; " if missing else "")
+                + (f"unexpected tensors {extra[:8]}{' ...' if len(extra) > 8 else ''}" if extra else "")
+            )
+        for hf, path, transpose in rows:
+            want = _get(self.shapes, path).shape
+            layered = "{i}" in hf
+            want = want[1:] if layered else want
+            file_shape = tuple(want[::-1] if transpose else want)
+            for i in range(config.n_layers) if layered else [0]:
+                key = self.names[hf.format(i=i)]
+                if source.shape(key) != file_shape:
+                    raise CheckpointError(f"tensor {key} has shape {source.shape(key)}, the "
+                                          f"{config.model_type} config expects {file_shape}")
+        if head and head in source.keys():
+            table = self.names[rows[0][0]]
+            if source.shape(head) != source.shape(table):
+                raise CheckpointError(f"tied {head} has shape {source.shape(head)}, embeddings {source.shape(table)}")
+
+    def leaf(self, path: tuple[str, ...], index: tuple[slice, ...] | None = None, dtype=jnp.float32) -> np.ndarray:
+        hf, transpose = self.rows[path]
+        shape = _get(self.shapes, path).shape
+        index = tuple(index) if index is not None else tuple(slice(None) for _ in shape)
+        layered = "{i}" in hf
+        inner = index[1:] if layered else index
+        file_index = tuple(inner[::-1] if transpose else inner)
+
+        whole = all(s == slice(None) for s in file_index)
+
+        def read(key):
+            x = self.source.get(key, None if whole else file_index)
+            return np.asarray(x.T if transpose else x).astype(_np_dtype(dtype), copy=False)
+
+        if not layered:
+            return read(self.names[hf])
+        layers = range(self.config.n_layers)[index[0]]
+        return np.stack([read(self.names[hf.format(i=i)]) for i in layers])
 
 
 def load_params(config: ModelConfig, source: TensorSource, dtype=jnp.float32) -> dict:
-    """Fills the model's `jax.eval_shape` skeleton from `source`, leaf by leaf, cast to `dtype`.
-
-    Peak host memory is the params in `dtype` plus one stacked leaf, never two fp32 copies.
-    """
-    dtype = jnp.dtype(dtype)
-    np_dtype = ml_dtypes.bfloat16 if dtype == jnp.bfloat16 else np.dtype(dtype)
-    rows = _rows(config)
-    shapes = jax.eval_shape(lambda: Model(config).init(jax.random.key(0), dtype))
-    names = _key_map(config, source.keys(), rows)
-    missing = sorted(names[k] for k in names if names[k] not in source.keys())
-    tied = config.tie_word_embeddings
-    used = set(names.values())
-    extra = sorted(k for k in source.keys() - used
-                   if not k.endswith(_IGNORED_SUFFIXES) and not (tied and k.endswith(_HEAD)))
-    if missing or extra:
-        raise CheckpointError(
-            f"checkpoint {source.directory} does not match the {config.model_type} config: "
-            + (f"missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''}; " if missing else "")
-            + (f"unexpected tensors {extra[:8]}{' ...' if len(extra) > 8 else ''}" if extra else "")
-        )
-    params: dict = {}
-    for hf, path, transpose in rows:
-        spec = _get(shapes, path)
-        layered = "{i}" in hf
-        buf = np.empty(spec.shape, np_dtype)
-        for i in range(config.n_layers) if layered else [None]:
-            key = names[hf.format(i=i if i is not None else 0)]
-            x = source.get(key)
-            if transpose:
-                x = x.T
-            want = spec.shape[1:] if layered else spec.shape
-            if x.shape != tuple(want):
-                raise CheckpointError(
-                    f"tensor {key} has shape {tuple(x.T.shape if transpose else x.shape)}, "
-                    f"the {config.model_type} config expects {tuple(want[::-1] if transpose else want)}"
-                )
-            if layered:
-                buf[i] = x.astype(np_dtype)
-            else:
-                buf[...] = x.astype(np_dtype)
-        _set(params, path, jnp.asarray(buf, dtype=dtype))
-        del buf
-    if tied and _HEAD in source.keys():
-        head = source.get(_HEAD)
-        emb = _get(params, rows[0][1])
-        if head.shape != emb.shape:
-            raise CheckpointError(f"tied lm_head.weight has shape {head.shape}, embeddings {emb.shape}")
-    return params
+    """The params pytree, leaf by leaf in `dtype`: peak host memory is the params plus one leaf."""
+    reader = CheckpointReader(config, source)
+    shapes = Model(config).param_shapes(dtype)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, spec: jnp.asarray(reader.leaf(tuple(e.key for e in path), dtype=dtype), dtype=spec.dtype),
+        shapes)
 
 
 def resolve(name_or_path: str, revision: str | None = None) -> str:
@@ -308,11 +312,15 @@ def resolve(name_or_path: str, revision: str | None = None) -> str:
         ) from e
 
 
-def load_pretrained(name_or_path: str, dtype=jnp.float32, revision: str | None = None) -> tuple[ModelConfig, dict]:
-    """Loads a HF GPT-2 / OPT checkpoint as `(config, frozen params)` in `dtype`."""
-    directory = resolve(name_or_path, revision)
+def load_config(directory: str) -> ModelConfig:
     try:
-        config = ModelConfig.from_hf_config(directory)
+        return config_from_hf(directory)
     except ConfigError as e:
         raise ConfigError(f"{directory}: {e}") from e
+
+
+def load_pretrained(name_or_path: str, dtype=jnp.float32, revision: str | None = None) -> tuple[ModelConfig, dict]:
+    """Loads a HF checkpoint of any supported family as `(config, frozen params)` in `dtype`."""
+    directory = resolve(name_or_path, revision)
+    config = load_config(directory)
     return config, load_params(config, TensorSource(directory), dtype)

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxprompt.models import Model, Prefix, positions_from_mask
+from jaxprompt.models.layers import Adapter, Prefix
+from jaxprompt.models.model import Model, positions_from_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +60,16 @@ def generate(
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
     prefix: Prefix | None = None,
+    adapter: Adapter | None = None,
 ) -> tuple[Int[Array, "B N"], Int[Array, "B"]]:
     """New tokens `[B, max_new_tokens]` and each row's length (up to and including EOS).
 
     Inputs must be left-padded, so every row's next token goes to the same slot. Rows that emit
-    `eos_token_id` stop; their remaining slots hold `pad_token_id` (EOS if unset). Decoding ends
-    early when every row has stopped.
+    `eos_token_id` stop; their remaining slots hold `pad_token_id` (EOS if unset). A row also stops
+    at the model's position limit: its last token is the one predicted from position
+    `max_positions - 1` (never a position the model does not have). Decoding ends early when every
+    row has stopped. Callers that must refuse rather than stop check lengths first (the inputs'
+    positions themselves must fit; that is checked where the inputs are built).
     """
     B, T, _ = embeds.shape
     if rng is None:
@@ -74,7 +79,7 @@ def generate(
     start = 0 if prefix is None else prefix.length
     cache = model.init_cache(B, T + max_new_tokens, dtype)
     positions = positions_from_mask(attention_mask, start)
-    logits, cache = model.forward(params, embeds, positions, attention_mask, cache, prefix)
+    logits, cache = model.forward(params, embeds, positions, attention_mask, cache, prefix, adapter)
 
     def cond(carry):
         i, _, _, done, _, _, _ = carry
@@ -88,8 +93,9 @@ def generate(
         lengths = lengths + (~done).astype(jnp.int32)
         if eos_token_id is not None:
             done = done | (token == eos_token_id)
+        done = done | (next_pos >= model.config.max_positions)  # the new token could not be read
         step_logits, cache = model.forward(params, model.embed(params, token[:, None]), next_pos[:, None],
-                                           jnp.ones((B, 1), bool), cache, prefix)
+                                           jnp.ones((B, 1), bool), cache, prefix, adapter)
         return i + 1, step_logits[:, -1], next_pos + 1, done, out, lengths, cache
 
     carry = (jnp.int32(0), logits[:, -1], positions[:, -1] + 1, jnp.zeros(B, bool),

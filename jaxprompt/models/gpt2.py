@@ -1,17 +1,56 @@
-"""GPT-2 (Radford et al. 2019) as pure functions of a layer-stacked params pytree.
+"""GPT-2 (Radford et al. 2019): learned absolute positions, pre-LayerNorm blocks, fused q/k/v.
 
 Parameter names follow the HF modules (`wte`, `wpe`, `h/attn/c_attn/kernel`, `ln_f`) with the
-layer axis stacked first under `h`; Conv1D weights are already (in, out).
+layer axis stacked first under `h`; GPT-2's Conv1D weights are already (in, out).
 """
 
 from __future__ import annotations
 
-import jax
+import math
+from typing import Any, Mapping
+
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxprompt.models.config import ModelConfig
-from jaxprompt.models.layers import KVCache, LayerInputs, Prefix, activation, attend, decoder_stack, dense, layer_norm
+from jaxprompt.models.architecture import Architecture, KeyRow, TokenizerConventions
+from jaxprompt.models.config import ModelConfig, read_fields, refuse, write_fields
+from jaxprompt.models.layers import (Adapter, AttentionSpec, KVCache, LayerInputs, Prefix, activation, adapter_attention,
+                                     attend, decoder_stack, dense, layer_norm)
+
+# ours -> config.json name: the one table that reads and writes config.json
+HF_FIELDS = {
+    "vocab_size": "vocab_size", "max_positions": "n_positions", "d_model": "n_embd", "n_layers": "n_layer",
+    "n_heads": "n_head", "d_ff": "n_inner", "activation": "activation_function", "norm_eps": "layer_norm_epsilon",
+    "tie_word_embeddings": "tie_word_embeddings", "bos_token_id": "bos_token_id", "eos_token_id": "eos_token_id",
+    "pad_token_id": "pad_token_id",
+}
+# transformers' defaults for keys a config.json may omit
+HF_DEFAULTS = {
+    "vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
+    "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True,
+    "bos_token_id": 50256, "eos_token_id": 50256,
+}
+UNSUPPORTED = {"scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+               "add_cross_attention": False, "scale_attn_weights": True}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2": {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12},
+    "distilgpt2": {"model_type": "gpt2", "n_embd": 768, "n_layer": 6, "n_head": 12},
+    "gpt2-medium": {"model_type": "gpt2", "n_embd": 1024, "n_layer": 24, "n_head": 16},
+    "gpt2-large": {"model_type": "gpt2", "n_embd": 1280, "n_layer": 36, "n_head": 20},
+    "gpt2-xl": {"model_type": "gpt2", "n_embd": 1600, "n_layer": 48, "n_head": 25},
+}
+
+
+def config_from_hf(hf: Mapping[str, Any]) -> ModelConfig:
+    refuse(hf, "GPT-2", UNSUPPORTED)
+    fields = read_fields(hf, HF_FIELDS, HF_DEFAULTS)
+    fields["d_ff"] = fields["d_ff"] or 4 * fields["d_model"]  # n_inner=None means 4 * n_embd
+    return ModelConfig(model_type="gpt2", **fields)
+
+
+def config_to_hf(c: ModelConfig) -> dict[str, Any]:
+    return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], **write_fields(c, HF_FIELDS)}
 
 
 def param_shapes(c: ModelConfig) -> dict:
@@ -35,26 +74,54 @@ def param_shapes(c: ModelConfig) -> dict:
     return shapes
 
 
-# Residual projections get GPT-2's 1/sqrt(2 L) init scale.
-RESIDUAL_PROJECTIONS = (("h", "attn", "c_proj", "kernel"), ("h", "mlp", "c_proj", "kernel"))
+def key_table(c: ModelConfig) -> list[KeyRow]:
+    norm = lambda hf, path: [(f"{hf}.weight", (*path, "scale"), False), (f"{hf}.bias", (*path, "bias"), False)]
+    conv = lambda hf, path: [(f"{hf}.weight", (*path, "kernel"), False), (f"{hf}.bias", (*path, "bias"), False)]
+    rows = [
+        ("transformer.wte.weight", ("wte", "embedding"), False),
+        ("transformer.wpe.weight", ("wpe", "embedding"), False),
+        *norm("transformer.h.{i}.ln_1", ("h", "ln_1")),
+        *conv("transformer.h.{i}.attn.c_attn", ("h", "attn", "c_attn")),
+        *conv("transformer.h.{i}.attn.c_proj", ("h", "attn", "c_proj")),
+        *norm("transformer.h.{i}.ln_2", ("h", "ln_2")),
+        *conv("transformer.h.{i}.mlp.c_fc", ("h", "mlp", "c_fc")),
+        *conv("transformer.h.{i}.mlp.c_proj", ("h", "mlp", "c_proj")),
+        *norm("transformer.ln_f", ("ln_f",)),
+    ]
+    if not c.tie_word_embeddings:
+        rows.append(("lm_head.weight", ("lm_head", "kernel"), True))  # nn.Linear
+    return rows
 
 
-def input_embedding(params: dict) -> Float[Array, "V E"]:
+def embed(params: dict, tokens: Int[Array, "B T"], c: ModelConfig) -> Float[Array, "B T D"]:
+    return params["wte"]["embedding"][tokens]
+
+
+def embedding_table(params: dict, c: ModelConfig) -> Float[Array, "V D"]:
     return params["wte"]["embedding"]
+
+
+def output_embedding(params: dict, c: ModelConfig) -> Float[Array, "V D"]:
+    return params["wte"]["embedding"] if c.tie_word_embeddings else params["lm_head"]["kernel"].T
 
 
 def _block(c: ModelConfig):
     act = activation(c.activation)
     H, K = c.n_heads, c.head_dim
+    spec = AttentionSpec(scale=1.0 / math.sqrt(K))
 
     def block(p: dict, h: Float[Array, "B T D"], ctx: LayerInputs):
         B, T, D = h.shape
-        qkv = dense(layer_norm(h, p["ln_1"], c.layer_norm_eps), p["attn"]["c_attn"])
+        qkv = dense(layer_norm(h, p["ln_1"], c.norm_eps), p["attn"]["c_attn"])
         q, k, v = (x.reshape(B, T, H, K) for x in jnp.split(qkv, 3, axis=-1))
-        out, new_kv = attend(q, k, v, ctx)
+        out, new_kv = attend(q, k, v, ctx, spec)
         h = h + dense(out.reshape(B, T, D), p["attn"]["c_proj"])
+        if ctx.adapter is not None:  # PEFT's GPT-2 form: added after c_proj, not projected
+            prompt, gate = ctx.adapter
+            _, ak, av = (x.reshape(-1, H, K) for x in jnp.split(dense(prompt, p["attn"]["c_attn"]), 3, axis=-1))
+            h = h + adapter_attention(q, ak, av, gate, spec).reshape(B, T, D)
         mlp = p["mlp"]
-        h = h + dense(act(dense(layer_norm(h, p["ln_2"], c.layer_norm_eps), mlp["c_fc"])), mlp["c_proj"])
+        h = h + dense(act(dense(layer_norm(h, p["ln_2"], c.norm_eps), mlp["c_fc"])), mlp["c_proj"])
         return h, new_kv
 
     return block
@@ -69,11 +136,21 @@ def transformer(
     cache: KVCache | None = None,
     prefix: Prefix | None = None,
     remat: bool = False,
+    adapter: Adapter | None = None,
 ) -> tuple[Float[Array, "B T D"], KVCache | None]:
     h = embeds + params["wpe"]["embedding"][positions].astype(embeds.dtype)
-    h, cache = decoder_stack(_block(c), params["h"], h, attention_mask, cache, prefix, remat)
-    return layer_norm(h, params["ln_f"], c.layer_norm_eps), cache
+    h, cache = decoder_stack(_block(c), params["h"], h, attention_mask, positions, cache, prefix, remat,
+                             adapter=adapter)
+    return layer_norm(h, params["ln_f"], c.norm_eps), cache
 
 
-def output_embedding(params: dict, c: ModelConfig) -> Float[Array, "V D"]:
-    return params["wte"]["embedding"] if c.tie_word_embeddings else params["lm_head"]["kernel"].T
+ARCHITECTURE = Architecture(
+    model_type="gpt2", config_from_hf=config_from_hf, config_to_hf=config_to_hf, presets=PRESETS,
+    param_shapes=param_shapes, key_table=key_table, embed=embed, embedding_table=embedding_table,
+    output_embedding=output_embedding, transformer=transformer,
+    tokenizer=TokenizerConventions(add_bos=False, bos_token="<|endoftext|>", eos_token="<|endoftext|>"),
+    hf_architecture="GPT2LMHeadModel",
+    residual_projections=(("h", "attn", "c_proj", "kernel"), ("h", "mlp", "c_proj", "kernel")),
+    optional_prefixes=("transformer.",),  # the original `gpt2` weights have no `transformer.` prefix
+    ignored_suffixes=(".attn.bias", ".attn.masked_bias"),
+)

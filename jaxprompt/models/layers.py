@@ -1,5 +1,10 @@
-"""Layers shared by GPT-2 and OPT: layer norm, dense, causal attention with a key/value cache and
-an optional prefix of extra keys/values, and the scanned decoder stack."""
+"""Layers every architecture is built from: norms, dense, activations, rotary position
+embeddings, attention over [prefix | cache | current] keys with grouped-query heads, a sliding
+window and soft-capping, and the scanned decoder stack.
+
+Axes (see the README glossary): B batch, T current tokens, S key slots, P prefix length,
+H query heads, G key/value heads (H = G * R), K head width, D model width, L layers.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +13,42 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 from jaxtyping import Array, Bool, Float, Int
 
 _MASKED = -1e30  # finite, so a fully masked (padding) query row gives a uniform softmax, not NaN
 
 
+# ---- norms -----------------------------------------------------------------------------------
+
 def layer_norm(x: Float[Array, "... D"], p: dict | None, eps: float) -> Float[Array, "... D"]:
+    """LayerNorm with fp32 statistics; `p` None (or empty) for a non-affine norm."""
     x32 = x.astype(jnp.float32)
     mean = x32.mean(-1, keepdims=True)
     var = jnp.square(x32 - mean).mean(-1, keepdims=True)
     y = (x32 - mean) * jax.lax.rsqrt(var + eps)
-    if p:  # OPT may have non-affine layer norms
+    if p:
         y = y * p["scale"].astype(jnp.float32) + p["bias"].astype(jnp.float32)
     return y.astype(x.dtype)
 
+
+def rms_norm(x: Float[Array, "... D"], scale: Float[Array, "D"], eps: float, unit_offset: bool = False
+             ) -> Float[Array, "... D"]:
+    """RMSNorm (Zhang & Sennrich 2019) with fp32 statistics.
+
+    Llama casts the normalised input back to its dtype, then multiplies by the weight; Gemma
+    multiplies by `1 + weight` in fp32 and casts last (`unit_offset`). Both orders are kept so bf16
+    results round as in transformers.
+    """
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+    if unit_offset:
+        return (y * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
+    return scale * y.astype(x.dtype)
+
+
+# ---- dense and activations -------------------------------------------------------------------
 
 def dense(x: Float[Array, "... I"], p: dict) -> Float[Array, "... O"]:
     y = x @ p["kernel"]
@@ -36,8 +62,8 @@ _GELU_C = math.sqrt(2 / math.pi)
 
 @jax.custom_vjp
 def gelu_tanh(x):
-    """GPT-2's tanh-approximated GELU. Its backward reuses the forward's tanh (residual), which on
-    CPU makes a GPT-2 prompt-tuning step ~15% faster than differentiating through it."""
+    """Tanh-approximated GELU (GPT-2, Gemma). Its backward reuses the forward's tanh (residual),
+    which on CPU makes a GPT-2 prompt-tuning step ~15% faster than differentiating through it."""
     return _gelu_fwd(x)[0]
 
 
@@ -64,28 +90,84 @@ ACTIVATIONS: dict[str, Callable] = {
 
 def activation(name: str) -> Callable:
     if name not in ACTIVATIONS:
-        raise ValueError(f"unsupported activation_function {name!r}; known: {', '.join(ACTIVATIONS)}")
+        raise ValueError(f"unsupported activation {name!r}; known: {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]
 
+
+def gated_mlp(x: Float[Array, "... D"], p: dict, act: Callable) -> Float[Array, "... D"]:
+    """`down(act(gate(x)) * up(x))`: SwiGLU with SiLU, GeGLU with GELU (Shazeer 2020)."""
+    return dense(act(dense(x, p["gate_proj"])) * dense(x, p["up_proj"]), p["down_proj"])
+
+
+# ---- rotary position embeddings (Su et al. 2021, "RoFormer") ----------------------------------
+
+def rotary_inv_freq(rotary_dim: int, theta: float, scaling: dict | None = None) -> np.ndarray:
+    """Inverse frequencies [rotary_dim / 2] in fp32, as transformers computes them.
+
+    `scaling` is a `rope_scaling` dict: type `default`, `linear` (positions divided by `factor`) or
+    `llama3` (Llama 3.1: low frequencies divided by `factor`, a smooth ramp in between).
+    """
+    exponents = np.arange(0, rotary_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(rotary_dim)
+    inv_freq = (np.float32(1.0) / (np.float32(theta) ** exponents)).astype(np.float32)
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if kind == "default":
+        return inv_freq
+    factor = np.float32(scaling["factor"])
+    if kind == "linear":
+        return inv_freq / factor
+    if kind == "llama3":
+        low, high = np.float32(scaling["low_freq_factor"]), np.float32(scaling["high_freq_factor"])
+        context = np.float32(scaling["original_max_position_embeddings"])
+        wavelen = np.float32(2 * math.pi) / inv_freq
+        scaled = np.where(wavelen > context / low, inv_freq / factor, inv_freq)
+        smooth = (context / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < context / high) & ~(wavelen > context / low)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+    raise ValueError(f"unsupported rope_scaling type {kind!r}; jaxprompt supports default, linear, llama3")
+
+
+def rotary_angles(positions: Int[Array, "B T"], inv_freq: np.ndarray, dtype
+                  ) -> tuple[Float[Array, "B T R"], Float[Array, "B T R"]]:
+    """cos and sin of position x frequency (fp32, then cast to the compute dtype as transformers does)."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
+    angles = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
+
+
+def apply_rotary(x: Float[Array, "B T N K"], cos: Float[Array, "B T R"], sin: Float[Array, "B T R"]
+                 ) -> Float[Array, "B T N K"]:
+    """Rotates the first R dims of each head (all of them unless the rotary is partial, GPT-NeoX),
+    pairing dim i with dim i + R/2 ("rotate half", the transformers layout)."""
+    R = cos.shape[-1]
+    rot, rest = x[..., :R], x[..., R:]
+    half = R // 2
+    rotated = jnp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
+    out = rot * cos[:, :, None] + rotated * sin[:, :, None]
+    return jnp.concatenate([out, rest], axis=-1) if rest.shape[-1] else out
+
+
+# ---- keys/values beyond the current tokens ---------------------------------------------------
 
 @struct.dataclass
 class KVCache:
     """Keys/values of every layer for incremental decoding, in fixed-size slots.
 
     Slots are written in time order, so "causal" is slot order; `mask` marks slots holding a real
-    (non-padding) token.
+    (non-padding) token and `positions` their position ids (sliding windows compare positions).
     """
 
-    k: Float[Array, "L B S H K"]
-    v: Float[Array, "L B S H K"]
+    k: Float[Array, "L B S G K"]
+    v: Float[Array, "L B S G K"]
     mask: Bool[Array, "B S"]
+    positions: Int[Array, "B S"]
     index: Int[Array, ""]  # next slot to write
 
     @classmethod
-    def empty(cls, n_layers: int, batch: int, slots: int, n_heads: int, head_dim: int, dtype) -> "KVCache":
-        shape = (n_layers, batch, slots, n_heads, head_dim)
-        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-                   mask=jnp.zeros((batch, slots), bool), index=jnp.zeros((), jnp.int32))
+    def empty(cls, n_layers: int, batch: int, slots: int, n_kv_heads: int, head_dim: int, dtype) -> "KVCache":
+        shape = (n_layers, batch, slots, n_kv_heads, head_dim)
+        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), mask=jnp.zeros((batch, slots), bool),
+                   positions=jnp.zeros((batch, slots), jnp.int32), index=jnp.zeros((), jnp.int32))
 
     @property
     def slots(self) -> int:
@@ -94,15 +176,16 @@ class KVCache:
 
 @struct.dataclass
 class Prefix:
-    """Keys/values that queries attend to before their own tokens, per layer.
+    """Keys/values (per key/value head) that queries attend to before their own tokens, per layer.
 
+    They hold positions 0..P-1: real tokens after a prefix are numbered from P, as PEFT numbers them.
     Prefix tuning learns them; a shared prompt computes them once at batch size 1 (`Bp == 1`
-    broadcasts over the batch). `mask[l]` false hides a prefix slot in layer l,
-    which is how "only the top k layers" is expressed.
+    broadcasts over the batch). `mask[l]` false hides a prefix slot in layer l, which is how "only
+    the top k layers" is expressed.
     """
 
-    k: Float[Array, "L Bp P H K"]
-    v: Float[Array, "L Bp P H K"]
+    k: Float[Array, "L Bp P G K"]
+    v: Float[Array, "L Bp P G K"]
     mask: Bool[Array, "L Bm P"]
 
     @property
@@ -110,66 +193,140 @@ class Prefix:
         return self.k.shape[2]
 
 
+@struct.dataclass
+class Adapter:
+    """LLaMA-Adapter's adaption prompts (Zhang et al. 2023, "LLaMA-Adapter"): per layer, A learned
+    vectors of the model width that the layer's queries read through the layer's own key/value
+    projections, in a softmax of their own, scaled by a zero-initialised gate. A layer whose gate is
+    0 computes exactly what it computes without an adapter.
+    """
+
+    prompt: Float[Array, "L A D"]
+    gate: Float[Array, "L"]
+
+
+# ---- attention --------------------------------------------------------------------------------
+
+class AttentionSpec(NamedTuple):
+    """What differs between architectures' attention beyond shapes (a static constant under jit)."""
+
+    scale: float  # multiplies q.k: 1/sqrt(K), or Gemma 2's query_pre_attn_scalar ** -0.5
+    softcap: float | None = None
+
+
 class LayerInputs(NamedTuple):
     """What one layer's attention needs beside its own q/k/v (sliced per layer by the scan)."""
 
     key_mask: Bool[Array, "B T S"]
-    cache_k: Float[Array, "B S H K"] | None
-    cache_v: Float[Array, "B S H K"] | None
+    cache_k: Float[Array, "B S G K"] | None
+    cache_v: Float[Array, "B S G K"] | None
     cache_index: Int[Array, ""] | None
-    prefix_k: Float[Array, "Bp P H K"] | None
-    prefix_v: Float[Array, "Bp P H K"] | None
-    prefix_mask: Bool[Array, "Bm P"] | None
+    prefix_k: Float[Array, "Bp P G K"] | None
+    prefix_v: Float[Array, "Bp P G K"] | None
+    prefix_mask: Bool[Array, "B T P"] | None
+    rotary: tuple[Array, Array] | None  # cos, sin of the current tokens' positions
+    adapter: tuple[Array, Array] | None = None  # this layer's adaption prompt [A, D] and gate []
+
+
+def _scores(q: Float[Array, "B T G R K"], k: Float[Array, "B S G K"], spec: AttentionSpec
+            ) -> Float[Array, "B G R T S"]:
+    s = jnp.einsum("btgrk,bsgk->bgrts", q, k, preferred_element_type=jnp.float32)
+    if spec.softcap is not None:  # Gemma 2: logits squashed into (-cap, cap) before masking
+        s = spec.softcap * jnp.tanh(s / spec.softcap)
+    return s
 
 
 def attend(
-    q: Float[Array, "B T H K"], k: Float[Array, "B T H K"], v: Float[Array, "B T H K"], ctx: LayerInputs
+    q: Float[Array, "B T H K"], k: Float[Array, "B T G K"], v: Float[Array, "B T G K"], ctx: LayerInputs,
+    spec: AttentionSpec,
 ) -> tuple[Float[Array, "B T H K"], tuple[Array, Array] | None]:
     """Scaled dot-product attention of q over [prefix | cache | current] keys.
 
-    Returns the attention output and, with a cache, this layer's updated cache slots.
+    Grouped-query attention (Ainslie et al. 2023): query head h reads key/value head h // R, as
+    transformers' `repeat_kv` pairs them. Returns the output and, with a cache, this layer's
+    updated cache slots.
     """
-    q = q * (1.0 / math.sqrt(q.shape[-1]))
+    B, T, H, K = q.shape
+    G = k.shape[2]
+    q = (q * jnp.asarray(spec.scale, q.dtype)).reshape(B, T, G, H // G, K)
     new_kv = None
     if ctx.cache_k is not None:
         k = jax.lax.dynamic_update_slice_in_dim(ctx.cache_k, k.astype(ctx.cache_k.dtype), ctx.cache_index, axis=1)
         v = jax.lax.dynamic_update_slice_in_dim(ctx.cache_v, v.astype(ctx.cache_v.dtype), ctx.cache_index, axis=1)
         new_kv = (k, v)
-    scores = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32)
-    scores = jnp.where(ctx.key_mask[:, None], scores, _MASKED)
-    if ctx.prefix_k is not None:
-        # a shared prefix (batch 1) is broadcast: on CPU XLA runs the batched einsum faster than a
-        # batch-free contraction against it
-        B = q.shape[0]
-        pk = jnp.broadcast_to(ctx.prefix_k.astype(q.dtype), (B, *ctx.prefix_k.shape[1:]))
-        pv = jnp.broadcast_to(ctx.prefix_v.astype(v.dtype), (B, *ctx.prefix_v.shape[1:]))
-        pscores = jnp.einsum("bthk,bphk->bhtp", q, pk, preferred_element_type=jnp.float32)
-        pscores = jnp.where(ctx.prefix_mask[:, None, None, :], pscores, _MASKED)
-        weights = jax.nn.softmax(jnp.concatenate([pscores, scores], axis=-1), axis=-1).astype(v.dtype)
-        n_prefix = pk.shape[1]
-        prefix_out = jnp.einsum("bhtp,bphk->bthk", weights[..., :n_prefix], pv)
-        return jnp.einsum("bhts,bshk->bthk", weights[..., n_prefix:], v) + prefix_out, new_kv
-    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhts,bshk->bthk", weights, v), new_kv
+    scores = jnp.where(ctx.key_mask[:, None, None], _scores(q, k, spec), _MASKED)
+    if ctx.prefix_k is None:
+        weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        out = jnp.einsum("bgrts,bsgk->btgrk", weights, v)
+        return out.reshape(B, T, H, K), new_kv
+    # a shared prefix (batch 1) is broadcast: on CPU XLA runs the batched einsum faster than a
+    # batch-free contraction against it
+    pk = jnp.broadcast_to(ctx.prefix_k.astype(q.dtype), (B, *ctx.prefix_k.shape[1:]))
+    pv = jnp.broadcast_to(ctx.prefix_v.astype(v.dtype), (B, *ctx.prefix_v.shape[1:]))
+    pscores = jnp.where(ctx.prefix_mask[:, None, None], _scores(q, pk, spec), _MASKED)
+    weights = jax.nn.softmax(jnp.concatenate([pscores, scores], axis=-1), axis=-1).astype(v.dtype)
+    P = pk.shape[1]
+    out = (jnp.einsum("bgrts,bsgk->btgrk", weights[..., P:], v)
+           + jnp.einsum("bgrtp,bpgk->btgrk", weights[..., :P], pv))
+    return out.reshape(B, T, H, K), new_kv
 
 
-def key_mask(
-    attention_mask: Bool[Array, "B T"], cache: KVCache | None
-) -> tuple[Bool[Array, "B T S"], Bool[Array, "B S"] | None]:
-    """Which keys each query sees: causal in slot order and not padding.
+def adapter_attention(q: Float[Array, "B T H K"], k: Float[Array, "A G K"], v: Float[Array, "A G K"],
+                      gate: Float[Array, ""], spec: AttentionSpec) -> Float[Array, "B T H K"]:
+    """The adaption prompt's share of a layer's attention output: `gate * softmax(q k_a) v_a`, its
+    own softmax over the A adapter slots (unmasked, no positions), as PEFT's AdaptedAttention."""
+    B, T, H, K = q.shape
+    G = k.shape[1]
+    q = (q * jnp.asarray(spec.scale, q.dtype)).reshape(B, T, G, H // G, K)
+    scores = jnp.einsum("btgrk,agk->bgrta", q, k.astype(q.dtype), preferred_element_type=jnp.float32)
+    weights = gate.astype(v.dtype) * jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bgrta,agk->btgrk", weights, v).reshape(B, T, H, K)
 
-    Returns the [B, T, S] mask and, with a cache, the cache's updated slot mask.
-    """
+
+# ---- masks ------------------------------------------------------------------------------------
+
+class Masks(NamedTuple):
+    """Key masks of the current tokens, for layers with full attention and (if any) windowed ones."""
+
+    full: Bool[Array, "B T S"]
+    windowed: Bool[Array, "B T S"] | None
+    prefix_full: Bool[Array, "B T P"] | None  # positions only; the per-layer prefix mask is applied in the scan
+    prefix_windowed: Bool[Array, "B T P"] | None
+    slot_mask: Bool[Array, "B S"] | None  # the cache's updated slot mask
+    slot_positions: Int[Array, "B S"] | None
+
+
+def key_masks(
+    attention_mask: Bool[Array, "B T"], positions: Int[Array, "B T"], cache: KVCache | None,
+    prefix_length: int, window: int | None,
+) -> Masks:
+    """Which keys each query sees: causal in slot order, not padding, and (windowed layers) at most
+    `window - 1` positions back, as transformers' sliding-window mask (`q - k < window`)."""
     attention_mask = attention_mask.astype(bool)
     T = attention_mask.shape[1]
     if cache is None:
         causal = jnp.tril(jnp.ones((T, T), bool))
-        return causal[None] & attention_mask[:, None, :], None
-    slot_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, attention_mask, cache.index, axis=1)
-    query_slot = cache.index + jnp.arange(T)
-    causal = jnp.arange(cache.slots)[None, :] <= query_slot[:, None]
-    return causal[None] & slot_mask[:, None, :], slot_mask
+        full = causal[None] & attention_mask[:, None, :]
+        slot_mask, key_positions = None, positions
+    else:
+        slot_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, attention_mask, cache.index, axis=1)
+        key_positions = jax.lax.dynamic_update_slice_in_dim(cache.positions, positions.astype(jnp.int32),
+                                                            cache.index, axis=1)
+        query_slot = cache.index + jnp.arange(T)
+        causal = jnp.arange(cache.slots)[None, :] <= query_slot[:, None]
+        full = causal[None] & slot_mask[:, None, :]
+    prefix_full = jnp.ones((*positions.shape, prefix_length), bool) if prefix_length else None
+    windowed = prefix_windowed = None
+    if window is not None:
+        near = lambda keys: positions[:, :, None] - keys < window
+        windowed = full & near(key_positions[:, None, :])
+        if prefix_length:
+            prefix_windowed = near(jnp.arange(prefix_length)[None, None, :])
+    return Masks(full, windowed, prefix_full, prefix_windowed, slot_mask,
+                 None if cache is None else key_positions)
 
+
+# ---- the stack --------------------------------------------------------------------------------
 
 BlockFn = Callable[[dict, Array, LayerInputs], tuple[Array, tuple[Array, Array] | None]]
 
@@ -179,20 +336,41 @@ def decoder_stack(
     layers: dict,
     h: Float[Array, "B T D"],
     attention_mask: Bool[Array, "B T"],
+    positions: Int[Array, "B T"],
     cache: KVCache | None = None,
     prefix: Prefix | None = None,
     remat: bool = False,
+    rotary: tuple[Array, Array] | None = None,
+    window: int | None = None,
+    windowed_layers: tuple[bool, ...] | None = None,
+    adapter: Adapter | None = None,
 ) -> tuple[Float[Array, "B T D"], KVCache | None]:
-    """Runs `block` over the layer-stacked params with `lax.scan` (compile time independent of depth)."""
-    mask, slot_mask = key_mask(attention_mask, cache)
-    if prefix is not None and prefix.k.shape[0] != jax.tree.leaves(layers)[0].shape[0]:
-        raise ValueError(f"prefix has {prefix.k.shape[0]} layers, the model {jax.tree.leaves(layers)[0].shape[0]}")
+    """Runs `block` over the layer-stacked params with `lax.scan` (compile time independent of depth).
+
+    `window`: sliding-window width for the layers flagged in `windowed_layers` (all when None).
+    """
+    n_layers = jax.tree.leaves(layers)[0].shape[0]
+    if prefix is not None and prefix.k.shape[0] != n_layers:
+        raise ValueError(f"prefix has {prefix.k.shape[0]} layers, the model {n_layers}")
+    masks = key_masks(attention_mask, positions, cache, 0 if prefix is None else prefix.length, window)
+    if window is None:
+        use_window = None
+    else:
+        flags = windowed_layers if windowed_layers is not None else (True,) * n_layers
+        use_window = jnp.asarray(flags, bool)
 
     def body(h, xs):
-        p, ck, cv, pk, pv, pm = xs
-        ctx = LayerInputs(mask, ck, cv, None if cache is None else cache.index, pk, pv, pm)
-        h, new_kv = block(p, h, ctx)
-        return h, new_kv
+        p, ck, cv, pk, pv, pm, windowed, layer_adapter = xs
+        key_mask, prefix_mask = masks.full, masks.prefix_full
+        if windowed is not None:
+            key_mask = jnp.where(windowed, masks.windowed, masks.full)
+            if prefix_mask is not None:
+                prefix_mask = jnp.where(windowed, masks.prefix_windowed, prefix_mask)
+        if prefix_mask is not None:
+            prefix_mask = prefix_mask & pm[:, None, :]  # the layer's own prefix slots (top-k layers)
+        ctx = LayerInputs(key_mask, ck, cv, None if cache is None else cache.index, pk, pv, prefix_mask, rotary,
+                          layer_adapter)
+        return block(p, h, ctx)
 
     if remat:
         body = jax.checkpoint(body, prevent_cse=False)
@@ -203,9 +381,12 @@ def decoder_stack(
         None if prefix is None else prefix.k,
         None if prefix is None else prefix.v,
         None if prefix is None else prefix.mask,
+        use_window,
+        None if adapter is None else (adapter.prompt, adapter.gate),
     )
     h, new_kv = jax.lax.scan(body, h, xs)
     if cache is None:
         return h, None
     k, v = new_kv
-    return h, KVCache(k=k, v=v, mask=slot_mask, index=cache.index + attention_mask.shape[1])
+    return h, KVCache(k=k, v=v, mask=masks.slot_mask, positions=masks.slot_positions,
+                      index=cache.index + attention_mask.shape[1])

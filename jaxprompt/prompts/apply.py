@@ -64,7 +64,9 @@ def shared_head(model: Model, frozen: dict, method: PromptMethod | None, prompt:
         k_done, v_done = prefix.k[:, :, prefix.length - done:], prefix.v[:, :, prefix.length - done:]
         cache = cache.replace(k=cache.k.at[:, :, :done].set(k_done.astype(cache.k.dtype)),
                               v=cache.v.at[:, :, :done].set(v_done.astype(cache.v.dtype)),
-                              mask=cache.mask.at[:, :done].set(True), index=jnp.int32(done))
+                              mask=cache.mask.at[:, :done].set(True),
+                              positions=cache.positions.at[:, :done].set(start + jnp.arange(done)),
+                              index=jnp.int32(done))
     mask = jnp.ones((1, S - done), bool)
     _, cache = model.transformer(frozen, embeds, positions_from_mask(mask, start + done), mask, cache, method_prefix)
     shared = Prefix(cache.k, cache.v, jnp.ones((cache.k.shape[0], 1, S), bool))

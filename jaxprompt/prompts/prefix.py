@@ -42,7 +42,7 @@ class PrefixTuning(PromptMethod):
 
     def _mlp(self, model: Model, n: int) -> PrefixMLP:
         c = model.config
-        return PrefixMLP(self.reparam_hidden, n * 2 * c.d_model)
+        return PrefixMLP(self.reparam_hidden, n * 2 * c.n_kv_heads * c.head_dim)
 
     def init(self, key, model: Model, frozen: dict, n_virtual: int = 0) -> dict:
         c, n = model.config, self.n_layers(model)
@@ -58,15 +58,15 @@ class PrefixTuning(PromptMethod):
         cache = model.init_cache(1, P, jnp.float32)
         frozen32 = jax.tree.map(lambda x: x.astype(jnp.float32), frozen)
         _, cache = model.transformer(frozen32, model.embed(frozen32, ids[None]), positions_from_mask(mask), mask, cache)
-        kv = jnp.stack([cache.k[:, 0], cache.v[:, 0]], axis=2)  # [L, P, 2, H, K]
+        kv = jnp.stack([cache.k[:, 0], cache.v[:, 0]], axis=2)  # [L, P, 2, G, K]
         return {"kv": kv[c.n_layers - n:]}
 
     def prefix(self, prompt, model: Model, frozen, step):
         c, n = model.config, self.n_layers(model)
-        P, H, K = self.length, c.n_heads, c.head_dim
+        P, G, K = self.length, c.n_kv_heads, c.head_dim
         if "mlp" in prompt:
-            flat = self._mlp(model, n).apply({"params": prompt["mlp"]}, prompt["inputs"])  # [P, n * 2 * D]
-            kv = flat.reshape(P, n, 2, H, K).transpose(1, 0, 2, 3, 4)  # [n, P, 2, H, K]
+            flat = self._mlp(model, n).apply({"params": prompt["mlp"]}, prompt["inputs"])  # [P, n * 2 * G * K]
+            kv = flat.reshape(P, n, 2, G, K).transpose(1, 0, 2, 3, 4)  # [n, P, 2, G, K]
         else:
             kv = prompt["kv"]
         pad = c.n_layers - n  # lower layers without a prefix: zeros, masked out

@@ -1,0 +1,134 @@
+"""A frozen causal LM: `embed(tokens)` then `transformer(embeds, positions, mask)` then `unembed`.
+
+A prompt is inserted between `embed` and `transformer` (or, for prefix tuning, handed to the
+transformer as extra keys/values), so every prompt method is an ordinary function in between.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from jaxprompt.models.architecture import Architecture
+from jaxprompt.models.config import ModelConfig
+from jaxprompt.models.layers import Adapter, KVCache, Prefix
+from jaxprompt.models.registry import architecture
+from jaxprompt.precision import LOGITS_DTYPE
+
+
+def positions_from_mask(attention_mask: Bool[Array, "B T"], start: Int[Array, "B"] | int = 0) -> Int[Array, "B T"]:
+    """Position ids that count real tokens only, so left and right padding give the same positions.
+
+    `start` is the number of real tokens already before this segment (prefix or cache).
+    """
+    mask = attention_mask.astype(jnp.int32)
+    return jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0) + jnp.asarray(start, jnp.int32).reshape(-1, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A frozen LM architecture. Hashable, so it can be closed over by `jit`.
+
+    All methods are pure functions of an explicit params pytree.
+    """
+
+    config: ModelConfig
+    remat: bool = False  # rematerialise each block in the backward pass (saves activation memory)
+
+    def __post_init__(self):
+        architecture(self.config.model_type)  # unknown model types fail here, with the supported list
+
+    @property
+    def arch(self) -> Architecture:
+        return architecture(self.config.model_type)
+
+    # ---- parameters -----------------------------------------------------------------------
+
+    def param_shapes(self, dtype=jnp.float32) -> dict:
+        """The params pytree as `jax.ShapeDtypeStruct`s (no memory)."""
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, jnp.dtype(dtype)), self.arch.param_shapes(self.config),
+                            is_leaf=lambda x: isinstance(x, tuple))
+
+    def init(self, key: jax.Array, dtype=jnp.float32, std: float = 0.02) -> dict:
+        """Random init for tests and benchmarks: N(0, std) weights, zero biases, unit norm scales."""
+        residual = set(self.arch.residual_projections)
+        norm_scale = 0.0 if self.arch.unit_offset_norms else 1.0  # Gemma's norms multiply by (1 + w)
+
+        def leaf(path, spec, k):
+            names = tuple(e.key for e in path)
+            if names[-1] == "bias":
+                return jnp.zeros(spec.shape, spec.dtype)
+            if names[-1] == "scale":
+                return jnp.full(spec.shape, norm_scale, spec.dtype)
+            scale = std / math.sqrt(2 * self.config.n_layers) if names in residual else std
+            return (scale * jax.random.normal(k, spec.shape, jnp.float32)).astype(spec.dtype)
+
+        shapes = self.param_shapes(dtype)
+        flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+        keys = jax.random.split(key, max(len(flat), 1))
+        return jax.tree_util.tree_unflatten(treedef, [leaf(p, s, k) for (p, s), k in zip(flat, keys)])
+
+    def num_params(self, params=None) -> int:
+        tree = self.param_shapes() if params is None else params
+        return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+    # ---- the data flow ----------------------------------------------------------------------
+
+    def embed(self, params: dict, tokens: Int[Array, "B T"]) -> Float[Array, "B T E"]:
+        return self.arch.embed(params, tokens, self.config)
+
+    def embedding_table(self, params: dict) -> Float[Array, "V E"]:
+        """Input token embeddings as the transformer sees them: the space prompts live in."""
+        return self.arch.embedding_table(params, self.config)
+
+    def transformer(
+        self,
+        params: dict,
+        embeds: Float[Array, "B T E"],
+        positions: Int[Array, "B T"],
+        attention_mask: Bool[Array, "B T"],
+        cache: KVCache | None = None,
+        prefix: Prefix | None = None,
+        adapter: Adapter | None = None,
+    ) -> tuple[Float[Array, "B T E"], KVCache | None]:
+        """Final hidden states (after the last norm/projection), and the updated cache if one was given.
+
+        `prefix`: keys/values attended before the tokens (prefix tuning, a shared head);
+        `adapter`: adaption prompts read by each layer through a gate (LLaMA-Adapter).
+        """
+        return self.arch.transformer(params, embeds, positions, attention_mask, self.config, cache, prefix, self.remat,
+                                     adapter)
+
+    def unembed(self, params: dict, hidden: Float[Array, "... E"]) -> Float[Array, "... V"]:
+        """Logits in fp32, whatever the compute dtype (soft-capped where the architecture caps them)."""
+        table = self.arch.output_embedding(params, self.config)
+        logits = jnp.einsum("...e,ve->...v", hidden, table.astype(hidden.dtype), preferred_element_type=LOGITS_DTYPE)
+        cap = self.config.final_softcap
+        return logits if cap is None else cap * jnp.tanh(logits / cap)
+
+    def forward(
+        self,
+        params: dict,
+        embeds: Float[Array, "B T E"],
+        positions: Int[Array, "B T"],
+        attention_mask: Bool[Array, "B T"],
+        cache: KVCache | None = None,
+        prefix: Prefix | None = None,
+        adapter: Adapter | None = None,
+    ) -> tuple[Float[Array, "B T V"], KVCache | None]:
+        hidden, cache = self.transformer(params, embeds, positions, attention_mask, cache, prefix, adapter)
+        return self.unembed(params, hidden), cache
+
+    def logits(self, params: dict, tokens: Int[Array, "B T"], attention_mask: Bool[Array, "B T"] | None = None):
+        """Convenience: logits of plain token input (no prompt)."""
+        if attention_mask is None:
+            attention_mask = jnp.ones(tokens.shape, bool)
+        return self.forward(params, self.embed(params, tokens), positions_from_mask(attention_mask), attention_mask)[0]
+
+    def init_cache(self, batch: int, slots: int, dtype=jnp.float32) -> KVCache:
+        c = self.config
+        return KVCache.empty(c.n_layers, batch, slots, c.n_kv_heads, c.head_dim, dtype)

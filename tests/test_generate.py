@@ -1,0 +1,75 @@
+"""Decoding: EOS stops rows, sampling filters, the position limit, reproducible sampling."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import parity
+from conftest import tiny_config
+from jaxprompt.models import Model, load_pretrained
+from jaxprompt.models.generate import Sampling, generate, left_pad
+
+torch = pytest.importorskip("torch")
+
+
+def test_eos_stops_rows_and_pads(tiny_hf):
+    _, directory = tiny_hf("gpt2")
+    config, params = load_pretrained(directory)
+    model = Model(config)
+    ids, mask = left_pad([[5, 6, 7], [9, 10, 11, 12]], pad_id=0)
+    free, _ = generate(model, params, model.embed(params, ids), mask, max_new_tokens=8)
+    eos = int(free[0, 2])  # pretend row 0's third token is EOS
+    out, lengths = generate(model, params, model.embed(params, ids), mask, max_new_tokens=8,
+                            eos_token_id=eos, pad_token_id=99)
+    out = np.asarray(out)
+    first = [list(row).index(eos) if eos in row else None for row in np.asarray(free)]
+    assert first[0] is not None and first[0] <= 2  # row 0 does stop early: the test means something
+    for b in range(2):
+        if first[b] is None:
+            assert lengths[b] == 8
+            np.testing.assert_array_equal(out[b], np.asarray(free)[b])
+        else:
+            n = first[b] + 1
+            assert lengths[b] == n
+            np.testing.assert_array_equal(out[b, :n], np.asarray(free)[b, :n])
+            assert (out[b, n:] == 99).all()
+
+
+def test_sampling_filters(tiny_hf):
+    _, directory = tiny_hf("opt")
+    config, params = load_pretrained(directory)
+    model = Model(config)
+    ids, mask = left_pad([[5, 6, 7], [9, 10, 11, 12]], pad_id=1)
+    embeds = model.embed(params, ids)
+    greedy, _ = generate(model, params, embeds, mask, max_new_tokens=6)
+    top1, _ = generate(model, params, embeds, mask, max_new_tokens=6, sampling=Sampling(1.0, top_k=1),
+                       rng=jax.random.key(3))
+    tiny_p, _ = generate(model, params, embeds, mask, max_new_tokens=6, sampling=Sampling(1.0, top_p=1e-6),
+                         rng=jax.random.key(4))
+    np.testing.assert_array_equal(top1, greedy)
+    np.testing.assert_array_equal(tiny_p, greedy)
+    a, _ = generate(model, params, embeds, mask, max_new_tokens=6, sampling=Sampling(1.5), rng=jax.random.key(1))
+    b, _ = generate(model, params, embeds, mask, max_new_tokens=6, sampling=Sampling(1.5), rng=jax.random.key(1))
+    c, _ = generate(model, params, embeds, mask, max_new_tokens=6, sampling=Sampling(1.5), rng=jax.random.key(2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "opt"])
+def test_rows_stop_at_the_position_limit(model_type):
+    """A 12-position model never reads a 13th position: a row of n tokens gets 12 - n + 1 new ones
+    (the last predicted from position 11), each equal to greedy recomputation, then padding."""
+    config = tiny_config(model_type, vocab_size=64, max_positions=12)
+    model = Model(config)
+    params = model.init(jax.random.key(0), std=0.3)
+    seqs = [[5, 6, 7, 8, 9], [11, 12, 13]]
+    ids, mask = left_pad(seqs, pad_id=0)
+    out, lengths = generate(model, params, model.embed(params, ids), mask, max_new_tokens=20, pad_token_id=63)
+    assert list(np.asarray(lengths)) == [8, 10]
+    for b, seq in enumerate(seqs):  # reference: full forwards over positions that exist
+        expected = parity.recomputed_greedy(model, params, [seq], int(lengths[b]))[0]
+        np.testing.assert_array_equal(np.asarray(out[b, :lengths[b]]), expected)
+        assert (np.asarray(out[b, lengths[b]:]) == 63).all()

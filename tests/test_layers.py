@@ -1,0 +1,95 @@
+"""Shared layers against independent references: rotary frequencies and rotation (transformers'
+functions), RMSNorm in both roundings (transformers' modules, bf16), and grouped-query attention
+with a sliding window and soft-capping (a direct numpy loop over heads)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxprompt.models.layers import (AttentionSpec, LayerInputs, apply_rotary, attend, key_masks, rms_norm,
+                                     rotary_angles, rotary_inv_freq)
+
+torch = pytest.importorskip("torch")
+
+SCALINGS = [None, {"rope_type": "linear", "factor": 4.0},
+            {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+             "original_max_position_embeddings": 64}]
+
+
+@pytest.mark.parametrize("scaling", SCALINGS, ids=["default", "linear", "llama3"])
+def test_rotary_frequencies_match_transformers(scaling):
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    config = LlamaConfig(hidden_size=256, num_attention_heads=4, rope_theta=5000.0, rope_scaling=scaling)
+    ref = LlamaRotaryEmbedding(config).inv_freq.numpy()
+    np.testing.assert_allclose(rotary_inv_freq(64, 5000.0, scaling), ref, rtol=1e-6)
+
+
+def test_partial_rotation_matches_gpt_neox():
+    from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb
+
+    rng = np.random.RandomState(0)
+    q = rng.randn(2, 5, 3, 16).astype(np.float32)  # [B, T, heads, K]; a quarter of each head rotates
+    positions = np.array([[0, 1, 2, 3, 4], [7, 8, 9, 10, 11]])
+    cos, sin = rotary_angles(jnp.asarray(positions), rotary_inv_freq(4, 10000.0), jnp.float32)
+    ours = apply_rotary(jnp.asarray(q), cos, sin)
+    qt = torch.tensor(q).transpose(1, 2)  # transformers: [B, heads, T, K]
+    ref, _ = apply_rotary_pos_emb(qt, qt, torch.tensor(np.asarray(cos)), torch.tensor(np.asarray(sin)))
+    np.testing.assert_allclose(np.asarray(ours), ref.transpose(1, 2).numpy(), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(ours)[..., 4:], q[..., 4:])  # the rest passes through
+
+
+@pytest.mark.parametrize("gemma", [False, True])
+def test_rms_norm_rounds_like_transformers_in_bf16(gemma):
+    from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    norm = (GemmaRMSNorm if gemma else LlamaRMSNorm)(64, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(64) * 0.5)
+    norm = norm.to(torch.bfloat16)
+    x = torch.randn(4, 64).to(torch.bfloat16) * 3
+    with torch.no_grad():
+        ref = norm(x).float().numpy()
+    to_jax = lambda t: jnp.asarray(t.detach().float().numpy()).astype(jnp.bfloat16)
+    ours = rms_norm(to_jax(x), to_jax(norm.weight), 1e-6, unit_offset=gemma)
+    assert ours.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(ours.astype(jnp.float32)), ref)
+
+
+def _reference_attention(q, k, v, valid, scale, softcap):
+    """Per query head h: softmax over the keys of key/value head h // R, with a validity matrix."""
+    B, T, H, K = q.shape
+    G = k.shape[2]
+    out = np.zeros_like(q)
+    for b in range(B):
+        for h in range(H):
+            s = scale * q[b, :, h] @ k[b, :, h // (H // G)].T
+            if softcap:
+                s = softcap * np.tanh(s / softcap)
+            s = np.where(valid[b], s, -np.inf)
+            w = np.exp(s - s.max(-1, keepdims=True))
+            out[b, :, h] = (w / w.sum(-1, keepdims=True)) @ v[b, :, h // (H // G)]
+    return out
+
+
+@pytest.mark.parametrize("window,softcap", [(None, None), (3, None), (3, 2.0)])
+def test_grouped_query_attention_with_window_and_cap(window, softcap):
+    rng = np.random.RandomState(1)
+    B, T, H, G, K = 2, 7, 6, 2, 4
+    q, k, v = (rng.randn(B, T, n, K).astype(np.float32) for n in (H, G, G))
+    mask = np.ones((B, T), bool)
+    mask[1, :2] = False  # left padding in row 1
+    positions = np.maximum(np.cumsum(mask, 1) - 1, 0)
+    masks = key_masks(jnp.asarray(mask), jnp.asarray(positions), None, 0, window)
+    ctx = LayerInputs(masks.full if window is None else masks.windowed, None, None, None, None, None, None, None)
+    ours, _ = attend(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), ctx, AttentionSpec(0.5, softcap))
+    valid = np.tril(np.ones((T, T), bool))[None] & mask[:, None, :]
+    if window is not None:
+        valid &= positions[:, :, None] - positions[:, None, :] < window
+    ref = _reference_attention(q, k, v, valid, 0.5, softcap)
+    np.testing.assert_allclose(np.asarray(ours)[mask], ref[mask], atol=1e-5)
