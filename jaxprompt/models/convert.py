@@ -272,13 +272,26 @@ class CheckpointReader:
         return np.stack([read(self.names[hf.format(i=i)]) for i in layers])
 
 
-def load_params(config: ModelConfig, source: TensorSource, dtype=jnp.float32) -> dict:
-    """The params pytree, leaf by leaf in `dtype`: peak host memory is the params plus one leaf."""
+def load_params(config: ModelConfig, source: TensorSource, dtype=jnp.float32, shardings=None) -> dict:
+    """The params pytree, leaf by leaf in `dtype`: peak host memory is the params plus one leaf.
+
+    With `shardings` (a pytree of `jax.sharding.Sharding` like the params, or a function of the
+    params' shape pytree returning one), every leaf is created already sharded: each device's slice
+    is read from the file on its own (`jax.make_array_from_callback`), so a host reads only the
+    slices its devices hold and never a whole large tensor at once.
+    """
     reader = CheckpointReader(config, source)
     shapes = Model(config).param_shapes(dtype)
+    names = lambda path: tuple(e.key for e in path)
+    if shardings is None:
+        return jax.tree_util.tree_map_with_path(
+            lambda path, spec: jnp.asarray(reader.leaf(names(path), dtype=dtype), dtype=spec.dtype), shapes)
+    if callable(shardings):
+        shardings = shardings(shapes)
     return jax.tree_util.tree_map_with_path(
-        lambda path, spec: jnp.asarray(reader.leaf(tuple(e.key for e in path), dtype=dtype), dtype=spec.dtype),
-        shapes)
+        lambda path, spec, sharding: jax.make_array_from_callback(
+            spec.shape, sharding, lambda index, path=names(path): reader.leaf(path, index, dtype)),
+        shapes, shardings)
 
 
 def resolve(name_or_path: str, revision: str | None = None) -> str:
@@ -319,8 +332,10 @@ def load_config(directory: str) -> ModelConfig:
         raise ConfigError(f"{directory}: {e}") from e
 
 
-def load_pretrained(name_or_path: str, dtype=jnp.float32, revision: str | None = None) -> tuple[ModelConfig, dict]:
-    """Loads a HF checkpoint of any supported family as `(config, frozen params)` in `dtype`."""
+def load_pretrained(name_or_path: str, dtype=jnp.float32, revision: str | None = None, shardings=None
+                    ) -> tuple[ModelConfig, dict]:
+    """Loads a HF checkpoint of any supported family as `(config, frozen params)` in `dtype`
+    (`shardings`: see `load_params`)."""
     directory = resolve(name_or_path, revision)
     config = load_config(directory)
-    return config, load_params(config, TensorSource(directory), dtype)
+    return config, load_params(config, TensorSource(directory), dtype, shardings)
