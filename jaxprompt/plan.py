@@ -1,0 +1,197 @@
+"""A memory plan before a run: per-device bytes of one prompt-tuning step on a device mesh, from
+shapes alone (no weights allocated).
+
+The train step is lowered and compiled on abstract arrays laid out as `MeshParallel` lays them out
+(frozen weights FSDP-sharded along `model`, the batch along `data`); frozen, prompt and optimizer
+bytes follow from the shardings exactly, temporaries from XLA's buffer assignment
+(`compiled.memory_analysis()`). Compiling for N devices needs N devices: on a machine with fewer,
+the plan runs in a subprocess with N virtual CPU devices.
+
+Temporaries are those of XLA's CPU compiler. For bfloat16 the CPU compiler converts weights to
+float32 around every matmul, which a GPU or TPU does not; a bf16 plan therefore compiles the step in
+float32 and reports those temporaries as an upper bound (activations and gathered weights are at
+most twice their bf16 size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+
+UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
+         "TIB": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """`80GB`, `16GiB`, `512MB`, or a plain number of bytes."""
+    number = text.strip().upper().rstrip("S")
+    unit = next((u for u in sorted(UNITS, key=len, reverse=True) if u and number.endswith(u)), "")
+    try:
+        value = float(number[:len(number) - len(unit)] if unit else number)
+    except ValueError:
+        raise ValueError(f"bad memory size {text!r}: use e.g. 80GB, 16GiB or 512MB") from None
+    if not value > 0:
+        raise ValueError(f"memory size must be positive, got {text!r}")
+    return int(value * UNITS[unit])
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+@dataclasses.dataclass
+class MemoryPlan:
+    model: str
+    devices: int
+    data: int
+    model_axis: int
+    batch_size: int
+    prompt_length: int
+    text_tokens: int
+    dtype: str
+    frozen_bytes: int  # this device's shards of the frozen weights
+    prompt_bytes: int  # prompt + optimizer state (replicated)
+    batch_bytes: int  # this device's part of the batch
+    temp_bytes: int  # XLA temporaries of the step (activations, gathered weight shards, gradients)
+    temp_upper_bound: bool  # temporaries from a float32 proxy compile (bfloat16 plans)
+    total_bytes: int
+    frozen_total_bytes: int  # all frozen weights, unsharded
+
+    def fits(self, device_memory: int | None) -> bool | None:
+        return None if device_memory is None else self.total_bytes <= device_memory
+
+    def table(self, device_memory: int | None = None) -> str:
+        temp = human(self.temp_bytes) + (" (upper bound: float32 proxy compile)" if self.temp_upper_bound else "")
+        rows = [
+            ("model", f"{self.model} ({self.dtype}, frozen weights {human(self.frozen_total_bytes)} in all)"),
+            ("mesh", f"{self.devices} devices: data={self.data}, model={self.model_axis}"),
+            ("step", f"batch {self.batch_size}, prompt {self.prompt_length}, {self.text_tokens} text tokens per example"),
+            ("frozen weights / device", human(self.frozen_bytes)),
+            ("prompt + optimizer / device", human(self.prompt_bytes)),
+            ("batch / device", human(self.batch_bytes)),
+            ("temporaries / device", temp),
+            ("total / device", human(self.total_bytes)),
+        ]
+        if device_memory is not None:
+            verdict = "fits" if self.fits(device_memory) else "does NOT fit"
+            rows.append(("device memory", f"{human(device_memory)}: {verdict}"))
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def model_config(name: str):
+    """A preset by HF id (no download), else a checkpoint's config.json (local dir or HF cache)."""
+    from jaxprompt.models import PRESETS, preset
+    from jaxprompt.models.convert import load_config, resolve
+
+    return preset(name) if name in PRESETS else load_config(resolve(name))
+
+
+def _leaf_bytes(x) -> int:
+    shard = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) is not None else x.shape
+    return math.prod(shard) * x.dtype.itemsize
+
+
+def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: int, prompt_length: int,
+              text_tokens: int, dtype: str) -> MemoryPlan:
+    """The plan, compiled in this process (needs `devices` devices)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxprompt.data import Encoded, collate
+    from jaxprompt.loss import prompt_loss
+    from jaxprompt.models import Model
+    from jaxprompt.optim import OptimizerConfig, make_optimizer
+    from jaxprompt.parallel import MeshParallel
+    from jaxprompt.precision import as_dtype
+    from jaxprompt.prompts import make_method
+    from jaxprompt.train import TrainState
+
+    config = model_config(model)
+    net = Model(config)
+    weights_dtype = as_dtype(dtype)
+    proxy = weights_dtype == jnp.bfloat16  # see the module docstring
+    mp = MeshParallel(data, model_axis, jax.devices()[:devices])
+    if batch_size % data:
+        raise ValueError(f"batch size {batch_size} is not divisible by the data axis ({data})")
+
+    def abstract_frozen(dtype):
+        shapes = net.param_shapes(dtype)
+        shardings = mp.frozen_shardings(shapes, config.n_layers)
+        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+    frozen = abstract_frozen(weights_dtype)
+    method = make_method("soft", length=prompt_length)
+    prompt = jax.eval_shape(lambda f: method.init(jax.random.key(0), net, f, prompt_length), frozen)
+    optimizer = make_optimizer(OptimizerConfig(), prompt)
+    state = jax.eval_shape(lambda p: TrainState.create(p, optimizer, jax.random.PRNGKey(0)), prompt)
+    # the shape of a templated batch: the prompt as a shared head, then each example's text
+    examples = [Encoded([0] * prompt_length + [1] * text_tokens, list(range(prompt_length)) + [-1] * text_tokens,
+                        min(4, text_tokens)) for _ in range(batch_size)]
+    batch = collate(examples, 0, shared_len=prompt_length)
+    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=mp.sharding("data")), batch)
+
+    def compiled(frozen):
+        shardings = jax.tree.map(lambda x: x.sharding, frozen)
+        step = mp.train_step(prompt_loss(net, method, prompt_length), optimizer, shardings)
+        return step.lower(state, frozen, batch).compile().memory_analysis()
+
+    analysis = compiled(abstract_frozen(jnp.float32) if proxy else frozen)
+    frozen_bytes = sum(_leaf_bytes(x) for x in jax.tree.leaves(frozen))
+    prompt_bytes = sum(_leaf_bytes(x) for x in jax.tree.leaves(state))
+    batch_bytes = sum(_leaf_bytes(x) for x in jax.tree.leaves(batch))
+    temp = int(analysis.temp_size_in_bytes)
+    # arguments (weights, state, batch) + temporaries; the updated state reuses the donated one
+    total = frozen_bytes + prompt_bytes + batch_bytes + temp + int(analysis.output_size_in_bytes
+                                                                   - analysis.alias_size_in_bytes)
+    return MemoryPlan(model, devices, data, model_axis, batch_size, prompt_length, text_tokens, str(weights_dtype),
+                      frozen_bytes, prompt_bytes, batch_bytes, temp, proxy, total,
+                      sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(frozen)))
+
+
+def plans(model: str, devices: int, meshes: list[tuple[int, int]], batch_size: int, prompt_length: int = 20,
+          text_tokens: int = 64, dtype: str = "bfloat16") -> list[MemoryPlan]:
+    """One plan per `(data, model)` mesh, compiled on `devices` virtual CPU devices in one subprocess
+    when this process has fewer devices (or another backend)."""
+    import jax
+
+    common = dict(model=model, devices=devices, batch_size=batch_size, prompt_length=prompt_length,
+                  text_tokens=text_tokens, dtype=dtype)
+    if jax.default_backend() == "cpu" and jax.device_count() >= devices:
+        return [plan_here(data=d, model_axis=m, **common) for d, m in meshes]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"}
+    request = json.dumps({"common": common, "meshes": meshes})
+    proc = subprocess.run([sys.executable, "-m", "jaxprompt.plan", request], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        raise RuntimeError(f"planning failed: {lines[-1] if lines else 'no output'}")
+    return [MemoryPlan(**p) for p in json.loads(proc.stdout.strip().splitlines()[-1])]
+
+
+def plan(model: str, devices: int, data: int, model_axis: int, batch_size: int, **options) -> MemoryPlan:
+    return plans(model, devices, [(data, model_axis)], batch_size, **options)[0]
+
+
+def candidate_meshes(devices: int, batch_size: int) -> list[tuple[int, int]]:
+    """Every (data, model) mesh over all `devices` whose data axis divides the batch, model axis ascending."""
+    return [(devices // m, m) for m in range(1, devices + 1) if devices % m == 0 and batch_size % (devices // m) == 0]
+
+
+def smallest_model_axis(candidates: list[MemoryPlan], device_memory: int) -> MemoryPlan | None:
+    """The plan with the smallest model axis whose step fits `device_memory`."""
+    return next((p for p in sorted(candidates, key=lambda p: p.model_axis) if p.fits(device_memory)), None)
+
+
+if __name__ == "__main__":  # the subprocess side of `plans`
+    request = json.loads(sys.argv[1])
+    print(json.dumps([dataclasses.asdict(plan_here(data=d, model_axis=m, **request["common"]))
+                      for d, m in request["meshes"]]))
