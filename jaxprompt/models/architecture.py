@@ -49,6 +49,7 @@ class Architecture:
     transformer: TransformerFn
     tokenizer: TokenizerConventions
     hf_architecture: str  # transformers class named in config.json "architectures"
+    stack_key: str = "layers"  # the params entry holding the layer-stacked block weights
     residual_projections: tuple[tuple[str, ...], ...] = ()  # get GPT-2's 1/sqrt(2L) init scale
     unit_offset_norms: bool = False  # norm weights w act as (1 + w) (Gemma): initialised to zero
     optional_prefixes: tuple[str, ...] = ()  # key prefixes a base-model checkpoint may drop

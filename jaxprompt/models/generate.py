@@ -77,7 +77,8 @@ def generate(
     pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
     dtype = jax.tree.leaves(params)[0].dtype
     start = 0 if prefix is None else prefix.length
-    cache = model.init_cache(B, T + max_new_tokens, dtype)
+    params = model.decoding_params(params)  # a copy of the layers, unless the caller passed this form
+    cache = model.init_cache(B, T + max_new_tokens, dtype, per_layer=True)
     positions = positions_from_mask(attention_mask, start)
     logits, cache = model.forward(params, embeds, positions, attention_mask, cache, prefix, adapter)
 

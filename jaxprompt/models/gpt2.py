@@ -150,6 +150,7 @@ ARCHITECTURE = Architecture(
     output_embedding=output_embedding, transformer=transformer,
     tokenizer=TokenizerConventions(add_bos=False, bos_token="<|endoftext|>", eos_token="<|endoftext|>"),
     hf_architecture="GPT2LMHeadModel",
+    stack_key="h",
     residual_projections=(("h", "attn", "c_proj", "kernel"), ("h", "mlp", "c_proj", "kernel")),
     optional_prefixes=("transformer.",),  # the original `gpt2` weights have no `transformer.` prefix
     ignored_suffixes=(".attn.bias", ".attn.masked_bias"),

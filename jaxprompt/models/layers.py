@@ -164,14 +164,21 @@ class KVCache:
     index: Int[Array, ""]  # next slot to write
 
     @classmethod
-    def empty(cls, n_layers: int, batch: int, slots: int, n_kv_heads: int, head_dim: int, dtype) -> "KVCache":
-        shape = (n_layers, batch, slots, n_kv_heads, head_dim)
-        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), mask=jnp.zeros((batch, slots), bool),
-                   positions=jnp.zeros((batch, slots), jnp.int32), index=jnp.zeros((), jnp.int32))
+    def empty(cls, n_layers: int, batch: int, slots: int, n_kv_heads: int, head_dim: int, dtype,
+              per_layer: bool = False) -> "KVCache":
+        """`per_layer`: k and v as tuples of L separate [B, S, G, K] buffers (for unstacked layers)."""
+        shape = (batch, slots, n_kv_heads, head_dim)
+        if per_layer:
+            k = tuple(jnp.zeros(shape, dtype) for _ in range(n_layers))
+            v = tuple(jnp.zeros(shape, dtype) for _ in range(n_layers))
+        else:
+            k, v = jnp.zeros((n_layers, *shape), dtype), jnp.zeros((n_layers, *shape), dtype)
+        return cls(k=k, v=v, mask=jnp.zeros((batch, slots), bool), positions=jnp.zeros((batch, slots), jnp.int32),
+                   index=jnp.zeros((), jnp.int32))
 
     @property
     def slots(self) -> int:
-        return self.k.shape[2]
+        return self.mask.shape[1]
 
 
 @struct.dataclass
@@ -349,7 +356,7 @@ def decoder_stack(
 
     `window`: sliding-window width for the layers flagged in `windowed_layers` (all when None).
     """
-    n_layers = jax.tree.leaves(layers)[0].shape[0]
+    n_layers = len(layers) if isinstance(layers, (tuple, list)) else jax.tree.leaves(layers)[0].shape[0]
     if prefix is not None and prefix.k.shape[0] != n_layers:
         raise ValueError(f"prefix has {prefix.k.shape[0]} layers, the model {n_layers}")
     masks = key_masks(attention_mask, positions, cache, 0 if prefix is None else prefix.length, window)
@@ -374,17 +381,28 @@ def decoder_stack(
 
     if remat:
         body = jax.checkpoint(body, prevent_cse=False)
-    xs = (
-        layers,
-        None if cache is None else cache.k,
-        None if cache is None else cache.v,
-        None if prefix is None else prefix.k,
-        None if prefix is None else prefix.v,
-        None if prefix is None else prefix.mask,
-        use_window,
-        None if adapter is None else (adapter.prompt, adapter.gate),
-    )
-    h, new_kv = jax.lax.scan(body, h, xs)
+    if isinstance(layers, (tuple, list)):  # unstacked layers (see `unstack_layers`): an unrolled loop
+        outs = []
+        for i, p in enumerate(layers):
+            at = lambda x: None if x is None else x[i]
+            h, kv = body(h, (p, at(None if cache is None else cache.k), at(None if cache is None else cache.v),
+                             at(None if prefix is None else prefix.k), at(None if prefix is None else prefix.v),
+                             at(None if prefix is None else prefix.mask), at(use_window),
+                             None if adapter is None else (adapter.prompt[i], adapter.gate[i])))
+            outs.append(kv)
+        if cache is not None:  # per-layer cache buffers stay separate (updated in place by a decode loop)
+            new_kv = tuple(tuple(part) if isinstance(cache.k, tuple) else jnp.stack(part) for part in zip(*outs))
+    else:
+        h, new_kv = jax.lax.scan(body, h, (
+            layers,
+            None if cache is None else cache.k,
+            None if cache is None else cache.v,
+            None if prefix is None else prefix.k,
+            None if prefix is None else prefix.v,
+            None if prefix is None else prefix.mask,
+            use_window,
+            None if adapter is None else (adapter.prompt, adapter.gate),
+        ))
     if cache is None:
         return h, None
     k, v = new_kv

@@ -129,6 +129,22 @@ class Model:
             attention_mask = jnp.ones(tokens.shape, bool)
         return self.forward(params, self.embed(params, tokens), positions_from_mask(attention_mask), attention_mask)[0]
 
-    def init_cache(self, batch: int, slots: int, dtype=jnp.float32) -> KVCache:
+    def init_cache(self, batch: int, slots: int, dtype=jnp.float32, per_layer: bool = False) -> KVCache:
         c = self.config
-        return KVCache.empty(c.n_layers, batch, slots, c.n_kv_heads, c.head_dim, dtype)
+        return KVCache.empty(c.n_layers, batch, slots, c.n_kv_heads, c.head_dim, dtype, per_layer)
+
+    def decoding_params(self, params: dict) -> dict:
+        """The same weights with the layer stack split into one tree per layer, for decoding.
+
+        A scan over stacked weights slices each layer's weights out of the stack, and XLA's CPU
+        compiler copies every such slice before its matmul: a decode step, which only streams
+        weights, then moves them three times. With one buffer per layer (and a per-layer KV cache,
+        `init_cache(per_layer=True)`) the unrolled layers read their weights in place; on the 2-core
+        CPU this makes a GPT-2 decode step at batch 8 about 2.5 times faster. Training keeps the
+        stack: its scan keeps compile time independent of depth.
+        """
+        key = self.arch.stack_key
+        if isinstance(params[key], tuple):
+            return params
+        return {**params, key: tuple(jax.tree.map(lambda x, i=i: x[i], params[key])
+                                     for i in range(self.config.n_layers))}
