@@ -23,6 +23,7 @@ Flags are the flat names of the leaves (`--lr` is `optimizer.lr`), unique over a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import types
@@ -156,6 +157,7 @@ def _strings(value) -> list:
     return [value] if isinstance(value, str) else []
 
 
+@functools.cache
 def hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -512,6 +514,20 @@ class InspectOptions(Settings):
     plot: str | None = setting(None, "write a PCA plot of vocabulary and prompt vectors (PNG) here")
     evaluate: int = setting(0, "evaluate the prompt projected to its nearest tokens on N test examples "
                                "(0: no)", range=AT_LEAST_0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOptions(Settings):
+    to: str = setting("peft", "a PEFT adapter, or plain tensors with a JSON description of where they go",
+                      choices=("peft", "plain"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportOptions(Settings):
+    source: str = setting("peft", "adapter format", choices=("peft",), flag="from")
+    task: str = setting("antonyms", "the task the prompt is for: built-in name or task file")
+    model: str | None = setting(None, "the base model (default: the adapter's base_model_name_or_path)")
+    overwrite: bool = setting(False, "replace an existing run in OUT_DIR as a whole")
 
 
 @dataclasses.dataclass(frozen=True)

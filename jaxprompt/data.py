@@ -304,6 +304,8 @@ def check_positions(examples: Iterable[Encoded], max_positions: int, prefix: int
     generate, fits the model's position table (past it, position ids would be silently clamped)."""
     longest = max((len(e) for e in examples), default=0)
     needed = prefix + longest + new_tokens
+    if needed > max_positions and not (prefix or new_tokens):
+        raise TemplateError(f"input of {longest} tokens is longer than the model's {max_positions} positions")
     if needed > max_positions:
         parts = [f"input of {longest} tokens"]
         if prefix:

@@ -52,13 +52,27 @@ def atomic_path(path: str) -> Iterator[str]:
 
 
 def atomic_write(path: str, data: str | bytes | Callable[[str], None]) -> None:
-    """Writes `data` (text, bytes, or a function that writes a given path) to `path` atomically."""
-    with atomic_path(path) as tmp:
+    """Writes `data` (text, bytes, or a function that writes a given path) to `path` atomically.
+
+    A target that exists and is not a regular file (/dev/stdout, a FIFO) is written in place:
+    replacing it would replace the device."""
+    def write(target: str) -> None:
         if callable(data):
-            data(tmp)
+            data(target)
         else:
-            with open(tmp, "wb") as f:
+            with open(target, "wb") as f:
                 f.write(data.encode() if isinstance(data, str) else data)
+
+    try:
+        if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+            write(path)
+        else:
+            with atomic_path(path) as tmp:
+                write(tmp)
+    except OSError as e:
+        if e.filename is None or TEMP_SUFFIX in str(e.filename):  # name the file the user knows
+            raise OSError(e.errno, e.strerror or str(e), path) from None
+        raise
 
 
 def remove_stale_temporaries(directory: str) -> None:
@@ -89,8 +103,6 @@ class DirectoryLock:
                 raise LockedError(f"{directory} is in use by another jaxprompt process; wait for it to finish "
                                   "or choose another --out") from None
             raise
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, f"{os.getpid()}\n".encode())
 
     def release(self) -> None:
         if self._fd is not None:

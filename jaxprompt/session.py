@@ -23,8 +23,20 @@ from jaxprompt.tasks import Task
 from jaxprompt.tokenizer import Tokenizer, TokenizerError, check_tokenizer
 
 
+def _check_config_json(directory: str) -> None:
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        return  # load_pretrained names what is missing
+    try:
+        with open(path) as f:
+            json.load(f)
+    except ValueError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e})") from None
+
+
 def load_tokenizer(directory: str) -> Tokenizer:
     """The tokenizer beside a checkpoint; an unreadable file is one line naming the directory."""
+    _check_config_json(directory)  # the tokenizer reads the model type from it
     try:
         return Tokenizer.load(directory)
     except TokenizerError:
@@ -54,10 +66,8 @@ class Session:
 
         `cache`: the on-disk prompt cache (True: `default_cache_dir()`, a path, or False: memory only)."""
         directory = resolve(model_id)
-        try:
-            config, frozen = load_pretrained(directory, dtype=as_dtype(dtype))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{os.path.join(directory, 'config.json')} is not valid JSON ({e})") from None
+        _check_config_json(directory)
+        config, frozen = load_pretrained(directory, dtype=as_dtype(dtype))
         tokenizer = tokenizer or load_tokenizer(directory)
         check_tokenizer(tokenizer, config)
         directory_cache = default_cache_dir() if cache is True else (cache or None)

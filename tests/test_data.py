@@ -107,3 +107,5 @@ def test_sequences_past_the_position_table_are_refused():
     with pytest.raises(TemplateError, match="input of 120 tokens \\+ 20 prefix positions needs 140 positions"):
         check_positions(examples, 128, prefix=20)
     check_positions(examples, 128, prefix=8)
+    with pytest.raises(TemplateError, match="input of 120 tokens is longer than the model's 100 positions"):
+        check_positions(examples, 100)

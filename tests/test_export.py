@@ -215,7 +215,7 @@ def test_import_never_replaces_a_run_unless_asked(tiny_hf, tmp_path):
     run = str(tmp_path / "run")
     import_peft(first, run, task=task)
     before = {p: open(os.path.join(run, p), "rb").read() for p in ("run.json", "checkpoints.json")}
-    with pytest.raises(RunError, match="already holds a run: pass --resume to continue it, or --overwrite"):
+    with pytest.raises(RunError, match="already holds a run: pass --overwrite to replace it"):
         import_peft(second, run, task=task)
     assert before == {p: open(os.path.join(run, p), "rb").read() for p in before}
     import_peft(second, run, task=task, overwrite=True)
