@@ -230,7 +230,7 @@ def collate(examples: Sequence[Encoded], pad_id: int, padding: str = "right", ba
                                         that computes logits only where it needs them
     task_id                    [B]
     """
-    B = batch_size or len(examples)
+    B = len(examples) if batch_size is None else batch_size
     T = shared_len + bucket(max(len(e) for e in examples) - shared_len, buckets)
     K = 1 << max(0, (max(e.n_target for e in examples) - 1)).bit_length()
     out = {

@@ -92,7 +92,10 @@ class PromptCache:
         return hashlib.sha256(f"{base}|{list(tokens)}|{list(slots)}".encode()).hexdigest()
 
     def head(self, session, method, prompt, tokens: list[int], slots: list[int]) -> Prefix:
-        """Keys/values of the head `tokens`/`slots` (batch 1) under `method`/`prompt` (its inference form)."""
+        """Keys/values of the head `tokens`/`slots` (batch 1) under `method`/`prompt`, in the method's
+        inference form (what evaluation and generation use)."""
+        if method is not None:
+            method, prompt = method.inference_prompt(prompt, session.model, session.frozen)
         prefix_positions = 0 if method is None else method.prefix_positions
         if prefix_positions + len(tokens) > session.config.max_positions:
             raise TemplateError(f"a head of {len(tokens)} tokens + {prefix_positions} prefix positions needs "

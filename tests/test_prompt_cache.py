@@ -131,3 +131,18 @@ def test_sessions_cache_on_disk_where_the_environment_says(tiny_model_dir, monke
     monkeypatch.delenv(ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == str(tmp_path / "xdg" / "jaxprompt" / "prompt-cache")
+
+
+def test_a_head_is_the_inference_form_of_its_prompt(tiny_lm, gpt2_tokenizer):
+    """A relaxed prompt's head is its final-temperature soft prompt's, not its first step's."""
+    model, frozen = tiny_lm
+    relaxed = make_method("relaxed", length=2, tau_end=0.05, anneal_steps=10)
+    prompt = relaxed.init(jax.random.key(0), model, frozen, 2)
+    prompt = {"logits": prompt["logits"] + 3.0 * jax.random.normal(jax.random.key(1), prompt["logits"].shape)}
+    soft, baked = relaxed.inference_prompt(prompt, model, frozen)
+    tokens, slots = [10, 0, 0, 11], [-1, 0, 1, -1]
+    served = _session(tiny_lm, gpt2_tokenizer, relaxed).prompt_cache.head(
+        _session(tiny_lm, gpt2_tokenizer, relaxed), relaxed, prompt, tokens, slots)
+    expected = _session(tiny_lm, gpt2_tokenizer, soft).prompt_cache.head(
+        _session(tiny_lm, gpt2_tokenizer, soft), soft, baked, tokens, slots)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), served, expected)
