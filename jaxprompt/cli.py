@@ -4,6 +4,9 @@ Every option is generated from a settings dataclass of config.py (its default, h
 allowed values), so the CLI and the Python API cannot drift apart, and every value is checked
 before anything runs. Bad input ends in one line on stderr and exit code 2, never a traceback;
 Ctrl-C in one line and exit code 130, with the run's last committed checkpoint kept.
+
+Commands import what they use when they run: `--help`, `jaxprompt tasks` and a refused flag
+answer without loading JAX.
 """
 
 from __future__ import annotations
@@ -393,6 +396,23 @@ def _errors() -> tuple[type[BaseException], ...]:
             NonFiniteLossError, RunError, ExportError, LockedError)
 
 
+def _quiet_abandoned_reads() -> None:
+    """Orbax's background reads of a checkpoint that cannot be read finish later against its closed
+    event loop, each reported as an unraisable 'Event loop is closed': noise after the one line that
+    says what failed. Every other unraisable error is reported as before."""
+    previous = sys.unraisablehook
+    if getattr(previous, "jaxprompt", False):
+        return
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.jaxprompt = True
+    sys.unraisablehook = hook
+
+
 def _os_error(e: OSError) -> str:
     where = f" ({e.filename})" if e.filename else ""
     return f"{e.strerror or type(e).__name__}{where}"
@@ -401,6 +421,7 @@ def _os_error(e: OSError) -> str:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_abandoned_reads()
     with interrupt_guard(args.command):
         try:
             return args.fn(args)

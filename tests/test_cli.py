@@ -237,6 +237,12 @@ def bad_inputs(trained_run, tiny_model_dir, tmp_path_factory):
         if p.is_file():
             p.write_bytes(b"garbage")
     cases["corrupt checkpoint"] = (["eval", str(corrupt)], f"checkpoint best/{best} in")
+    truncated = d / "truncated"
+    shutil.copytree(trained_run, truncated)
+    for p in (truncated / "best" / str(best) / "state").rglob("*"):
+        if p.is_file() and p.parent.name == "d":  # the arrays' data, cut short
+            p.write_bytes(p.read_bytes()[:100])
+    cases["truncated checkpoint"] = (["eval", str(truncated)], f"checkpoint best/{best} in")
 
     prepend = write_task(d, PAIRS, name="prepend", template="{prompt} {word1} is the opposite of")
     adapters = {}
@@ -286,7 +292,7 @@ BAD_INPUTS = [
     "task data=123", "task template=5", "task group_by", "task prompt:0", "task bad YAML", "task split_fractions",
     "task max_new_tokens", "ragged csv", "latin1 csv", "config.json", "missing model", "out is a file",
     "out read-only", "existing run", "resume conflict", "resume nothing", "resume overwrite", "run.json missing key",
-    "run.json extra key", "run.json config key", "corrupt checkpoint", "import truncated",
+    "run.json extra key", "run.json config key", "corrupt checkpoint", "truncated checkpoint", "import truncated",
     "import no num_virtual_tokens", "import onto a run", "generate max-new-tokens -5", "generate past positions",
     "temperature -1", "temperature nan", "top-p 0", "generate bad JSON", "inspect top -1", "eval examples 0",
     "eval json dir", "eval json full", "export to a file", "not a run", "sweep trial fails",

@@ -14,16 +14,14 @@ Behaviour that differs between methods is a method of the method, so callers nev
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import jax
 from jaxtyping import Array, Bool, Float, Int
 
+from jaxprompt.data import Template
 from jaxprompt.models import Model
 from jaxprompt.prompts import init as inits
-
-if TYPE_CHECKING:
-    from jaxprompt.data import Template
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +88,7 @@ class PromptMethod:
             raise IndexError(f"task {task} of a single-task prompt")
         return self, prompt
 
-    def peft_incompatibility(self, template: "Template") -> str | None:
+    def peft_incompatibility(self, template: Template) -> str | None:
         """Why PEFT cannot hold this prompt in this template, or None if it can (prepended virtual tokens)."""
         pieces = template.pieces({f: "" for f in template.fields}, self.length)
         slots = [p for p in pieces if isinstance(p, int)]
