@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from jaxprompt.config import one_line
 from jaxprompt.files import atomic_write
 
 RECORD = "checkpoints.json"
@@ -32,11 +33,6 @@ KINDS = ("last", "best")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read back."""
-
-
-def _one_line(e: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
 class Checkpointer:
@@ -59,7 +55,7 @@ class Checkpointer:
             if not all(isinstance(s, int) for s in steps) or not (best is None or isinstance(best, int)):
                 raise ValueError("steps must be integers")
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{path} is not a checkpoint record ({_one_line(e)})") from None
+            raise CheckpointError(f"{path} is not a checkpoint record ({one_line(e)})") from None
         return {"last": steps, "best": best}
 
     def _committed(self, kind: str) -> set[int]:
@@ -123,7 +119,7 @@ class Checkpointer:
                 state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
         except Exception as e:  # Orbax/TensorStore raise many types, with pages of detail
             raise CheckpointError(
-                f"checkpoint {which}/{step} in {self.run_dir} cannot be read ({_one_line(e)}); "
+                f"checkpoint {which}/{step} in {self.run_dir} cannot be read ({one_line(e, limit=200)}); "
                 "it was left in place, other checkpoints are untouched"
             ) from None
         return restored.state, restored.meta

@@ -431,7 +431,7 @@ def main(argv=None) -> int:
         except Exception as e:
             if not isinstance(e, _errors()):
                 raise
-            print(f"{PROG} {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+            print(f"{PROG} {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)  # our own text
             return 2
 
 

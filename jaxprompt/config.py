@@ -43,6 +43,15 @@ class SettingError(ValueError):
     """A setting outside its allowed values (one line, naming the setting and what it allows)."""
 
 
+def one_line(e: BaseException, limit: int | None = None) -> str:
+    """An error from a library (Orbax, datasets, safetensors, ...) as part of a one-line message:
+    its type and its text with whitespace collapsed, cut at `limit` characters."""
+    text = " ".join(str(e).split())
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "..."
+    return f"{type(e).__name__}: {text}"
+
+
 # ---- declaring a setting -----------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)

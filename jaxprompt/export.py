@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprompt.checkpoint import Checkpointer
-from jaxprompt.config import TrainConfig
+from jaxprompt.config import TrainConfig, one_line
 from jaxprompt.data import PROMPT
 from jaxprompt.files import atomic_path, atomic_write
 from jaxprompt.models.config import ConfigError, ModelConfig
@@ -153,7 +153,7 @@ def read_peft_adapter(adapter_dir: str) -> tuple[dict, np.ndarray]:
         with open(config_path) as f:
             config = json.load(f)
     except (OSError, ValueError) as e:
-        raise ExportError(f"{config_path} cannot be read ({type(e).__name__}: {' '.join(str(e).split())})") from None
+        raise ExportError(f"{config_path} cannot be read ({one_line(e)})") from None
     if not isinstance(config, dict):
         raise ExportError(f"{config_path} is not a PEFT adapter config (a JSON object)")
     P = config.get("num_virtual_tokens")
@@ -162,7 +162,7 @@ def read_peft_adapter(adapter_dir: str) -> tuple[dict, np.ndarray]:
     try:
         tensors = load_file(weights)
     except (SafetensorError, OSError, ValueError) as e:
-        raise ExportError(f"{weights} cannot be read ({type(e).__name__}: {' '.join(str(e).split())})") from None
+        raise ExportError(f"{weights} cannot be read ({one_line(e)})") from None
     key = next((k for k in tensors if k.endswith("prompt_embeddings")), None)
     if key is None:
         raise ExportError(f"{weights} has no prompt_embeddings tensor (found {sorted(tensors)[:4]})")
@@ -202,7 +202,7 @@ def import_peft(adapter_dir: str, out_dir: str, task: str = "antonyms", model: s
     try:
         model_config = ModelConfig.from_hf_config(directory)
     except ValueError as e:  # ConfigError, or config.json that is not JSON
-        raise ConfigError(f"{os.path.join(directory, 'config.json')}: {' '.join(str(e).split())}") from None
+        raise ConfigError(f"{os.path.join(directory, 'config.json')}: {one_line(e)}") from None
     method, prompt = prompt_from_peft(config, tensor, model_config)
     the_task = get_task(task)
     reason = method.peft_incompatibility(the_task.template)

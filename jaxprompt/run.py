@@ -29,10 +29,10 @@ import matplotlib
 from jaxprompt import __version__
 from jaxprompt.checkpoint import RECORD, Checkpointer
 from jaxprompt.config import (REPO_ROOT, MethodConfig, RunOptions, SettingError, TrainConfig, from_dict, get, leaves,
-                              to_dict)
+                              one_line, to_dict)
 from jaxprompt.data import Batches, TemplateError, eval_batches
 from jaxprompt.evaluate import EvalResult, evaluate, format_samples, format_table
-from jaxprompt.files import DirectoryLock, atomic_path, atomic_write, remove_stale_temporaries
+from jaxprompt.files import DirectoryLock, atomic_write, remove_stale_temporaries
 from jaxprompt.loop import METRICS, fit
 from jaxprompt.loss import prompt_loss
 from jaxprompt.models.convert import resolve
@@ -116,7 +116,7 @@ def read_run_info(run_dir: str) -> dict:
         with open(path) as f:
             info = json.load(f)
     except (OSError, ValueError) as e:
-        raise RunError(f"{path} cannot be read ({type(e).__name__}: {' '.join(str(e).split())})") from None
+        raise RunError(f"{path} cannot be read ({one_line(e)})") from None
     if not isinstance(info, dict):
         raise RunError(f"{path} is not a run description (a JSON object)")
     missing = [k for k in _INFO_KEYS if k not in info]
@@ -344,7 +344,7 @@ def load_run(run_dir: str, which: str = "best", model: str | None = None, dtype:
         method = method_from_spec(info["method"])
     except (ValueError, TypeError, KeyError) as e:
         raise RunError(f"{os.path.join(run_dir, RUN_INFO)} describes a task or method this jaxprompt cannot "
-                       f"rebuild ({' '.join(str(e).split())})") from None
+                       f"rebuild ({one_line(e)})") from None
     session = Session.load(model or info["model_dir"], tasks[0], method, dtype=dtype or config.dtype, cache=cache,
                            tasks=tuple(tasks) if len(tasks) > 1 else ())
     return session, load_prompt(run_dir, session, which, config, info["steps"]), info

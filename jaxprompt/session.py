@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprompt.config import DEFAULT_MODEL, REPO_ROOT  # noqa: F401  (re-exported: where the defaults live)
+from jaxprompt.config import DEFAULT_MODEL, REPO_ROOT, one_line  # noqa: F401  (the defaults re-exported)
 from jaxprompt.data import Encoded, check_positions, common_prefix_length, encode
 from jaxprompt.models import Model
 from jaxprompt.models.config import ConfigError, ModelConfig
@@ -42,8 +42,7 @@ def load_tokenizer(directory: str) -> Tokenizer:
     except TokenizerError:
         raise
     except Exception as e:  # tokenizers / json raise their own types for unreadable files
-        raise TokenizerError(f"the tokenizer in {directory} cannot be read "
-                             f"({type(e).__name__}: {' '.join(str(e).split())})") from None
+        raise TokenizerError(f"the tokenizer in {directory} cannot be read ({one_line(e)})") from None
 
 
 @dataclasses.dataclass

@@ -21,7 +21,7 @@ import os
 import random
 from typing import Any, ClassVar
 
-from jaxprompt.config import AT_LEAST_1, Range, SettingError, Settings, setting
+from jaxprompt.config import AT_LEAST_1, Range, SettingError, Settings, one_line, setting
 from jaxprompt.data import Template, TemplateError
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -124,7 +124,7 @@ def task_from_file(path: str) -> Task:
         else:
             spec = json.loads(text)
     except Exception as e:  # UnicodeDecodeError, TOMLDecodeError, YAMLError, JSONDecodeError
-        raise TemplateError(f"task file {path} is not valid {kind}: {' '.join(str(e).split())}") from None
+        raise TemplateError(f"task file {path} is not valid {kind}: {one_line(e)}") from None
     try:
         return task_from_dict(spec, base_dir=os.path.dirname(os.path.abspath(path)))
     except (TemplateError, SettingError) as e:
@@ -178,9 +178,8 @@ def load_records(source: str, data_format: str | None = None) -> list[dict]:
         except Exception as e:  # datasets wraps the reader's error: report the root cause
             while e.__cause__ is not None or e.__context__ is not None:
                 e = e.__cause__ or e.__context__
-            text = " ".join(str(e).split())
-            hint = " (the file must be UTF-8)" if isinstance(e, UnicodeDecodeError) or "UTF8" in text else ""
-            raise TemplateError(f"could not read {source} as {ext}: {type(e).__name__}: {text}{hint}") from None
+            hint = " (the file must be UTF-8)" if isinstance(e, UnicodeDecodeError) or "UTF8" in str(e) else ""
+            raise TemplateError(f"could not read {source} as {ext}: {one_line(e)}{hint}") from None
         finally:
             datasets.logging.set_verbosity(verbosity)
     else:

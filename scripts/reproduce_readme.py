@@ -85,7 +85,7 @@ def main_job(out: str, settings: dict) -> str:
     P = config.method.prompt_length
     rows = [[f"written: `{template}`", _loss(written, not better_loss), _match(written, not better_match)],
             [f"learned soft prompt (P={P})", _loss(learned, better_loss), _match(learned, better_match)],
-            [f"learned soft prompt, randomly initialised model of the same shape", _loss(random), _match(random)]]
+            ["learned soft prompt, randomly initialised model of the same shape", _loss(random), _match(random)]]
     steps = max(h["step"] for h in run.history)
     note = (f"{steps} steps at batch {config.data.batch_size}, {minutes:.1f} minutes of training and evaluation; "
             f"{learned.n:,} held-out test examples")

@@ -163,6 +163,17 @@ def write_task(directory, rows, template="Here are two {prompt} {word1} and", ta
     return str(path)
 
 
+def snapshot(directory) -> dict:
+    """Every file under `directory` with its bytes and modification time: a run "untouched" is equal."""
+    out = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, directory)] = (f.read(), os.stat(path).st_mtime_ns)
+    return out
+
+
 ANTONYM_PAIRS = [("hot", "cold"), ("good", "bad"), ("big", "small"), ("up", "down"), ("left", "right"),
                  ("in", "out"), ("yes", "no"), ("day", "night"), ("fast", "slow"), ("old", "new"),
                  ("high", "low"), ("early", "late"), ("rich", "poor"), ("hard", "soft"), ("wet", "dry"),

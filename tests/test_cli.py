@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ANTONYM_PAIRS, write_task
+from conftest import ANTONYM_PAIRS, snapshot, write_task
 from jaxprompt.cli import build_parser, main
 
 FAST = ["--steps", "4", "--prompt-length", "3", "--batch-size", "8", "--eval-examples", "8", "--eval-every", "2",
@@ -29,16 +29,6 @@ def trained_run(tiny_model_dir, tmp_path_factory):
     run = str(tmp_path_factory.mktemp("runs") / "antonyms-soft")
     assert main(["train", "--model", tiny_model_dir, "--out", run, *FAST]) == 0
     return run
-
-
-def _snapshot(directory: str) -> dict:
-    out = {}
-    for root, _, files in os.walk(directory):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, directory)] = (f.read(), os.stat(path).st_mtime_ns)
-    return out
 
 
 def test_train_writes_the_run_directory(trained_run):
@@ -302,7 +292,7 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_is_one_line_and_touches_no_run(bad_inputs, trained_run, capfd, case):
     argv, message = bad_inputs[case]
-    before = _snapshot(trained_run)
+    before = snapshot(trained_run)
     capfd.readouterr()
     try:
         code = main(argv)
@@ -313,7 +303,7 @@ def test_bad_input_is_one_line_and_touches_no_run(bad_inputs, trained_run, capfd
     assert code == 2, (code, err)
     assert len(lines) == 1 and "Traceback" not in err, err
     assert message in lines[0], lines[0]
-    assert _snapshot(trained_run) == before
+    assert snapshot(trained_run) == before
 
 
 def test_bad_input_table_is_complete(bad_inputs):

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
-import numpy as np
 import pytest
 
 from jaxprompt.data import (Batches, Encoded, Template, TemplateError, check_positions, collate, common_prefix_length,

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import snapshot
 from jaxprompt.config import RunOptions, SettingError, TrainConfig
 from jaxprompt.files import DirectoryLock, LockedError
 from jaxprompt.run import RunError, load_run, read_run_info, train_prompt
@@ -25,17 +26,6 @@ def run(tiny_model_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("runs") / "run")
     train_prompt(config, RunOptions(out=out, progress=False), log=lambda *a: None)
     return config, out
-
-
-def _snapshot(directory: str) -> dict:
-    """Every file under `directory` with its bytes and modification time."""
-    out = {}
-    for root, _, files in os.walk(directory):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, directory)] = (f.read(), os.stat(path).st_mtime_ns)
-    return out
 
 
 def test_the_reported_losses_are_what_transformers_computes(run, tiny_model_dir, gpt2_tokenizer):
@@ -76,7 +66,7 @@ def test_the_reported_losses_are_what_transformers_computes(run, tiny_model_dir,
 
 def test_an_existing_run_is_never_touched_without_resume_or_overwrite(run):
     config, out = run
-    before = _snapshot(out)
+    before = snapshot(out)
     with pytest.raises(RunError, match="already holds a run: pass --resume to continue it, or --overwrite"):
         train_prompt(config, RunOptions(out=out, progress=False))
     with pytest.raises(RunError, match=r"--resume uses the settings stored in .*: --lr 0.2 differs from the stored 0.05"):
@@ -84,7 +74,7 @@ def test_an_existing_run_is_never_touched_without_resume_or_overwrite(run):
     with DirectoryLock(out):  # another process training into it
         with pytest.raises(LockedError, match="in use by another jaxprompt process"):
             train_prompt(config, RunOptions(out=out, resume=True, progress=False))
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
 
 
 def test_out_must_be_a_run_or_an_empty_directory(run, tmp_path):

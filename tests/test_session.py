@@ -3,7 +3,6 @@ fingerprint, and positions checked as sequences are encoded."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess

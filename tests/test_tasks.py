@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from conftest import write_task
 from jaxprompt.config import SettingError
 from jaxprompt.data import Template, TemplateError
 from jaxprompt.tasks import BUILTIN, Task, get_task, load_records, split_examples, task_from_dict

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from conftest import ANTONYM_PAIRS
 from jaxprompt.data import Template, collate, encode
@@ -52,6 +53,7 @@ def test_micro_batches_give_the_full_batch_gradient(tiny_lm, gpt2_tokenizer):
     assert error(mean_of_means) > 0.1
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # the point of the test
 def test_a_step_that_would_make_the_prompt_non_finite_is_skipped(tiny_lm, gpt2_tokenizer):
     """Loss and gradient are finite here; only the updated prompt overflows (lr 1e39 in float32)."""
     model, frozen = tiny_lm
