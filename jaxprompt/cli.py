@@ -58,7 +58,7 @@ def add_settings(parser: argparse.ArgumentParser, cls: type[Settings]) -> None:
     for path, flat, f, hint, owner in leaves(cls):
         meta = f.metadata
         flag = "--" + flat.replace("_", "-")
-        names = [flag, flag + "s"] if flat == "task" and cls is TrainConfig else [flag]
+        names = [flag, *("--" + a.replace("_", "-") for a in meta.get("aliases", ()))]
         default = meta.get("shown_default") or _shown(get(cls(), path))
         text = f"{meta['help']} (default: {default}; {allowed(hint, meta)})".replace("%", "%%")
         common = dict(dest=flat, default=argparse.SUPPRESS, help=text)

@@ -90,16 +90,17 @@ POSITIVE = Range(0, low_open=True)
 
 
 def setting(default=dataclasses.MISSING, help: str = "", *, range: Range | None = None, choices=None,
-            flag: str | None = None, default_factory=dataclasses.MISSING, repeat: bool = False,
-            shown_default: str | None = None):
+            flag: str | None = None, aliases: tuple[str, ...] = (), default_factory=dataclasses.MISSING,
+            repeat: bool = False, shown_default: str | None = None):
     """A dataclass field with its help text and allowed values.
 
-    `flag`: the CLI name (default: the field name, `_` as `-`); `repeat`: a list flag given once
-    per item (`--text a --text b`) instead of comma-separated; `shown_default`: the default as
-    --help states it, where the value itself would mislead (a path resolved at run time).
+    `flag`: the CLI name (default: the field name, `_` as `-`); `aliases`: other names of the
+    flag; `repeat`: a list flag given once per item (`--text a --text b`) instead of
+    comma-separated; `shown_default`: the default as --help states it, where the value itself
+    would mislead (a path resolved at run time).
     """
     metadata = {"help": help, "range": range, "choices": tuple(choices) if choices else None, "flag": flag,
-                "repeat": repeat, "shown_default": shown_default}
+                "aliases": aliases, "repeat": repeat, "shown_default": shown_default}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -449,7 +450,8 @@ class TrainConfig(Settings):
 
     tasks: tuple[str, ...] = setting(("antonyms",), "built-in task (see `jaxprompt tasks`) or task file "
                                                     "(.toml/.yaml/.json); several, comma-separated, train one "
-                                                    "prompt per task in shared batches", flag="task")
+                                                    "prompt per task in shared batches", flag="task",
+                                     aliases=("tasks",))
     model: str = setting(DEFAULT_MODEL, "HF model id (gpt2, facebook/opt-1.3b, ...) or checkpoint directory",
                          shown_default="the embedded checkpoints/tiny-gpt2-wordnet")
     dtype: str = setting("float32", "compute dtype of the frozen weights (the prompt stays float32)",
