@@ -1,25 +1,34 @@
-"""Orbax checkpoints of the train state only (prompt, optimizer state, step, rng, data position).
+"""Orbax checkpoints of the train state only (prompt, optimizer state, step, rng, loop state).
 
-The frozen LM is never re-saved: a run records the model's id/path in its metadata instead.
+The frozen LM is never re-saved: a run records the model's id/path in run.json instead.
 Layout under the run directory:
 
-    last/<step>/   the last `keep` saves
-    best/<step>/   the save with the lowest validation loss
-    run.json       what the run was (model, method, template, hyper-parameters)
+    last/<step>/        the last `keep` saves
+    best/<step>/        the save with the lowest validation loss
+    checkpoints.json    the commit record: which steps of last/ and best/ belong to the run
 
-Orbax writes each save to a temporary directory and renames it when complete, so a crash
-mid-save leaves the previous checkpoints intact.
+A save writes `last/<step>` (and `best/<step>`), each atomically (Orbax renames a finished
+temporary directory), and only then replaces the commit record, in one rename. The record is the
+truth: a directory it does not name is a save that a crash interrupted (or one it superseded), and
+`repair` removes it before training continues. So last and best change together or not at all:
+a kill at any point leaves the previous consistent pair, and resuming recomputes the lost steps.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
-from jaxprompt.train import TrainState
+from jaxprompt.config import one_line
+from jaxprompt.files import atomic_write
+
+RECORD = "checkpoints.json"
+KINDS = ("last", "best")
 
 
 class CheckpointError(RuntimeError):
@@ -29,67 +38,88 @@ class CheckpointError(RuntimeError):
 class Checkpointer:
     def __init__(self, run_dir: str, keep: int = 3):
         self.run_dir = os.path.abspath(run_dir)
-        os.makedirs(self.run_dir, exist_ok=True)
-        self.last = ocp.CheckpointManager(
-            os.path.join(self.run_dir, "last"), options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
-        self.best = ocp.CheckpointManager(
-            os.path.join(self.run_dir, "best"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["val_loss"], best_mode="min",
-                                                 create=True))
+        self.keep = keep
+        self._orbax = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+        self.record = self._read_record()
 
-    def save(self, state: TrainState, metadata: dict, val_loss: float | None = None) -> None:
-        """Saves an (unreplicated) state; also as best when `val_loss` is the lowest so far."""
-        step = int(state.step)
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(metadata))
-        self.last.save(step, args=args, force=True)
-        if val_loss is not None:
-            self.best.save(step, args=args, metrics={"val_loss": float(val_loss)}, force=True)
+    # ---- the commit record -----------------------------------------------------------------------
 
-    def wait(self) -> None:
-        self.last.wait_until_finished()
-        self.best.wait_until_finished()
+    def _read_record(self) -> dict:
+        path = os.path.join(self.run_dir, RECORD)
+        if not os.path.isfile(path):
+            return {"last": [], "best": None}
+        try:
+            with open(path) as f:
+                record = json.load(f)
+            steps, best = record["last"], record["best"]
+            if not all(isinstance(s, int) for s in steps) or not (best is None or isinstance(best, int)):
+                raise ValueError("steps must be integers")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{path} is not a checkpoint record ({one_line(e)})") from None
+        return {"last": steps, "best": best}
+
+    def _committed(self, kind: str) -> set[int]:
+        return set(self.record["last"]) if kind == "last" else {self.record["best"]} - {None}
+
+    def repair(self) -> list[str]:
+        """Removes what no commit names: saves a crash interrupted, superseded ones, Orbax temporaries.
+        Only a writer (holding the run's lock) may call this. Returns the removed paths."""
+        removed = []
+        for kind in KINDS:
+            directory = os.path.join(self.run_dir, kind)
+            if not os.path.isdir(directory):
+                continue
+            keep = {str(s) for s in self._committed(kind)}
+            for name in os.listdir(directory):
+                if name not in keep:
+                    path = os.path.join(directory, name)
+                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+                    removed.append(path)
+        return removed
+
+    # ---- save / restore --------------------------------------------------------------------------
 
     def latest_step(self) -> int | None:
-        return self.last.latest_step()
+        return self.record["last"][-1] if self.record["last"] else None
 
     def best_step(self) -> int | None:
-        return self.best.best_step()
+        return self.record["best"]
 
-    def restore(self, like: TrainState, which: str = "last", step: int | None = None) -> tuple[TrainState, dict]:
-        """The saved state shaped like `like`, and its metadata."""
-        manager = self.last if which == "last" else self.best
-        if step is None:
-            step = manager.latest_step() if which == "last" else manager.best_step()
+    def save(self, state, metadata: dict, is_best: bool = False) -> None:
+        """Saves an (unreplicated) state as the newest of last/, and as best/ when `is_best`; then
+        commits both at once. A step that is already committed is not written again."""
+        step = int(state.step)
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(metadata))
+        new_last = step not in self.record["last"]
+        new_best = is_best and self.record["best"] != step
+        if not (new_last or new_best):
+            return
+        for kind, write in (("last", new_last), ("best", new_best)):
+            if write:
+                path = os.path.join(self.run_dir, kind, str(step))
+                if os.path.exists(path):  # an uncommitted save of this step: a crash's leftover
+                    shutil.rmtree(path)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                self._orbax.save(path, args=args)
+        last = [s for s in self.record["last"] if s != step] + [step]
+        record = {"last": last[-self.keep:], "best": step if is_best else self.record["best"]}
+        atomic_write(os.path.join(self.run_dir, RECORD), json.dumps(record))
+        self.record = record
+        self.repair()
+
+    def restore(self, like, which: str = "last") -> tuple[Any, dict]:
+        """The committed state shaped like `like` (a TrainState), and its metadata."""
+        step = self.latest_step() if which == "last" else self.best_step()
         if step is None:
             raise CheckpointError(f"no {which} checkpoint in {self.run_dir}")
+        path = os.path.join(self.run_dir, which, str(step))
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         try:
-            restored = manager.restore(step, args=ocp.args.Composite(
+            restored = self._orbax.restore(path, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        except Exception as e:
+        except Exception as e:  # Orbax/TensorStore raise many types, with pages of detail
             raise CheckpointError(
-                f"checkpoint {which}/{step} in {self.run_dir} cannot be read ({type(e).__name__}: {e}); "
+                f"checkpoint {which}/{step} in {self.run_dir} cannot be read ({one_line(e, limit=200)}); "
                 "it was left in place, other checkpoints are untouched"
-            ) from e
+            ) from None
         return restored.state, restored.meta
-
-    def close(self) -> None:
-        self.wait()
-        self.last.close()
-        self.best.close()
-
-
-def write_run_info(run_dir: str, info: dict) -> None:
-    os.makedirs(run_dir, exist_ok=True)
-    tmp = os.path.join(run_dir, "run.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=2)
-    os.replace(tmp, os.path.join(run_dir, "run.json"))
-
-
-def read_run_info(run_dir: str) -> dict:
-    path = os.path.join(run_dir, "run.json")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{run_dir} is not a jaxprompt run directory: no run.json")
-    with open(path) as f:
-        return json.load(f)

@@ -1,92 +1,208 @@
 """`jaxprompt train | eval | generate | inspect | export | import | tasks | sweep`.
 
-`train`'s options are generated from the `TrainConfig` dataclass, so the CLI and the Python API
-cannot drift apart.
+Every option is generated from a settings dataclass of config.py (its default, help text and
+allowed values), so the CLI and the Python API cannot drift apart, and every value is checked
+before anything runs. Bad input ends in one line on stderr and exit code 2, never a traceback;
+Ctrl-C in one line and exit code 130, with the run's last committed checkpoint kept.
+
+Commands import what they use when they run: `--help`, `jaxprompt tasks` and a refused flag
+answer without loading JAX.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
 import json
 import os
+import signal
 import sys
-import types
+import threading
 import typing
 
-from jaxprompt.run import TrainConfig
+from jaxprompt.config import (EvalOptions, ExportOptions, GenerateOptions, ImportOptions, InspectOptions, LoadOptions,
+                              RunOptions, Settings, SettingError, SweepOptions, TrainConfig, allowed, build, get, leaves,
+                              parse_text)
 
-HELP = {
-    "task": "built-in task name (see `jaxprompt tasks`) or a task file (.toml/.yaml)",
-    "model": "HF model id (gpt2, facebook/opt-1.3b, ...) or local checkpoint dir; default: the embedded model",
-    "method": "soft | ptuning | prefix | relaxed | pez",
-    "prompt_length": "virtual tokens per {prompt} slot",
-    "init": "vocab_normal | uniform | sampled_vocab | text",
-    "init_text": "text whose embeddings initialise the prompt (init=text); default: the written prompt",
-    "steps": "training steps (default: --epochs over the training set)",
-    "dtype": "frozen-weight compute dtype: float32 | bfloat16 (the prompt stays fp32)",
-    "devices": "number of local devices for data parallelism (default: all)",
-    "out": "run directory (default: checkpoints/<task>-<method>-<time>)",
-    "resume": "continue the run in --out from its last checkpoint",
-    "train_examples": "train on the first N training examples only",
-    "eval_examples": "evaluate on at most N validation/test examples",
-    "patience": "early stopping: evaluations without improvement before stopping",
-    "baseline": "also evaluate the written prompt",
-}
+PROG = "jaxprompt"
 
 
-class CLIError(Exception):
+class CLIError(ValueError):
     pass
 
 
-def _add_dataclass_options(parser: argparse.ArgumentParser, cls) -> None:
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        optional = isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union
-        base = next(a for a in typing.get_args(kind) if a is not type(None)) if optional else kind
-        if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                                help=HELP.get(f.name))
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (exit 2) like every other bad input."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+
+
+# ---- options generated from the settings dataclasses ---------------------------------------------
+
+def _converter(flag: str, hint, meta):
+    def convert(text: str):
+        try:
+            return parse_text(text, hint)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {allowed(hint, meta)}") from None
+
+    convert.__name__ = flag  # argparse names the converter in some messages
+    return convert
+
+
+def add_settings(parser: argparse.ArgumentParser, cls: type[Settings]) -> None:
+    """A flag per leaf setting of `cls`; its help states meaning, default and allowed values.
+
+    Defaults are left out of the namespace (SUPPRESS), so a command knows which flags were given."""
+    for path, flat, f, hint, owner in leaves(cls):
+        meta = f.metadata
+        flag = "--" + flat.replace("_", "-")
+        names = [flag, *("--" + a.replace("_", "-") for a in meta.get("aliases", ()))]
+        default = meta.get("shown_default") or _shown(get(cls(), path))
+        text = f"{meta['help']} (default: {default}; {allowed(hint, meta)})".replace("%", "%%")
+        common = dict(dest=flat, default=argparse.SUPPRESS, help=text)
+        if hint is bool:
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction, **common)
+        elif meta.get("repeat"):
+            element = typing.get_args(hint)[0]
+            parser.add_argument(*names, action="append", type=_converter(flag, element, meta), metavar="TEXT",
+                                **common)
         else:
-            parser.add_argument(flag, type=base, default=f.default, help=HELP.get(f.name),
-                                metavar=f.name.upper())
+            parser.add_argument(*names, type=_converter(flag, hint, meta), metavar=flat.upper(), **common)
 
 
-def _config_from(args, cls):
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+def _shown(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(_shown(v) if not isinstance(v, tuple) else "=".join(map(str, v)) for v in value) or "none"
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
+
+def given(args, cls: type[Settings]) -> dict:
+    """The flags of `cls` given on the command line, by flat name."""
+    values = {flat: getattr(args, flat) for _, flat, *_ in leaves(cls) if hasattr(args, flat)}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}  # repeated flags
+
+
+def settings(args, cls: type[Settings], base=None):
+    return build(cls, given(args, cls), base)
+
+
+# ---- Ctrl-C ------------------------------------------------------------------------------------
+
+_interrupt_note = {"text": ""}
+
+
+@contextlib.contextmanager
+def interrupt_guard(command: str):
+    """Ctrl-C prints one line and exits 130 at once, even inside a long compilation or load.
+
+    The signal's wake-up byte is read by a watcher thread, which does not wait for the main thread
+    to return to Python (it may be inside XLA for minutes). Every file jaxprompt writes is atomic
+    and checkpoints are committed by one rename, so stopping anywhere keeps the last commit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: None)  # the watcher acts
+
+    def watch():
+        while True:
+            data = os.read(read_fd, 1)
+            if not data:  # the guard was closed
+                return
+            if data[0] == signal.SIGINT:
+                os.write(2, f"{PROG} {command}: interrupted{_interrupt_note['text']}\n".encode())
+                os._exit(130)
+
+    threading.Thread(target=watch, name="jaxprompt-interrupt", daemon=True).start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGINT, previous_handler)
+        os.close(write_fd)  # ends the watcher
+        _interrupt_note["text"] = ""
+
+
+# ---- commands --------------------------------------------------------------------------------------
 
 def cmd_train(args) -> int:
-    from jaxprompt.run import train_prompt
+    from jaxprompt.run import check_run_dir, default_run_dir, differences, read_run_info, train_prompt
 
-    train_prompt(_config_from(args, TrainConfig))
+    options = settings(args, RunOptions)
+    config = settings(args, TrainConfig)
+    if options.resume:
+        if options.out is None:
+            raise CLIError("--resume needs --out RUN_DIR: the run to continue")
+        check_run_dir(options.out, resume=True)
+        stored = read_run_info(options.out)["config"]
+        explicit = build(TrainConfig, given(args, TrainConfig), stored)
+        if explicit != stored:
+            raise CLIError(f"{differences(explicit, stored)[0]} in {options.out}: --resume continues the run with its "
+                           "stored settings (drop the flag, or replace the run with --overwrite)")
+        config = stored
+    run_dir = options.out if options.out is not None else default_run_dir(config)
+
+    def started(run_dir: str) -> None:
+        _interrupt_note["text"] = (f"; {run_dir} keeps its last committed checkpoint "
+                                   f"(continue with: jaxprompt train --out {run_dir} --resume)")
+
+    train_prompt(config, options.replace(out=run_dir), started=started)
     return 0
+
+
+def _load(args):
+    from jaxprompt.run import load_run
+
+    load = settings(args, LoadOptions)
+    return load_run(args.run_dir, which=load.which, model=load.model, cache=load.cache)
+
+
+def _task_sessions(session, prompt, only: str | None = None):
+    """(session, prompt) per task of the run (one for a single-task run)."""
+    tasks = session.all_tasks
+    if only is not None:
+        names = [t.name for t in tasks]
+        if only not in names:
+            raise CLIError(f"--task {only!r}: this run's tasks are {', '.join(names)}")
+        return [session.task_session(names.index(only), prompt)]
+    return [session.task_session(i, prompt) for i in range(len(tasks))]
+
+
+def _writable_file(flag: str, path: str | None) -> None:
+    if path is not None and os.path.isdir(path):
+        raise CLIError(f"{flag} {path} is a directory; give a file name")
 
 
 def cmd_eval(args) -> int:
     from jaxprompt.evaluate import evaluate, format_samples, format_table
-    from jaxprompt.run import load_run
+    from jaxprompt.files import atomic_write
 
-    session, prompt, info = load_run(args.run_dir, which=args.which, model=args.model)
-    rows = session.task.load(seed=info["config"]["seed"])[args.split]
-    rows = rows[: args.examples] if args.examples else rows
+    opts = settings(args, EvalOptions)
+    _writable_file("--json", opts.json)
+    session, prompt, info = _load(args)
+    which = settings(args, LoadOptions).which
     results = []
-    if args.baseline and session.task.hard_prompt:
-        results.append(evaluate(session, None, rows, hard_prompt=session.task.hard_prompt,
-                                label=f"written: {session.task.hard_prompt!r}"))
-    results.append(evaluate(session, prompt, rows, label=f"learned ({args.which})"))
+    for single, task_prompt in _task_sessions(session, prompt):
+        name = f"{single.task.name}: " if len(session.all_tasks) > 1 else ""
+        rows = single.task.load(seed=info["config"].seed)[opts.split]
+        rows = rows[: opts.examples] if opts.examples is not None else rows
+        if opts.baseline and single.task.hard_prompt:
+            results.append(evaluate(single, None, rows, hard_prompt=single.task.hard_prompt,
+                                    label=f"{name}written: {single.task.hard_prompt!r}"))
+        results.append(evaluate(single, task_prompt, rows, label=f"{name}learned ({which})"))
     print(format_table(results))
     print()
     print(format_samples(results[-1]))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"results": [r.summary() for r in results]}, f, indent=2)
+    if opts.json is not None:
+        atomic_write(opts.json, json.dumps({"results": [r.summary() for r in results]}, indent=2))
     return 0
 
 
-def _parse_inputs(session, texts: list[str]) -> list[dict]:
+def _parse_inputs(session, texts: tuple[str, ...] | list[str]) -> list[dict]:
     """`word1=hot`, a JSON object, or a bare value for the task's single input field."""
     inputs = [f for f in session.task.fields if f not in session.task.template.target_fields]
     rows = []
@@ -95,9 +211,14 @@ def _parse_inputs(session, texts: list[str]) -> list[dict]:
         if not text:
             continue
         if text.startswith("{"):
-            row = json.loads(text)
+            try:
+                row = json.loads(text)
+            except ValueError:
+                raise CLIError(f"input {text!r} is not a JSON object") from None
+            if not isinstance(row, dict):
+                raise CLIError(f"input {text!r} is not a JSON object")
         elif "=" in text and text.split("=", 1)[0] in inputs:
-            row = dict(part.split("=", 1) for part in text.split(";"))
+            row = dict(part.split("=", 1) for part in text.split(";") if "=" in part)
         elif len(inputs) == 1:
             row = {inputs[0]: text}
         else:
@@ -114,77 +235,82 @@ def cmd_generate(args) -> int:
     import numpy as np
 
     from jaxprompt.data import collate
+    from jaxprompt.evaluate import inference_form
     from jaxprompt.models.generate import Sampling, generate
     from jaxprompt.prompts.apply import prompt_inputs
-    from jaxprompt.run import load_run
 
-    session, prompt, _ = load_run(args.run_dir, which=args.which, model=args.model)
-    texts = args.text if args.text else sys.stdin.read().splitlines()
+    opts = settings(args, GenerateOptions)
+    session, prompt, _ = _load(args)
+    if len(session.all_tasks) > 1 and opts.task is None:
+        raise CLIError(f"this run has several tasks ({', '.join(t.name for t in session.all_tasks)}): "
+                       "choose one with --task")
+    session, prompt = _task_sessions(session, prompt, opts.task)[0]
+    texts = opts.text if opts.text else sys.stdin.read().splitlines()
     rows = _parse_inputs(session, texts)
     if not rows:
         raise CLIError("no input: pass --text or lines on stdin")
-    encoded = session.encode(rows, with_target=False)
+    n_new = opts.max_new_tokens if opts.max_new_tokens is not None else session.task.max_new_tokens
+    encoded = session.encode(rows, with_target=False, new_tokens=n_new)
+    method, serving = inference_form(session, prompt)
     batch = collate(encoded, session.pad_id, padding="left")
-    embeds, prefix = prompt_inputs(session.model, session.frozen, session.method, prompt, batch)
-    sampling = Sampling(args.temperature, args.top_k, args.top_p)
-    tokens, _ = generate(session.model, session.frozen, embeds, batch["mask"],
-                         max_new_tokens=args.max_new_tokens or session.task.max_new_tokens, sampling=sampling,
-                         rng=jax.random.key(args.seed), eos_token_id=session.tokenizer.eos_token_id, prefix=prefix)
+    embeds, prefix = prompt_inputs(session.model, session.frozen, method, serving, batch)
+    tokens, _ = generate(session.model, session.frozen, embeds, batch["mask"], max_new_tokens=n_new,
+                         sampling=Sampling(opts.temperature, opts.top_k, opts.top_p), rng=jax.random.key(opts.seed),
+                         eos_token_id=session.tokenizer.eos_token_id, prefix=prefix)
     for row, out in zip(rows, np.asarray(tokens)):
         ids = list(out)
         if session.tokenizer.eos_token_id in ids:
             ids = ids[: ids.index(session.tokenizer.eos_token_id)]
-        shown = session.task.template.render_hard(row, "[prompt]")
-        print(f"{shown}{session.tokenizer.decode(ids)}")
+        print(f"{session.task.template.render_hard(row, '[prompt]')}{session.tokenizer.decode(ids)}")
     return 0
 
 
 def cmd_inspect(args) -> int:
-    from jaxprompt.interpret import format_neighbours, nearest_vocabulary, plot_embedding_space, prompt_vectors
-    from jaxprompt.run import load_run
+    import dataclasses
 
-    session, prompt, info = load_run(args.run_dir, which=args.which, model=args.model)
-    vectors = prompt_vectors(session, prompt)
-    table = session.model.embedding_table(session.frozen)
-    for metric in ("cosine", "l2"):
-        print(f"nearest vocabulary tokens by {metric}:")
-        print(format_neighbours(nearest_vocabulary(vectors, table, session.tokenizer, metric, args.top)))
-        print()
-    if args.plot:
-        plot_embedding_space(vectors, table, args.plot, session.tokenizer)
-        print(f"embedding-space plot: {args.plot}")
-    if args.evaluate:
-        import dataclasses
+    from jaxprompt.evaluate import evaluate, format_table
+    from jaxprompt.interpret import (format_neighbours, nearest_vocabulary, plot_embedding_space, projected_prompt,
+                                     prompt_vectors)
 
-        from jaxprompt.evaluate import evaluate, format_table
-        from jaxprompt.interpret import projected_prompt
-
-        soft, hard, _, text = projected_prompt(session, prompt)
-        print(f"projected hard prompt: {text!r}")
-        rows = session.task.load(seed=info["config"]["seed"])["test"][: args.evaluate]
-        learned = evaluate(session, prompt, rows, label="learned (continuous)")
-        projected = evaluate(dataclasses.replace(session, method=soft), hard, rows, label="projected to tokens")
-        print(format_table([learned, projected]))
+    opts = settings(args, InspectOptions)
+    _writable_file("--plot", opts.plot)
+    session, prompt, info = _load(args)
+    for single, task_prompt in _task_sessions(session, prompt):
+        if len(session.all_tasks) > 1:
+            print(f"== task {single.task.name}")
+        vectors = prompt_vectors(single, task_prompt)
+        table = single.model.embedding_table(single.frozen)
+        for metric in ("cosine", "l2"):
+            print(f"nearest vocabulary tokens by {metric}:")
+            print(format_neighbours(nearest_vocabulary(vectors, table, single.tokenizer, metric, opts.top)))
+            print()
+        if opts.plot is not None:
+            plot_embedding_space(vectors, table, opts.plot, single.tokenizer)
+            print(f"embedding-space plot: {opts.plot}")
+        if opts.evaluate:
+            soft, hard, _, text = projected_prompt(single, task_prompt)
+            print(f"projected hard prompt: {text!r}")
+            rows = single.task.load(seed=info["config"].seed)["test"][: opts.evaluate]
+            learned = evaluate(single, task_prompt, rows, label="learned (continuous)")
+            projected = evaluate(dataclasses.replace(single, method=soft), hard, rows, label="projected to tokens")
+            print(format_table([learned, projected]))
     return 0
 
 
 def cmd_export(args) -> int:
     from jaxprompt.export import export_peft, export_plain
-    from jaxprompt.run import load_run
 
-    session, prompt, info = load_run(args.run_dir, which=args.which, model=args.model)
-    if args.to == "peft":
-        path = export_peft(session, prompt, args.out_dir, base_model=info["model_dir"])
-    else:
-        path = export_plain(session, prompt, args.out_dir, base_model=info["model_dir"])
-    print(f"exported to {path}")
+    export = export_peft if settings(args, ExportOptions).to == "peft" else export_plain
+    session, prompt, info = _load(args)
+    print(f"exported to {export(session, prompt, args.out_dir, base_model=info['model_dir'])}")
     return 0
 
 
 def cmd_import(args) -> int:
     from jaxprompt.export import import_peft
 
-    run_dir = import_peft(args.adapter_dir, args.out_dir, task=args.task, model=args.model)
+    opts = settings(args, ImportOptions)
+    run_dir = import_peft(args.adapter_dir, args.out_dir, task=opts.task, model=opts.model, overwrite=opts.overwrite)
     print(f"imported into run directory {run_dir}")
     return 0
 
@@ -201,95 +327,112 @@ def cmd_tasks(args) -> int:
 def cmd_sweep(args) -> int:
     from jaxprompt.sweep import sweep_prompt_length
 
-    base = _config_from(args, TrainConfig)
-    best, table = sweep_prompt_length(base, args.lengths, args.trials, args.sweep_dir)
+    options = settings(args, RunOptions)
+    if options.out is not None or options.resume:
+        raise CLIError("sweep writes one run per trial under --sweep-dir: --out and --resume do not apply")
+    sweep = settings(args, SweepOptions)
+    best, table = sweep_prompt_length(settings(args, TrainConfig), sweep.lengths, sweep.trials, sweep.sweep_dir,
+                                      options)
     print(table)
     print(f"best prompt length: {best}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jaxprompt", description="Learn prompts by backpropagation against frozen LMs.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = Parser(prog=PROG, description="Learn prompts by backpropagation against frozen LMs.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     train = sub.add_parser("train", help="train a prompt on a task and compare it with the written prompt")
-    _add_dataclass_options(train, TrainConfig)
+    add_settings(train, TrainConfig)
+    add_settings(train, RunOptions)
     train.set_defaults(fn=cmd_train)
 
-    def run_parser(name, help):
+    def run_parser(name, help, *options):
         q = sub.add_parser(name, help=help)
-        q.add_argument("run_dir")
-        q.add_argument("--which", choices=("best", "last"), default="best")
-        q.add_argument("--model", default=None, help="load the frozen model from here instead of the run's")
+        q.add_argument("run_dir", help="a run directory (from `jaxprompt train` or `jaxprompt import`)")
+        for cls in (LoadOptions, *options):
+            add_settings(q, cls)
         return q
 
-    ev = run_parser("eval", "evaluate a trained prompt (and the written prompt) on a split")
-    ev.add_argument("--split", choices=("train", "validation", "test"), default="test")
-    ev.add_argument("--examples", type=int, default=None)
-    ev.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True)
-    ev.add_argument("--json", default=None, help="also write the metrics to this file")
-    ev.set_defaults(fn=cmd_eval)
+    run_parser("eval", "evaluate a trained prompt (and the written prompt) on a split",
+               EvalOptions).set_defaults(fn=cmd_eval)
+    run_parser("generate", "generate with a trained prompt, from --text or stdin lines",
+               GenerateOptions).set_defaults(fn=cmd_generate)
+    run_parser("inspect", "nearest vocabulary tokens of each prompt vector; embedding-space plot",
+               InspectOptions).set_defaults(fn=cmd_inspect)
 
-    gen = run_parser("generate", "generate with a trained prompt, from --text or stdin lines")
-    gen.add_argument("--text", action="append", help="an input: a value, 'field=value;...' or JSON (repeatable)")
-    gen.add_argument("--max-new-tokens", type=int, default=None)
-    gen.add_argument("--temperature", type=float, default=0.0)
-    gen.add_argument("--top-k", type=int, default=0)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.set_defaults(fn=cmd_generate)
-
-    ins = run_parser("inspect", "nearest vocabulary tokens of each prompt vector; embedding-space plot")
-    ins.add_argument("--top", type=int, default=5)
-    ins.add_argument("--plot", default=None, help="write a PCA plot of vocabulary vs prompt vectors (PNG)")
-    ins.add_argument("--evaluate", type=int, default=0, metavar="N",
-                     help="evaluate the prompt projected to its nearest tokens on N test examples")
-    ins.set_defaults(fn=cmd_inspect)
-
-    ex = sub.add_parser("export", help="export a trained prompt for PyTorch (PEFT adapter or plain tensors)")
-    ex.add_argument("--to", choices=("peft", "plain"), default="peft")
-    ex.add_argument("run_dir")
-    ex.add_argument("out_dir")
-    ex.add_argument("--which", choices=("best", "last"), default="best")
-    ex.add_argument("--model", default=None)
+    ex = run_parser("export", "export a trained prompt for PyTorch (PEFT adapter or plain tensors)", ExportOptions)
+    ex.add_argument("out_dir", help="directory the adapter or tensors are written to")
     ex.set_defaults(fn=cmd_export)
 
     im = sub.add_parser("import", help="import a PEFT prompt adapter as a jaxprompt run")
-    im.add_argument("--from", dest="source", choices=("peft",), default="peft")
-    im.add_argument("adapter_dir")
-    im.add_argument("out_dir")
-    im.add_argument("--task", default="antonyms")
-    im.add_argument("--model", default=None, help="the base model (default: the adapter's base_model_name_or_path)")
+    im.add_argument("adapter_dir", help="a PEFT prompt-learning adapter directory")
+    im.add_argument("out_dir", help="the run directory to create")
+    add_settings(im, ImportOptions)
     im.set_defaults(fn=cmd_import)
 
-    tasks = sub.add_parser("tasks", help="list the built-in tasks")
-    tasks.set_defaults(fn=cmd_tasks)
+    sub.add_parser("tasks", help="list the built-in tasks").set_defaults(fn=cmd_tasks)
 
     sw = sub.add_parser("sweep", help="search the prompt length with Optuna; reports the best length")
-    _add_dataclass_options(sw, TrainConfig)
-    sw.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=[1, 5, 10, 20])
-    sw.add_argument("--trials", type=int, default=4)
-    sw.add_argument("--sweep-dir", default=None)
+    for cls in (TrainConfig, RunOptions, SweepOptions):
+        add_settings(sw, cls)
     sw.set_defaults(fn=cmd_sweep)
     return p
 
 
-def main(argv=None) -> int:
+def _errors() -> tuple[type[BaseException], ...]:
+    """What bad input raises: reported in one line. Anything else is a bug and keeps its traceback."""
     from jaxprompt.checkpoint import CheckpointError as RunCheckpointError
-    from jaxprompt.models.config import ConfigError
     from jaxprompt.data import TemplateError
+    from jaxprompt.export import ExportError
+    from jaxprompt.files import LockedError
+    from jaxprompt.loop import NonFiniteLossError
+    from jaxprompt.models.config import ConfigError
     from jaxprompt.models.convert import CheckpointError
+    from jaxprompt.run import RunError
     from jaxprompt.tokenizer import TokenizerError
-    from jaxprompt.train import NonFiniteLossError
 
+    return (CLIError, SettingError, TemplateError, ConfigError, CheckpointError, RunCheckpointError, TokenizerError,
+            NonFiniteLossError, RunError, ExportError, LockedError)
+
+
+def _quiet_abandoned_reads() -> None:
+    """Orbax's background reads of a checkpoint that cannot be read finish later against its closed
+    event loop, each reported as an unraisable 'Event loop is closed': noise after the one line that
+    says what failed. Every other unraisable error is reported as before."""
+    previous = sys.unraisablehook
+    if getattr(previous, "jaxprompt", False):
+        return
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.jaxprompt = True
+    sys.unraisablehook = hook
+
+
+def _os_error(e: OSError) -> str:
+    where = f" ({e.filename})" if e.filename else ""
+    return f"{e.strerror or type(e).__name__}{where}"
+
+
+def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        return args.fn(args)
-    except (CLIError, TemplateError, ConfigError, CheckpointError, RunCheckpointError, TokenizerError,
-            NonFiniteLossError, ValueError, FileNotFoundError) as e:
-        print(f"jaxprompt {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    _quiet_abandoned_reads()
+    with interrupt_guard(args.command):
+        try:
+            return args.fn(args)
+        except OSError as e:  # read-only or full disk, a vanished file: the environment, in one line
+            print(f"{PROG} {args.command}: error: {_os_error(e)}", file=sys.stderr)
+            return 2
+        except Exception as e:
+            if not isinstance(e, _errors()):
+                raise
+            print(f"{PROG} {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)  # our own text
+            return 2
 
 
 if __name__ == "__main__":

@@ -36,6 +36,12 @@ class Template:
     target: str  # what the model should produce, with {field} placeholders
 
     def __post_init__(self):
+        for key, part in (("template", self.text), ("target", self.target)):
+            if not isinstance(part, str):
+                raise TemplateError(f"the {key} must be a string, got {part!r}")
+        for m in _PLACEHOLDER.finditer(self.text):
+            if m.group(1) == PROMPT and m.group(2) is not None and int(m.group(2)) < 1:
+                raise TemplateError(f"{m.group(0)} in {self.text!r}: a prompt slot needs at least 1 virtual token")
         for part in (self.text, self.target):
             stray = _PLACEHOLDER.sub("", part)
             if "{" in stray or "}" in stray:
@@ -224,7 +230,7 @@ def collate(examples: Sequence[Encoded], pad_id: int, padding: str = "right", ba
                                         that computes logits only where it needs them
     task_id                    [B]
     """
-    B = batch_size or len(examples)
+    B = len(examples) if batch_size is None else batch_size
     T = shared_len + bucket(max(len(e) for e in examples) - shared_len, buckets)
     K = 1 << max(0, (max(e.n_target for e in examples) - 1)).bit_length()
     out = {
@@ -293,11 +299,17 @@ def eval_batches(examples: Sequence[Encoded], batch_size: int, pad_id: int, padd
         yield list(range(start, start + len(chunk))), collate(chunk, pad_id, padding, batch_size, buckets, shared_len)
 
 
-def check_lengths(examples: Iterable[Encoded], max_positions: int, extra: int = 0) -> None:
-    """Raises if an example (plus `extra` prefix positions) exceeds the model's position table."""
+def check_positions(examples: Iterable[Encoded], max_positions: int, prefix: int = 0, new_tokens: int = 0) -> None:
+    """Raises unless the longest example, after `prefix` prompt positions and with `new_tokens` to
+    generate, fits the model's position table (past it, position ids would be silently clamped)."""
     longest = max((len(e) for e in examples), default=0)
-    if longest + extra > max_positions:
-        raise TemplateError(
-            f"an example needs {longest + extra} positions but the model has {max_positions}; "
-            "shorten the prompt or the inputs"
-        )
+    needed = prefix + longest + new_tokens
+    if needed > max_positions and not (prefix or new_tokens):
+        raise TemplateError(f"input of {longest} tokens is longer than the model's {max_positions} positions")
+    if needed > max_positions:
+        parts = [f"input of {longest} tokens"]
+        if prefix:
+            parts.append(f"{prefix} prefix positions")
+        if new_tokens:
+            parts.append(f"{new_tokens} new tokens")
+        raise TemplateError(f"{' + '.join(parts)} needs {needed} positions; the model has {max_positions}")

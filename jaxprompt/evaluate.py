@@ -15,7 +15,6 @@ import numpy as np
 from jaxprompt.data import Encoded, collate, common_prefix_length, eval_batches
 from jaxprompt.loss import target_nll
 from jaxprompt.models.generate import Sampling, generate
-from jaxprompt.prompts import MultiTask
 from jaxprompt.prompts.apply import prompt_inputs, prompted_hidden
 from jaxprompt.session import Session
 
@@ -34,9 +33,17 @@ class EvalResult:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "samples"}
 
 
+def inference_form(session: Session, prompt, hard_prompt: str | None = None):
+    """(method, prompt) as scored and generated: the method's inference form, or (None, None) for a
+    written prompt (its text is in the tokens)."""
+    if hard_prompt is not None:
+        return None, None
+    return session.method.inference_prompt(prompt, session.model, session.frozen)
+
+
 def _shared(session: Session, encoded: list[Encoded], method, prompt, share: bool):
     """(S, head keys/values): the common head of `encoded`, from the session's prompt cache."""
-    S = common_prefix_length(encoded) if share and not isinstance(method, MultiTask) else 0
+    S = common_prefix_length(encoded) if share and not (method is not None and method.per_example) else 0
     if S == 0:
         return 0, None
     head = session.prompt_cache.head(session, method, prompt, encoded[0].tokens[:S], encoded[0].slots[:S])
@@ -51,9 +58,10 @@ def _loss_batch(model, method, frozen, prompt, batch, shared_len, head):
 
 def test_loss(session: Session, prompt, rows: list[dict], hard_prompt: str | None = None, batch_size: int = 32,
               share: bool = True) -> float:
-    """Mean target-token NLL (nats) over `rows`. The shared head is computed once (prompt cache)."""
+    """Mean target-token NLL (nats) over `rows`, of the prompt's inference form. The shared head is
+    computed once (prompt cache)."""
     encoded = session.encode(rows, hard_prompt=hard_prompt)
-    method = None if hard_prompt is not None else session.method
+    method, prompt = inference_form(session, prompt, hard_prompt)
     S, head = _shared(session, encoded, method, prompt, share)
     total, count = 0.0, 0.0
     for _, batch in eval_batches(encoded, batch_size, session.pad_id, shared_len=S):
@@ -78,11 +86,11 @@ def generate_texts(session: Session, prompt, rows: list[dict], hard_prompt: str 
     The head every input shares is computed once and attended by every batch; each row's own
     tokens are left-padded after it.
     """
-    encoded = session.encode(rows, hard_prompt=hard_prompt, with_target=False)
-    method = None if hard_prompt is not None else session.method
+    n_new = session.task.max_new_tokens if max_new_tokens is None else max_new_tokens
+    encoded = session.encode(rows, hard_prompt=hard_prompt, with_target=False, new_tokens=n_new)
+    method, prompt = inference_form(session, prompt, hard_prompt)
     S, head = _shared(session, encoded, method, prompt, share)
     rest = [Encoded(e.tokens[S:], e.slots[S:], 0, e.task_id) for e in encoded]
-    n_new = max_new_tokens or session.task.max_new_tokens
     out: list[str] = []
     for start in range(0, len(rest), batch_size):
         chunk = rest[start:start + batch_size]
@@ -109,7 +117,10 @@ def answer_of(text: str, answer: str) -> str:
 
 def evaluate(session: Session, prompt, rows: list[dict], hard_prompt: str | None = None, label: str = "",
              batch_size: int = 32, n_samples: int = 10, generation: bool = True) -> EvalResult:
-    """Loss, exact match (any reference of the same input counts), and BLEU/ROUGE-L for text answers."""
+    """Loss, exact match (any reference of the same input counts), and BLEU/ROUGE-L for text answers,
+    of one task (a multi-task prompt: evaluate `session.task_session(i, prompt)` per task)."""
+    if session.method.n_tasks > 1 and hard_prompt is None:
+        raise ValueError("evaluate one task of a multi-task prompt at a time: session.task_session(i, prompt)")
     task = session.task
     result = EvalResult(label=label or ("written" if hard_prompt is not None else "learned"), n=len(rows),
                         loss=test_loss(session, prompt, rows, hard_prompt, batch_size))

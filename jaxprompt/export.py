@@ -1,14 +1,15 @@
 """Trained prompts to PyTorch and back: PEFT adapters, and a plain tensor export.
 
 PEFT can hold a prompt that is *prepended* to the input (PROMPT_TUNING, P_TUNING) or keys/values
-in every layer (PREFIX_TUNING). A prompt inside a template, several prompt slots, a prefix in only
-the top k layers, or multi-task prompts cannot be represented; those get a clear error and the
-plain export, which carries the tensors plus a JSON description of where they go.
+in every layer (PREFIX_TUNING). What is exported is the method's inference form, the form
+evaluation scores (p-tuning's encoder output, a relaxed prompt at its final temperature). A prompt
+inside a template, several prompt slots, a prefix in only the top k layers, or multi-task prompts
+cannot be represented; those get a clear error and the plain export, which carries the tensors
+plus a JSON description of where they go.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -16,43 +17,44 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprompt.checkpoint import Checkpointer
+from jaxprompt.config import TrainConfig, one_line
 from jaxprompt.data import PROMPT
-from jaxprompt.prompts import MultiTask, PrefixTuning, PromptMethod, SoftPrompt
+from jaxprompt.files import atomic_path, atomic_write
+from jaxprompt.models import config_from_hf
+from jaxprompt.models.config import ConfigError
+from jaxprompt.models.convert import resolve
+from jaxprompt.optim import make_optimizer
+from jaxprompt.prompts import PrefixTuning, PromptMethod, SoftPrompt, method_spec
+from jaxprompt.run import open_run_dir, run_info, write_run_info
 from jaxprompt.session import Session
-
-FINAL_STEP = 2**30  # schedules (relaxed prompts' temperature) at their end
+from jaxprompt.tasks import get_task
+from jaxprompt.train import TrainState
 
 
 class ExportError(ValueError):
-    """A prompt that the requested format cannot represent."""
+    """A prompt that the requested format cannot represent, or an adapter that cannot be read."""
 
 
 def peft_incompatibility(session: Session) -> str | None:
     """Why this run's prompt cannot be a PEFT adapter, or None if it can."""
-    method, template = session.method, session.task.template
-    if isinstance(method, MultiTask):
-        return "multi-task prompts have no PEFT equivalent"
-    if method.kind == "prefix":
-        if method.top_layers is not None:
-            return (f"a prefix in only the top {method.top_layers} layers cannot be written as PEFT PREFIX_TUNING, "
-                    "which puts keys/values in every layer")
-        return None
-    pieces = template.pieces({f: "" for f in template.fields}, session.prompt_length)
-    slots = [p for p in pieces if isinstance(p, int)]
-    if len(slots) != 1 or not isinstance(pieces[0], int):
-        return (f"the prompt sits inside the template {template.text!r}; PEFT prompt tuning can only prepend "
-                "virtual tokens to the whole input")
-    return None
+    return session.method.peft_incompatibility(session.task.template)
 
 
 def _serving_tensors(session: Session, prompt: dict) -> tuple[PromptMethod, dict, np.ndarray]:
-    """(serving method, serving prompt, tensor): virtual tokens [N, E] or keys/values [L, P, 2, H, K]."""
-    method, serving = session.method.inference_prompt(prompt, session.model, session.frozen, FINAL_STEP)
+    """(inference method, its prompt, tensor): virtual tokens [N, E] or keys/values [L, P, 2, H, K]."""
+    method, serving = session.method.inference_prompt(prompt, session.model, session.frozen)
     if method.kind == "prefix":
-        k, v, _ = method.prefix(serving, session.model, session.frozen, FINAL_STEP)
+        k, v, _ = method.prefix(serving, session.model, session.frozen, 0)
         return method, serving, np.asarray(jnp.stack([k, v], axis=2), np.float32)
-    tokens = method.virtual_tokens(serving, session.model, session.frozen, FINAL_STEP)
+    tokens = method.virtual_tokens(serving, session.model, session.frozen, 0)
     return method, serving, np.asarray(tokens, np.float32)
+
+
+def _target_dir(out_dir: str) -> None:
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ExportError(f"export target {out_dir} is a file, not a directory")
+    os.makedirs(out_dir, exist_ok=True)
 
 
 def export_peft(session: Session, prompt: dict, out_dir: str, base_model: str = "") -> str:
@@ -62,6 +64,7 @@ def export_peft(session: Session, prompt: dict, out_dir: str, base_model: str = 
     reason = peft_incompatibility(session)
     if reason:
         raise ExportError(f"cannot export as a PEFT adapter: {reason}. Use `jaxprompt export --to plain` instead.")
+    _target_dir(out_dir)
     c = session.config
     method, _, tensor = _serving_tensors(session, prompt)
     P = tensor.shape[1] if method.kind == "prefix" else tensor.shape[0]
@@ -86,10 +89,9 @@ def export_peft(session: Session, prompt: dict, out_dir: str, base_model: str = 
     else:
         config.update(peft_type="PROMPT_TUNING", token_dim=c.d_embed, prompt_tuning_init="RANDOM")
         tensors = {"prompt_embeddings": tensor}
-    os.makedirs(out_dir, exist_ok=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, os.path.join(out_dir, "adapter_model.safetensors"))
-    with open(os.path.join(out_dir, "adapter_config.json"), "w") as f:
-        json.dump(config, f, indent=2)
+    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    atomic_write(os.path.join(out_dir, "adapter_model.safetensors"), lambda tmp: save_file(arrays, tmp))
+    atomic_write(os.path.join(out_dir, "adapter_config.json"), json.dumps(config, indent=2))
     _write_description(session, out_dir, base_model, peft_type=config["peft_type"])
     return out_dir
 
@@ -102,20 +104,21 @@ def export_plain(session: Session, prompt: dict, out_dir: str, base_model: str =
     """
     from safetensors.numpy import save_file
 
-    method, serving, tensor = _serving_tensors(session, prompt)
+    _target_dir(out_dir)
+    method, _, tensor = _serving_tensors(session, prompt)
     name = "past_key_values" if method.kind == "prefix" else "virtual_tokens"
     tensors = {name: tensor}
     for path, leaf in jax.tree_util.tree_flatten_with_path(prompt)[0]:
         tensors["prompt/" + "/".join(str(getattr(p, "key", p)) for p in path)] = np.asarray(leaf, np.float32)
-    os.makedirs(out_dir, exist_ok=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, os.path.join(out_dir, "prompt.safetensors"))
+    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    atomic_write(os.path.join(out_dir, "prompt.safetensors"), lambda tmp: save_file(arrays, tmp))
     try:
-        import torch
-
-        torch.save({k: torch.from_numpy(np.array(v, copy=True)) for k, v in tensors.items()},
-                   os.path.join(out_dir, "prompt.pt"))
+        import torch  # optional: the PyTorch side is an extra
     except ImportError:
-        pass
+        torch = None
+    if torch is not None:
+        with atomic_path(os.path.join(out_dir, "prompt.pt")) as tmp:
+            torch.save({k: torch.from_numpy(np.array(v, copy=True)) for k, v in tensors.items()}, tmp)
     _write_description(session, out_dir, base_model, tensor=name)
     return out_dir
 
@@ -124,8 +127,7 @@ def _write_description(session: Session, out_dir: str, base_model: str, **extra)
     t = session.task.template
     description = {
         "method": session.method.name,
-        "method_options": {k: (list(v) if isinstance(v, tuple) else v)
-                           for k, v in dataclasses.asdict(session.method).items()},
+        "method_options": {k: v for k, v in method_spec(session.method).items() if k != "name"},
         "template": t.text, "target": t.target, "task": session.task.name,
         "prompt_placeholder": "{" + PROMPT + "}",
         "n_virtual": session.n_virtual,
@@ -136,20 +138,32 @@ def _write_description(session: Session, out_dir: str, base_model: str, **extra)
                    "virtual_tokens[i] replaces the i-th {prompt} position; positions count virtual tokens"),
         **extra,
     }
-    with open(os.path.join(out_dir, "prompt.json"), "w") as f:
-        json.dump(description, f, indent=2)
+    atomic_write(os.path.join(out_dir, "prompt.json"), json.dumps(description, indent=2))
 
 
 def read_peft_adapter(adapter_dir: str) -> tuple[dict, np.ndarray]:
+    """(adapter_config.json, prompt_embeddings) of a PEFT prompt adapter; a damaged one is one line."""
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     config_path = os.path.join(adapter_dir, "adapter_config.json")
     weights = os.path.join(adapter_dir, "adapter_model.safetensors")
     if not os.path.isfile(config_path) or not os.path.isfile(weights):
         raise ExportError(f"{adapter_dir} is not a PEFT adapter: need adapter_config.json and adapter_model.safetensors")
-    with open(config_path) as f:
-        config = json.load(f)
-    tensors = load_file(weights)
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{config_path} cannot be read ({one_line(e)})") from None
+    if not isinstance(config, dict):
+        raise ExportError(f"{config_path} is not a PEFT adapter config (a JSON object)")
+    P = config.get("num_virtual_tokens")
+    if not isinstance(P, int) or isinstance(P, bool) or P < 1:
+        raise ExportError(f"{config_path}: num_virtual_tokens must be an integer >= 1, got {P!r}")
+    try:
+        tensors = load_file(weights)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ExportError(f"{weights} cannot be read ({one_line(e)})") from None
     key = next((k for k in tensors if k.endswith("prompt_embeddings")), None)
     if key is None:
         raise ExportError(f"{weights} has no prompt_embeddings tensor (found {sorted(tensors)[:4]})")
@@ -175,34 +189,35 @@ def prompt_from_peft(config: dict, tensor: np.ndarray, session_config) -> tuple[
     raise ExportError(f"unsupported PEFT type {peft_type!r}: jaxprompt imports PROMPT_TUNING, P_TUNING, PREFIX_TUNING")
 
 
-def import_peft(adapter_dir: str, out_dir: str, task: str = "antonyms", model: str | None = None) -> str:
+def import_peft(adapter_dir: str, out_dir: str, task: str = "antonyms", model: str | None = None,
+                overwrite: bool = False) -> str:
     """A jaxprompt run directory (run.json + Orbax state) holding a PEFT adapter's prompt, ready for
-    `jaxprompt eval/generate/inspect` or further training with `train --resume --out`."""
-    from jaxprompt.checkpoint import Checkpointer, write_run_info
-    from jaxprompt.models import config_from_hf
-    from jaxprompt.models.convert import resolve
-    from jaxprompt.optim import make_optimizer
-    from jaxprompt.run import TrainConfig, _method_fields, _task_spec, optimizer_config
-    from jaxprompt.tasks import get_task
-    from jaxprompt.train import TrainState
+    `jaxprompt eval/generate/inspect` or further training with `train --resume --out`.
 
+    An existing run in `out_dir` is refused unless `overwrite` (which replaces it as a whole)."""
     config, tensor = read_peft_adapter(adapter_dir)
-    base = model or config.get("base_model_name_or_path")
+    base = model if model is not None else config.get("base_model_name_or_path")
     if not base:
         raise ExportError("the adapter names no base model: pass --model")
     directory = resolve(base)
-    model_config = config_from_hf(directory)
-    method, prompt = prompt_from_peft(config, tensor, model_config)
-    train_config = TrainConfig(task=task, model=directory, method=method.name, prompt_length=method.length,
-                               steps=1, progress=False)
-    info = {"config": dataclasses.asdict(train_config), "model_dir": os.path.abspath(directory),
-            "task": _task_spec(get_task(task)), "steps": 1, "n_virtual": method.length,
-            "method": {"name": method.name, **_method_fields(method)}, "imported_from": os.path.abspath(adapter_dir)}
-    write_run_info(out_dir, info)
-    optimizer = make_optimizer(optimizer_config(train_config, 1), prompt)
-    ckpt = Checkpointer(out_dir)
     try:
-        ckpt.save(TrainState.create(prompt, optimizer, jax.random.PRNGKey(0)), {"run": info})
+        model_config = config_from_hf(directory)
+    except ValueError as e:  # ConfigError, or config.json that is not JSON
+        raise ConfigError(f"{os.path.join(directory, 'config.json')}: {one_line(e)}") from None
+    method, prompt = prompt_from_peft(config, tensor, model_config)
+    the_task = get_task(task)
+    reason = method.peft_incompatibility(the_task.template)
+    if reason:
+        raise ExportError(f"a PEFT adapter cannot be imported into task {the_task.name!r}: {reason}")
+    train_config = TrainConfig.from_flags(task=(task,), model=directory, method=method.name,
+                                          prompt_length=method.length, steps=1)
+    lock = open_run_dir(out_dir, overwrite=overwrite, flag="import target")
+    try:
+        info = run_info(train_config, directory, [the_task], 1, method.length, method,
+                        imported_from=os.path.abspath(adapter_dir))
+        write_run_info(out_dir, info)
+        optimizer = make_optimizer(train_config.optimizer, prompt, total_steps=1)
+        Checkpointer(out_dir).save(TrainState.create(prompt, optimizer, jax.random.PRNGKey(0)), {"run": info})
     finally:
-        ckpt.close()
+        lock.release()
     return out_dir

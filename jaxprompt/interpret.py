@@ -7,7 +7,8 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprompt.prompts.soft import nearest_tokens, similarity
+from jaxprompt.files import atomic_write
+from jaxprompt.prompts.soft import SoftPrompt, nearest_tokens, similarity
 from jaxprompt.tokenizer import Tokenizer
 
 
@@ -71,26 +72,26 @@ def plot_embedding_space(vectors, table, path: str, tokenizer: Tokenizer | None 
     ax.set_title("prompt vectors in the embedding space (PCA of vocabulary)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def prompt_vectors(session, prompt) -> np.ndarray:
-    """The virtual token embeddings a prompt feeds the model ([N, E]; p-tuning baked, relaxed at its
-    final temperature)."""
+    """The virtual token embeddings of the prompt's inference form ([N, E]: p-tuning baked, relaxed at
+    its final temperature), what evaluation scores."""
     method = session.method
     if method.kind == "prefix":
         raise ValueError("prefix tuning learns keys/values, not token embeddings: there is no vocabulary to compare")
-    serving_method, serving = method.inference_prompt(prompt, session.model, session.frozen, 2**30)
-    return np.asarray(serving_method.virtual_tokens(serving, session.model, session.frozen, 2**30), np.float32)
+    serving_method, serving = method.inference_prompt(prompt, session.model, session.frozen)
+    return np.asarray(serving_method.virtual_tokens(serving, session.model, session.frozen, 0), np.float32)
 
 
 def projected_prompt(session, prompt, metric: str = "cosine"):
     """The hard prompt a learned embedding prompt projects to: (soft method, prompt made of the
     nearest tokens' embeddings, token ids, text). Evaluating it is evaluating the hard prompt, since
     a token's embedding is exactly what the model sees for that token."""
-    from jaxprompt.prompts import SoftPrompt
-
     table = session.model.embedding_table(session.frozen)
     ids = project(prompt_vectors(session, prompt), table, metric)
     soft = SoftPrompt(length=session.prompt_length)

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from jaxprompt.prompts.apply import prompted_hidden
+
 
 def nll_sum(
     logits: Float[Array, "... V"], targets: Int[Array, "..."], weights: Float[Array, "..."]
@@ -36,13 +38,18 @@ def target_nll(model, frozen, hidden, batch: dict, offset: int = 0):
     return nll_sum(logits, targets, batch["target_weight"])
 
 
-def prompt_loss(model, method, shared_len: int = 0):
+def prompt_loss(model, method, shared_len: int = 0, inference: bool = False):
     """`loss_fn(prompt, frozen, batch, rng, step) -> (nll sum, target count)` for a prompt method
-    (`method=None`: the text alone, e.g. a written prompt)."""
-    from jaxprompt.prompts.apply import prompted_hidden
+    (`method=None`: the text alone, e.g. a written prompt).
 
+    `inference=True` scores the method's inference form (`PromptMethod.inference_prompt`: what
+    evaluation, generation and export use) instead of the training-time form at `step`; validation
+    during training uses it, so the best checkpoint is the best of what will be reported.
+    """
     def loss_fn(prompt, frozen, batch, rng, step):
-        hidden = prompted_hidden(model, frozen, method, prompt, batch, step, shared_len)
+        m, p = (method.inference_prompt(prompt, model, frozen) if inference and method is not None
+                else (method, prompt))
+        hidden = prompted_hidden(model, frozen, m, p, batch, step, shared_len)
         return target_nll(model, frozen, hidden, batch, shared_len)
 
     return loss_fn

@@ -25,9 +25,10 @@ class DataParallel:
     def n(self) -> int:
         return len(self.devices)
 
-    def train_step(self, loss_fn: LossFn, optimizer):
+    def train_step(self, loss_fn: LossFn, optimizer, micro_batches: int = 1):
         """pmapped `(state, frozen, batch) -> (state, metrics)`; state donated, frozen not."""
-        step = make_train_step(loss_fn, optimizer, reduce=partial(jax.lax.psum, axis_name=AXIS))
+        step = make_train_step(loss_fn, optimizer, reduce=partial(jax.lax.psum, axis_name=AXIS),
+                               micro_batches=micro_batches)
         return jax.pmap(step, axis_name=AXIS, devices=self.devices, donate_argnums=(0,))
 
     def eval_step(self, loss_fn: LossFn):

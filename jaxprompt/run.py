@@ -1,113 +1,198 @@
 """A prompt-tuning run end to end: load, train, evaluate learned vs written, write the run directory.
 
 Run directory (default `checkpoints/<task>-<method>-<time>`):
-    run.json        the TrainConfig and what was loaded
-    last/, best/    Orbax train-state checkpoints (the frozen LM is never saved)
-    metrics.jsonl   train / validation loss per step
-    curve.png       the training curve
-    results.json    learned vs written test metrics and sample predictions
+    run.json          the TrainConfig (nested, config.py) and what was loaded
+    checkpoints.json  which checkpoints are committed (checkpoint.py)
+    last/, best/      Orbax train-state checkpoints (the frozen LM is never saved)
+    metrics.jsonl     train / validation loss per step
+    curve.png         the training curve
+    results.json      learned vs written test metrics and sample predictions
+    .lock             held by the process writing the run
+
+A directory that holds a run is never written without `resume` (continue it, with its stored
+settings) or `overwrite` (replace it as a whole); two processes never write one run at once.
+Every file is written atomically (files.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
-import sys
+import shutil
 import time
+from typing import Callable
 
 import jax
-import jax.numpy as jnp
-import numpy as np
+import matplotlib
 
-from jaxprompt.checkpoint import Checkpointer, read_run_info, write_run_info
-from jaxprompt.data import Batches, eval_batches
+from jaxprompt import __version__
+from jaxprompt.checkpoint import RECORD, Checkpointer
+from jaxprompt.config import (REPO_ROOT, MethodConfig, RunOptions, SettingError, TrainConfig, from_dict, get, leaves,
+                              one_line, to_dict)
+from jaxprompt.data import Batches, TemplateError, eval_batches
 from jaxprompt.evaluate import EvalResult, evaluate, format_samples, format_table
+from jaxprompt.files import DirectoryLock, atomic_write, remove_stale_temporaries
+from jaxprompt.loop import METRICS, fit
 from jaxprompt.loss import prompt_loss
-from jaxprompt.optim import OptimizerConfig, make_optimizer
-from jaxprompt.prompts import PromptMethod, make_method
-from jaxprompt.session import DEFAULT_MODEL, REPO_ROOT, Session
-from jaxprompt.tasks import Task, get_task
-from jaxprompt.train import LoopConfig, TrainState, fit
+from jaxprompt.models.convert import resolve
+from jaxprompt.optim import make_optimizer
+from jaxprompt.prompts import MultiTask, PromptMethod, make_method, method_from_spec, method_spec
+from jaxprompt.session import Session, load_tokenizer
+from jaxprompt.tasks import BUILTIN, Task, get_task, task_from_dict
+from jaxprompt.train import TrainState
+
+RUN_INFO = "run.json"
+RESULTS = "results.json"
+CURVE = "curve.png"
+RUN_FILES = (RUN_INFO, RECORD, "last", "best", METRICS, CURVE, RESULTS)
+_INFO_KEYS = ("config", "model_dir", "tasks", "steps", "n_virtual", "method", "jaxprompt")
+_OPTIONAL_INFO_KEYS = ("imported_from",)
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    task: str = "antonyms"
-    model: str = DEFAULT_MODEL
-    method: str = "soft"  # soft | ptuning | prefix | relaxed | pez
-    prompt_length: int = 20
-    init: str = "vocab_normal"  # vocab_normal | uniform | sampled_vocab | text
-    init_text: str | None = None  # for init=text (default: the task's written prompt)
-    encoder: str = "mlp"  # p-tuning encoder: mlp | lstm
-    encoder_hidden: int = 128
-    prefix_top_layers: int | None = None
-    prefix_reparam: int | None = None
-    tau_end: float = 0.05  # relaxed prompts
-    lr: float = 0.1
-    optimizer: str = "adamw"
-    schedule: str = "constant"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    clip_norm: float | None = 1.0
-    accumulate: int = 1
-    steps: int | None = None  # default: `epochs` over the training set
-    epochs: float = 3.0
-    batch_size: int = 32
-    dtype: str = "float32"
-    devices: int | None = None  # data-parallel devices (default: all local devices)
-    out: str | None = None
-    resume: bool = False
-    train_examples: int | None = None  # use only the first N training examples (sample efficiency)
-    eval_examples: int | None = None  # cap the validation/test sets (speed)
-    seed: int = 0
-    eval_every: int = 100
-    patience: int | None = None
-    remat: bool = False
-    shared_prefix: bool = True
-    baseline: bool = True  # also evaluate the written prompt
-    progress: bool = True
+class RunError(ValueError):
+    """A run directory that cannot be used as asked (one line: what is wrong, what to do)."""
 
 
-def build_method(config: TrainConfig, tokenizer, task: Task) -> PromptMethod:
-    """The prompt method a config describes (text init tokenised with the model's tokenizer)."""
+# ---- the run directory ---------------------------------------------------------------------------
+
+def default_run_dir(config: TrainConfig) -> str:
+    name = "+".join(os.path.splitext(os.path.basename(t))[0] for t in config.tasks)
+    return os.path.join(REPO_ROOT, "checkpoints", f"{name}-{config.method.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def holds_run(run_dir: str) -> bool:
+    return any(os.path.exists(os.path.join(run_dir, name)) for name in RUN_FILES)
+
+
+def check_run_dir(run_dir: str, resume: bool = False, overwrite: bool = False, flag: str = "--out") -> None:
+    """Refuses, in one line and touching nothing, a `run_dir` that may not be written as asked: an
+    existing run without `resume`/`overwrite`, nothing to resume, a file, a directory of other files."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise RunError(f"{flag} {run_dir} is a file, not a directory")
+    existing = holds_run(run_dir)
+    if resume and not existing:
+        raise RunError(f"nothing to resume in {run_dir}: it holds no run; drop --resume to start one there")
+    if existing and not (resume or overwrite):
+        how = "pass --resume to continue it, or --overwrite to replace it" if flag == "--out" \
+            else "pass --overwrite to replace it"
+        raise RunError(f"{run_dir} already holds a run: {how}")
+    others = [n for n in os.listdir(run_dir) if n != DirectoryLock.NAME] if os.path.isdir(run_dir) else []
+    if others and not existing:
+        raise RunError(f"{flag} {run_dir} is a directory of other files, not a jaxprompt run; choose an empty or "
+                       "new directory")
+
+
+def open_run_dir(run_dir: str, resume: bool = False, overwrite: bool = False, flag: str = "--out") -> DirectoryLock:
+    """`check_run_dir`, then locks `run_dir` (and with `overwrite`, empties it)."""
+    check_run_dir(run_dir, resume, overwrite, flag)
+    os.makedirs(run_dir, exist_ok=True)
+    lock = DirectoryLock(run_dir)
+    try:
+        check_run_dir(run_dir, resume, overwrite, flag)  # what the lock's last holder may have done meanwhile
+        if overwrite:
+            for name in os.listdir(run_dir):
+                if name != DirectoryLock.NAME:
+                    path = os.path.join(run_dir, name)
+                    shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+        remove_stale_temporaries(run_dir)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def write_run_info(run_dir: str, info: dict) -> None:
+    atomic_write(os.path.join(run_dir, RUN_INFO), json.dumps(info, indent=2))
+
+
+def read_run_info(run_dir: str) -> dict:
+    """run.json, checked: a missing or unknown key, or a setting out of range, is one line naming it.
+    `info["config"]` is the `TrainConfig`."""
+    path = os.path.join(run_dir, RUN_INFO)
+    if not os.path.isfile(path):
+        raise RunError(f"{run_dir} is not a jaxprompt run directory: no {RUN_INFO}")
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except (OSError, ValueError) as e:
+        raise RunError(f"{path} cannot be read ({one_line(e)})") from None
+    if not isinstance(info, dict):
+        raise RunError(f"{path} is not a run description (a JSON object)")
+    missing = [k for k in _INFO_KEYS if k not in info]
+    extra = sorted(set(info) - set(_INFO_KEYS) - set(_OPTIONAL_INFO_KEYS))
+    if missing or extra:
+        raise RunError(f"{path} {'lacks the key ' + repr(missing[0]) if missing else 'has an unknown key ' + repr(extra[0])}")
+    try:
+        info["config"] = from_dict(TrainConfig, info["config"], where=f"{path}: config")
+    except SettingError as e:
+        raise RunError(str(e)) from None
+    return info
+
+
+def run_info(config: TrainConfig, model_dir: str, tasks, steps: int, n_virtual: int, method: PromptMethod,
+             **extra) -> dict:
+    """What run.json holds: the settings, and what they resolved to."""
+    return {"config": to_dict(config),
+            "model_dir": os.path.abspath(model_dir) if os.path.isdir(model_dir) else model_dir,
+            "tasks": [task_spec(t) for t in tasks], "steps": steps, "n_virtual": n_virtual,
+            "method": method_spec(method), "jaxprompt": __version__, **extra}
+
+
+def task_spec(task: Task) -> dict:
+    spec = dataclasses.asdict(task)
+    spec["template"], spec["target"] = task.template.text, task.template.target
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in spec.items()}
+
+
+def task_of_spec(spec: dict) -> Task:
+    builtin = BUILTIN.get(spec.get("name"))
+    if builtin is not None and task_spec(builtin) == spec:
+        return builtin
+    return task_from_dict(spec)
+
+
+# ---- building a run -------------------------------------------------------------------------------
+
+def build_method(config: MethodConfig, tokenizer, task: Task, steps: int, n_tasks: int = 1) -> PromptMethod:
+    """The prompt method a config describes (text init tokenised with the model's tokenizer; a
+    relaxed prompt annealed over the run's `steps`; one prompt per task for several tasks)."""
     init_ids = ()
     if config.init == "text":
-        text = (config.init_text or task.hard_prompt or task.name).strip()
-        init_ids = tuple(tokenizer.encode(" " + text))
-    common = dict(length=config.prompt_length)
-    embedding = dict(init_from=config.init, init_ids=init_ids)
-    if config.method == "soft":
-        return make_method("soft", **common, **embedding)
-    if config.method == "ptuning":
-        return make_method("ptuning", **common, **embedding, encoder=config.encoder, hidden=config.encoder_hidden)
-    if config.method == "prefix":
-        return make_method("prefix", **common, top_layers=config.prefix_top_layers,
-                           reparam_hidden=config.prefix_reparam, init_ids=init_ids)
-    if config.method == "relaxed":  # train_prompt sets anneal_steps to the run's length
-        return make_method("relaxed", **common, **embedding, tau_end=config.tau_end)
-    if config.method == "pez":
-        return make_method("pez", **common, init_from="sampled_vocab" if config.init == "vocab_normal" else config.init,
-                           init_ids=init_ids)
-    return make_method(config.method)  # raises the unknown-method error
+        text = config.init_text if config.init_text is not None else (task.hard_prompt or task.name)
+        init_ids = tuple(tokenizer.encode(" " + text.strip()))
+        if not init_ids:
+            raise SettingError(f"--init-text {text!r} encodes to no tokens")
+    embedding = dict(length=config.prompt_length, init_from=config.init, init_ids=init_ids)
+    method = {
+        "soft": lambda: make_method("soft", **embedding),
+        "ptuning": lambda: make_method("ptuning", **embedding, encoder=config.encoder, hidden=config.encoder_hidden),
+        "prefix": lambda: make_method("prefix", length=config.prompt_length, top_layers=config.prefix_top_layers,
+                                      reparam_hidden=config.prefix_reparam, init_ids=init_ids),
+        "relaxed": lambda: make_method("relaxed", **embedding, tau_end=config.tau_end, anneal_steps=steps),
+        # PEZ starts from real tokens: the default init is sampled vocabulary
+        "pez": lambda: make_method("pez", **{**embedding, "init_from": "sampled_vocab"
+                                             if config.init == "vocab_normal" else config.init}),
+    }[config.name]()
+    return MultiTask(base=method, n_tasks=n_tasks) if n_tasks > 1 else method
 
 
-def optimizer_config(config: TrainConfig, steps: int) -> OptimizerConfig:
-    return OptimizerConfig(lr=config.lr, optimizer=config.optimizer, schedule=config.schedule,
-                           warmup_steps=config.warmup_steps, total_steps=steps, weight_decay=config.weight_decay,
-                           clip_norm=config.clip_norm, accumulate=config.accumulate)
+def _check_method_fits(config: TrainConfig, session: Session) -> None:
+    layers = session.config.n_layers
+    top = config.method.prefix_top_layers
+    if top is not None and top > layers:
+        raise SettingError(f"--prefix-top-layers {top}: the model has {layers} layers; use 1..{layers}")
+    n_virtual = {t.template.n_virtual(config.method.prompt_length) for t in session.all_tasks}
+    if len(n_virtual) > 1:
+        raise TemplateError(f"multi-task prompts need the same number of virtual tokens in every template; "
+                            f"the tasks' templates have {sorted(n_virtual)}")
 
 
-def open_session(config: TrainConfig) -> Session:
-    from jaxprompt.models.convert import resolve
-    from jaxprompt.tokenizer import Tokenizer
-
-    task = get_task(config.task)
-    directory = resolve(config.model)
-    tokenizer = Tokenizer.load(directory)
-    method = build_method(config, tokenizer, task)
-    return Session.load(directory, task, method, dtype=config.dtype, remat=config.remat, tokenizer=tokenizer)
+def _devices(requested: int | None) -> list:
+    available = jax.local_devices()
+    if requested is not None and requested > len(available):
+        raise SettingError(f"--devices {requested}: only {len(available)} local device(s) are available")
+    return available[:requested] if requested is not None else available
 
 
 @dataclasses.dataclass
@@ -120,127 +205,171 @@ class RunResult:
     n_train: int
 
 
-def train_prompt(config: TrainConfig, log=print) -> RunResult:
-    """Trains a prompt as configured, evaluates it (and the written prompt), writes the run directory."""
-    session = open_session(config)
-    task = session.task
-    splits = task.load(seed=config.seed)
-    train_rows = splits["train"][:config.train_examples] if config.train_examples else splits["train"]
-    cap = lambda rows: rows[:config.eval_examples] if config.eval_examples else rows
-    val_rows, test_rows = cap(splits["validation"]) or cap(splits["train"]), cap(splits["test"])
-    if not train_rows:
-        raise ValueError(f"task {task.name!r} has no training examples")
-    devices = jax.local_devices()[: config.devices] if config.devices else jax.local_devices()
-    batch_size = config.batch_size
-    if batch_size % len(devices):
-        raise ValueError(f"batch size {batch_size} is not divisible by {len(devices)} devices")
-    steps = config.steps or max(1, math.ceil(config.epochs * len(train_rows) / batch_size))
-    run_dir = config.out or os.path.join(REPO_ROOT, "checkpoints",
-                                         f"{task.name}-{config.method}-{time.strftime('%Y%m%d-%H%M%S')}")
-    method = session.method
-    if config.method == "relaxed":  # anneal over the actual run
-        method = dataclasses.replace(method, anneal_steps=steps)
-        session.method = method
+def _splits(tasks: list[Task], config: TrainConfig) -> dict[str, list[list[dict]]]:
+    """Per split, per task, the rows this run uses (capped as configured)."""
+    out = {"train": [], "validation": [], "test": []}
+    cap = lambda rows, n: rows[:n] if n is not None else rows
+    for task in tasks:
+        splits = task.load(seed=config.seed)
+        # a task without validation rows validates on (the first of) its training rows
+        val = splits["validation"] if splits["validation"] else splits["train"]
+        out["train"].append(cap(splits["train"], config.data.train_examples))
+        out["validation"].append(cap(val, config.data.eval_examples))
+        out["test"].append(cap(splits["test"], config.data.eval_examples))
+    return out
 
-    train_enc = session.encode(train_rows)
-    val_enc = session.encode(val_rows)
+
+def _tagged(per_task: list[list[dict]]) -> list[dict]:
+    """Rows of all tasks, each with its task's index (single task: the rows as they are)."""
+    if len(per_task) == 1:
+        return per_task[0]
+    return [{**r, "task_id": i} for i, rows in enumerate(per_task) for r in rows]
+
+
+def train_prompt(config: TrainConfig | None, options: RunOptions = RunOptions(), log=print,
+                 started: Callable[[str], None] | None = None) -> RunResult:
+    """Trains a prompt as configured, evaluates it (and the written prompt), writes the run directory.
+
+    With `options.resume` the run continues with its stored settings (`config` None, or equal to
+    them). Settings, tasks and data are checked before the run directory is touched; `started(run_dir)`
+    is called once it is locked."""
+    if config is None and not options.resume:
+        raise ValueError("train_prompt needs a config (or options.resume to use the stored one)")
+    run_dir = options.out if options.out is not None else default_run_dir(config)
+    check_run_dir(run_dir, options.resume, options.overwrite)
+    if options.resume:
+        stored = read_run_info(run_dir)["config"]
+        if config is not None and config != stored:
+            raise RunError(f"--resume uses the settings stored in {run_dir}: {differences(config, stored)[0]}")
+        config = stored
+    devices = _devices(options.devices)
+    data = config.data
+    if data.batch_size % (len(devices) * data.accumulate):
+        raise SettingError(f"--batch-size {data.batch_size} is not divisible by {len(devices)} device(s) x "
+                           f"--accumulate {data.accumulate}")
+    tasks = [get_task(name) for name in config.tasks]
+    splits = _splits(tasks, config)
+    lock = open_run_dir(run_dir, options.resume, options.overwrite)
+    try:
+        if started:
+            started(run_dir)
+        return _train(config, options, run_dir, devices, tasks, splits, log)
+    finally:
+        lock.release()
+
+
+def differences(config: TrainConfig, stored: TrainConfig) -> list[str]:
+    """Settings that differ, as 'flag given vs stored' lines."""
+    out = []
+    for path, flat, *_ in leaves(TrainConfig):
+        a, b = get(config, path), get(stored, path)
+        if a != b:
+            out.append(f"--{flat.replace('_', '-')} {a} differs from the stored {b}")
+    return out
+
+
+def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list, tasks: list[Task],
+           splits: dict[str, list[list[dict]]], log) -> RunResult:
+    data = config.data
+    train_rows, val_rows = _tagged(splits["train"]), _tagged(splits["validation"])
+    if any(not rows for rows in splits["train"]):
+        raise TemplateError(f"a task has no training examples: {[len(r) for r in splits['train']]}")
+    steps = config.loop.total_steps(len(train_rows), data.batch_size)
+
+    directory = resolve(config.model)
+    tokenizer = load_tokenizer(directory)
+    method = build_method(config.method, tokenizer, tasks[0], steps, n_tasks=len(tasks))
+    session = Session.load(directory, tasks[0], method, dtype=config.dtype, remat=config.remat, tokenizer=tokenizer,
+                           cache=options.cache, tasks=tuple(tasks) if len(tasks) > 1 else ())
+    _check_method_fits(config, session)
+    train_enc, val_enc = session.encode(train_rows), session.encode(val_rows)
+    for i, rows in enumerate(splits["test"]):  # what evaluation will generate must fit, before training
+        single, _ = session.task_session(i, None)
+        single.encode(rows, with_target=False, new_tokens=single.task.max_new_tokens)
+        if config.baseline and single.task.hard_prompt:
+            single.encode(rows, hard_prompt=single.task.hard_prompt, with_target=False,
+                          new_tokens=single.task.max_new_tokens)
     prompt = method.init(jax.random.key(config.seed), session.model, session.frozen, session.n_virtual)
-    optimizer = make_optimizer(optimizer_config(config, steps), prompt)
-    info = {"config": dataclasses.asdict(config), "model_dir": os.path.abspath(session.model_id) if os.path.isdir(
-        session.model_id) else session.model_id, "task": _task_spec(task), "steps": steps,
-            "n_virtual": session.n_virtual, "method": {"name": method.name, **_method_fields(method)},
-            "jaxprompt": __import__("jaxprompt").__version__}
-    write_run_info(run_dir, info)
+    optimizer = make_optimizer(config.optimizer, prompt, total_steps=steps)
+    info = run_info(config, config.model, session.all_tasks, steps, session.n_virtual, method)
+    if not options.resume:
+        write_run_info(run_dir, info)
+    n_test = sum(map(len, splits["test"]))
     log(f"model {config.model} ({session.model.num_params() / 1e6:.1f}M params, {config.dtype}), "
-        f"task {task.name}: {len(train_rows)} train / {len(val_rows)} validation / {len(test_rows)} test, "
-        f"method {method.name} (P={config.prompt_length}), {steps} steps on {len(devices)} device(s)")
+        f"task {'+'.join(t.name for t in tasks)}: {len(train_rows)} train / {len(val_rows)} validation / "
+        f"{n_test} test, method {method.name} (P={config.method.prompt_length}), {steps} steps on "
+        f"{len(devices)} device(s)")
     shared = session.shared_len(train_enc + val_enc) if config.shared_prefix else 0
     t0 = time.perf_counter()
     result = fit(
         prompt_loss(session.model, method, shared), optimizer, prompt, session.frozen,
-        Batches(train_enc, batch_size, session.pad_id, seed=config.seed, shared_len=shared),
-        [b for _, b in eval_batches(val_enc, batch_size, session.pad_id, shared_len=shared)],
-        LoopConfig(steps=steps, seed=config.seed, eval_every=min(config.eval_every, steps), patience=config.patience,
-                   progress=config.progress), run_dir=run_dir, resume=config.resume, metadata={"run": info},
-        devices=devices,
+        Batches(train_enc, data.batch_size, session.pad_id, seed=config.seed, shared_len=shared),
+        [b for _, b in eval_batches(val_enc, data.batch_size, session.pad_id, shared_len=shared)],
+        dataclasses.replace(config.loop, steps=steps, eval_every=min(config.loop.eval_every, steps)),
+        run_dir=run_dir, resume=options.resume, metadata={"run": info}, devices=devices,
+        eval_loss_fn=prompt_loss(session.model, method, shared, inference=True),
+        micro_batches=data.accumulate, seed=config.seed, progress=options.progress,
     )
     seconds = time.perf_counter() - t0
-    best = load_prompt(run_dir, session, which="best")
+    best = load_prompt(run_dir, session, "best", config, steps)
     results = []
-    if config.baseline and task.hard_prompt:
-        results.append(evaluate(session, None, test_rows, hard_prompt=task.hard_prompt,
-                                label=f"written: {task.hard_prompt!r}"))
-    results.append(evaluate(session, best, test_rows, label=f"learned: {method.name} P={config.prompt_length}"))
-    plot_curve(result.history, os.path.join(run_dir, "curve.png"), title=f"{task.name} / {method.name}")
-    with open(os.path.join(run_dir, "results.json"), "w") as f:
-        json.dump({"results": [r.summary() for r in results], "samples": {r.label: r.samples for r in results},
-                   "best_step": result.best_step, "train_seconds": seconds, "steps": steps,
-                   "n_train": len(train_rows)}, f, indent=2)
+    for i, test_rows in enumerate(splits["test"]):
+        single, task_prompt = session.task_session(i, best)
+        name = f"{single.task.name}: " if len(tasks) > 1 else ""
+        if config.baseline and single.task.hard_prompt:
+            results.append(evaluate(single, None, test_rows, hard_prompt=single.task.hard_prompt,
+                                    label=f"{name}written: {single.task.hard_prompt!r}"))
+        results.append(evaluate(single, task_prompt, test_rows,
+                                label=f"{name}learned: {config.method.name} P={config.method.prompt_length}"))
+    plot_curve(result.history, os.path.join(run_dir, CURVE), title=f"{'+'.join(config.tasks)} / {method.name}")
+    atomic_write(os.path.join(run_dir, RESULTS), json.dumps(
+        {"results": [r.summary() for r in results], "samples": {r.label: r.samples for r in results},
+         "best_step": result.best_step, "train_seconds": seconds, "steps": steps, "n_train": len(train_rows)},
+        indent=2))
     log("\n" + format_table(results))
     log("\n" + format_samples(results[-1]))
-    log(f"\nrun directory: {run_dir}  (curve: {os.path.join(run_dir, 'curve.png')})")
+    log(f"\nrun directory: {run_dir}  (curve: {os.path.join(run_dir, CURVE)})")
     return RunResult(run_dir, results, result.history, result.best_step, seconds, len(train_rows))
 
 
-def _task_spec(task: Task) -> dict:
-    spec = dataclasses.asdict(task)
-    spec["template"], spec["target"] = task.template.text, task.template.target
-    return spec
+# ---- reading a run back --------------------------------------------------------------------------
 
-
-def _method_fields(method: PromptMethod) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(method).items()}
-
-
-def load_run(run_dir: str, which: str = "best", model: str | None = None, dtype: str | None = None
-             ) -> tuple[Session, dict, dict]:
+def load_run(run_dir: str, which: str = "best", model: str | None = None, dtype: str | None = None,
+             cache: bool | str = True) -> tuple[Session, dict, dict]:
     """(session, prompt, run info) of a finished or interrupted run, from its run.json and checkpoint."""
-    from jaxprompt.tasks import task_from_dict
-    from jaxprompt.tokenizer import Tokenizer
-
     info = read_run_info(run_dir)
-    config = TrainConfig(**info["config"])
-    spec = dict(info["task"])
-    task = get_task(spec["name"]) if spec["name"] in ("antonyms", "paraphrase") else task_from_dict(spec)
-    model_id = model or info["model_dir"]
-    from jaxprompt.models.convert import resolve
-    directory = resolve(model_id)
-    tokenizer = Tokenizer.load(directory)
-    method = _restore_method(info["method"])
-    session = Session.load(directory, task, method, dtype=dtype or config.dtype, tokenizer=tokenizer)
+    config: TrainConfig = info["config"]
+    try:
+        tasks = [task_of_spec(spec) for spec in info["tasks"]]
+        method = method_from_spec(info["method"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise RunError(f"{os.path.join(run_dir, RUN_INFO)} describes a task or method this jaxprompt cannot "
+                       f"rebuild ({one_line(e)})") from None
+    session = Session.load(model or info["model_dir"], tasks[0], method, dtype=dtype or config.dtype, cache=cache,
+                           tasks=tuple(tasks) if len(tasks) > 1 else ())
     return session, load_prompt(run_dir, session, which, config, info["steps"]), info
-
-
-def _restore_method(spec: dict) -> PromptMethod:
-    spec = dict(spec)
-    name = spec.pop("name")
-    return make_method(name, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.items()})
 
 
 def load_prompt(run_dir: str, session: Session, which: str = "best", config: TrainConfig | None = None,
                 steps: int | None = None) -> dict:
-    """The prompt pytree saved in a run's best (or last) checkpoint."""
+    """The prompt pytree saved in a run's committed best (or last) checkpoint; best falls back to
+    last in a run without validation."""
     if config is None:
         info = read_run_info(run_dir)
-        config, steps = TrainConfig(**info["config"]), info["steps"]
+        config, steps = info["config"], info["steps"]
     like_prompt = session.method.init(jax.random.key(0), session.model, session.frozen, session.n_virtual)
-    optimizer = make_optimizer(optimizer_config(config, steps or 1), like_prompt)
+    optimizer = make_optimizer(config.optimizer, like_prompt, total_steps=steps)
     like = TrainState.create(like_prompt, optimizer, jax.random.PRNGKey(0))
     ckpt = Checkpointer(run_dir)
-    try:
-        if which == "best" and ckpt.best_step() is None:
-            which = "last"
-        state, _ = ckpt.restore(like, which)
-    finally:
-        ckpt.close()
+    if which == "best" and ckpt.best_step() is None:
+        which = "last"
+    state, _ = ckpt.restore(like, which)
     return state.params
 
 
 def plot_curve(history: list[dict], path: str, title: str = "") -> None:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after choosing the backend
 
     train = [(h["step"], h["train_loss"]) for h in history if "train_loss" in h]
     val = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
@@ -255,5 +384,7 @@ def plot_curve(history: list[dict], path: str, title: str = "") -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)

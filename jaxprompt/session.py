@@ -1,24 +1,48 @@
-"""A frozen model + tokenizer + task + prompt method: what training, evaluation and export share."""
+"""A frozen model + tokenizer + task(s) + prompt method: what training, evaluation and export share."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxprompt.models.config import ModelConfig
-from jaxprompt.data import Encoded, check_lengths, common_prefix_length, encode
+from jaxprompt.config import DEFAULT_MODEL, REPO_ROOT, one_line  # noqa: F401  (the defaults re-exported)
+from jaxprompt.data import Encoded, check_positions, common_prefix_length, encode
 from jaxprompt.models import Model
+from jaxprompt.models.config import ConfigError, ModelConfig
 from jaxprompt.models.convert import load_pretrained, resolve
 from jaxprompt.precision import as_dtype
-from jaxprompt.prompt_cache import PromptCache
-from jaxprompt.prompts import MultiTask, PromptMethod
+from jaxprompt.prompt_cache import PromptCache, default_cache_dir
+from jaxprompt.prompts import PromptMethod
 from jaxprompt.tasks import Task
-from jaxprompt.tokenizer import Tokenizer, check_tokenizer
+from jaxprompt.tokenizer import Tokenizer, TokenizerError, check_tokenizer
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_MODEL = os.path.join(REPO_ROOT, "checkpoints", "tiny-gpt2-wordnet")
+
+def _check_config_json(directory: str) -> None:
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        return  # load_pretrained names what is missing
+    try:
+        with open(path) as f:
+            json.load(f)
+    except ValueError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e})") from None
+
+
+def load_tokenizer(directory: str) -> Tokenizer:
+    """The tokenizer beside a checkpoint; an unreadable file is one line naming the directory."""
+    _check_config_json(directory)  # the tokenizer reads the model type from it
+    try:
+        return Tokenizer.load(directory)
+    except TokenizerError:
+        raise
+    except Exception as e:  # tokenizers / json raise their own types for unreadable files
+        raise TokenizerError(f"the tokenizer in {directory} cannot be read ({one_line(e)})") from None
 
 
 @dataclasses.dataclass
@@ -30,24 +54,36 @@ class Session:
     method: PromptMethod
     model_id: str = ""
     prompt_cache: PromptCache = dataclasses.field(default_factory=PromptCache)
+    tasks: tuple[Task, ...] = ()  # multi-task: all tasks, an example's task_id indexes them (task is tasks[0])
+    weights_id: str | None = None  # fingerprint of every byte of `frozen`, computed once (see fingerprint)
 
     @classmethod
     def load(cls, model_id: str, task: Task, method: PromptMethod, dtype="float32", remat: bool = False,
-             tokenizer: Tokenizer | None = None) -> "Session":
-        """Loads the frozen model (local dir, HF cache or hub) and its tokenizer, and checks they match."""
+             tokenizer: Tokenizer | None = None, cache: bool | str = True, tasks: tuple[Task, ...] = ()
+             ) -> "Session":
+        """Loads the frozen model (local dir, HF cache or hub) and its tokenizer, and checks they match.
+
+        `cache`: the on-disk prompt cache (True: `default_cache_dir()`, a path, or False: memory only)."""
         directory = resolve(model_id)
+        _check_config_json(directory)
         config, frozen = load_pretrained(directory, dtype=as_dtype(dtype))
-        tokenizer = tokenizer or Tokenizer.load(directory)
+        tokenizer = tokenizer or load_tokenizer(directory)
         check_tokenizer(tokenizer, config)
-        return cls(Model(config, remat=remat), frozen, tokenizer, task, method, model_id)
+        directory_cache = default_cache_dir() if cache is True else (cache or None)
+        return cls(Model(config, remat=remat), frozen, tokenizer, task, method, model_id,
+                   PromptCache(directory_cache), tuple(tasks))
 
     @property
     def config(self) -> ModelConfig:
         return self.model.config
 
     @property
+    def all_tasks(self) -> tuple[Task, ...]:
+        return self.tasks or (self.task,)
+
+    @property
     def prompt_length(self) -> int:
-        return self.method.length if not isinstance(self.method, MultiTask) else self.method.base.length
+        return self.method.length
 
     @property
     def n_virtual(self) -> int:
@@ -59,25 +95,43 @@ class Session:
 
     def shared_len(self, examples: list[Encoded]) -> int:
         """Leading positions every example shares (0 where per-example prompts rule sharing out)."""
-        if isinstance(self.method, MultiTask):
-            return 0
-        return common_prefix_length(examples)
+        return 0 if self.method.per_example else common_prefix_length(examples)
 
-    def encode(self, rows: list[dict], hard_prompt: str | None = None, with_target: bool = True) -> list[Encoded]:
-        """Rows -> ids. With `hard_prompt`, the written prompt replaces {prompt} (baseline)."""
+    def encode(self, rows: list[dict], hard_prompt: str | None = None, with_target: bool = True,
+               new_tokens: int = 0) -> list[Encoded]:
+        """Rows -> ids (a row's `task_id` picks its task's template). With `hard_prompt`, the written
+        prompt replaces {prompt} (baseline). Refuses what would not fit the model's positions,
+        `new_tokens` to generate included."""
         virtual = self.method.kind != "prefix"
-        out = [encode(self.task.template, r, self.tokenizer, self.prompt_length, hard_prompt=hard_prompt,
-                      with_target=with_target, task_id=int(r.get("task_id", 0)), virtual=virtual) for r in rows]
-        extra = self.method.length if (hard_prompt is None and self.method.kind == "prefix") else 0
-        check_lengths(out, self.config.max_positions, extra)
+        out = [encode(self.all_tasks[int(r.get("task_id", 0))].template, r, self.tokenizer, self.prompt_length,
+                      hard_prompt=hard_prompt, with_target=with_target, task_id=int(r.get("task_id", 0)),
+                      virtual=virtual) for r in rows]
+        prefix = self.method.prefix_positions if hard_prompt is None else 0
+        check_positions(out, self.config.max_positions, prefix, new_tokens)
         return out
+
+    def task_session(self, task: int, prompt) -> tuple["Session", dict]:
+        """This session narrowed to one task of a multi-task prompt, and that task's prompt."""
+        method, task_prompt = self.method.task_view(prompt, task)
+        return dataclasses.replace(self, task=self.all_tasks[task], tasks=(), method=method), task_prompt
 
     def hard_prompt_ids(self, text: str | None = None) -> tuple[int, ...]:
         """Token ids of a prompt text (the task's written prompt by default), for text initialisation."""
         return tuple(self.tokenizer.encode(" " + (text or self.task.hard_prompt).strip()))
 
+    def fingerprint(self) -> str:
+        """A hash of every byte of the frozen weights (with paths, shapes, dtypes), computed once.
+
+        Keys the prompt cache: any changed weight, anywhere, changes it."""
+        if self.weights_id is None:
+            h = hashlib.sha256()
+            for path, leaf in jax.tree_util.tree_flatten_with_path(self.frozen)[0]:
+                h.update(f"{jax.tree_util.keystr(path)}{leaf.shape}{leaf.dtype}".encode())
+                h.update(np.ascontiguousarray(jax.device_get(leaf)).reshape(-1).view(np.uint8))
+            h.update(self.tokenizer.backend.to_str().encode())
+            self.weights_id = h.hexdigest()[:32]
+        return self.weights_id
+
     @property
     def compute_dtype(self):
-        import jax
-
         return jnp.dtype(jax.tree.leaves(self.frozen)[0].dtype)

@@ -19,8 +19,9 @@ import hashlib
 import json
 import os
 import random
-from typing import Any
+from typing import Any, ClassVar
 
+from jaxprompt.config import AT_LEAST_1, Range, SettingError, Settings, one_line, setting
 from jaxprompt.data import Template, TemplateError
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -28,22 +29,34 @@ SPLITS = ("train", "validation", "test")
 
 
 @dataclasses.dataclass(frozen=True)
-class Task:
-    name: str
-    template: Template
-    hard_prompt: str = ""
-    data: str = ""
-    answer: str = "word"  # word | text
-    max_new_tokens: int = 8
-    group_by: tuple[str, ...] = ()  # fields whose (sorted) values define a split group
-    split_fractions: tuple[float, float] = (0.1, 0.15)  # validation, test
-    description: str = ""
-    data_format: str | None = None  # json | csv | parquet (inferred from the extension)
+class Task(Settings):
+    """A task; its keys are checked like every other setting (config.validate) on construction."""
 
-    def __post_init__(self):
-        if self.answer not in ("word", "text"):
-            raise TemplateError(f"task {self.name!r}: answer must be 'word' or 'text', got {self.answer!r}")
+    LABEL: ClassVar[str] = "task key '{name}'"
+
+    name: str = setting(help="the task's name")
+    template: Template = setting(help="input with {field} and {prompt} placeholders, and its target")
+    hard_prompt: str = setting("", "the written prompt the learned one is compared with")
+    data: str = setting("", "JSON/JSONL/CSV/TSV/Parquet file, a saved datasets directory, or a Hub dataset id")
+    answer: str = setting("word", "exact match on the first word of the generation, or on its first line",
+                          choices=("word", "text"))
+    max_new_tokens: int = setting(8, "tokens generated per example in evaluation", range=AT_LEAST_1)
+    group_by: tuple[str, ...] = setting((), "fields whose values define a split group (default: all fields)")
+    split_fractions: tuple[float, float] = setting((0.1, 0.15), "validation and test fractions",
+                                                   range=Range(0, 1, high_open=True))
+    description: str = setting("", "one line shown by `jaxprompt tasks`")
+    data_format: str | None = setting(None, "data format (default: from the file extension)",
+                                      choices=("json", "csv", "parquet"))
+
+    def check(self) -> None:
         self.template.require_prompt()
+        unknown = [f for f in self.group_by if f not in self.template.fields]
+        if unknown:
+            raise TemplateError(f"task key 'group_by' names {unknown[0]!r}, which the template does not use "
+                                f"(fields: {', '.join(self.template.fields)})")
+        if sum(self.split_fractions) >= 1:
+            raise TemplateError(f"task key 'split_fractions' {list(self.split_fractions)}: validation + test "
+                                "must leave examples for training (sum < 1)")
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -52,7 +65,6 @@ class Task:
     def load(self, seed: int = 0) -> dict[str, list[dict]]:
         """train / validation / test example lists. Deterministic for a given `seed`."""
         return split_examples(load_records(self.data, self.data_format), self, seed)
-
 
 # ---- built-in tasks ----------------------------------------------------------------------------
 
@@ -93,22 +105,36 @@ def get_task(name_or_path: str) -> Task:
 
 
 def task_from_file(path: str) -> Task:
-    with open(path, "rb") as f:
-        raw = f.read()
-    if path.endswith(".toml"):
-        import tomllib
+    """A task defined in a TOML / YAML / JSON file; every error names the file."""
+    readers = {".toml": "TOML", ".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}
+    kind = readers.get(os.path.splitext(path)[1].lower())
+    if kind is None:
+        raise TemplateError(f"task file {path}: use a .toml, .yaml or .json file")
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+        if kind == "TOML":
+            import tomllib
 
-        spec = tomllib.loads(raw.decode())
-    elif path.endswith((".yaml", ".yml")):
-        import yaml
+            spec = tomllib.loads(text)
+        elif kind == "YAML":
+            import yaml
 
-        spec = yaml.safe_load(raw)
-    else:
-        spec = json.loads(raw)
-    return task_from_dict(spec, base_dir=os.path.dirname(os.path.abspath(path)))
+            spec = yaml.safe_load(text)
+        else:
+            spec = json.loads(text)
+    except Exception as e:  # UnicodeDecodeError, TOMLDecodeError, YAMLError, JSONDecodeError
+        raise TemplateError(f"task file {path} is not valid {kind}: {one_line(e)}") from None
+    try:
+        return task_from_dict(spec, base_dir=os.path.dirname(os.path.abspath(path)))
+    except (TemplateError, SettingError) as e:
+        raise TemplateError(f"task file {path}: {e}") from None
 
 
 def task_from_dict(spec: dict[str, Any], base_dir: str = ".") -> Task:
+    if not isinstance(spec, dict):
+        raise TemplateError(f"a task definition is a table of keys (template, target, data, ...), "
+                            f"got {type(spec).__name__}")
     spec = dict(spec)
     for key in ("template", "target", "data"):
         if key not in spec:
@@ -117,14 +143,15 @@ def task_from_dict(spec: dict[str, Any], base_dir: str = ".") -> Task:
     unknown = set(spec) - known
     if unknown:
         raise TemplateError(f"unknown task key(s) {sorted(unknown)}; known: {sorted(known)}")
-    data = spec.pop("data")
-    if not os.path.isabs(data) and os.path.exists(os.path.join(base_dir, data)):
-        data = os.path.join(base_dir, data)
     template = Template(spec.pop("template"), spec.pop("target"))
-    for key in ("group_by", "split_fractions"):
-        if key in spec:
-            spec[key] = tuple(spec[key])
-    return Task(name=spec.pop("name", "custom"), template=template, data=data, **spec)
+    spec = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
+    try:
+        task = Task(name=spec.pop("name", "custom"), template=template, **spec)
+    except SettingError as e:
+        raise TemplateError(str(e)) from None
+    if not os.path.isabs(task.data) and os.path.exists(os.path.join(base_dir, task.data)):
+        task = dataclasses.replace(task, data=os.path.join(base_dir, task.data))
+    return task
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -144,10 +171,17 @@ def load_records(source: str, data_format: str | None = None) -> list[dict]:
         if os.path.getsize(source) == 0:
             raise TemplateError(f"the dataset {source} is empty")
         kwargs = {"delimiter": "\t"} if source.endswith(".tsv") else {}
+        verbosity = datasets.logging.get_verbosity()
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its "Failed to read" lines: ours says it
         try:
             loaded = datasets.load_dataset(ext, data_files=source, split="train", **kwargs)
-        except Exception as e:
-            raise TemplateError(f"could not read {source} as {ext}: {type(e).__name__}: {e}") from e
+        except Exception as e:  # datasets wraps the reader's error: report the root cause
+            while e.__cause__ is not None or e.__context__ is not None:
+                e = e.__cause__ or e.__context__
+            hint = " (the file must be UTF-8)" if isinstance(e, UnicodeDecodeError) or "UTF8" in str(e) else ""
+            raise TemplateError(f"could not read {source} as {ext}: {one_line(e)}{hint}") from None
+        finally:
+            datasets.logging.set_verbosity(verbosity)
     else:
         try:
             loaded = datasets.load_dataset(source)

@@ -1,8 +1,10 @@
 """Readable hard prompts on antonyms: soft prompt projected afterwards vs PEZ (projected gradients,
-Wen et al. 2023) vs the relaxed one-hot prompt (the seed's softmax attempt), with the embedded model.
+Wen et al. 2023) vs the relaxed one-hot prompt (a softmax over the vocabulary, annealed), with the
+embedded model.
 
-For each method: the prompt as trained, and the prompt as real tokens (nearest-token projection),
-both evaluated on held-out pairs with the same metrics, plus the decoded hard prompt.
+For each method: the prompt as trained (its inference form), and the prompt as real tokens
+(nearest-token projection), both evaluated on held-out pairs with the same metrics, plus the
+decoded hard prompt.
 
     python scripts/hard_prompts.py --steps 300 --prompt-length 5
 """
@@ -13,9 +15,34 @@ import argparse
 import dataclasses
 import json
 
+from jaxprompt.config import RunOptions, TrainConfig
 from jaxprompt.evaluate import evaluate, format_table
 from jaxprompt.interpret import projected_prompt
-from jaxprompt.run import TrainConfig, load_run, train_prompt
+from jaxprompt.run import load_run, train_prompt
+
+SETTINGS = {
+    "soft": dict(method="soft", lr=0.1),
+    "pez": dict(method="pez", lr=0.1),
+    "relaxed": dict(method="relaxed", lr=1.0, init="sampled_vocab"),
+}
+
+
+def run(steps: int = 300, prompt_length: int = 5, eval_examples: int = 300, out: str = "checkpoints/hard-prompts",
+        eval_every: int = 50) -> list[dict]:
+    """Per method: its decoded hard prompt and the results as trained and as tokens."""
+    rows = []
+    for name, options in SETTINGS.items():
+        config = TrainConfig.from_flags(steps=steps, prompt_length=prompt_length, eval_examples=eval_examples,
+                                        baseline=False, eval_every=eval_every, **options)
+        trained = train_prompt(config, RunOptions(out=f"{out}/{name}", overwrite=True, progress=False),
+                               log=lambda *a: None)
+        session, prompt, info = load_run(trained.run_dir)
+        test = session.task.load(seed=info["config"].seed)["test"][:eval_examples]
+        soft, hard, _, text = projected_prompt(session, prompt)
+        as_trained = dataclasses.replace(trained.results[-1], label=f"{name} as trained")
+        as_tokens = evaluate(dataclasses.replace(session, method=soft), hard, test, label=f"{name} as tokens")
+        rows.append({"method": name, "hard_prompt": text, "trained": as_trained, "projected": as_tokens})
+    return rows
 
 
 def main(argv=None):
@@ -26,30 +53,14 @@ def main(argv=None):
     p.add_argument("--out", default="checkpoints/hard-prompts")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    settings = {
-        "soft": dict(method="soft", lr=0.1),
-        "pez": dict(method="pez", lr=0.1),
-        "relaxed": dict(method="relaxed", lr=1.0, init="sampled_vocab"),
-    }
-    rows, results = [], []
-    for name, options in settings.items():
-        config = TrainConfig(steps=args.steps, prompt_length=args.prompt_length, eval_examples=args.eval_examples,
-                             out=f"{args.out}/{name}", baseline=False, progress=False, eval_every=50, **options)
-        run = train_prompt(config, log=lambda *a: None)
-        session, prompt, _ = load_run(run.run_dir)
-        test = session.task.load()["test"][: args.eval_examples]
-        soft, hard, ids, text = projected_prompt(session, prompt)
-        as_trained = run.results[-1]
-        as_trained.label = f"{name} as trained"
-        projected = evaluate(dataclasses.replace(session, method=soft), hard, test, label=f"{name} as tokens")
-        results += [as_trained, projected]
-        rows.append({"method": name, "hard_prompt": text, "trained": as_trained.summary(),
-                     "projected": projected.summary()})
-        print(f"{name}: hard prompt {text!r}", flush=True)
-    print(format_table(results))
+    rows = run(args.steps, args.prompt_length, args.eval_examples, args.out)
+    for row in rows:
+        print(f"{row['method']}: hard prompt {row['hard_prompt']!r}")
+    print(format_table([r for row in rows for r in (row["trained"], row["projected"])]))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+            json.dump([{"method": r["method"], "hard_prompt": r["hard_prompt"], "trained": r["trained"].summary(),
+                        "projected": r["projected"].summary()} for r in rows], f, indent=2)
 
 
 if __name__ == "__main__":

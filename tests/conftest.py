@@ -142,6 +142,17 @@ def gpt2_tokenizer():
 def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # the on-disk prompt cache of every Session.load (and CLI subprocess) goes to a temporary
+    # directory: tests never write to the user's ~/.cache
+    import tempfile
+
+    os.environ["JAXPROMPT_CACHE"] = tempfile.mkdtemp(prefix="jaxprompt-test-cache-")
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    shutil.rmtree(os.environ.get("JAXPROMPT_CACHE", ""), ignore_errors=True)
 
 
 # ---- JAX-only tiny models with the real GPT-2 vocabulary (for training tests) -------------------
@@ -183,6 +194,33 @@ def tiny_lm():
 
     model = Model(tiny_config())
     return model, model.init(jax.random.key(0), std=0.2)
+
+
+def write_task(directory, rows, template="Here are two {prompt} {word1} and", target=" {word2}", name="t",
+               **keys) -> str:
+    """A task file (TOML) over a JSONL of `rows` in `directory`; returns its path."""
+    import json
+
+    directory = pathlib.Path(directory)
+    data = directory / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = [f"name = {json.dumps(name)}", f"template = {json.dumps(template)}", f"target = {json.dumps(target)}",
+             f"data = {json.dumps(str(data))}"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
+    path = directory / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def snapshot(directory) -> dict:
+    """Every file under `directory` with its bytes and modification time: a run "untouched" is equal."""
+    out = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, directory)] = (f.read(), os.stat(path).st_mtime_ns)
+    return out
 
 
 ANTONYM_PAIRS = [("hot", "cold"), ("good", "bad"), ("big", "small"), ("up", "down"), ("left", "right"),

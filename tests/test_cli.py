@@ -1,19 +1,27 @@
-"""Every `jaxprompt` command end to end in a temp dir, and bad inputs giving clear errors."""
+"""Every `jaxprompt` command end to end; every bad input one line (exit 2) that leaves a run as it was;
+Ctrl-C one line (exit 130) that keeps the last checkpoint; --help states every flag's default and range."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
+import jax
+import numpy as np
 import pytest
 
-from jaxprompt.cli import main
+from conftest import ANTONYM_PAIRS, snapshot, write_task
+from jaxprompt.cli import build_parser, main
 
-FAST = ["--steps", "8", "--prompt-length", "3", "--batch-size", "8", "--eval-examples", "16", "--eval-every", "4",
+FAST = ["--steps", "4", "--prompt-length", "3", "--batch-size", "8", "--eval-examples", "8", "--eval-every", "2",
         "--no-progress", "--lr", "0.05"]
+PAIRS = [{"word1": a, "word2": b} for a, b in ANTONYM_PAIRS]
 
 
 @pytest.fixture(scope="module")
@@ -23,25 +31,26 @@ def trained_run(tiny_model_dir, tmp_path_factory):
     return run
 
 
-def test_train_writes_the_run_directory(trained_run, capsys):
+def test_train_writes_the_run_directory(trained_run):
     files = set(os.listdir(trained_run))
-    assert {"run.json", "metrics.jsonl", "curve.png", "results.json", "last", "best"} <= files
+    assert {"run.json", "checkpoints.json", "metrics.jsonl", "curve.png", "results.json", "last", "best"} <= files
     results = json.load(open(os.path.join(trained_run, "results.json")))
-    labels = [r["label"] for r in results["results"]]
-    assert labels[0].startswith("written: 'antonyms'") and labels[1].startswith("learned: soft")
-    for r in results["results"]:
-        assert r["n"] == 16 and r["loss"] > 0 and 0 <= r["exact_match"] <= 1
+    assert [r["label"] for r in results["results"]] == ["written: 'antonyms'", "learned: soft P=3"]
+    assert all(r["n"] == 8 for r in results["results"])
     history = [json.loads(line) for line in open(os.path.join(trained_run, "metrics.jsonl"))]
-    assert [h["step"] for h in history if "val_loss" in h] == [0, 4, 8]
+    assert [h["step"] for h in history if "val_loss" in h] == [0, 2, 4]
+    assert json.load(open(os.path.join(trained_run, "run.json")))["config"]["optimizer"]["lr"] == 0.05
     with open(os.path.join(trained_run, "curve.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_eval(trained_run, capsys, tmp_path):
+def test_eval_reports_what_train_reported(trained_run, capsys, tmp_path):
     assert main(["eval", trained_run, "--examples", "8", "--json", str(tmp_path / "m.json")]) == 0
     out = capsys.readouterr().out
     assert "written: 'antonyms'" in out and "learned (best)" in out and "predicted" in out
-    assert len(json.load(open(tmp_path / "m.json"))["results"]) == 2
+    evaluated = json.load(open(tmp_path / "m.json"))["results"]
+    trained = json.load(open(os.path.join(trained_run, "results.json")))["results"]
+    assert [r["loss"] for r in evaluated] == pytest.approx([r["loss"] for r in trained], rel=1e-6)
 
 
 def test_generate_from_text_and_stdin(trained_run, capsys, monkeypatch):
@@ -78,95 +87,261 @@ def test_tasks_lists_builtins(capsys):
     assert "antonyms" in out and "paraphrase" in out and "Here are two {prompt} {word1} and" in out
 
 
-def test_resume_continues_the_run(tiny_model_dir, tmp_path, capsys):
-    run = str(tmp_path / "r")
-    args = ["train", "--model", tiny_model_dir, "--out", run, "--prompt-length", "2", "--batch-size", "8",
-            "--eval-examples", "8", "--eval-every", "3", "--no-progress", "--no-baseline"]
-    assert main([*args, "--steps", "3"]) == 0
-    assert main([*args, "--steps", "6", "--resume"]) == 0
-    history = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
-    assert [h["step"] for h in history if "val_loss" in h] == [0, 3, 6]
-    assert sorted(os.listdir(os.path.join(run, "last"))) == ["3", "6"]
-
-
-def test_import_peft_adapter_round_trip(tiny_model_dir, tmp_path, capsys):
-    """A prepended prompt exports to PEFT and imports back as the identical prompt."""
-    import numpy as np
-    from jaxprompt.run import load_run
-
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"word1": a, "word2": b}) + "\n" for a, b in
-                            [("hot", "cold"), ("up", "down"), ("big", "small"), ("wet", "dry"), ("old", "new")] * 4))
-    (tmp_path / "task.toml").write_text('template = "{prompt} {word1} is the opposite of"\ntarget = " {word2}"\n'
-                                        f'data = "{data}"\nhard_prompt = "antonym:"\n')
-    run = str(tmp_path / "run")
-    assert main(["train", "--model", tiny_model_dir, "--task", str(tmp_path / "task.toml"), "--out", run,
-                 "--steps", "2", "--prompt-length", "3", "--batch-size", "4", "--no-progress", "--no-baseline"]) == 0
-    assert main(["export", "--to", "peft", run, str(tmp_path / "adapter")]) == 0
-    assert main(["import", "--from", "peft", str(tmp_path / "adapter"), str(tmp_path / "imported"),
-                 "--task", str(tmp_path / "task.toml")]) == 0
-    _, original, _ = load_run(run)
-    _, imported, info = load_run(str(tmp_path / "imported"))
-    np.testing.assert_array_equal(np.asarray(original["embeddings"]), np.asarray(imported["embeddings"]))
-    assert main(["eval", str(tmp_path / "imported"), "--split", "train", "--examples", "4"]) == 0
-
-
-BAD = [
-    (["--task", "no-such-task"], "unknown task 'no-such-task'"),
-    (["--method", "lora"], "unknown prompt method 'lora'"),
-    (["--init", "zeros"], "unknown prompt init 'zeros'"),
-    (["--batch-size", "5", "--devices", "1", "--optimizer", "lion"], "unknown optimizer 'lion'"),
-]
-
-
-@pytest.mark.parametrize("extra,message", BAD, ids=[m.split("'")[0].strip() for _, m in BAD])
-def test_bad_options_exit_nonzero_with_a_clear_error(tiny_model_dir, tmp_path, capsys, extra, message):
-    assert main(["train", "--model", tiny_model_dir, "--out", str(tmp_path / "x"), *FAST, *extra]) == 2
-    assert message in capsys.readouterr().err
-
-
-def _task_file(tmp_path, template, target, rows, name="t.toml"):
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    lines = [f"template = {json.dumps(template)}", f"data = {json.dumps(str(data))}"]
-    if target is not None:
-        lines.append(f"target = {json.dumps(target)}")
-    (tmp_path / name).write_text("\n".join(lines) + "\n")
-    return str(tmp_path / name)
-
-
-BAD_TASKS = [
-    ("Here are two {word1} and", " {word2}", [{"word1": "a", "word2": "b"}], "has no {prompt} placeholder"),
-    ("Here are two {prompt} {word3} and", " {word2}", [{"word1": "a", "word2": "b"}], "no field 'word3'"),
-    ("Here are two {prompt} {word1} and", None, [{"word1": "a", "word2": "b"}], "missing 'target'"),
-    ("Here are two {prompt} {word1} and", " {word2}", [], "is empty"),
-]
-
-
-@pytest.mark.parametrize("template,target,rows,message", BAD_TASKS, ids=["no-prompt", "unknown-field",
-                                                                         "no-target", "empty"])
-def test_bad_tasks_exit_nonzero_with_a_clear_error(tiny_model_dir, tmp_path, capsys, template, target, rows, message):
-    task = _task_file(tmp_path, template, target, rows)
-    assert main(["train", "--model", tiny_model_dir, "--task", task, "--out", str(tmp_path / "x"), *FAST]) == 2
-    assert message in capsys.readouterr().err
-
-
-def test_missing_model_and_not_a_run(tmp_path, capsys):
-    assert main(["train", "--model", str(tmp_path), "--out", str(tmp_path / "x"), *FAST]) == 2
-    assert "not a model checkpoint" in capsys.readouterr().err
-    assert main(["eval", str(tmp_path)]) == 2
-    assert "not a jaxprompt run directory" in capsys.readouterr().err
-
-
 def test_module_entry_point():
     proc = subprocess.run([sys.executable, "-m", "jaxprompt", "tasks"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "antonyms" in proc.stdout
 
 
-def test_sweep_reports_the_best_length(tiny_model_dir, tmp_path, capsys):
-    assert main(["sweep", "--model", tiny_model_dir, "--lengths", "1,3", "--trials", "2", "--steps", "2",
-                 "--batch-size", "8", "--eval-examples", "8", "--no-progress", "--sweep-dir", str(tmp_path)]) == 0
+def test_every_flag_states_its_default_and_allowed_values():
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if action.dest in ("help", "fn") or not action.option_strings:
+                continue
+            assert action.help and "(default: " in action.help and "; " in action.help, (name, action.option_strings)
+
+
+def test_multi_task_training_with_per_part_learning_rates_from_the_cli(tiny_model_dir, tmp_path, capsys):
+    """`--task a,b`: one prompt per task trained in shared batches, evaluated per task; and
+    `--part-lr encoder=0`: the p-tuning encoders stay at their initial values, their inputs train."""
+    from jaxprompt.run import load_run
+
+    rows = PAIRS * 2
+    first = write_task(tmp_path, rows, name="opposites", hard_prompt="opposites:")
+    second = write_task(tmp_path, [{"word1": r["word2"], "word2": r["word1"]} for r in rows], name="reverse",
+                        hard_prompt="reversed:")
+    run = str(tmp_path / "run")
+    assert main(["train", "--model", tiny_model_dir, "--task", f"{first},{second}", "--out", run, *FAST,
+                 "--method", "ptuning", "--encoder-hidden", "8", "--part-lr", "encoder=0", "--seed", "3"]) == 0
+    labels = [r["label"] for r in json.load(open(os.path.join(run, "results.json")))["results"]]
+    assert labels == ["opposites: written: 'opposites:'", "opposites: learned: ptuning P=3",
+                      "reverse: written: 'reversed:'", "reverse: learned: ptuning P=3"]
+    info = json.load(open(os.path.join(run, "run.json")))
+    assert info["method"]["name"] == "multitask" and info["method"]["n_tasks"] == 2
+
+    session, trained, _ = load_run(run, cache=False)
+    initial = session.method.init(jax.random.key(3), session.model, session.frozen, session.n_virtual)
+    jax.tree.map(np.testing.assert_array_equal, trained["encoder"], initial["encoder"])
+    for task in range(2):
+        assert not np.allclose(trained["inputs"][task], initial["inputs"][task])
+
+    capsys.readouterr()
+    assert main(["eval", run, "--split", "train", "--examples", "4", "--no-baseline"]) == 0
     out = capsys.readouterr().out
-    assert "best prompt length:" in out and out.count("\n") >= 4
-    best = int(out.strip().splitlines()[-1].split(":")[1])
-    assert best in (1, 3)
+    assert "opposites: learned (best)" in out and "reverse: learned (best)" in out
+    assert main(["generate", run, "--text", "hot"]) == 2
+    assert "choose one with --task" in capsys.readouterr().err
+    assert main(["generate", run, "--task", "reverse", "--text", "hot", "--max-new-tokens", "2"]) == 0
+
+
+# ---- bad input: one line, exit 2, nothing touched ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bad_inputs(trained_run, tiny_model_dir, tmp_path_factory):
+    """name -> (argv, what the one line must say); every file they need, built once."""
+    d = tmp_path_factory.mktemp("bad")
+    fresh = str(d / "fresh-run")
+    train = ["train", "--model", tiny_model_dir, "--out", fresh, *FAST]
+    task_files = {
+        "data=123": ('data = 123\n', "task key 'data' 123: must be a string"),
+        "template=5": ('template = 5\n', "the template must be a string, got 5"),
+        "group_by": ('group_by = ["colour"]\n', "task key 'group_by' names 'colour'"),
+        "prompt:0": ('template = "{prompt:0} {word1}"\n', "needs at least 1 virtual token"),
+        "split_fractions": ('split_fractions = [0.5]\n', "task key 'split_fractions' 0.5: must be 2 numbers"),
+        "max_new_tokens": ('max_new_tokens = 0\n', "task key 'max_new_tokens' 0: must be an integer >= 1"),
+    }
+    data = d / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in PAIRS))
+    cases = {}
+    for name, (line, message) in task_files.items():
+        keys = {"template": '"Here are two {prompt} {word1} and"', "target": '" {word2}"', "data": json.dumps(str(data))}
+        key = line.split(" = ")[0]
+        text = "".join(f"{k} = {v}\n" for k, v in keys.items() if k != key) + line
+        (d / f"{name}.toml").write_text(text)
+        cases[f"task {name}"] = (train[:1] + ["--task", str(d / f"{name}.toml")] + train[1:], message)
+    (d / "bad.yaml").write_text('template: "{prompt} {word1}\n  target: [')
+    cases["task bad YAML"] = (train[:1] + ["--task", str(d / "bad.yaml")] + train[1:], "is not valid YAML")
+    for name, content, message in (("ragged", b"word1,word2\nhot,cold\nz\n1,2,3\n", "Error tokenizing data"),
+                                   ("latin1", b"word1,word2\nhot,\xe9t\xe9\n", "must be UTF-8")):
+        (d / f"{name}.csv").write_bytes(content)
+        (d / f"{name}.toml").write_text(f'template = "Here are two {{prompt}} {{word1}} and"\ntarget = " {{word2}}"\n'
+                                        f'data = {json.dumps(str(d / f"{name}.csv"))}\n')
+        cases[f"{name} csv"] = (train[:1] + ["--task", str(d / f"{name}.toml")] + train[1:], message)
+
+    broken_model = d / "broken-model"
+    shutil.copytree(tiny_model_dir, broken_model)
+    (broken_model / "config.json").write_text("{\"model_type\": ")
+    (d / "a-file").write_text("x")
+    for name, flags, message in [
+        ("batch-size 0", ["--batch-size", "0"], "--batch-size 0: must be an integer >= 1"),
+        ("batch-size -4", ["--batch-size", "-4"], "--batch-size -4: must be an integer >= 1"),
+        ("eval-every 0", ["--eval-every", "0"], "--eval-every 0: must be an integer >= 1"),
+        ("devices -1", ["--devices", "-1"], "--devices -1: must be an integer >= 1"),
+        ("devices 64", ["--devices", "64"], "--devices 64: only 1 local device(s) are available"),
+        ("encoder-hidden 0", ["--encoder-hidden", "0"], "--encoder-hidden 0: must be an integer >= 1"),
+        ("epochs nan", ["--epochs", "nan"], "--epochs nan: must be a number > 0"),
+        ("steps -5", ["--steps", "-5"], "--steps -5: must be an integer >= 1"),
+        ("steps 0", ["--steps", "0"], "--steps 0: must be an integer >= 1"),
+        ("tau-end 0", ["--tau-end", "0"], "--tau-end 0.0: must be a number in (0, 1]"),
+        ("train-examples 0", ["--train-examples", "0"], "--train-examples 0: must be an integer >= 1"),
+        ("train-examples -3", ["--train-examples", "-3"], "--train-examples -3: must be an integer >= 1"),
+        ("clip-norm -1", ["--clip-norm", "-1"], "--clip-norm -1.0: must be a number > 0 (or none)"),
+        ("lr -0.1", ["--lr", "-0.1"], "--lr -0.1: must be a number >= 0"),
+        ("lr nan", ["--lr", "nan"], "--lr nan: must be a number >= 0"),
+        ("lr text", ["--lr", "fast"], "argument --lr: 'fast' is not a number >= 0"),
+        ("part-lr", ["--part-lr", "encoder"], "argument --part-lr: 'encoder' is not a list of part=rate"),
+        ("part-lr part", ["--part-lr", "encoder=0.1"], "--part-lr: unknown prompt part(s) encoder"),
+        ("method", ["--method", "lora"], "--method 'lora': must be one of soft, ptuning, prefix, relaxed, pez"),
+        ("init", ["--init", "zeros"], "--init 'zeros': must be one of vocab_normal"),
+        ("optimizer", ["--optimizer", "lion"], "--optimizer 'lion': must be one of adamw"),
+        ("task", ["--task", "no-such-task"], "unknown task 'no-such-task'"),
+        ("accumulate", ["--accumulate", "3"], "--batch-size 8 is not divisible by --accumulate 3"),
+        ("top-layers", ["--method", "prefix", "--prefix-top-layers", "5"], "the model has 2 layers; use 1..2"),
+        ("config.json", ["--model", str(broken_model)], "config.json is not valid JSON"),
+        ("missing model", ["--model", str(d / "nothing")], "is not a checkpoint directory"),
+        ("out is a file", ["--out", str(d / "a-file")], "is a file, not a directory"),
+        ("out read-only", ["--out", "/sys/jaxprompt-test-run"], "(/sys/jaxprompt-test-run)"),
+        ("existing run", ["--out", trained_run], "already holds a run: pass --resume to continue it, or --overwrite"),
+        ("resume conflict", ["--out", trained_run, "--resume", "--lr", "0.2"], "--lr 0.2 differs from the stored 0.05"),
+        ("resume nothing", ["--resume"], "nothing to resume in"),
+        ("resume overwrite", ["--resume", "--overwrite"], "--resume and --overwrite exclude each other"),
+    ]:
+        cases[name] = (train + flags, message)
+
+    run_json = d / "run-json"
+    for name, edit, message in [("missing key", lambda i: i.pop("steps"), "lacks the key 'steps'"),
+                                ("extra key", lambda i: i.__setitem__("colour", 1), "has an unknown key 'colour'"),
+                                ("config key", lambda i: i["config"]["loop"].pop("eval_every"),
+                                 "config.loop lacks the setting 'eval_every'")]:
+        copy = run_json / name.replace(" ", "-")
+        shutil.copytree(trained_run, copy)
+        info = json.load(open(copy / "run.json"))
+        edit(info)
+        (copy / "run.json").write_text(json.dumps(info))
+        cases[f"run.json {name}"] = (["eval", str(copy)], message)
+    corrupt = d / "corrupt"
+    shutil.copytree(trained_run, corrupt)
+    best = json.load(open(corrupt / "checkpoints.json"))["best"]
+    for p in (corrupt / "best" / str(best) / "state").rglob("*"):
+        if p.is_file():
+            p.write_bytes(b"garbage")
+    cases["corrupt checkpoint"] = (["eval", str(corrupt)], f"checkpoint best/{best} in")
+    truncated = d / "truncated"
+    shutil.copytree(trained_run, truncated)
+    for p in (truncated / "best" / str(best) / "state").rglob("*"):
+        if p.is_file() and p.parent.name == "d":  # the arrays' data, cut short
+            p.write_bytes(p.read_bytes()[:100])
+    cases["truncated checkpoint"] = (["eval", str(truncated)], f"checkpoint best/{best} in")
+
+    prepend = write_task(d, PAIRS, name="prepend", template="{prompt} {word1} is the opposite of")
+    adapters = {}
+    for name, config, rows in [("good", {"num_virtual_tokens": 3}, 3), ("no-tokens", {}, 3), ("truncated", {"num_virtual_tokens": 3}, 3)]:
+        from safetensors.numpy import save_file
+
+        adapter = d / f"adapter-{name}"
+        adapter.mkdir()
+        save_file({"prompt_embeddings": np.zeros((rows, 32), np.float32)}, str(adapter / "adapter_model.safetensors"))
+        (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "PROMPT_TUNING",
+                                                                 "base_model_name_or_path": tiny_model_dir, **config}))
+        adapters[name] = str(adapter)
+    weights = d / "adapter-truncated" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:30])
+    imp = lambda name, target: ["import", "--from", "peft", adapters[name], target, "--task", prepend]
+    cases["import truncated"] = (imp("truncated", str(d / "imported")), "adapter_model.safetensors cannot be read")
+    cases["import no num_virtual_tokens"] = (imp("no-tokens", str(d / "imported")),
+                                             "num_virtual_tokens must be an integer >= 1, got None")
+    cases["import onto a run"] = (imp("good", trained_run), "already holds a run: pass --overwrite to replace it")
+
+    cases.update({
+        "generate max-new-tokens -5": (["generate", trained_run, "--text", "hot", "--max-new-tokens", "-5"],
+                                       "--max-new-tokens -5: must be an integer >= 1"),
+        "generate past positions": (["generate", trained_run, "--text", "hot", "--max-new-tokens", "300"],
+                                    "input of 8 tokens + 300 new tokens needs 308 positions; the model has 96"),
+        "temperature -1": (["generate", trained_run, "--temperature", "-1"], "--temperature -1.0: must be a number >= 0"),
+        "temperature nan": (["generate", trained_run, "--temperature", "nan"], "--temperature nan: must be a number"),
+        "top-p 0": (["generate", trained_run, "--top-p", "0"], "--top-p 0.0: must be a number in (0, 1]"),
+        "generate bad JSON": (["generate", trained_run, "--text", "{oops"], "input '{oops' is not a JSON object"),
+        "inspect top -1": (["inspect", trained_run, "--top", "-1"], "--top -1: must be an integer >= 1"),
+        "eval examples 0": (["eval", trained_run, "--examples", "0"], "--examples 0: must be an integer >= 1"),
+        "eval json dir": (["eval", trained_run, "--json", str(d)], f"--json {d} is a directory"),
+        "eval json full": (["eval", trained_run, "--examples", "2", "--json", "/dev/full"],
+                           "No space left on device (/dev/full)"),
+        "export to a file": (["export", "--to", "plain", trained_run, str(d / "a-file")], "is a file, not a directory"),
+        "not a run": (["eval", str(d)], "is not a jaxprompt run directory"),
+        "sweep trial fails": (["sweep", "--model", tiny_model_dir, "--lengths", "200,300", "--sweep-dir",
+                               str(d / "sweep"), *FAST], "is longer than the model's 96 positions"),
+    })
+    return cases
+
+
+BAD_INPUTS = [
+    "batch-size 0", "batch-size -4", "eval-every 0", "devices -1", "devices 64", "encoder-hidden 0", "epochs nan",
+    "steps -5", "steps 0", "tau-end 0", "train-examples 0", "train-examples -3", "clip-norm -1", "lr -0.1", "lr nan",
+    "lr text", "part-lr", "part-lr part", "method", "init", "optimizer", "task", "accumulate", "top-layers",
+    "task data=123", "task template=5", "task group_by", "task prompt:0", "task bad YAML", "task split_fractions",
+    "task max_new_tokens", "ragged csv", "latin1 csv", "config.json", "missing model", "out is a file",
+    "out read-only", "existing run", "resume conflict", "resume nothing", "resume overwrite", "run.json missing key",
+    "run.json extra key", "run.json config key", "corrupt checkpoint", "truncated checkpoint", "import truncated",
+    "import no num_virtual_tokens", "import onto a run", "generate max-new-tokens -5", "generate past positions",
+    "temperature -1", "temperature nan", "top-p 0", "generate bad JSON", "inspect top -1", "eval examples 0",
+    "eval json dir", "eval json full", "export to a file", "not a run", "sweep trial fails",
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_line_and_touches_no_run(bad_inputs, trained_run, capfd, case):
+    argv, message = bad_inputs[case]
+    before = snapshot(trained_run)
+    capfd.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors exit from parse_args
+        code = e.code
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, (code, err)
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert message in lines[0], lines[0]
+    assert snapshot(trained_run) == before
+
+
+def test_bad_input_table_is_complete(bad_inputs):
+    assert sorted(BAD_INPUTS) == sorted(bad_inputs)
+
+
+# ---- Ctrl-C ---------------------------------------------------------------------------------------------
+
+def _start(args, **env):
+    return subprocess.Popen([sys.executable, "-m", "jaxprompt", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+
+
+def test_ctrl_c_while_loading_is_one_line(tiny_model_dir, tmp_path):
+    proc = _start(["train", "--model", tiny_model_dir, "--out", str(tmp_path / "run"), *FAST])
+    time.sleep(2.0)  # inside imports / loading / compilation
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("jaxprompt train: interrupted"), err
+
+
+def test_ctrl_c_while_training_keeps_the_checkpoint_and_resumes(tiny_model_dir, tmp_path):
+    run = tmp_path / "run"
+    args = ["--model", tiny_model_dir, "--out", str(run), "--steps", "8", "--prompt-length", "3", "--batch-size", "8",
+            "--eval-examples", "8", "--eval-every", "2", "--no-progress", "--no-baseline"]
+    proc = _start(["train", *args])
+    deadline = time.time() + 300
+    while not (run / "checkpoints.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 130 and len(lines) == 1, (proc.returncode, err)
+    assert f"{run} keeps its last committed checkpoint" in lines[0] and "--resume" in lines[0]
+    committed = json.load(open(run / "checkpoints.json"))["last"][-1]
+    assert 2 <= committed < 8
+    assert main(["train", "--out", str(run), "--resume", "--steps", "8", "--no-progress"]) == 0
+    history = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert [h["step"] for h in history if "val_loss" in h] == [0, 2, 4, 6, 8]

@@ -1,15 +1,11 @@
-"""Templates, tasks and the data pipeline."""
+"""Templates, encoding, batches and the position check."""
 
 from __future__ import annotations
 
-import json
-
-import numpy as np
 import pytest
 
-from jaxprompt.data import (Batches, Encoded, Template, TemplateError, collate, common_prefix_length, encode,
-                            eval_batches)
-from jaxprompt.tasks import BUILTIN, get_task, split_examples, task_from_dict
+from jaxprompt.data import (Batches, Encoded, Template, TemplateError, check_positions, collate, common_prefix_length,
+                            encode, eval_batches)
 
 
 def test_template_errors():
@@ -21,6 +17,10 @@ def test_template_errors():
         Template("{prompt} {x}", " always")
     with pytest.raises(TemplateError, match="cannot contain {prompt}"):
         Template("{prompt} {x}", " {prompt}{y}")
+    with pytest.raises(TemplateError, match=r"\{prompt:0\} .*needs at least 1 virtual token"):
+        Template("{prompt:0} {x}", " {y}")
+    with pytest.raises(TemplateError, match="the template must be a string, got 5"):
+        Template(5, " {y}")
     t = Template("Here are two {prompt} {word1} and", " {word2}")
     with pytest.raises(TemplateError, match="example has no field 'word1'"):
         t.pieces({"w1": "hot", "word2": "cold"}, 3)
@@ -95,64 +95,14 @@ def test_common_prefix_length(gpt2_tokenizer):
     assert common_prefix_length(same) == len(same[0]) - same[0].n_target - 1  # never into the targets
 
 
-def test_antonym_splits_are_deterministic_and_keep_pairs_together():
-    task = BUILTIN["antonyms"]
-    a, b = task.load(seed=0), task.load(seed=0)
-    assert a == b
-    assert sum(map(len, a.values())) == 6622
-    assert len(a["train"]) > 4000 and len(a["test"]) > 800 and len(a["validation"]) > 500
-    side = {}
-    for split, rows in a.items():
-        for r in rows:
-            side[(r["word1"], r["word2"])] = split
-    for (w1, w2), split in side.items():
-        assert side.get((w2, w1), split) == split  # a pair and its reverse on the same side
-    assert task.load(seed=1)["test"] != a["test"]
-
-
-def test_custom_task_files_and_data_formats(tmp_path):
-    rows = [{"country": c, "capital": k} for c, k in
-            [("France", "Paris"), ("Spain", "Madrid"), ("Italy", "Rome"), ("Peru", "Lima"), ("Chad", "N'Djamena"),
-             ("Cuba", "Havana"), ("Fiji", "Suva"), ("Iran", "Tehran"), ("Iraq", "Baghdad"), ("Laos", "Vientiane")]]
-    (tmp_path / "caps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "caps.csv").write_text("country,capital\n" + "".join(f"{r['country']},{r['capital']}\n" for r in rows))
-    (tmp_path / "task.toml").write_text(
-        'name = "capitals"\ntemplate = "The capital of {prompt} {country} is"\ntarget = " {capital}"\n'
-        'hard_prompt = "the country"\ndata = "caps.jsonl"\nsplit_fractions = [0.2, 0.2]\n')
-    (tmp_path / "task.yaml").write_text(
-        'name: capitals\ntemplate: "The capital of {prompt} {country} is"\ntarget: " {capital}"\ndata: caps.csv\n')
-    import datasets
-    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
-    for spec in ("task.toml", "task.yaml"):
-        task = get_task(str(tmp_path / spec))
-        splits = task.load()
-        assert task.name == "capitals" and sum(map(len, splits.values())) == 10
-    saved = task_from_dict({"template": "The capital of {prompt} {country} is", "target": " {capital}",
-                            "data": str(tmp_path / "saved")})
-    assert sum(map(len, saved.load().values())) == 10
-
-
-def test_bad_task_definitions_and_data(tmp_path):
-    (tmp_path / "d.jsonl").write_text('{"a": "x", "b": "y"}\n')
-    (tmp_path / "empty.jsonl").write_text("")
-    with pytest.raises(TemplateError, match="unknown task 'nope'"):
-        get_task("nope")
-    with pytest.raises(TemplateError, match="missing 'target'"):
-        task_from_dict({"template": "{prompt} {a}", "data": str(tmp_path / "d.jsonl")})
-    with pytest.raises(TemplateError, match="has no {prompt} placeholder"):
-        task_from_dict({"template": "{a} is", "target": " {b}", "data": str(tmp_path / "d.jsonl")})
-    with pytest.raises(TemplateError, match="the data has no field 'word'"):
-        task_from_dict({"template": "{prompt} {word}", "target": " {b}", "data": str(tmp_path / "d.jsonl")}).load()
-    with pytest.raises(TemplateError, match="empty|no training examples"):
-        task_from_dict({"template": "{prompt} {a}", "target": " {b}", "data": str(tmp_path / "empty.jsonl")}).load()
-    with pytest.raises(TemplateError, match="unknown task key"):
-        task_from_dict({"template": "{prompt} {a}", "target": " {b}", "data": "x", "tempalte": "?"})
-    rows = [{"a": "x", "b": ""}, {"a": "y", "b": "z"}]
-    task = task_from_dict({"template": "{prompt} {a}", "target": " {b}", "data": "unused", "split_fractions": [0, 0]})
-    assert split_examples(rows, task)["train"] == [{"a": "y", "b": "z"}]  # a row without target is dropped
-
-
-def test_builtin_paraphrase_task_loads():
-    splits = BUILTIN["paraphrase"].load()
-    row = splits["train"][0]
-    assert set(row) == {"sentence", "paraphrase"} and row["sentence"] != row["paraphrase"]
+def test_sequences_past_the_position_table_are_refused():
+    examples = [Encoded([1] * 120, [-1] * 120, 1), Encoded([1] * 30, [-1] * 30, 1)]
+    check_positions(examples, 128)
+    with pytest.raises(TemplateError, match="input of 120 tokens \\+ 300 new tokens needs 420 positions; "
+                                            "the model has 128"):
+        check_positions(examples, 128, new_tokens=300)
+    with pytest.raises(TemplateError, match="input of 120 tokens \\+ 20 prefix positions needs 140 positions"):
+        check_positions(examples, 128, prefix=20)
+    check_positions(examples, 128, prefix=8)
+    with pytest.raises(TemplateError, match="input of 120 tokens is longer than the model's 100 positions"):
+        check_positions(examples, 100)

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ANTONYM_PAIRS
+from conftest import ANTONYM_PAIRS, write_task
+from jaxprompt.config import LoopConfig, OptimizerConfig
 from jaxprompt.data import Batches, Template, collate, common_prefix_length
 from jaxprompt.export import ExportError, export_peft, export_plain, import_peft, peft_incompatibility
+from jaxprompt.loop import fit
 from jaxprompt.loss import prompt_loss
 from jaxprompt.models.generate import generate
-from jaxprompt.optim import OptimizerConfig, make_optimizer
+from jaxprompt.optim import make_optimizer
 from jaxprompt.prompts import make_method
 from jaxprompt.prompts.apply import prompt_inputs
 from jaxprompt.session import Session
 from jaxprompt.tasks import Task
-from jaxprompt.train import LoopConfig, fit
 
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
@@ -32,12 +34,12 @@ ROWS = [{"word1": a, "word2": b} for a, b in ANTONYM_PAIRS]
 def _trained(tiny_hf, variant, method):
     """A prompt trained for a few steps on a tiny random model (JAX), and the torch model."""
     pt_model, directory = tiny_hf(variant)
-    session = Session.load(directory, PREPEND, method)
+    session = Session.load(directory, PREPEND, method, cache=False)
     examples = session.encode(ROWS)
     prompt = method.init(jax.random.key(0), session.model, session.frozen, session.n_virtual)
     optimizer = make_optimizer(OptimizerConfig(lr=0.05), prompt)
     result = fit(prompt_loss(session.model, method, common_prefix_length(examples)), optimizer, prompt, session.frozen,
-                 Batches(examples, 8, session.pad_id), None, LoopConfig(steps=3, progress=False))
+                 Batches(examples, 8, session.pad_id), None, LoopConfig(steps=3))
     trained = result.state.params
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(prompt), jax.tree.leaves(trained)))
     return session, trained, pt_model, directory
@@ -67,6 +69,12 @@ def _peft_logits(peft_model, encoded):
             logits = peft_model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].numpy()
         out.append(logits[-ids.shape[1]:])  # prompt tuning returns the virtual positions too
     return out
+
+
+def _task_file(tmp_path) -> str:
+    """PREPEND as a task file (an imported PEFT prompt must be prepended in its task's template)."""
+    return write_task(tmp_path, [{"word1": a, "word2": b} for a, b in ANTONYM_PAIRS], name="opposites",
+                      template=PREPEND.template.text, target=PREPEND.template.target)
 
 
 CASES = [
@@ -113,12 +121,11 @@ def test_peft_adapter_matches_jax(tiny_hf, tmp_path, variant, name, options):
         np.testing.assert_array_equal(np.asarray(ours_gen)[0], ref[0, -6:].numpy())
 
     # and back: the imported prompt is the identical pytree (p-tuning/reparam: the baked one)
-    run = import_peft(out, str(tmp_path / "imported"), task="antonyms", model=directory)
-    from jaxprompt.run import load_prompt
-    from jaxprompt.checkpoint import read_run_info
-    from jaxprompt.run import _restore_method
-    info = read_run_info(run)
-    imported_method = _restore_method(info["method"])
+    from jaxprompt.prompts import method_from_spec
+    from jaxprompt.run import load_prompt, read_run_info
+
+    run = import_peft(out, str(tmp_path / "imported"), task=_task_file(tmp_path), model=directory)
+    imported_method = method_from_spec(read_run_info(run)["method"])
     imported_session = Session(session.model, session.frozen, session.tokenizer, PREPEND, imported_method)
     imported = load_prompt(run, imported_session, which="last")
     _, baked = method.inference_prompt(prompt, session.model, session.frozen)
@@ -136,7 +143,7 @@ def test_unrepresentable_prompts_say_so(tiny_hf, tmp_path):
         (two, make_method("soft", length=3), "prompt sits inside the template"),
         (PREPEND, make_method("prefix", length=3, top_layers=1), "only the top 1 layers"),
     ]:
-        session = Session.load(directory, task, method)
+        session = Session.load(directory, task, method, cache=False)
         prompt = method.init(jax.random.key(0), session.model, session.frozen, session.n_virtual)
         assert message in peft_incompatibility(session)
         with pytest.raises(ExportError, match="--to plain"):
@@ -149,7 +156,7 @@ def test_unrepresentable_prompts_say_so(tiny_hf, tmp_path):
 def test_plain_export_is_loadable_with_torch(tiny_hf, tmp_path):
     _, directory = tiny_hf("gpt2-50k")
     method = make_method("prefix", length=3, reparam_hidden=8)
-    session = Session.load(directory, PREPEND, method)
+    session = Session.load(directory, PREPEND, method, cache=False)
     prompt = method.init(jax.random.key(0), session.model, session.frozen, 0)
     export_plain(session, prompt, str(tmp_path))
     state = torch.load(tmp_path / "prompt.pt")
@@ -158,15 +165,60 @@ def test_plain_export_is_loadable_with_torch(tiny_hf, tmp_path):
     assert {"prompt/inputs", "prompt/mlp/Dense_0/kernel"} <= set(state)
 
 
-def test_import_rejects_a_mismatched_adapter(tiny_hf, tmp_path):
+def _adapter(directory, config: dict | None, tensor=np.zeros((4, 32), np.float32)):
     from safetensors.numpy import save_file
 
+    directory.mkdir(exist_ok=True)
+    if tensor is not None:
+        save_file({"prompt_embeddings": tensor}, str(directory / "adapter_model.safetensors"))
+    if config is not None:
+        (directory / "adapter_config.json").write_text(json.dumps(config))
+    return str(directory)
+
+
+def test_import_rejects_bad_adapters_in_one_line(tiny_hf, tmp_path):
     _, directory = tiny_hf("gpt2-50k")
-    (tmp_path / "a").mkdir()
-    save_file({"prompt_embeddings": np.zeros((4, 99), np.float32)}, str(tmp_path / "a" / "adapter_model.safetensors"))
-    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 4, "base_model_name_or_path": directory}))
-    with pytest.raises(ExportError, match=r"shape \(4, 99\); this model needs \(4, 32\)"):
-        import_peft(str(tmp_path / "a"), str(tmp_path / "run"))
-    with pytest.raises(ExportError, match="not a PEFT adapter"):
-        import_peft(str(tmp_path), str(tmp_path / "run"))
+    good = {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 4, "base_model_name_or_path": directory}
+    task = _task_file(tmp_path)
+    cases = [
+        (_adapter(tmp_path / "a", good, np.zeros((4, 99), np.float32)),
+         r"shape \(4, 99\); this model needs \(4, 32\)"),
+        (str(tmp_path), "not a PEFT adapter"),
+        (_adapter(tmp_path / "b", {k: v for k, v in good.items() if k != "num_virtual_tokens"}),
+         "num_virtual_tokens must be an integer >= 1, got None"),
+        (_adapter(tmp_path / "c", None), "not a PEFT adapter"),
+    ]
+    truncated = _adapter(tmp_path / "d", good)
+    path = tmp_path / "d" / "adapter_model.safetensors"
+    path.write_bytes(path.read_bytes()[:40])
+    cases.append((truncated, "adapter_model.safetensors cannot be read"))
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "adapter_config.json").write_text("{oops")
+    _adapter(tmp_path / "e", None)
+    cases.append((str(tmp_path / "e"), "adapter_config.json cannot be read"))
+    for adapter, message in cases:
+        with pytest.raises(ExportError, match=message) as info:
+            import_peft(adapter, str(tmp_path / "run"), task=task)
+        assert "\n" not in str(info.value)
+    assert not (tmp_path / "run").exists()  # nothing was created
+
+
+def test_import_never_replaces_a_run_unless_asked(tiny_hf, tmp_path):
+    from jaxprompt.run import RunError, read_run_info
+
+    _, directory = tiny_hf("gpt2-50k")
+    task = _task_file(tmp_path)
+    first = _adapter(tmp_path / "first", {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 4,
+                                          "base_model_name_or_path": directory}, np.ones((4, 32), np.float32))
+    second = _adapter(tmp_path / "second", {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 3,
+                                            "base_model_name_or_path": directory}, np.ones((3, 32), np.float32))
+    run = str(tmp_path / "run")
+    import_peft(first, run, task=task)
+    before = {p: open(os.path.join(run, p), "rb").read() for p in ("run.json", "checkpoints.json")}
+    with pytest.raises(RunError, match="already holds a run: pass --overwrite to replace it"):
+        import_peft(second, run, task=task)
+    assert before == {p: open(os.path.join(run, p), "rb").read() for p in before}
+    import_peft(second, run, task=task, overwrite=True)
+    assert read_run_info(run)["n_virtual"] == 3 and os.listdir(os.path.join(run, "last")) == ["0"]
+    with pytest.raises(ExportError, match="export target .* is a file"):
+        export_plain(None, None, os.path.join(run, "run.json"))

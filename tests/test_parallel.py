@@ -1,4 +1,5 @@
-"""Data parallelism (pmap) and frozen weights sharded over a mesh (jit) agree with one device."""
+"""Data parallelism (pmap over 1, 2, 4 devices, with or without micro-batches) and frozen weights
+sharded over a device mesh (jit) train the same prompt as one device."""
 
 from __future__ import annotations
 
@@ -9,6 +10,48 @@ import textwrap
 
 from conftest import REPO, TOKENIZER_DIR
 
+DP_SCRIPT = textwrap.dedent("""
+    import sys, jax, numpy as np
+    sys.path.insert(0, {tests!r})
+    from conftest import ANTONYM_PAIRS, tiny_config
+    from jaxprompt.config import LoopConfig, OptimizerConfig
+    from jaxprompt.data import Batches, Template, common_prefix_length, encode
+    from jaxprompt.loop import fit
+    from jaxprompt.loss import prompt_loss
+    from jaxprompt.models import Model
+    from jaxprompt.optim import make_optimizer
+    from jaxprompt.prompts import make_method
+    from jaxprompt.tokenizer import Tokenizer
+    assert jax.device_count() == 4
+    tok = Tokenizer.load({tok!r})
+    model = Model(tiny_config())
+    frozen = model.init(jax.random.key(0), std=0.2)
+    t = Template("Here are two {{prompt}} {{word1}} and", " {{word2}}")
+    out = {{}}
+    for n, micro in ((1, 1), (2, 1), (4, 1), (2, 2)):
+        for name in ("soft", "prefix"):
+            method = make_method(name, length=4)
+            ex = [encode(t, {{"word1": a, "word2": b}}, tok, 4, virtual=name != "prefix") for a, b in ANTONYM_PAIRS]
+            prompt = method.init(jax.random.key(1), model, frozen, 4)
+            opt = make_optimizer(OptimizerConfig(lr=0.05), prompt)
+            r = fit(prompt_loss(model, method, common_prefix_length(ex)), opt, prompt, frozen, Batches(ex, 8, 50256),
+                    None, LoopConfig(steps=6), devices=jax.devices()[:n], micro_batches=micro)
+            out[(n, micro, name)] = np.concatenate([np.ravel(x) for x in jax.tree.leaves(r.state.params)])
+    for name in ("soft", "prefix"):
+        for key in ((2, 1), (4, 1), (2, 2)):
+            np.testing.assert_allclose(out[(*key, name)], out[(1, 1, name)], atol=2e-6, rtol=1e-5)
+            print(name, key, float(np.abs(out[(*key, name)] - out[(1, 1, name)]).max()))
+    print("OK")
+""")
+
+
+def test_one_two_four_devices_give_the_same_prompt():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    script = DP_SCRIPT.format(tests=str(REPO / "tests"), tok=str(TOKENIZER_DIR))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+
+
 MESH_SCRIPT = textwrap.dedent("""
     import sys, jax, numpy as np
     sys.path.insert(0, {tests!r})
@@ -16,7 +59,8 @@ MESH_SCRIPT = textwrap.dedent("""
     from jaxprompt.data import Batches, Template, common_prefix_length, encode
     from jaxprompt.loss import prompt_loss
     from jaxprompt.models import Model
-    from jaxprompt.optim import OptimizerConfig, make_optimizer
+    from jaxprompt.config import OptimizerConfig
+    from jaxprompt.optim import make_optimizer
     from jaxprompt.parallel import DataParallel, MeshParallel
     from jaxprompt.prompts import make_method
     from jaxprompt.tokenizer import Tokenizer
@@ -32,7 +76,7 @@ MESH_SCRIPT = textwrap.dedent("""
     prompt = method.init(jax.random.key(1), model, frozen, 4)
     # plain SGD: its update is linear in the gradient, so only float reassociation differs (Adam's
     # m / sqrt(v) would amplify those 1e-7 differences on coordinates with tiny gradients)
-    optimizer = make_optimizer(OptimizerConfig(lr=0.5, optimizer="sgd", clip_norm=None), prompt)
+    optimizer = make_optimizer(OptimizerConfig(lr=0.5, name="sgd", clip_norm=None), prompt)
     loss_fn = prompt_loss(model, method, common_prefix_length(ex))
     batches = Batches(ex, 8, 50256)
     fresh = lambda: TrainState.create(prompt, optimizer, jax.random.PRNGKey(0))

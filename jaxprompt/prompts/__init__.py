@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from jaxprompt.prompts.base import EmbeddingInit, PromptMethod
 from jaxprompt.prompts.multitask import MultiTask
 from jaxprompt.prompts.prefix import PrefixTuning
@@ -20,5 +22,31 @@ def make_method(name: str, **options) -> PromptMethod:
     return METHODS[name](**options)
 
 
+def method_spec(method: PromptMethod) -> dict:
+    """A method as plain data (run.json): its name and every field."""
+    spec = {"name": method.name}
+    for f in dataclasses.fields(method):
+        value = getattr(method, f.name)
+        spec[f.name] = method_spec(value) if isinstance(value, PromptMethod) else (
+            list(value) if isinstance(value, tuple) else value)
+    return spec
+
+
+def method_from_spec(spec: dict) -> PromptMethod:
+    """The inverse of `method_spec`; a spec with missing or unknown fields is an error naming them."""
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    cls = MultiTask if name == MultiTask.name else METHODS.get(name)
+    if cls is None:
+        raise ValueError(f"unknown prompt method {name!r}; known: {', '.join([*METHODS, MultiTask.name])}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    if set(spec) != fields:
+        odd = sorted(set(spec) ^ fields)
+        raise ValueError(f"the {name} method's settings do not match this jaxprompt (field {odd[0]!r})")
+    values = {k: method_from_spec(v) if isinstance(v, dict) else (tuple(v) if isinstance(v, list) else v)
+              for k, v in spec.items()}
+    return cls(**values)
+
+
 __all__ = ["PromptMethod", "EmbeddingInit", "SoftPrompt", "PTuning", "PrefixTuning", "RelaxedPrompt",
-           "ProjectedPrompt", "MultiTask", "METHODS", "make_method"]
+           "ProjectedPrompt", "MultiTask", "METHODS", "make_method", "method_spec", "method_from_spec"]

@@ -16,7 +16,6 @@ from jaxprompt.models import Model, Prefix, positions_from_mask
 from jaxprompt.precision import policy_of
 from jaxprompt.prompts.base import PromptMethod
 from jaxprompt.prompts.insert import insert_batch
-from jaxprompt.prompts.multitask import MultiTask
 
 
 def prompt_inputs(model: Model, frozen: dict, method: PromptMethod | None, prompt: dict | None, batch: dict,
@@ -29,17 +28,10 @@ def prompt_inputs(model: Model, frozen: dict, method: PromptMethod | None, promp
     embeds = model.embed(frozen, batch["tokens"])
     if method is None:
         return embeds, None
-    multitask = isinstance(method, MultiTask)
     if method.kind == "embeddings":
-        virtual = method.virtual_tokens(prompt, model, frozen, step)
-        if multitask:
-            virtual = virtual[batch["task_id"]]  # [B, N, E]
+        virtual = method.batch_virtual_tokens(prompt, model, frozen, step, batch["task_id"])
         return insert_batch(embeds, policy.cast_prompt_in(virtual), batch["slots"]), None
-    k, v, layer_mask = method.prefix(prompt, model, frozen, step)
-    if multitask:  # [tasks, L, P, H, K] -> [L, B, P, H, K]
-        k, v = (x[batch["task_id"]].swapaxes(0, 1) for x in (k, v))
-    else:
-        k, v = k[:, None], v[:, None]
+    k, v, layer_mask = method.batch_prefix(prompt, model, frozen, step, batch["task_id"])
     mask = jnp.broadcast_to(layer_mask[:, None, None], (k.shape[0], 1, k.shape[2]))
     return embeds, Prefix(policy.cast_prompt_in(k), policy.cast_prompt_in(v), mask)
 

@@ -74,10 +74,21 @@ class PrefixTuning(PromptMethod):
         layer_mask = jnp.arange(c.n_layers) >= pad
         return kv[:, :, 0], kv[:, :, 1], layer_mask
 
-    def inference_prompt(self, prompt, model, frozen, step=None):
+    @property
+    def prefix_positions(self) -> int:
+        return self.length
+
+    def peft_incompatibility(self, template) -> str | None:
+        if self.top_layers is not None:
+            return (f"a prefix in only the top {self.top_layers} layers cannot be written as PEFT PREFIX_TUNING, "
+                    "which puts keys/values in every layer")
+        return None
+
+    def inference_prompt(self, prompt, model, frozen):
+        """Bakes the reparameterisation MLP into plain keys/values."""
         if "mlp" not in prompt:
             return self, prompt
-        k, v, _ = self.prefix(prompt, model, frozen, step)
+        k, v, _ = self.prefix(prompt, model, frozen, 0)
         n = self.n_layers(model)
         kv = jnp.stack([k, v], axis=2)[model.config.n_layers - n:]
         return dataclasses.replace(self, reparam_hidden=None), {"kv": kv}

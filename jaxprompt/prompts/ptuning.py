@@ -53,7 +53,7 @@ class PTuning(PromptMethod, EmbeddingInit):
     def virtual_tokens(self, prompt, model, frozen, step) -> Float[Array, "N E"]:
         return self._module(model).apply({"params": prompt["encoder"]}, prompt["inputs"]).astype(jnp.float32)
 
-    def inference_prompt(self, prompt, model, frozen, step=None):
+    def inference_prompt(self, prompt, model, frozen):
         """Bakes the encoder: its output becomes a plain soft prompt (what PEFT saves for P_TUNING)."""
         baked = SoftPrompt(length=self.length)
-        return baked, {"embeddings": self.virtual_tokens(prompt, model, frozen, step)}
+        return baked, {"embeddings": self.virtual_tokens(prompt, model, frozen, 0)}

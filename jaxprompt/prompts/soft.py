@@ -50,8 +50,15 @@ class RelaxedPrompt(PromptMethod, EmbeddingInit):
         return self.tau_start * (self.tau_end / self.tau_start) ** frac
 
     def virtual_tokens(self, prompt, model, frozen, step) -> Float[Array, "N E"]:
-        weights = jax.nn.softmax(prompt["logits"] / self.tau(step), axis=-1)
+        return self._mixture(prompt, model, frozen, self.tau(step))
+
+    def _mixture(self, prompt, model, frozen, tau) -> Float[Array, "N E"]:
+        weights = jax.nn.softmax(prompt["logits"] / tau, axis=-1)
         return weights @ model.embedding_table(frozen).astype(jnp.float32)
+
+    def inference_prompt(self, prompt, model, frozen):
+        """The mixture at the final temperature, as a plain soft prompt: what training ends on."""
+        return SoftPrompt(length=self.length), {"embeddings": self._mixture(prompt, model, frozen, self.tau_end)}
 
     def tokens(self, prompt) -> Int[Array, "N"]:
         """The hard prompt it stands for: the most likely token of each slot."""
@@ -98,3 +105,8 @@ class ProjectedPrompt(PromptMethod, EmbeddingInit):
 
     def tokens(self, prompt, model: Model, frozen: dict) -> Int[Array, "N"]:
         return nearest_tokens(prompt["embeddings"], model.embedding_table(frozen), self.metric)
+
+    def inference_prompt(self, prompt, model, frozen):
+        """The tokens' own embeddings: the hard prompt the forward pass already uses."""
+        table = model.embedding_table(frozen).astype(jnp.float32)
+        return SoftPrompt(length=self.length), {"embeddings": table[self.tokens(prompt, model, frozen)]}

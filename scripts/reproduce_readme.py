@@ -1,0 +1,140 @@
+"""Regenerates every results table of the README, in the README's format, from runs made now.
+
+    python scripts/reproduce_readme.py             # the README's settings (about an hour on a 2-core CPU)
+    python scripts/reproduce_readme.py --quick     # a smoke run: few steps, small test sets (minutes)
+
+Tables, in order:
+  main job           `jaxprompt train` with its defaults: the written prompt vs the learned soft prompt,
+                     and the same training on a randomly initialised model of the same shape
+  sample efficiency  scripts/sample_efficiency.py: 100 training examples vs all of them
+  hard prompts       scripts/hard_prompts.py: soft projected afterwards vs PEZ vs relaxed
+  held-out pairs     scripts/heldout_pairs.py (antonym pairs seen / unseen in pretraining), when present
+
+Runs go under --out and are replaced each time. The markdown goes to stdout (and to --markdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import jax
+
+from jaxprompt.config import DEFAULT_MODEL, RunOptions, TrainConfig
+from jaxprompt.evaluate import EvalResult
+from jaxprompt.models import Model
+from jaxprompt.models.convert import load_pretrained, save_pretrained
+from jaxprompt.run import train_prompt
+from jaxprompt.tasks import get_task
+from jaxprompt.tokenizer import Tokenizer
+
+SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, SCRIPTS)
+
+import hard_prompts  # noqa: E402  (a sibling script)
+import sample_efficiency  # noqa: E402
+
+# what --quick changes: a smoke run that exercises every table in a few minutes
+QUICK = {"main": dict(steps=20, eval_examples=60, eval_every=10),
+         "sample_efficiency": dict(steps=10, sizes="20,all", prompt_length=5, eval_examples=60),
+         "hard_prompts": dict(steps=10, prompt_length=3, eval_examples=60, eval_every=5)}
+FULL = {"main": {}, "sample_efficiency": dict(steps=300, sizes="100,all", prompt_length=20, eval_examples=None),
+        "hard_prompts": dict(steps=300, prompt_length=5, eval_examples=300, eval_every=50)}
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    return "\n".join([_row(header), _row(["---"] * len(header)), *map(_row, rows)])
+
+
+def _loss(r: EvalResult, bold: bool = False) -> str:
+    return f"**{r.loss:.3f}**" if bold else f"{r.loss:.3f}"
+
+
+def _match(r: EvalResult, bold: bool = False) -> str:
+    text = "-" if r.exact_match is None else f"{100 * r.exact_match:.1f}%"
+    return f"**{text}**" if bold else text
+
+
+def random_model(directory: str) -> str:
+    """A randomly initialised model of the embedded model's shape, with its tokenizer."""
+    config, _ = load_pretrained(DEFAULT_MODEL)
+    save_pretrained(config, Model(config).init(jax.random.key(0)), directory)
+    Tokenizer.load(DEFAULT_MODEL).save(directory)
+    return directory
+
+
+def main_job(out: str, settings: dict) -> str:
+    config = TrainConfig.from_flags(**settings)
+    t0 = time.perf_counter()
+    run = train_prompt(config, RunOptions(out=f"{out}/main", overwrite=True, progress=False), log=lambda *a: None)
+    minutes = (time.perf_counter() - t0) / 60
+    written, learned = run.results
+    random = train_prompt(config.replace(model=random_model(f"{out}/random-model"), baseline=False),
+                          RunOptions(out=f"{out}/main-random-model", overwrite=True, progress=False),
+                          log=lambda *a: None).results[0]
+    task = get_task(config.tasks[0])
+    template = task.template.text.replace("{prompt}", task.hard_prompt)
+    better_loss, better_match = learned.loss < written.loss, (learned.exact_match or 0) > (written.exact_match or 0)
+    P = config.method.prompt_length
+    rows = [[f"written: `{template}`", _loss(written, not better_loss), _match(written, not better_match)],
+            [f"learned soft prompt (P={P})", _loss(learned, better_loss), _match(learned, better_match)],
+            ["learned soft prompt, randomly initialised model of the same shape", _loss(random), _match(random)]]
+    steps = max(h["step"] for h in run.history)
+    note = (f"{steps} steps at batch {config.data.batch_size}, {minutes:.1f} minutes of training and evaluation; "
+            f"{learned.n:,} held-out test examples")
+    return _table(["prompt", "test loss (nats)", "exact match"], rows) + f"\n\n({note})"
+
+
+def sample_efficiency_table(out: str, settings: dict) -> str:
+    results = sample_efficiency.run(out=f"{out}/sample-efficiency", **settings)
+    rows = [["written prompt" if r.label.startswith("written") else r.label.replace("learned on ", ""),
+             _loss(r), _match(r)] for r in results]
+    return _table(["training examples", "test loss (nats)", "exact match"], rows)
+
+
+def hard_prompts_table(out: str, settings: dict) -> str:
+    rows = [[row["method"], f"`{row['hard_prompt']}`", f"{_loss(row['trained'])} / {_match(row['trained'])}",
+             f"{_loss(row['projected'])} / {_match(row['projected'])}"]
+            for row in hard_prompts.run(out=f"{out}/hard-prompts", **settings)]
+    return _table(["method", "hard prompt", "as trained: loss / exact match", "as tokens: loss / exact match"], rows)
+
+
+def heldout_pairs_table(quick: bool) -> str:
+    script = os.path.join(SCRIPTS, "heldout_pairs.py")
+    if not os.path.isfile(script):
+        return "(skipped: scripts/heldout_pairs.py is not in this checkout)"
+    proc = subprocess.run([sys.executable, script, *(["--quick"] if quick else [])], capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"scripts/heldout_pairs.py failed:\n{proc.stderr[-2000:]}")
+    return proc.stdout.strip()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="few steps and small test sets: check that it all runs")
+    p.add_argument("--out", default="checkpoints/readme", help="where the runs go (replaced)")
+    p.add_argument("--markdown", default=None, help="also write the tables to this file")
+    args = p.parse_args(argv)
+    settings = QUICK if args.quick else FULL
+    sections = []
+    for title, make in (("What the main job gives", lambda: main_job(args.out, settings["main"])),
+                        ("Sample efficiency", lambda: sample_efficiency_table(args.out, settings["sample_efficiency"])),
+                        ("Hard prompts", lambda: hard_prompts_table(args.out, settings["hard_prompts"])),
+                        ("Held-out antonym pairs", lambda: heldout_pairs_table(args.quick))):
+        print(f"... {title}", file=sys.stderr, flush=True)
+        sections.append(f"### {title}{' (--quick: not the README figures)' if args.quick else ''}\n\n{make()}\n")
+        print(sections[-1], flush=True)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write("\n".join(sections))
+
+
+if __name__ == "__main__":
+    main()

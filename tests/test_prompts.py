@@ -1,0 +1,197 @@
+"""Prompt methods: they train (judged on held-out examples), insert where the template says, serve
+one inference form, and select per-example prompts for multi-task batches."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import ANTONYM_PAIRS
+from jaxprompt.config import INIT_NAMES, METHOD_NAMES, LoopConfig, OptimizerConfig
+from jaxprompt.data import Batches, Template, collate, common_prefix_length, encode, eval_batches
+from jaxprompt.loop import fit
+from jaxprompt.loss import prompt_loss
+from jaxprompt.optim import make_optimizer
+from jaxprompt.prompts import METHODS, MultiTask, SoftPrompt, make_method, method_from_spec, method_spec
+from jaxprompt.prompts.apply import prompt_inputs
+from jaxprompt.prompts.init import INITIALIZERS
+
+TEMPLATE = Template("Here are two {prompt} {word1} and", " {word2}")
+P = 4
+# A label task a random model can learn from a prompt: held-out rows have unseen inputs, so a lower
+# held-out loss means the prompt learned the task (here: answer yes/no), not the training rows.
+LABELLED = [(a, "yes") for a, _ in ANTONYM_PAIRS] + [(b, "no") for _, b in ANTONYM_PAIRS]
+TRAIN, HELD_OUT = LABELLED[:12] + LABELLED[16:28], LABELLED[12:16] + LABELLED[28:]
+
+
+def _encode(tokenizer, pairs, method=None, task_id=0, template=TEMPLATE):
+    virtual = method is None or method.kind != "prefix"  # prefix tuning has no slots in the tokens
+    return [encode(template, {"word1": a, "word2": b}, tokenizer, P, task_id=task_id, virtual=virtual)
+            for a, b in pairs]
+
+
+def _fit(model, frozen, method, train, held_out, steps=40, lr=0.05):
+    prompt = method.init(jax.random.key(1), model, frozen, TEMPLATE.n_virtual(P))
+    optimizer = make_optimizer(OptimizerConfig(lr=lr), prompt, total_steps=steps)
+    S = common_prefix_length(train) if not method.per_example else 0
+    val = [b for _, b in eval_batches(held_out, 8, 50256)]
+    return fit(prompt_loss(model, method, S), optimizer, prompt, frozen, Batches(train, 8, 50256), val,
+               LoopConfig(steps=steps, eval_every=steps // 2), eval_loss_fn=prompt_loss(model, method, inference=True))
+
+
+def test_setting_names_match_the_registries():
+    assert METHOD_NAMES == tuple(METHODS) and INIT_NAMES == INITIALIZERS
+
+
+METHOD_CASES = [
+    ("soft", {}),
+    ("soft", {"init_from": "uniform"}),
+    ("soft", {"init_from": "sampled_vocab"}),
+    ("ptuning", {"encoder": "mlp", "hidden": 32}),
+    ("ptuning", {"encoder": "lstm", "hidden": 16}),
+    ("prefix", {}),
+    ("prefix", {"reparam_hidden": 32, "top_layers": 1}),
+    ("relaxed", {"anneal_steps": 40}),
+    ("pez", {}),
+]
+
+
+@pytest.mark.parametrize("name,options", METHOD_CASES,
+                         ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o in METHOD_CASES])
+def test_every_method_trains_on_held_out_examples(tiny_lm, gpt2_tokenizer, name, options):
+    """Validation is on inputs never trained on, scored in the inference form evaluation reports.
+    Measured drops (nats, 40 steps): soft 2.3-3.2, p-tuning 2.3-2.7, prefix 3.1-3.3, relaxed 1.6, PEZ 1.1."""
+    model, frozen = tiny_lm
+    method = make_method(name, length=P, **options)
+    train, held_out = _encode(gpt2_tokenizer, TRAIN, method), _encode(gpt2_tokenizer, HELD_OUT, method)
+    result = _fit(model, frozen, method, train, held_out, lr={"relaxed": 2.0}.get(name, 0.05))
+    val = [(h["step"], h["val_loss"]) for h in result.history if "val_loss" in h]
+    assert [s for s, _ in val] == [0, 20, 40]
+    assert val[-1][1] < val[0][1] - 0.5, (name, val)
+
+
+def test_text_init_uses_the_words(tiny_lm, gpt2_tokenizer):
+    model, frozen = tiny_lm
+    ids = tuple(gpt2_tokenizer.encode(" antonyms"))
+    method = make_method("soft", length=5, init_from="text", init_ids=ids)
+    prompt = method.init(jax.random.key(0), model, frozen, 5)
+    table = np.asarray(model.embedding_table(frozen))
+    np.testing.assert_array_equal(prompt["embeddings"], table[np.resize(np.asarray(ids), 5)])
+
+
+def test_insertion_positions(tiny_lm, gpt2_tokenizer):
+    """Virtual tokens land exactly on the {prompt} slots, with left or right padding, in any template."""
+    model, frozen = tiny_lm
+    template = Template("{prompt:2} Q: {word1} {prompt:3} A:", " {word2}")
+    examples = [encode(template, {"word1": a, "word2": b}, gpt2_tokenizer, 9) for a, b in ANTONYM_PAIRS[:3]]
+    method = make_method("soft", length=9)
+    prompt = method.init(jax.random.key(0), model, frozen, template.n_virtual(9))
+    assert prompt["embeddings"].shape == (5, 32)
+    for padding in ("left", "right"):
+        batch = collate(examples, 50256, padding)
+        embeds, _ = prompt_inputs(model, frozen, method, prompt, batch)
+        for b, e in enumerate(examples):
+            row = np.flatnonzero(batch["mask"][b])
+            slots = np.asarray(e.slots)
+            for t_rel, t in enumerate(row):
+                want = prompt["embeddings"][slots[t_rel]] if slots[t_rel] >= 0 else model.embed(frozen, e.tokens[t_rel])
+                np.testing.assert_array_equal(embeds[b, t], want)
+            assert list(slots[slots >= 0]) == [0, 1, 2, 3, 4]
+            first = gpt2_tokenizer.encode(" Q:")
+            assert e.tokens[2:2 + len(first)] == first  # text after the first slot keeps its space
+
+
+def test_multitask_batch_uses_each_examples_prompt(tiny_lm, gpt2_tokenizer):
+    model, frozen = tiny_lm
+    for name in ("soft", "prefix"):
+        method = MultiTask(base=make_method(name, length=P), n_tasks=2)
+        assert method.length == P and method.per_example and method.prefix_positions == (P if name == "prefix" else 0)
+        prompt = method.init(jax.random.key(0), model, frozen, P)
+        ex0 = _encode(gpt2_tokenizer, ANTONYM_PAIRS[:3], method, task_id=0)
+        ex1 = _encode(gpt2_tokenizer, ANTONYM_PAIRS[3:6], method, task_id=1)
+        mixed = prompt_loss(model, method)(prompt, frozen, collate(ex0 + ex1, 50256), None, 0)
+        alone = []
+        for t, ex in ((0, ex0), (1, ex1)):
+            base, task_prompt = method.task_view(prompt, t)
+            alone.append(prompt_loss(model, base)(task_prompt, frozen, collate(ex, 50256), None, 0))
+        np.testing.assert_allclose(mixed[0], alone[0][0] + alone[1][0], rtol=1e-5)
+        assert abs(float(alone[0][0] / alone[0][1]) - float(alone[1][0] / alone[1][1])) > 1e-3  # prompts differ
+
+
+def test_bf16_frozen_weights_fp32_prompt(tiny_lm, gpt2_tokenizer):
+    from jaxprompt.precision import Policy
+
+    model, frozen = tiny_lm
+    frozen16 = Policy.of("bf16").cast_frozen(frozen)
+    method = make_method("soft", length=P)
+    result = _fit(model, frozen16, method, _encode(gpt2_tokenizer, TRAIN), _encode(gpt2_tokenizer, HELD_OUT), steps=20)
+    assert result.state.params["embeddings"].dtype == jnp.float32
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"] - 0.5
+
+
+def _table(model, frozen):
+    return np.asarray(model.embedding_table(frozen), np.float64)
+
+
+def test_inference_forms_do_not_depend_on_the_step(tiny_lm):
+    """Each method's inference form equals its end-of-training form, computed here independently."""
+    model, frozen = tiny_lm
+    table = _table(model, frozen)
+    key = jax.random.key(3)
+
+    relaxed = make_method("relaxed", length=3, tau_end=0.1, anneal_steps=50)
+    prompt = relaxed.init(key, model, frozen, 3)
+    prompt = {"logits": prompt["logits"] + jax.random.normal(key, prompt["logits"].shape)}
+    baked_method, baked = relaxed.inference_prompt(prompt, model, frozen)
+    logits = np.asarray(prompt["logits"], np.float64) / 0.1
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    expected = (weights / weights.sum(-1, keepdims=True)) @ table
+    assert isinstance(baked_method, SoftPrompt)
+    np.testing.assert_allclose(baked["embeddings"], expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(baked["embeddings"], relaxed.virtual_tokens(prompt, model, frozen, 50), atol=1e-5)
+    assert np.abs(baked["embeddings"] - relaxed.virtual_tokens(prompt, model, frozen, 0)).max() > 0.01  # tau 1 differs
+
+    pez = make_method("pez", length=3)
+    prompt = pez.init(key, model, frozen, 3)
+    prompt = {"embeddings": prompt["embeddings"] + 0.05 * jax.random.normal(key, prompt["embeddings"].shape)}
+    e = np.asarray(prompt["embeddings"], np.float64)
+    cos = (e / np.linalg.norm(e, axis=-1, keepdims=True)) @ (table / np.linalg.norm(table, axis=-1, keepdims=True)).T
+    np.testing.assert_array_equal(pez.inference_prompt(prompt, model, frozen)[1]["embeddings"],
+                                  np.asarray(model.embedding_table(frozen))[cos.argmax(-1)])
+
+    ptuning = make_method("ptuning", length=3, hidden=8)
+    prompt = ptuning.init(key, model, frozen, 3)
+    np.testing.assert_array_equal(ptuning.inference_prompt(prompt, model, frozen)[1]["embeddings"],
+                                  ptuning.virtual_tokens(prompt, model, frozen, 7))
+
+    prefix = make_method("prefix", length=3, reparam_hidden=8)
+    prompt = prefix.init(key, model, frozen)
+    baked_method, baked = prefix.inference_prompt(prompt, model, frozen)
+    k, v, _ = prefix.prefix(prompt, model, frozen, 0)
+    assert baked_method.reparam_hidden is None
+    np.testing.assert_array_equal(baked_method.prefix(baked, model, frozen, 0)[0], k)
+
+    multi = MultiTask(base=relaxed, n_tasks=2)
+    prompt = multi.init(key, model, frozen, 3)
+    baked_method, baked = multi.inference_prompt(prompt, model, frozen)
+    for t in range(2):
+        base, task_prompt = multi.task_view(prompt, t)
+        np.testing.assert_allclose(baked["embeddings"][t], base.inference_prompt(task_prompt, model, frozen)[1]["embeddings"],
+                                   atol=1e-6)
+    assert baked_method.n_tasks == 2 and isinstance(baked_method.base, SoftPrompt)
+
+
+def test_method_specs_round_trip():
+    methods = [make_method("soft", length=3, init_from="text", init_ids=(1, 2)),
+               make_method("ptuning", length=2, encoder="lstm", hidden=4),
+               make_method("prefix", length=2, top_layers=1, reparam_hidden=8),
+               make_method("relaxed", length=2, tau_end=0.2, anneal_steps=9), make_method("pez", length=5),
+               MultiTask(base=make_method("prefix", length=3), n_tasks=3)]
+    for m in methods:
+        assert method_from_spec(method_spec(m)) == m
+    spec = method_spec(methods[0])
+    spec["colour"] = "red"
+    with pytest.raises(ValueError, match="field 'colour'"):
+        method_from_spec(spec)

@@ -1,0 +1,88 @@
+"""Sessions: loading by HF id from a Hugging Face cache, damaged checkpoint files named, the weights'
+fingerprint, and positions checked as sequences are encoded."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from jaxprompt.data import TemplateError
+from jaxprompt.models.config import ConfigError
+from jaxprompt.prompts import make_method
+from jaxprompt.session import Session
+from jaxprompt.tasks import BUILTIN
+from jaxprompt.tokenizer import TokenizerError
+
+HF_CACHE_SCRIPT = textwrap.dedent("""
+    import sys, jax, numpy as np
+    from jaxprompt.models.convert import load_pretrained, resolve
+    from jaxprompt.prompts import make_method
+    from jaxprompt.session import Session
+    from jaxprompt.tasks import BUILTIN
+    directory = resolve("jaxprompt-test/tiny-gpt2")
+    assert directory.startswith(sys.argv[1]) and "snapshots" in directory, directory
+    session = Session.load("jaxprompt-test/tiny-gpt2", BUILTIN["antonyms"], make_method("soft", length=2))
+    _, reference = load_pretrained(sys.argv[2])
+    jax.tree.map(np.testing.assert_array_equal, session.frozen, reference)
+    print("OK", session.tokenizer.encode(" hot"))
+""")
+
+
+def test_a_model_id_loads_from_a_hugging_face_cache(tiny_model_dir, tmp_path):
+    """The HF cache layout (models--org--name/snapshots/<hash>/, refs/main) under HF_HOME, offline."""
+    home = tmp_path / "hf-home"
+    repo = home / "hub" / "models--jaxprompt-test--tiny-gpt2"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_model_dir, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    proc = subprocess.run([sys.executable, "-c", HF_CACHE_SCRIPT, str(home), tiny_model_dir], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "OK [3024]" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name,content,error,message", [
+    ("config.json", "{not json", ConfigError, "config.json is not valid JSON"),
+    ("tokenizer.json", "{not json", TokenizerError, "the tokenizer in"),
+])
+def test_an_unreadable_checkpoint_file_is_named(tiny_model_dir, tmp_path, name, content, error, message):
+    directory = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, directory)
+    (directory / name).write_text(content)
+    with pytest.raises(error, match=message) as info:
+        Session.load(str(directory), BUILTIN["antonyms"], make_method("soft", length=2), cache=False)
+    assert str(directory) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_fingerprint_covers_every_weight(tiny_lm, gpt2_tokenizer):
+    model, frozen = tiny_lm
+    session = Session(model, frozen, gpt2_tokenizer, BUILTIN["antonyms"], make_method("soft", length=2))
+    edited = jax.tree.map(np.array, frozen)
+    edited["wte"]["embedding"][40_001, 7] += 1e-3  # one value of 1.6M, far from any strided sample
+    other = Session(model, edited, gpt2_tokenizer, BUILTIN["antonyms"], make_method("soft", length=2))
+    same = Session(model, jax.tree.map(np.array, frozen), gpt2_tokenizer, BUILTIN["antonyms"],
+                   make_method("soft", length=2))
+    assert session.fingerprint() != other.fingerprint() and session.fingerprint() == same.fingerprint()
+
+
+def test_encode_refuses_what_the_positions_cannot_hold(tiny_lm, gpt2_tokenizer):
+    model, frozen = tiny_lm  # 96 positions
+    rows = [{"word1": "hot " * 40, "word2": "cold"}]
+    soft = Session(model, frozen, gpt2_tokenizer, BUILTIN["antonyms"], make_method("soft", length=8))
+    soft.encode(rows)
+    with pytest.raises(TemplateError, match=r"input of \d+ tokens \+ 60 new tokens needs \d+ positions; "
+                                            "the model has 96"):
+        soft.encode(rows, with_target=False, new_tokens=60)
+    prefix = Session(model, frozen, gpt2_tokenizer, BUILTIN["antonyms"], make_method("prefix", length=60))
+    with pytest.raises(TemplateError, match=r"\+ 60 prefix positions needs \d+ positions; the model has 96"):
+        prefix.encode(rows)
+    assert len(soft.encode(rows, hard_prompt="antonyms")[0]) < 96
