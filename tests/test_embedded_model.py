@@ -3,7 +3,6 @@ draws out antonym knowledge that pretraining put there."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -42,12 +41,13 @@ def test_embedded_checkpoint_is_a_standard_hf_gpt2():
 def test_learned_prompt_beats_written_prompt_and_needs_pretraining(tmp_path):
     from jaxprompt.models import Model
     from jaxprompt.models.convert import load_pretrained, save_pretrained
-    from jaxprompt.run import TrainConfig, train_prompt
+    from jaxprompt.config import RunOptions, TrainConfig
+    from jaxprompt.run import train_prompt
     from jaxprompt.tokenizer import Tokenizer
 
-    config = TrainConfig(steps=60, prompt_length=8, lr=0.1, batch_size=32, eval_examples=200, eval_every=30,
-                         out=str(tmp_path / "pretrained"), progress=False)
-    written, learned = train_prompt(config, log=lambda *a: None).results
+    config = TrainConfig.from_flags(steps=60, prompt_length=8, lr=0.1, batch_size=32, eval_examples=200,
+                                    eval_every=30)
+    written, learned = train_prompt(config, RunOptions(out=str(tmp_path / "pretrained")), log=lambda *a: None).results
     # measured with this config: written 1.46 nats / 50.5% exact match, learned 1.00 / 62.0%
     assert learned.loss < written.loss - 0.25, (written.summary(), learned.summary())
     assert learned.exact_match > written.exact_match + 0.03, (written.summary(), learned.summary())
@@ -57,7 +57,7 @@ def test_learned_prompt_beats_written_prompt_and_needs_pretraining(tmp_path):
     random_dir = str(tmp_path / "random-model")
     save_pretrained(model_config, Model(model_config).init(jax.random.key(0)), random_dir)
     Tokenizer.load(DEFAULT_MODEL).save(random_dir)
-    (random,) = train_prompt(dataclasses.replace(config, model=random_dir, baseline=False,
-                                                 out=str(tmp_path / "random")), log=lambda *a: None).results
+    (random,) = train_prompt(config.replace(model=random_dir, baseline=False), RunOptions(out=str(tmp_path / "random")),
+                             log=lambda *a: None).results
     assert random.loss > learned.loss + 3.0, (random.summary(), learned.summary())
     assert random.exact_match < min(0.05, learned.exact_match / 4), (random.summary(), learned.summary())
