@@ -91,7 +91,7 @@ class Session:
 
     @property
     def pad_id(self) -> int:
-        return self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        return self.tokenizer.pad_token_id
 
     def shared_len(self, examples: list[Encoded]) -> int:
         """Leading positions every example shares (0 where per-example prompts rule sharing out)."""
