@@ -12,6 +12,11 @@ temporary directory), and only then replaces the commit record, in one rename. T
 truth: a directory it does not name is a save that a crash interrupted (or one it superseded), and
 `repair` removes it before training continues. So last and best change together or not at all:
 a kill at any point leaves the previous consistent pair, and resuming recomputes the lost steps.
+
+In a multi-process run every process calls `save` and `restore`, as Orbax's multi-process
+checkpoints require (Orbax writes a host value once, from process 0, and synchronises the
+processes). Process 0 alone removes leftovers and writes the commit record, between barriers: no
+process writes into a directory being removed, and none reads a record naming an unfinished save.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxprompt.config import one_line
+from jaxprompt.distributed import barrier, is_writer
 from jaxprompt.files import atomic_write
 
 RECORD = "checkpoints.json"
@@ -86,8 +92,9 @@ class Checkpointer:
         return self.record["best"]
 
     def save(self, state, metadata: dict, is_best: bool = False) -> None:
-        """Saves an (unreplicated) state as the newest of last/, and as best/ when `is_best`; then
-        commits both at once. A step that is already committed is not written again."""
+        """Saves a state (host values, the same in every process) as the newest of last/, and as
+        best/ when `is_best`; then commits both at once. A step that is already committed is not
+        written again."""
         step = int(state.step)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(metadata))
         new_last = step not in self.record["last"]
@@ -97,15 +104,21 @@ class Checkpointer:
         for kind, write in (("last", new_last), ("best", new_best)):
             if write:
                 path = os.path.join(self.run_dir, kind, str(step))
-                if os.path.exists(path):  # an uncommitted save of this step: a crash's leftover
-                    shutil.rmtree(path)
-                os.makedirs(os.path.dirname(path), exist_ok=True)
+                if is_writer():
+                    if os.path.exists(path):  # an uncommitted save of this step: a crash's leftover
+                        shutil.rmtree(path)
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                barrier(f"jaxprompt-checkpoint-{kind}-{step}")
                 self._orbax.save(path, args=args)
+        barrier(f"jaxprompt-checkpoint-saved-{step}")
         last = [s for s in self.record["last"] if s != step] + [step]
         record = {"last": last[-self.keep:], "best": step if is_best else self.record["best"]}
-        atomic_write(os.path.join(self.run_dir, RECORD), json.dumps(record))
+        if is_writer():
+            atomic_write(os.path.join(self.run_dir, RECORD), json.dumps(record))
+            self.record = record
+            self.repair()
+        barrier(f"jaxprompt-checkpoint-committed-{step}")
         self.record = record
-        self.repair()
 
     def restore(self, like, which: str = "last") -> tuple[Any, dict]:
         """The committed state shaped like `like` (a TrainState), and its metadata."""

@@ -1,4 +1,4 @@
-"""`jaxprompt train | eval | generate | inspect | export | import | tasks | sweep`.
+"""`jaxprompt train | eval | generate | inspect | export | import | tasks | sweep | plan`.
 
 Every option is generated from a settings dataclass of config.py (its default, help text and
 allowed values), so the CLI and the Python API cannot drift apart, and every value is checked
@@ -21,8 +21,8 @@ import threading
 import typing
 
 from jaxprompt.config import (EvalOptions, ExportOptions, GenerateOptions, ImportOptions, InspectOptions, LoadOptions,
-                              RunOptions, Settings, SettingError, SweepOptions, TrainConfig, allowed, build, get, leaves,
-                              parse_text)
+                              PlanOptions, RunOptions, Settings, SettingError, SweepOptions, TrainConfig, allowed, build,
+                              get, leaves, parse_mesh, parse_text)
 
 PROG = "jaxprompt"
 
@@ -51,11 +51,14 @@ def _converter(flag: str, hint, meta):
     return convert
 
 
-def add_settings(parser: argparse.ArgumentParser, cls: type[Settings]) -> None:
-    """A flag per leaf setting of `cls`; its help states meaning, default and allowed values.
+def add_settings(parser: argparse.ArgumentParser, cls: type[Settings], only: tuple[str, ...] | None = None) -> None:
+    """A flag per leaf setting of `cls` (or of those named in `only`, by flat name); its help states
+    meaning, default and allowed values.
 
     Defaults are left out of the namespace (SUPPRESS), so a command knows which flags were given."""
     for path, flat, f, hint, owner in leaves(cls):
+        if only is not None and flat not in only:
+            continue
         meta = f.metadata
         flag = "--" + flat.replace("_", "-")
         names = [flag, *("--" + a.replace("_", "-") for a in meta.get("aliases", ()))]
@@ -130,7 +133,7 @@ def interrupt_guard(command: str):
 # ---- commands --------------------------------------------------------------------------------------
 
 def cmd_train(args) -> int:
-    from jaxprompt.run import check_run_dir, default_run_dir, differences, read_run_info, train_prompt
+    from jaxprompt.run import check_run_dir, differences, read_run_info, train_prompt
 
     options = settings(args, RunOptions)
     config = settings(args, TrainConfig)
@@ -144,13 +147,12 @@ def cmd_train(args) -> int:
             raise CLIError(f"{differences(explicit, stored)[0]} in {options.out}: --resume continues the run with its "
                            "stored settings (drop the flag, or replace the run with --overwrite)")
         config = stored
-    run_dir = options.out if options.out is not None else default_run_dir(config)
 
     def started(run_dir: str) -> None:
         _interrupt_note["text"] = (f"; {run_dir} keeps its last committed checkpoint "
                                    f"(continue with: jaxprompt train --out {run_dir} --resume)")
 
-    train_prompt(config, options.replace(out=run_dir), started=started)
+    train_prompt(config, options, started=started)  # names the default run directory (process 0's clock)
     return 0
 
 
@@ -338,6 +340,43 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+# the training settings a memory plan depends on, with their own flags
+PLAN_TRAIN_SETTINGS = ("model", "dtype", "batch_size", "prompt_length", "accumulate", "remat")
+
+
+def cmd_plan(args) -> int:
+    from jaxprompt.plan import candidate_meshes, comparison, human, model_config, parse_bytes, plans, smallest_model_axis
+
+    opts = settings(args, PlanOptions)
+    config = settings(args, TrainConfig)
+    model_config(config.model)  # an unknown model is one line, before anything compiles
+    batch, micro = config.data.batch_size, config.data.accumulate
+    memory = parse_bytes(opts.device_memory) if opts.device_memory is not None else None
+    meshes = candidate_meshes(opts.devices, batch // micro)  # data axes that split every micro-batch evenly
+    if opts.mesh is not None:
+        sizes = parse_mesh(opts.mesh)
+        chosen = (sizes["data"], sizes["model"])
+        if chosen not in meshes:
+            raise CLIError(f"--batch-size {batch} is not divisible by the data axis ({chosen[0]}) x --accumulate "
+                           f"{micro}")
+        wanted = [chosen] + ([m for m in meshes if m != chosen] if memory is not None else [])
+    else:
+        wanted = meshes
+    found = plans(config.model, opts.devices, wanted, batch, prompt_length=config.method.prompt_length,
+                  text_tokens=opts.text_tokens, dtype=config.dtype, micro_batches=micro, remat=config.remat)
+    print(found[0].table(memory) if opts.mesh is not None else comparison(found, memory))
+    if memory is not None:
+        best = smallest_model_axis(found, memory)
+        if best is None:
+            least = min(found, key=lambda p: p.total_bytes)
+            print(f"\nno mesh over {opts.devices} device(s) fits {opts.device_memory} per device; the least memory, "
+                  f"{human(least.total_bytes)}, is data={least.data},model={least.model_axis}")
+        else:
+            print(f"\nsmallest model axis that fits {opts.device_memory} per device: --mesh data={best.data},"
+                  f"model={best.model_axis} ({human(best.total_bytes)} per device)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog=PROG, description="Learn prompts by backpropagation against frozen LMs.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -377,6 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
     for cls in (TrainConfig, RunOptions, SweepOptions):
         add_settings(sw, cls)
     sw.set_defaults(fn=cmd_sweep)
+
+    pl = sub.add_parser("plan", help="per-device memory of a training step on N devices, before the run: frozen "
+                                     "weights, prompt and optimizer, temporaries; the smallest model axis that fits")
+    add_settings(pl, TrainConfig, only=PLAN_TRAIN_SETTINGS)
+    add_settings(pl, PlanOptions)
+    pl.set_defaults(fn=cmd_plan)
     return p
 
 

@@ -472,14 +472,49 @@ class TrainConfig(Settings):
             raise SettingError(f"--task {','.join(self.tasks)}: a task is named twice")
 
 
+def parse_mesh(spec: str) -> dict[str, int]:
+    """`"data=2,model=4"` -> {"data": 2, "model": 4}; an axis left out has size 1."""
+    sizes = {"data": 1, "model": 1}
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    names = [p.partition("=")[0].strip() for p in parts]
+    for part in parts:
+        name, _, value = (x.strip() for x in part.partition("="))
+        if name not in sizes or not value.isdigit() or int(value) < 1 or names.count(name) > 1:
+            raise ValueError(f"mesh {spec!r} is not data=A,model=B with positive integers (e.g. data=2,model=4)")
+        sizes[name] = int(value)
+    if not parts:
+        raise ValueError(f"mesh {spec!r} is not data=A,model=B with positive integers (e.g. data=2,model=4)")
+    return sizes
+
+
+def check_mesh(spec: str | None, flag: str = "--mesh") -> None:
+    if spec is not None:
+        try:
+            parse_mesh(spec)
+        except ValueError as e:
+            raise SettingError(f"{flag}: {e}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class RunOptions(Settings):
-    """How this invocation runs a training (not part of the run: never stored, never compared)."""
+    """How this invocation runs a training (not part of the run: never stored, never compared).
+
+    Devices and processes change how a step is computed, not what it computes: a run may be
+    resumed on another mesh or another number of processes."""
 
     out: str | None = setting(None, "run directory", shown_default="checkpoints/<task>-<method>-<time>")
     resume: bool = setting(False, "continue the run in --out from its last checkpoint, with its stored settings")
     overwrite: bool = setting(False, "replace the run in --out as a whole")
-    devices: int | None = setting(None, "local devices for data parallelism (default: all)", range=AT_LEAST_1)
+    devices: int | None = setting(None, "devices of each process that take part (default: all)", range=AT_LEAST_1)
+    mesh: str | None = setting(None, "shard the frozen weights over a device mesh data=A,model=B: the batch split "
+                                     "A ways, each weight matrix B ways (A x B = every device of every process; "
+                                     "default: data parallel over all devices, the weights replicated on each)")
+    coordinator: str | None = setting(None, "multi-process run: HOST:PORT of process 0, with --num-processes and "
+                                            "--process-id (default: none, or the cluster JAX detects: TPU pod "
+                                            "slice, SLURM, Open MPI)")
+    num_processes: int | None = setting(None, "multi-process run: how many processes take part", range=AT_LEAST_1)
+    process_id: int | None = setting(None, "multi-process run: this process's index, 0 to --num-processes - 1",
+                                     range=AT_LEAST_0)
     progress: bool = setting(True, "show a progress bar")
     cache: bool = setting(True, "keep prompt representations on disk ($JAXPROMPT_CACHE, default "
                                 "~/.cache/jaxprompt/prompt-cache) for evaluation")
@@ -487,6 +522,18 @@ class RunOptions(Settings):
     def check(self) -> None:
         if self.resume and self.overwrite:
             raise SettingError("--resume and --overwrite exclude each other: continue the run or replace it")
+        check_mesh(self.mesh)
+        given = [self.coordinator is not None, self.num_processes is not None, self.process_id is not None]
+        if any(given) and not all(given):
+            raise SettingError("a multi-process run needs all of --coordinator HOST:PORT, --num-processes N and "
+                               "--process-id I (or none of them, inside a cluster JAX detects)")
+        if all(given):
+            host, _, port = self.coordinator.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise SettingError(f"--coordinator {self.coordinator!r}: must be HOST:PORT (e.g. 10.0.0.1:1234)")
+            if self.process_id >= self.num_processes:
+                raise SettingError(f"--process-id {self.process_id}: must be in 0..{self.num_processes - 1} for "
+                                   f"--num-processes {self.num_processes}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -550,3 +597,32 @@ class SweepOptions(Settings):
     def check(self) -> None:
         if not self.lengths:
             raise SettingError("--lengths: give at least one prompt length")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanOptions(Settings):
+    """`jaxprompt plan`: per-device memory of a training step, before the run (plan.py). The model,
+    dtype, batch size, prompt length, micro-batches and remat are the training settings' own flags."""
+
+    devices: int = setting(1, "devices to plan for (the step is compiled for as many virtual CPU devices: they "
+                              "need not exist here)", range=Range(1, 1024))
+    mesh: str | None = setting(None, "the mesh data=A,model=B to plan (A x B = --devices; default: every mesh "
+                                     "whose data axis divides the batch)")
+    device_memory: str | None = setting(None, "memory of one device, e.g. 80GB or 16GiB: whether the step fits, and "
+                                              "the smallest model axis that does")
+    text_tokens: int = setting(64, "tokens of text per example beside the prompt", range=AT_LEAST_1)
+
+    def check(self) -> None:
+        check_mesh(self.mesh)
+        if self.mesh is not None:
+            sizes = parse_mesh(self.mesh)
+            if sizes["data"] * sizes["model"] != self.devices:
+                raise SettingError(f"--mesh {self.mesh} has {sizes['data'] * sizes['model']} devices; --devices is "
+                                   f"{self.devices}")
+        if self.device_memory is not None:
+            from jaxprompt.plan import parse_bytes  # no JAX: plan.py imports it where it compiles
+
+            try:
+                parse_bytes(self.device_memory)
+            except ValueError as e:
+                raise SettingError(f"--device-memory: {e}") from None

@@ -4,14 +4,25 @@ GPU), each feeding its share of every batch; process 0 writes what a run writes 
 `initialize` must run before anything touches a device. It takes the coordinator from the flags
 (`--coordinator HOST:PORT --num-processes N --process-id I`), or leaves it to JAX's detection of
 the cluster it runs in (TPU pod slices, SLURM, Open MPI) when the environment names one.
+
+Every process runs the same program on the same inputs, so most decisions agree by themselves.
+What depends on the file system at one moment (does the run directory hold a run? may it be
+locked?) is decided by process 0 alone and shared (`decided_by_writer`); writes another process
+must see are followed by a `barrier`. The run directory must be on a file system every process
+sees, as Orbax's multi-process checkpoints require.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
+from typing import Callable, TypeVar
 
 import jax
 import numpy as np
+
+T = TypeVar("T")
 
 
 class DistributedError(ValueError):
@@ -32,17 +43,15 @@ def cluster_detected() -> bool:
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
                process_id: int | None = None) -> bool:
-    """Joins (or starts) a multi-process run; returns whether the run is multi-process."""
+    """Joins (or starts) a multi-process run; returns whether the run is multi-process. Calling it
+    again in the same process changes nothing (a sweep trains several runs in one process)."""
     given = [coordinator is not None, num_processes is not None, process_id is not None]
     if any(given) and not all(given):
         raise DistributedError("a multi-process run needs all of --coordinator HOST:PORT, --num-processes N and "
                                "--process-id I (or none of them, inside a cluster JAX detects)")
+    if jax.distributed.is_initialized():
+        return jax.process_count() > 1
     if all(given):
-        if ":" not in coordinator:
-            raise DistributedError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
-        if num_processes < 1 or not 0 <= process_id < num_processes:
-            raise DistributedError(f"--process-id must be in 0..{num_processes - 1} for --num-processes "
-                                   f"{num_processes}, got {process_id}")
         if num_processes == 1:
             return False
         _cpu_collectives()
@@ -73,6 +82,15 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
+def run_devices(per_process: int | None = None) -> list:
+    """The devices a run uses, the same list in every process: each process's first `per_process`
+    local devices (default: all of them), in process order."""
+    by_process: dict[int, list] = {}
+    for d in sorted(jax.devices(), key=lambda d: (d.process_index, d.id)):
+        by_process.setdefault(d.process_index, []).append(d)
+    return [d for p in sorted(by_process) for d in by_process[p][:per_process]]
+
+
 def process_rows(batch: dict, process: int | None = None, count: int | None = None) -> dict:
     """This process's contiguous share of a global batch (the global batch is every process's
     share in process order, which is how `make_array_from_process_local_data` assembles it)."""
@@ -83,3 +101,77 @@ def process_rows(batch: dict, process: int | None = None, count: int | None = No
         raise DistributedError(f"batch size {rows} is not divisible by {count} processes")
     share = rows // count
     return {k: np.asarray(v)[process * share:(process + 1) * share] for k, v in batch.items()}
+
+
+def barrier(name: str) -> None:
+    """Every process waits here until all have arrived (nothing to wait for in a single process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def host(tree):
+    """Host (numpy) copies of every array of `tree`, the whole value in every process. An array
+    spread over several processes' devices is gathered from them: every process must call this
+    at the same point."""
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(x.addressable_data(0))  # a replica is all of it
+        return np.asarray(x)
+
+    return jax.tree.map(one, tree)
+
+
+def decided_by_writer(decide: Callable[[], T], shared: bool = False) -> T | None:
+    """Runs `decide` in process 0 alone and gives every process its outcome: the error it raised is
+    raised again in every process (same type, same message); otherwise `decide`'s result is
+    returned in process 0 and, with `shared` (the result JSON data, e.g. a run directory's name),
+    in every process; without, the others get None (a lock is held by process 0 alone).
+
+    The others wait for process 0's answer, so they act only on the state it left behind."""
+    if jax.process_count() == 1:
+        return decide()
+    from jax.experimental import multihost_utils
+
+    result, error, outcome = None, None, {}
+    if is_writer():
+        try:
+            result = decide()
+            outcome = {"result": result if shared else None}
+        except Exception as e:
+            error = e
+            outcome = {"error": [type(e).__module__, type(e).__qualname__, _error_args(e)]}
+    message = np.frombuffer(json.dumps(outcome).encode(), np.uint8)
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(message.size)))
+    padded = message if is_writer() else np.zeros(size, np.uint8)
+    received = json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(padded))).decode())
+    if error is not None:
+        raise error
+    if "error" in received:
+        raise _rebuilt(*received["error"])
+    return result if is_writer() else received["result"]
+
+
+def _error_args(e: Exception) -> list:
+    if isinstance(e, OSError):  # the CLI reports its strerror and file name
+        return [e.errno, e.strerror or str(e), e.filename]
+    return [str(e)]
+
+
+def _rebuilt(module: str, name: str, args: list) -> Exception:
+    """Process 0's error, as this process raises it (a RuntimeError with its text when its type
+    cannot be built here)."""
+    try:
+        cls = importlib.import_module(module)
+        for part in name.split("."):
+            cls = getattr(cls, part)
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            return cls(*args)
+    except Exception:
+        pass
+    return RuntimeError(f"process 0: {name}: {args[-1] if len(args) == 1 else args[1]}")

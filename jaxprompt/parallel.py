@@ -1,29 +1,90 @@
-"""Data parallelism with `jax.pmap`: replicate the state, shard the batch, sum gradients.
+"""How a training step is spread over devices: two strategies behind one interface (`Strategy`),
+driven by the loop (loop.py). The step itself (train.py) knows nothing of devices.
 
-The same code runs on 1 device, N GPUs, TPU cores, or several hosts after
-`jax.distributed.initialize()` (each host feeds its own slice; the psum spans all devices).
-The step itself knows nothing of devices: the cross-replica sum is passed in as `reduce`.
+- `DataParallel`: `jax.pmap`. The state and the frozen weights are replicated on every device,
+  the batch is split, and the gradients are summed by a `psum` passed to the step as its
+  `reduce`. The default, and the right choice whenever the frozen model fits one device beside
+  its activations.
+- `MeshParallel`: `jax.jit` over a `Mesh(data, model)`. The frozen weights are sharded FSDP-style
+  along `model` (each large matrix split along one axis; XLA gathers a layer's weights when the
+  layer runs), the batch along `data`, the prompt and optimizer state replicated. For models
+  that do not fit one device.
+
+Both run across processes after `jax.distributed.initialize()` (distributed.py): every process
+computes the same global batch and places only its own rows (`put_batch`), and reads the
+replicated state and metrics from its own devices (`get`).
 """
 
 from __future__ import annotations
 
 from functools import partial
+from typing import Callable, Protocol
 
 import jax
 import numpy as np
 
+from jaxprompt.config import parse_mesh
+from jaxprompt.distributed import host, process_rows
 from jaxprompt.train import LossFn, make_eval_step, make_train_step
 
 AXIS = "data"
+MESH_AXES = ("data", "model")
 
+__all__ = ["Strategy", "DataParallel", "MeshParallel", "make_strategy", "parse_mesh", "fsdp_spec"]
+
+
+class Strategy(Protocol):
+    """What the loop needs of a way to spread the step over devices."""
+
+    n: int  # devices taking part, in every process
+    batch_split: int  # the global batch is split this many ways: its size must divide by it
+    load_shardings: Callable | None  # for `load_pretrained(shardings=...)`: None loads whole tensors
+
+    def train_step(self, loss_fn: LossFn, optimizer, micro_batches: int = 1) -> Callable:
+        """`(state, frozen, batch) -> (state, metrics)` on placed arguments; the state is donated."""
+
+    def eval_step(self, loss_fn: LossFn) -> Callable:
+        """`(params, frozen, batch, step) -> {"loss_sum", "tokens"}` on placed arguments."""
+
+    def put_state(self, tree):
+        """The train state (or any value every process holds in full), placed for the step."""
+
+    def put_frozen(self, frozen):
+        """The frozen weights, placed for the step (weights loaded already placed stay as they are)."""
+
+    def put_batch(self, batch: dict) -> dict:
+        """A global batch, as every process computes it: each process places only its own rows."""
+
+    def get(self, tree):
+        """Host (numpy) values of placed state or metrics, read in every process."""
+
+
+def make_strategy(mesh: str | None, devices: list, n_layers: int) -> Strategy:
+    """`DataParallel` over `devices`, or with `mesh` ("data=A,model=B") `MeshParallel` over them."""
+    if mesh is None:
+        return DataParallel(devices)
+    sizes = parse_mesh(mesh)
+    return MeshParallel(sizes["data"], sizes["model"], devices, n_layers=n_layers)
+
+
+# ---- data parallel: pmap ------------------------------------------------------------------------
 
 class DataParallel:
+    load_shardings = None
+
     def __init__(self, devices=None):
-        self.devices = list(devices) if devices is not None else jax.local_devices()
+        # every process's devices, the same list in each process: pmap maps over the local ones
+        # and its psum sums over all of them
+        self.devices = list(devices) if devices is not None else jax.devices()
+        self.local = [d for d in self.devices if d.process_index == jax.process_index()]
 
     @property
     def n(self) -> int:
         return len(self.devices)
+
+    @property
+    def batch_split(self) -> int:
+        return self.n
 
     def train_step(self, loss_fn: LossFn, optimizer, micro_batches: int = 1):
         """pmapped `(state, frozen, batch) -> (state, metrics)`; state donated, frozen not."""
@@ -36,51 +97,55 @@ class DataParallel:
         return jax.pmap(step, axis_name=AXIS, devices=self.devices)
 
     def _stacked(self, per_device: list) -> jax.Array:
-        """An array with a leading device axis from one [1, ...] piece per device (no host-side copies)."""
-        shape = (self.n, *per_device[0].shape[1:])
+        """An array with a leading device axis from one [1, ...] piece per local device (no host-side copies)."""
+        shape = (len(self.local), *per_device[0].shape[1:])
         return jax.make_array_from_single_device_arrays(shape, self._sharding, per_device)
 
     @property
     def _sharding(self):
-        mesh = jax.sharding.Mesh(np.array(self.devices), (AXIS,))
+        mesh = jax.sharding.Mesh(np.array(self.local), (AXIS,))
         return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
 
     def replicate(self, tree):
-        """One copy per device (the state, and the frozen weights once at start)."""
-        return jax.tree.map(lambda x: self._stacked([jax.device_put(x[None], d) for d in self.devices]), tree)
+        """One copy per local device (the state, and the frozen weights once at start), copied
+        device to device from an array this process holds."""
+        def one(x):
+            if isinstance(x, jax.Array) and not x.is_fully_addressable:
+                x = host(x)  # spread over processes: each gathers its own copy
+            return self._stacked([jax.device_put(x[None], d) for d in self.local])
 
-    def shard(self, batch: dict) -> dict:
-        """[B, ...] -> [n_devices, B / n_devices, ...], one slice per device."""
+        return jax.tree.map(one, tree)
+
+    put_state = replicate
+    put_frozen = replicate
+
+    def shard(self, local_batch: dict) -> dict:
+        """This process's rows [b, ...] -> [local devices, b / local devices, ...], a slice per device."""
 
         def split(x):
             x = np.asarray(x)
-            if x.shape[0] % self.n:
-                raise ValueError(f"batch size {x.shape[0]} is not divisible by {self.n} devices")
+            if x.shape[0] % len(self.local):
+                raise ValueError(f"batch size {x.shape[0]} is not divisible by {len(self.local)} devices")
             return self._stacked([jax.device_put(part[None], d)
-                                  for part, d in zip(np.split(x, self.n), self.devices)])
+                                  for part, d in zip(np.split(x, len(self.local)), self.local)])
 
-        return jax.tree.map(split, batch)
+        return jax.tree.map(split, local_batch)
+
+    def put_batch(self, batch: dict) -> dict:
+        rows = len(next(iter(batch.values())))
+        if rows % self.n:
+            raise ValueError(f"batch size {rows} is not divisible by {self.n} devices")
+        return self.shard(process_rows(batch))
 
     @staticmethod
     def unreplicate(tree):
         return jax.tree.map(lambda x: x[0], tree)
 
-
-# ---- frozen weights sharded over a device mesh --------------------------------------------------
-
-MESH_AXES = ("data", "model")
+    def get(self, tree):
+        return jax.tree.map(np.asarray, self.unreplicate(tree))
 
 
-def parse_mesh(spec: str) -> dict[str, int]:
-    """`"data=2,model=4"` -> {"data": 2, "model": 4}; an axis left out has size 1."""
-    sizes = {"data": 1, "model": 1}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        name, _, value = part.partition("=")
-        if name not in sizes or not value.isdigit() or int(value) < 1:
-            raise ValueError(f"bad mesh {spec!r}: use data=A,model=B with positive integers (e.g. data=2,model=4)")
-        sizes[name] = int(value)
-    return sizes
-
+# ---- frozen weights sharded over a device mesh: jit ------------------------------------------------
 
 def fsdp_spec(shape: tuple[int, ...], model_size: int, n_layers: int) -> jax.sharding.PartitionSpec:
     """FSDP-style placement of one frozen leaf: its largest axis that `model_size` divides is split
@@ -102,20 +167,26 @@ class MeshParallel:
     along `data`, the prompt and optimizer state replicated. The step is the same pure function as
     on one device; XLA inserts the collectives (gathers of weight shards, sums over the batch).
 
-    Works across processes after `jax.distributed.initialize()`: `devices` are then all processes'
-    devices, and each process feeds (and reads) only its own part of every batch.
+    The mesh is `devices` in order, `model` the fast axis: a process's devices hold neighbouring
+    weight shards (on a GPU node, the gathers stay on its links) and the data axis spans hosts.
+    Across processes each process places, and reads, only what its own devices hold.
     """
 
-    def __init__(self, data: int = 1, model: int = 1, devices=None):
+    def __init__(self, data: int = 1, model: int = 1, devices=None, n_layers: int | None = None):
         devices = list(devices) if devices is not None else jax.devices()
         if data * model != len(devices):
             raise ValueError(f"mesh data={data},model={model} needs {data * model} devices; there are {len(devices)}")
         self.mesh = jax.sharding.Mesh(np.array(devices).reshape(data, model), MESH_AXES)
         self.data, self.model = data, model
+        self.n_layers = n_layers
 
     @property
     def n(self) -> int:
         return self.mesh.size
+
+    @property
+    def batch_split(self) -> int:
+        return self.data
 
     def sharding(self, *spec) -> jax.sharding.NamedSharding:
         return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(*spec))
@@ -124,47 +195,68 @@ class MeshParallel:
     def replicated(self) -> jax.sharding.NamedSharding:
         return self.sharding()
 
-    def frozen_shardings(self, frozen, n_layers: int):
-        """A sharding per frozen leaf (arrays or shape structs), by `fsdp_spec`; pass
-        `partial(mp.frozen_shardings, n_layers=L)` to `load_pretrained(shardings=...)` to load
-        straight into shards."""
+    def frozen_shardings(self, frozen, n_layers: int | None = None):
+        """A sharding per frozen leaf (arrays or shape structs), by `fsdp_spec`; `load_pretrained(
+        shardings=mp.frozen_shardings)` loads straight into them."""
+        n_layers = self.n_layers if n_layers is None else n_layers
+        if n_layers is None:
+            raise ValueError("frozen_shardings needs the model's number of layers (MeshParallel(n_layers=...))")
         return jax.tree.map(lambda x: jax.sharding.NamedSharding(self.mesh, fsdp_spec(x.shape, self.model, n_layers)),
                             frozen)
 
-    def train_step(self, loss_fn, optimizer, frozen_shardings, **options):
-        """jitted `(state, frozen, batch) -> (state, metrics)`; state donated, frozen not."""
-        step = make_train_step(loss_fn, optimizer, **options)
-        return jax.jit(step, in_shardings=(self.replicated, frozen_shardings, self.sharding("data")),
+    @property
+    def load_shardings(self):
+        return self.frozen_shardings
+
+    def train_step(self, loss_fn: LossFn, optimizer, micro_batches: int = 1):
+        """jitted `(state, frozen, batch) -> (state, metrics)`; state donated, frozen not. The frozen
+        weights keep the shardings they were placed with."""
+        step = make_train_step(loss_fn, optimizer, micro_batches=micro_batches)
+        return jax.jit(step, in_shardings=(self.replicated, None, self.sharding("data")),
                        out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
 
-    def eval_step(self, loss_fn, frozen_shardings):
-        return jax.jit(make_eval_step(loss_fn), in_shardings=(self.replicated, frozen_shardings,
-                                                              self.sharding("data"), self.replicated),
-                       out_shardings=self.replicated)
+    def eval_step(self, loss_fn: LossFn):
+        return jax.jit(make_eval_step(loss_fn), in_shardings=(self.replicated, None, self.sharding("data"),
+                                                              self.replicated), out_shardings=self.replicated)
 
     def put_replicated(self, tree):
         """The same value on every device (every process passes the same value)."""
-        return jax.tree.map(lambda x: _global_array(np.asarray(x), self.replicated), tree)
+        return jax.tree.map(lambda x: _global_array(x, self.replicated), host(tree))
 
-    def put_frozen(self, frozen, shardings):
-        return jax.tree.map(lambda x, s: _global_array(np.asarray(x), s), frozen, shardings)
+    put_state = put_replicated
 
-    def put_batch(self, local_batch: dict) -> dict:
-        """A batch from this process's rows: the global batch is every process's rows in process order."""
-        if jax.process_count() == 1:
-            for x in jax.tree.leaves(local_batch):
-                if np.shape(x)[0] % self.data:
-                    raise ValueError(f"batch size {np.shape(x)[0]} is not divisible by the data axis ({self.data})")
-        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.sharding("data"), np.asarray(x)),
-                            local_batch)
+    def put_frozen(self, frozen):
+        """Each leaf sharded by `frozen_shardings`; leaves already placed so (loaded straight into
+        shards) are kept as they are."""
+        def place(x, sharding):
+            if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+                return x
+            return _global_array(host(x), sharding)
+
+        return jax.tree.map(place, frozen, self.frozen_shardings(frozen))
+
+    def local_rows(self, batch: dict) -> dict:
+        """This process's rows of a global batch: those of the data shards its devices hold, in order."""
+        rows = len(next(iter(batch.values())))
+        if rows % self.data:
+            raise ValueError(f"batch size {rows} is not divisible by the data axis ({self.data})")
+        held = sorted({(index[0].start or 0, index[0].stop or rows) for index in
+                       self.sharding("data").addressable_devices_indices_map((rows,)).values()})
+        return {k: np.concatenate([np.asarray(v)[a:b] for a, b in held]) for k, v in batch.items()}
+
+    def put_batch(self, batch: dict) -> dict:
+        local = self.local_rows(batch)
+        return {k: jax.make_array_from_process_local_data(self.sharding("data"), v, np.shape(batch[k]))
+                for k, v in local.items()}
 
     @staticmethod
     def get(tree):
-        """Host copies of replicated arrays (each process reads its own replica)."""
-        return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
+        """Host copies of placed arrays (a replicated one is read from this process's own replica)."""
+        return host(tree)
 
 
 def _global_array(value: np.ndarray, sharding) -> jax.Array:
     """A global array from a host value every process holds in full (each process places the
     slices its own devices hold)."""
+    value = np.asarray(value)
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])

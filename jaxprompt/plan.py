@@ -64,6 +64,8 @@ class MemoryPlan:
     temp_upper_bound: bool  # temporaries from a float32 proxy compile (bfloat16 plans)
     total_bytes: int
     frozen_total_bytes: int  # all frozen weights, unsharded
+    micro_batches: int = 1
+    remat: bool = False
 
     def fits(self, device_memory: int | None) -> bool | None:
         return None if device_memory is None else self.total_bytes <= device_memory
@@ -73,7 +75,7 @@ class MemoryPlan:
         rows = [
             ("model", f"{self.model} ({self.dtype}, frozen weights {human(self.frozen_total_bytes)} in all)"),
             ("mesh", f"{self.devices} devices: data={self.data}, model={self.model_axis}"),
-            ("step", f"batch {self.batch_size}, prompt {self.prompt_length}, {self.text_tokens} text tokens per example"),
+            ("step", self.step_text()),
             ("frozen weights / device", human(self.frozen_bytes)),
             ("prompt + optimizer / device", human(self.prompt_bytes)),
             ("batch / device", human(self.batch_bytes)),
@@ -86,13 +88,63 @@ class MemoryPlan:
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
+    def step_text(self) -> str:
+        extra = (f", {self.micro_batches} micro-batches" if self.micro_batches > 1 else "") + \
+            (", remat" if self.remat else "")
+        return (f"batch {self.batch_size}, prompt {self.prompt_length}, {self.text_tokens} text tokens per "
+                f"example{extra}")
+
+
+def comparison(plans: list[MemoryPlan], device_memory: int | None = None) -> str:
+    """One row per mesh of the same step: what each device holds, and whether it fits."""
+    first = plans[0]
+    header = ["mesh", "frozen", "prompt+opt", "batch", "temporaries", "total"]
+    if device_memory is not None:
+        header.append(f"fits {human(device_memory)}")
+    rows = []
+    for p in plans:
+        row = [f"data={p.data},model={p.model_axis}", human(p.frozen_bytes), human(p.prompt_bytes),
+               human(p.batch_bytes), human(p.temp_bytes), human(p.total_bytes)]
+        if device_memory is not None:
+            row.append("yes" if p.fits(device_memory) else "no")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    notes = [f"{first.model} ({first.dtype}, frozen weights {human(first.frozen_total_bytes)} in all) on "
+             f"{first.devices} device(s); {first.step_text()}; bytes per device:"]
+    if first.temp_upper_bound:
+        notes.append("temporaries are an upper bound (float32 proxy compile, see `jaxprompt.plan`)")
+    return "\n".join(notes + [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
 
 def model_config(name: str):
-    """A preset by HF id (no download), else a checkpoint's config.json (local dir or HF cache)."""
+    """The model's configuration, never its weights: a preset by HF id, else the config.json of a
+    local checkpoint directory, or of a HF id in the Hugging Face cache (downloaded alone when not
+    cached and the hub can be reached)."""
     from jaxprompt.models import PRESETS, preset
+    from jaxprompt.models.config import ConfigError
     from jaxprompt.models.convert import load_config, resolve
 
-    return preset(name) if name in PRESETS else load_config(resolve(name))
+    if name in PRESETS:
+        return preset(name)
+    if os.path.exists(name) or name.startswith((".", "/")):
+        return load_config(resolve(name))  # resolve names what is missing from a directory
+    import logging
+
+    from huggingface_hub import hf_hub_download
+
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retries, one warning each, would bury the one-line answer
+    try:
+        path = hf_hub_download(name, "config.json")
+    except Exception as e:  # huggingface_hub raises many types (offline, unknown repo, gated, ...)
+        raise ConfigError(f"model {name!r} is not a preset, a local checkpoint directory or in the Hugging Face "
+                          f"cache, and its config.json could not be downloaded ({type(e).__name__}); presets: "
+                          f"{', '.join(PRESETS)}") from None
+    finally:
+        hub_log.setLevel(level)
+    return load_config(os.path.dirname(path))
 
 
 def _leaf_bytes(x) -> int:
@@ -101,7 +153,7 @@ def _leaf_bytes(x) -> int:
 
 
 def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: int, prompt_length: int,
-              text_tokens: int, dtype: str) -> MemoryPlan:
+              text_tokens: int, dtype: str, micro_batches: int = 1, remat: bool = False) -> MemoryPlan:
     """The plan, compiled in this process (needs `devices` devices)."""
     import jax
     import jax.numpy as jnp
@@ -116,16 +168,17 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
     from jaxprompt.train import TrainState
 
     config = model_config(model)
-    net = Model(config)
+    net = Model(config, remat=remat)
     weights_dtype = as_dtype(dtype)
     proxy = weights_dtype == jnp.bfloat16  # see the module docstring
-    mp = MeshParallel(data, model_axis, jax.devices()[:devices])
-    if batch_size % data:
-        raise ValueError(f"batch size {batch_size} is not divisible by the data axis ({data})")
+    mp = MeshParallel(data, model_axis, jax.devices()[:devices], n_layers=config.n_layers)
+    if batch_size % (data * micro_batches):
+        raise ValueError(f"batch size {batch_size} is not divisible by the data axis ({data}) x {micro_batches} "
+                         "micro-batches")
 
     def abstract_frozen(dtype):
         shapes = net.param_shapes(dtype)
-        shardings = mp.frozen_shardings(shapes, config.n_layers)
+        shardings = mp.frozen_shardings(shapes)
         return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
     frozen = abstract_frozen(weights_dtype)
@@ -139,9 +192,8 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
     batch = collate(examples, 0, shared_len=prompt_length)
     batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=mp.sharding("data")), batch)
 
-    def compiled(frozen):
-        shardings = jax.tree.map(lambda x: x.sharding, frozen)
-        step = mp.train_step(prompt_loss(net, method, prompt_length), optimizer, shardings)
+    def compiled(frozen):  # the frozen weights' shardings are those of their shape structs
+        step = mp.train_step(prompt_loss(net, method, prompt_length), optimizer, micro_batches)
         return step.lower(state, frozen, batch).compile().memory_analysis()
 
     analysis = compiled(abstract_frozen(jnp.float32) if proxy else frozen)
@@ -154,17 +206,19 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
                                                                    - analysis.alias_size_in_bytes)
     return MemoryPlan(model, devices, data, model_axis, batch_size, prompt_length, text_tokens, str(weights_dtype),
                       frozen_bytes, prompt_bytes, batch_bytes, temp, proxy, total,
-                      sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(frozen)))
+                      sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(frozen)),
+                      micro_batches=micro_batches, remat=remat)
 
 
 def plans(model: str, devices: int, meshes: list[tuple[int, int]], batch_size: int, prompt_length: int = 20,
-          text_tokens: int = 64, dtype: str = "bfloat16") -> list[MemoryPlan]:
+          text_tokens: int = 64, dtype: str = "bfloat16", micro_batches: int = 1, remat: bool = False
+          ) -> list[MemoryPlan]:
     """One plan per `(data, model)` mesh, compiled on `devices` virtual CPU devices in one subprocess
     when this process has fewer devices (or another backend)."""
     import jax
 
     common = dict(model=model, devices=devices, batch_size=batch_size, prompt_length=prompt_length,
-                  text_tokens=text_tokens, dtype=dtype)
+                  text_tokens=text_tokens, dtype=dtype, micro_batches=micro_batches, remat=remat)
     if jax.default_backend() == "cpu" and jax.device_count() >= devices:
         return [plan_here(data=d, model_axis=m, **common) for d, m in meshes]
     env = {**os.environ, "JAX_PLATFORMS": "cpu",

@@ -10,8 +10,12 @@ Run directory (default `checkpoints/<task>-<method>-<time>`):
     .lock             held by the process writing the run
 
 A directory that holds a run is never written without `resume` (continue it, with its stored
-settings) or `overwrite` (replace it as a whole); two processes never write one run at once.
+settings) or `overwrite` (replace it as a whole); two runs never write one directory at once.
 Every file is written atomically (files.py).
+
+A multi-process run (distributed.py) is one run: process 0 judges, names and locks the run
+directory and the others follow its decisions; every process trains, checkpoints and evaluates
+(with a mesh these are collective), and process 0 alone writes the files above and prints.
 """
 
 from __future__ import annotations
@@ -24,19 +28,23 @@ import time
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import matplotlib
+import numpy as np
 
 from jaxprompt import __version__
 from jaxprompt.checkpoint import RECORD, Checkpointer
-from jaxprompt.config import (REPO_ROOT, MethodConfig, RunOptions, SettingError, TrainConfig, from_dict, get, leaves,
-                              one_line, to_dict)
+from jaxprompt.config import (REPO_ROOT, DataConfig, MethodConfig, RunOptions, SettingError, TrainConfig, from_dict,
+                              get, leaves, one_line, parse_mesh, to_dict)
 from jaxprompt.data import Batches, TemplateError, eval_batches
+from jaxprompt.distributed import decided_by_writer, host, initialize, is_writer, run_devices
 from jaxprompt.evaluate import EvalResult, evaluate, format_samples, format_table
 from jaxprompt.files import DirectoryLock, atomic_write, remove_stale_temporaries
 from jaxprompt.loop import METRICS, fit
 from jaxprompt.loss import prompt_loss
-from jaxprompt.models.convert import resolve
+from jaxprompt.models.convert import load_config, resolve
 from jaxprompt.optim import make_optimizer
+from jaxprompt.parallel import make_strategy
 from jaxprompt.prompts import MultiTask, PromptMethod, make_method, method_from_spec, method_spec
 from jaxprompt.session import Session, load_tokenizer
 from jaxprompt.tasks import BUILTIN, Task, get_task, task_from_dict
@@ -188,11 +196,29 @@ def _check_method_fits(config: TrainConfig, session: Session) -> None:
                             f"the tasks' templates have {sorted(n_virtual)}")
 
 
-def _devices(requested: int | None) -> list:
+def _devices(options: RunOptions, data: DataConfig) -> list:
+    """The devices of the run (every process's), checked against --devices, --mesh and the batch."""
     available = jax.local_devices()
+    requested = options.devices
     if requested is not None and requested > len(available):
         raise SettingError(f"--devices {requested}: only {len(available)} local device(s) are available")
-    return available[:requested] if requested is not None else available
+    devices = run_devices(requested)
+    processes = jax.process_count()
+    have = f"{len(devices)} device(s)" + (f" ({processes} processes x {len(devices) // processes})"
+                                          if processes > 1 else "")
+    if options.mesh is not None:
+        sizes = parse_mesh(options.mesh)
+        if sizes["data"] * sizes["model"] != len(devices):
+            raise SettingError(f"--mesh {options.mesh} needs {sizes['data'] * sizes['model']} devices; this run "
+                               f"has {have}")
+        split = sizes["data"]
+        ways = f"the data axis ({split})"
+    else:
+        split, ways = len(devices), have
+    if data.batch_size % (split * data.accumulate):
+        raise SettingError(f"--batch-size {data.batch_size} is not divisible by {ways} x --accumulate "
+                           f"{data.accumulate}")
+    return devices
 
 
 @dataclasses.dataclass
@@ -232,30 +258,35 @@ def train_prompt(config: TrainConfig | None, options: RunOptions = RunOptions(),
 
     With `options.resume` the run continues with its stored settings (`config` None, or equal to
     them). Settings, tasks and data are checked before the run directory is touched; `started(run_dir)`
-    is called once it is locked."""
+    is called once it is locked.
+
+    With `options.coordinator` (or in a cluster JAX detects) this process joins a multi-process
+    run first, before anything touches a device; only process 0 logs and writes files."""
     if config is None and not options.resume:
         raise ValueError("train_prompt needs a config (or options.resume to use the stored one)")
-    run_dir = options.out if options.out is not None else default_run_dir(config)
-    check_run_dir(run_dir, options.resume, options.overwrite)
-    if options.resume:
+    initialize(options.coordinator, options.num_processes, options.process_id)
+    if not is_writer():
+        log, options = (lambda *args, **kwargs: None), options.replace(progress=False)
+    # process 0 names the run directory (a default name holds its clock) and judges it
+    run_dir = decided_by_writer(lambda: options.out if options.out is not None else default_run_dir(config),
+                                shared=True)
+    decided_by_writer(lambda: check_run_dir(run_dir, options.resume, options.overwrite))
+    if options.resume:  # every process reads the stored settings: a resumed run never rewrites them
         stored = read_run_info(run_dir)["config"]
         if config is not None and config != stored:
             raise RunError(f"--resume uses the settings stored in {run_dir}: {differences(config, stored)[0]}")
         config = stored
-    devices = _devices(options.devices)
-    data = config.data
-    if data.batch_size % (len(devices) * data.accumulate):
-        raise SettingError(f"--batch-size {data.batch_size} is not divisible by {len(devices)} device(s) x "
-                           f"--accumulate {data.accumulate}")
+    devices = _devices(options, config.data)
     tasks = [get_task(name) for name in config.tasks]
     splits = _splits(tasks, config)
-    lock = open_run_dir(run_dir, options.resume, options.overwrite)
+    lock = decided_by_writer(lambda: open_run_dir(run_dir, options.resume, options.overwrite))
     try:
         if started:
             started(run_dir)
         return _train(config, options, run_dir, devices, tasks, splits, log)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def differences(config: TrainConfig, stored: TrainConfig) -> list[str]:
@@ -277,10 +308,12 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
     steps = config.loop.total_steps(len(train_rows), data.batch_size)
 
     directory = resolve(config.model)
-    tokenizer = load_tokenizer(directory)
+    tokenizer = load_tokenizer(directory)  # checks config.json before load_config reads it
+    strategy = make_strategy(options.mesh, devices, load_config(directory).n_layers)
     method = build_method(config.method, tokenizer, tasks[0], steps, n_tasks=len(tasks))
     session = Session.load(directory, tasks[0], method, dtype=config.dtype, remat=config.remat, tokenizer=tokenizer,
-                           cache=options.cache, tasks=tuple(tasks) if len(tasks) > 1 else ())
+                           cache=options.cache, tasks=tuple(tasks) if len(tasks) > 1 else (),
+                           shardings=strategy.load_shardings)
     _check_method_fits(config, session)
     train_enc, val_enc = session.encode(train_rows), session.encode(val_rows)
     for i, rows in enumerate(splits["test"]):  # what evaluation will generate must fit, before training
@@ -292,13 +325,18 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
     prompt = method.init(jax.random.key(config.seed), session.model, session.frozen, session.n_virtual)
     optimizer = make_optimizer(config.optimizer, prompt, total_steps=steps)
     info = run_info(config, config.model, session.all_tasks, steps, session.n_virtual, method)
-    if not options.resume:
+    if not options.resume and is_writer():
         write_run_info(run_dir, info)
     n_test = sum(map(len, splits["test"]))
     log(f"model {config.model} ({session.model.num_params() / 1e6:.1f}M params, {config.dtype}), "
         f"task {'+'.join(t.name for t in tasks)}: {len(train_rows)} train / {len(val_rows)} validation / "
         f"{n_test} test, method {method.name} (P={config.method.prompt_length}), {steps} steps on "
-        f"{len(devices)} device(s)")
+        f"{len(devices)} device(s)" + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
+        + (f", mesh {options.mesh}" if options.mesh else ""))
+    if options.resume:
+        committed = Checkpointer(run_dir).latest_step()
+        log(f"continuing from step {committed}, the last committed checkpoint" if committed is not None
+            else "no checkpoint was committed: starting from step 0")
     shared = session.shared_len(train_enc + val_enc) if config.shared_prefix else 0
     t0 = time.perf_counter()
     result = fit(
@@ -306,7 +344,7 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
         Batches(train_enc, data.batch_size, session.pad_id, seed=config.seed, shared_len=shared),
         [b for _, b in eval_batches(val_enc, data.batch_size, session.pad_id, shared_len=shared)],
         dataclasses.replace(config.loop, steps=steps, eval_every=min(config.loop.eval_every, steps)),
-        run_dir=run_dir, resume=options.resume, metadata={"run": info}, devices=devices,
+        run_dir=run_dir, resume=options.resume, metadata={"run": info}, strategy=strategy,
         eval_loss_fn=prompt_loss(session.model, method, shared, inference=True),
         micro_batches=data.accumulate, seed=config.seed, progress=options.progress,
     )
@@ -321,11 +359,12 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
                                     label=f"{name}written: {single.task.hard_prompt!r}"))
         results.append(evaluate(single, task_prompt, test_rows,
                                 label=f"{name}learned: {config.method.name} P={config.method.prompt_length}"))
-    plot_curve(result.history, os.path.join(run_dir, CURVE), title=f"{'+'.join(config.tasks)} / {method.name}")
-    atomic_write(os.path.join(run_dir, RESULTS), json.dumps(
-        {"results": [r.summary() for r in results], "samples": {r.label: r.samples for r in results},
-         "best_step": result.best_step, "train_seconds": seconds, "steps": steps, "n_train": len(train_rows)},
-        indent=2))
+    if is_writer():
+        plot_curve(result.history, os.path.join(run_dir, CURVE), title=f"{'+'.join(config.tasks)} / {method.name}")
+        atomic_write(os.path.join(run_dir, RESULTS), json.dumps(
+            {"results": [r.summary() for r in results], "samples": {r.label: r.samples for r in results},
+             "best_step": result.best_step, "train_seconds": seconds, "steps": steps, "n_train": len(train_rows)},
+            indent=2))
     log("\n" + format_table(results))
     log("\n" + format_samples(results[-1]))
     log(f"\nrun directory: {run_dir}  (curve: {os.path.join(run_dir, CURVE)})")
@@ -353,18 +392,20 @@ def load_run(run_dir: str, which: str = "best", model: str | None = None, dtype:
 def load_prompt(run_dir: str, session: Session, which: str = "best", config: TrainConfig | None = None,
                 steps: int | None = None) -> dict:
     """The prompt pytree saved in a run's committed best (or last) checkpoint; best falls back to
-    last in a run without validation."""
+    last in a run without validation. Its arrays are not committed to a device: they join the
+    frozen weights wherever those lie (one device, or sharded over a mesh)."""
     if config is None:
         info = read_run_info(run_dir)
         config, steps = info["config"], info["steps"]
-    like_prompt = session.method.init(jax.random.key(0), session.model, session.frozen, session.n_virtual)
+    like_prompt = jax.tree.map(jnp.asarray, host(session.method.init(jax.random.key(0), session.model,
+                                                                     session.frozen, session.n_virtual)))
     optimizer = make_optimizer(config.optimizer, like_prompt, total_steps=steps)
     like = TrainState.create(like_prompt, optimizer, jax.random.PRNGKey(0))
     ckpt = Checkpointer(run_dir)
     if which == "best" and ckpt.best_step() is None:
         which = "last"
     state, _ = ckpt.restore(like, which)
-    return state.params
+    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), state.params)
 
 
 def plot_curve(history: list[dict], path: str, title: str = "") -> None:

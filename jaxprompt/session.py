@@ -59,17 +59,23 @@ class Session:
 
     @classmethod
     def load(cls, model_id: str, task: Task, method: PromptMethod, dtype="float32", remat: bool = False,
-             tokenizer: Tokenizer | None = None, cache: bool | str = True, tasks: tuple[Task, ...] = ()
-             ) -> "Session":
+             tokenizer: Tokenizer | None = None, cache: bool | str = True, tasks: tuple[Task, ...] = (),
+             shardings=None) -> "Session":
         """Loads the frozen model (local dir, HF cache or hub) and its tokenizer, and checks they match.
 
-        `cache`: the on-disk prompt cache (True: `default_cache_dir()`, a path, or False: memory only)."""
+        `cache`: the on-disk prompt cache (True: `default_cache_dir()`, a path, or False: memory only).
+        `shardings`: load every weight straight into shards (`load_pretrained`'s, e.g. a
+        `MeshParallel`'s `frozen_shardings`)."""
         directory = resolve(model_id)
         _check_config_json(directory)
-        config, frozen = load_pretrained(directory, dtype=as_dtype(dtype))
+        config, frozen = load_pretrained(directory, dtype=as_dtype(dtype), shardings=shardings)
         tokenizer = tokenizer or load_tokenizer(directory)
         check_tokenizer(tokenizer, config)
         directory_cache = default_cache_dir() if cache is True else (cache or None)
+        if not all(x.is_fully_addressable for x in jax.tree.leaves(frozen)):
+            # weights spread over several processes give heads spread over them: no process holds
+            # one whole to write, so heads are kept in memory only
+            directory_cache = None
         return cls(Model(config, remat=remat), frozen, tokenizer, task, method, model_id,
                    PromptCache(directory_cache), tuple(tasks))
 
@@ -122,13 +128,28 @@ class Session:
     def fingerprint(self) -> str:
         """A hash of every byte of the frozen weights (with paths, shapes, dtypes), computed once.
 
-        Keys the prompt cache: any changed weight, anywhere, changes it."""
+        Keys the prompt cache: any changed weight, anywhere, changes it. Weights spread over several
+        processes are hashed where they lie, each shard by the process holding its first replica,
+        and the processes' hashes combined (every process must then call this at the same point;
+        the key is that of this layout of the weights)."""
         if self.weights_id is None:
+            spread = not all(x.is_fully_addressable for x in jax.tree.leaves(self.frozen))
             h = hashlib.sha256()
             for path, leaf in jax.tree_util.tree_flatten_with_path(self.frozen)[0]:
                 h.update(f"{jax.tree_util.keystr(path)}{leaf.shape}{leaf.dtype}".encode())
-                h.update(np.ascontiguousarray(jax.device_get(leaf)).reshape(-1).view(np.uint8))
+                if spread:
+                    for shard in sorted((s for s in leaf.addressable_shards if s.replica_id == 0),
+                                        key=lambda s: [(i.start or 0) for i in s.index]):
+                        h.update(repr(shard.index).encode())
+                        h.update(np.ascontiguousarray(shard.data).reshape(-1).view(np.uint8))
+                else:
+                    h.update(np.ascontiguousarray(jax.device_get(leaf)).reshape(-1).view(np.uint8))
             h.update(self.tokenizer.backend.to_str().encode())
+            if spread:
+                from jax.experimental import multihost_utils
+
+                digests = multihost_utils.process_allgather(np.frombuffer(h.digest(), np.uint8))
+                h = hashlib.sha256(np.asarray(digests).tobytes())
             self.weights_id = h.hexdigest()[:32]
         return self.weights_id
 

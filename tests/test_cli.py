@@ -206,8 +206,29 @@ def bad_inputs(trained_run, tiny_model_dir, tmp_path_factory):
         ("resume conflict", ["--out", trained_run, "--resume", "--lr", "0.2"], "--lr 0.2 differs from the stored 0.05"),
         ("resume nothing", ["--resume"], "nothing to resume in"),
         ("resume overwrite", ["--resume", "--overwrite"], "--resume and --overwrite exclude each other"),
+        ("mesh text", ["--mesh", "data=two"], "--mesh: mesh 'data=two' is not data=A,model=B with positive integers"),
+        ("mesh size", ["--mesh", "data=2,model=4"], "--mesh data=2,model=4 needs 8 devices; this run has 1 device(s)"),
+        ("coordinator alone", ["--coordinator", "127.0.0.1:1234"], "a multi-process run needs all of --coordinator"),
+        ("coordinator port", ["--coordinator", "node0", "--num-processes", "2", "--process-id", "0"],
+         "--coordinator 'node0': must be HOST:PORT"),
+        ("process-id", ["--coordinator", "node0:1234", "--num-processes", "2", "--process-id", "2"],
+         "--process-id 2: must be in 0..1 for --num-processes 2"),
     ]:
         cases[name] = (train + flags, message)
+    plan = ["plan", "--model", tiny_model_dir]
+    for name, flags, message in [
+        ("mesh devices", ["--devices", "4", "--mesh", "data=2,model=1"], "--mesh data=2,model=1 has 2 devices; --devices is 4"),
+        ("mesh text", ["--mesh", "model=0"], "--mesh: mesh 'model=0' is not data=A,model=B"),
+        ("device-memory", ["--device-memory", "lots"], "--device-memory: bad memory size 'lots'"),
+        ("devices 0", ["--devices", "0"], "--devices 0: must be an integer in [1, 1024]"),
+        ("batch", ["--devices", "4", "--mesh", "data=4", "--batch-size", "6"],
+         "--batch-size 6 is not divisible by the data axis (4) x --accumulate 1"),
+        ("dtype", ["--dtype", "int8"], "--dtype 'int8': must be one of float32, bfloat16, float16"),
+        ("missing model", ["--model", str(d / "nothing")], "is not a checkpoint directory"),
+        ("unknown model", ["--model", "no-such-org/no-such-model"],
+         "model 'no-such-org/no-such-model' is not a preset, a local checkpoint directory or in the Hugging Face cache"),
+    ]:
+        cases[f"plan {name}"] = (plan + flags, message)
 
     run_json = d / "run-json"
     for name, edit, message in [("missing key", lambda i: i.pop("steps"), "lacks the key 'steps'"),
@@ -286,6 +307,9 @@ BAD_INPUTS = [
     "import no num_virtual_tokens", "import onto a run", "generate max-new-tokens -5", "generate past positions",
     "temperature -1", "temperature nan", "top-p 0", "generate bad JSON", "inspect top -1", "eval examples 0",
     "eval json dir", "eval json full", "export to a file", "not a run", "sweep trial fails",
+    "mesh text", "mesh size", "coordinator alone", "coordinator port", "process-id", "plan mesh devices",
+    "plan mesh text", "plan device-memory", "plan devices 0", "plan batch", "plan dtype", "plan missing model",
+    "plan unknown model",
 ]
 
 
@@ -308,6 +332,48 @@ def test_bad_input_is_one_line_and_touches_no_run(bad_inputs, trained_run, capfd
 
 def test_bad_input_table_is_complete(bad_inputs):
     assert sorted(BAD_INPUTS) == sorted(bad_inputs)
+
+
+# ---- jaxprompt plan -------------------------------------------------------------------------------------
+
+def _row(out: str, label: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith(label))
+
+
+def test_plan_on_the_embedded_model(capsys):
+    """One device: the frozen bytes are those of the embedded checkpoint's tensors (read from its
+    file's header); the answer on a memory size follows the total."""
+    from safetensors import safe_open
+
+    from jaxprompt.config import DEFAULT_MODEL
+    from jaxprompt.plan import human
+
+    with safe_open(os.path.join(DEFAULT_MODEL, "model.safetensors"), "np") as f:
+        params = sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())
+    flags = ["plan", "--batch-size", "8", "--prompt-length", "4", "--text-tokens", "16"]
+    assert main([*flags, "--device-memory", "1GB"]) == 0
+    out = capsys.readouterr().out
+    row = _row(out, "data=1,model=1").split()
+    assert row[1:3] == human(4 * params).split() and row[-1] == "yes", out
+    assert f"--mesh data=1,model=1 ({' '.join(row[9:11])} per device)" in out, out
+    assert main([*flags, "--device-memory", "10MB"]) == 0
+    out = capsys.readouterr().out
+    assert _row(out, "data=1,model=1").split()[-1] == "no"
+    assert "no mesh over 1 device(s) fits 10MB per device" in out, out
+
+
+def test_plan_on_a_preset_over_eight_devices(capsys):
+    """Llama-3.1-8B (8,030,261,248 parameters) in bf16 on 8 virtual devices, model=4: a quarter of
+    its weights per device, compiled without allocating any."""
+    from jaxprompt.plan import human
+
+    assert main(["plan", "--model", "meta-llama/Llama-3.1-8B", "--devices", "8", "--mesh", "data=2,model=4",
+                 "--batch-size", "8", "--dtype", "bfloat16"]) == 0
+    out = capsys.readouterr().out
+    assert f"frozen weights {human(8_030_261_248 * 2)} in all" in _row(out, "model")
+    assert _row(out, "mesh").endswith("8 devices: data=2, model=4")
+    assert _row(out, "frozen weights / device").split()[-2:] == human(8_030_261_248 * 2 / 4).split()
+    assert "upper bound" in _row(out, "temporaries / device")
 
 
 # ---- Ctrl-C ---------------------------------------------------------------------------------------------

@@ -3,12 +3,15 @@ weights as the mesh does, and finds the smallest model axis that fits."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+
 import jax
-import numpy as np
 import pytest
 
-from jaxprompt.plan import candidate_meshes, parse_bytes, plan, plans, smallest_model_axis
-from jaxprompt.session import DEFAULT_MODEL
+from jaxprompt.plan import candidate_meshes, model_config, parse_bytes, plan, plans, smallest_model_axis
 
 
 def test_parse_bytes():
@@ -46,13 +49,22 @@ def test_plan_agrees_with_the_real_training_step(tiny_model_dir):
     assert predicted.frozen_bytes == sum(x.nbytes for x in jax.tree.leaves(frozen))
 
 
-def test_eight_billion_on_eight_devices():
-    """Llama-3.1-8B in bf16 over 8 virtual devices (model=4): a quarter of the weights per device."""
-    p = plan("meta-llama/Llama-3.1-8B", devices=8, data=2, model_axis=4, batch_size=8, dtype="bfloat16")
-    assert p.frozen_total_bytes == 8_030_261_248 * 2
-    assert abs(p.frozen_bytes / (p.frozen_total_bytes / 4) - 1) < 0.01
-    assert p.temp_upper_bound and p.total_bytes > p.frozen_bytes + p.temp_bytes
-    assert "model=4" in p.table(parse_bytes("80GB")) and "fits" in p.table(parse_bytes("80GB"))
+def test_the_model_comes_from_a_preset_a_directory_or_the_hugging_face_cache(tiny_model_dir, tmp_path):
+    """Only the configuration is read: a preset needs nothing, a directory its config.json, a HF id
+    the config.json in the HF cache layout (models--org--name/snapshots/<hash>/) under HF_HOME."""
+    assert model_config("meta-llama/Llama-3.1-8B").n_layers == 32
+    assert model_config(tiny_model_dir).d_model == 32
+    home = tmp_path / "hf-home"
+    snapshot = home / "hub" / "models--jaxprompt-test--tiny-gpt2" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    shutil.copy(os.path.join(tiny_model_dir, "config.json"), snapshot)  # no weights
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    script = "from jaxprompt.plan import model_config; print(model_config('jaxprompt-test/tiny-gpt2').d_model)"
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.split() == ["32"], proc.stdout + proc.stderr[-2000:]
 
 
 def test_smallest_model_axis_that_fits():
