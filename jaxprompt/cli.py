@@ -21,8 +21,8 @@ import threading
 import typing
 
 from jaxprompt.config import (EvalOptions, ExportOptions, GenerateOptions, ImportOptions, InspectOptions, LoadOptions,
-                              PlanOptions, RunOptions, Settings, SettingError, SweepOptions, TrainConfig, allowed, build,
-                              get, leaves, parse_mesh, parse_text)
+                              PlanOptions, RunOptions, Settings, SettingError, SweepOptions, TrainConfig, allowed,
+                              build, get, leaves, parse_mesh, parse_text)
 
 PROG = "jaxprompt"
 
@@ -345,7 +345,8 @@ PLAN_TRAIN_SETTINGS = ("model", "dtype", "batch_size", "prompt_length", "accumul
 
 
 def cmd_plan(args) -> int:
-    from jaxprompt.plan import candidate_meshes, comparison, human, model_config, parse_bytes, plans, smallest_model_axis
+    from jaxprompt.plan import (candidate_meshes, comparison, human, model_config, parse_bytes, plans,
+                                smallest_model_axis)
 
     opts = settings(args, PlanOptions)
     config = settings(args, TrainConfig)
@@ -364,7 +365,7 @@ def cmd_plan(args) -> int:
         wanted = meshes
     found = plans(config.model, opts.devices, wanted, batch, prompt_length=config.method.prompt_length,
                   text_tokens=opts.text_tokens, dtype=config.dtype, micro_batches=micro, remat=config.remat)
-    print(found[0].table(memory) if opts.mesh is not None else comparison(found, memory))
+    print(found[0].table(memory) if opts.mesh is not None else comparison(found, memory, opts.device_memory))
     if memory is not None:
         best = smallest_model_axis(found, memory)
         if best is None:

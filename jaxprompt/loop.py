@@ -78,10 +78,11 @@ def fit(
 
     `train_batches(step)` must be a pure function of the step, so resuming from a checkpoint
     continues to the bit-identical result of an uninterrupted run (and in a multi-process run
-    every process computes the same global batch, of which it places its own rows). Validation (if given) runs every
-    `eval_every` steps with `eval_loss_fn` (default `loss_fn`: pass the loss of the prompt's
-    inference form, so the best checkpoint is chosen on what evaluation will report). Every
-    `eval_every` steps and at the end, a checkpoint is committed under `run_dir` (last k + best).
+    every process computes the same global batch, of which it places its own rows). Validation
+    (if given) runs every `eval_every` steps with `eval_loss_fn` (default `loss_fn`: pass the
+    loss of the prompt's inference form, so the best checkpoint is chosen on what evaluation will
+    report). Every `eval_every` steps and at the end, a checkpoint is committed under `run_dir`
+    (last k + best).
 
     A non-finite loss, gradient, updated prompt or validation loss raises `NonFiniteLossError`
     naming the step; that step's update was not applied and nothing of it was saved.

@@ -95,12 +95,13 @@ class MemoryPlan:
                 f"example{extra}")
 
 
-def comparison(plans: list[MemoryPlan], device_memory: int | None = None) -> str:
-    """One row per mesh of the same step: what each device holds, and whether it fits."""
+def comparison(plans: list[MemoryPlan], device_memory: int | None = None, memory_label: str | None = None) -> str:
+    """One row per mesh of the same step: what each device holds, and whether it fits
+    `device_memory` (written as `memory_label`, e.g. "16GB")."""
     first = plans[0]
     header = ["mesh", "frozen", "prompt+opt", "batch", "temporaries", "total"]
     if device_memory is not None:
-        header.append(f"fits {human(device_memory)}")
+        header.append(f"fits {memory_label or human(device_memory)}")
     rows = []
     for p in plans:
         row = [f"data={p.data},model={p.model_axis}", human(p.frozen_bytes), human(p.prompt_bytes),

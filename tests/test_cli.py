@@ -217,7 +217,8 @@ def bad_inputs(trained_run, tiny_model_dir, tmp_path_factory):
         cases[name] = (train + flags, message)
     plan = ["plan", "--model", tiny_model_dir]
     for name, flags, message in [
-        ("mesh devices", ["--devices", "4", "--mesh", "data=2,model=1"], "--mesh data=2,model=1 has 2 devices; --devices is 4"),
+        ("mesh devices", ["--devices", "4", "--mesh", "data=2,model=1"],
+         "--mesh data=2,model=1 has 2 devices; --devices is 4"),
         ("mesh text", ["--mesh", "model=0"], "--mesh: mesh 'model=0' is not data=A,model=B"),
         ("device-memory", ["--device-memory", "lots"], "--device-memory: bad memory size 'lots'"),
         ("devices 0", ["--devices", "0"], "--devices 0: must be an integer in [1, 1024]"),
@@ -226,7 +227,7 @@ def bad_inputs(trained_run, tiny_model_dir, tmp_path_factory):
         ("dtype", ["--dtype", "int8"], "--dtype 'int8': must be one of float32, bfloat16, float16"),
         ("missing model", ["--model", str(d / "nothing")], "is not a checkpoint directory"),
         ("unknown model", ["--model", "no-such-org/no-such-model"],
-         "model 'no-such-org/no-such-model' is not a preset, a local checkpoint directory or in the Hugging Face cache"),
+         "model 'no-such-org/no-such-model' is not a preset, a local checkpoint directory or in the Hugging Face"),
     ]:
         cases[f"plan {name}"] = (plan + flags, message)
 
