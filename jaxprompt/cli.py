@@ -430,6 +430,7 @@ def _errors() -> tuple[type[BaseException], ...]:
     """What bad input raises: reported in one line. Anything else is a bug and keeps its traceback."""
     from jaxprompt.checkpoint import CheckpointError as RunCheckpointError
     from jaxprompt.data import TemplateError
+    from jaxprompt.distributed import DistributedError
     from jaxprompt.export import ExportError
     from jaxprompt.files import LockedError
     from jaxprompt.loop import NonFiniteLossError
@@ -439,7 +440,7 @@ def _errors() -> tuple[type[BaseException], ...]:
     from jaxprompt.tokenizer import TokenizerError
 
     return (CLIError, SettingError, TemplateError, ConfigError, CheckpointError, RunCheckpointError, TokenizerError,
-            NonFiniteLossError, RunError, ExportError, LockedError)
+            NonFiniteLossError, RunError, ExportError, LockedError, DistributedError)
 
 
 def _quiet_abandoned_reads() -> None:

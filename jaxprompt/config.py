@@ -507,11 +507,12 @@ class RunOptions(Settings):
     overwrite: bool = setting(False, "replace the run in --out as a whole")
     devices: int | None = setting(None, "devices of each process that take part (default: all)", range=AT_LEAST_1)
     mesh: str | None = setting(None, "shard the frozen weights over a device mesh data=A,model=B: the batch split "
-                                     "A ways, each weight matrix B ways (A x B = every device of every process; "
-                                     "default: data parallel over all devices, the weights replicated on each)")
+                                     "A ways, each weight matrix B ways (A x B = every device of every process)",
+                               shown_default="data parallel (pmap), the whole model on every device")
     coordinator: str | None = setting(None, "multi-process run: HOST:PORT of process 0, with --num-processes and "
-                                            "--process-id (default: none, or the cluster JAX detects: TPU pod "
-                                            "slice, SLURM, Open MPI)")
+                                            "--process-id",
+                                      shown_default="one process, or the processes of a cluster JAX detects: TPU "
+                                                    "pod slice, SLURM, Open MPI")
     num_processes: int | None = setting(None, "multi-process run: how many processes take part", range=AT_LEAST_1)
     process_id: int | None = setting(None, "multi-process run: this process's index, 0 to --num-processes - 1",
                                      range=AT_LEAST_0)
@@ -606,8 +607,8 @@ class PlanOptions(Settings):
 
     devices: int = setting(1, "devices to plan for (the step is compiled for as many virtual CPU devices: they "
                               "need not exist here)", range=Range(1, 1024))
-    mesh: str | None = setting(None, "the mesh data=A,model=B to plan (A x B = --devices; default: every mesh "
-                                     "whose data axis divides the batch)")
+    mesh: str | None = setting(None, "the mesh data=A,model=B to plan (A x B = --devices)",
+                               shown_default="every mesh whose data axis divides the batch")
     device_memory: str | None = setting(None, "memory of one device, e.g. 80GB or 16GiB: whether the step fits, and "
                                               "the smallest model axis that does")
     text_tokens: int = setting(64, "tokens of text per example beside the prompt", range=AT_LEAST_1)

@@ -22,6 +22,8 @@ from typing import Callable, TypeVar
 import jax
 import numpy as np
 
+from jaxprompt.config import one_line
+
 T = TypeVar("T")
 
 
@@ -54,15 +56,22 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     if all(given):
         if num_processes == 1:
             return False
-        _cpu_collectives()
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                                   process_id=process_id)
+        _join(f"the coordinator {coordinator}", coordinator_address=coordinator, num_processes=num_processes,
+              process_id=process_id)
         return True
     if cluster_detected():
-        _cpu_collectives()
-        jax.distributed.initialize()
+        _join("the cluster this job runs in")
         return jax.process_count() > 1
     return False
+
+
+def _join(where: str, **arguments) -> None:
+    _cpu_collectives()
+    try:
+        jax.distributed.initialize(**arguments)
+    except Exception as e:  # a coordinator that cannot be reached, JAX already started in this process, ...
+        raise DistributedError(f"could not join a multi-process run through {where} ({one_line(e, limit=300)})"
+                               ) from None
 
 
 def _cpu_collectives() -> None:

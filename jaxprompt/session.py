@@ -45,6 +45,11 @@ def load_tokenizer(directory: str) -> Tokenizer:
         raise TokenizerError(f"the tokenizer in {directory} cannot be read ({one_line(e)})") from None
 
 
+def _spread_over_processes(tree) -> bool:
+    """Whether some array of `tree` lies partly on other processes' devices."""
+    return not all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(tree))
+
+
 @dataclasses.dataclass
 class Session:
     model: Model
@@ -72,7 +77,7 @@ class Session:
         tokenizer = tokenizer or load_tokenizer(directory)
         check_tokenizer(tokenizer, config)
         directory_cache = default_cache_dir() if cache is True else (cache or None)
-        if not all(x.is_fully_addressable for x in jax.tree.leaves(frozen)):
+        if _spread_over_processes(frozen):
             # weights spread over several processes give heads spread over them: no process holds
             # one whole to write, so heads are kept in memory only
             directory_cache = None
@@ -133,7 +138,7 @@ class Session:
         and the processes' hashes combined (every process must then call this at the same point;
         the key is that of this layout of the weights)."""
         if self.weights_id is None:
-            spread = not all(x.is_fully_addressable for x in jax.tree.leaves(self.frozen))
+            spread = _spread_over_processes(self.frozen)
             h = hashlib.sha256()
             for path, leaf in jax.tree_util.tree_flatten_with_path(self.frozen)[0]:
                 h.update(f"{jax.tree_util.keystr(path)}{leaf.shape}{leaf.dtype}".encode())
