@@ -43,7 +43,7 @@ def bench_jax(name, texts, prompt_len, new_tokens, dtype, reps):
 
     @jax.jit
     def run_generate(frozen, prompt, batch, head):
-        embeds, _ = prompt_inputs(model, frozen, method, prompt, batch)
+        embeds = prompt_inputs(model, frozen, method, prompt, batch).embeds
         return generate(model, frozen, embeds, batch["mask"], max_new_tokens=new_tokens, prefix=head)[0]
 
     return time_it(lambda: run_generate(frozen, prompt, batch, head).block_until_ready(), reps, warmup=1)

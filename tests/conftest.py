@@ -84,6 +84,16 @@ TINY = {
     "opt-50k-proj": dict(model_type="opt", vocab_size=50272, max_position_embeddings=96, hidden_size=32,
                          num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, init_std=0.2,
                          word_embed_proj_dim=16, bos_token_id=50256, eos_token_id=50256, pad_token_id=1),
+    "llama-50k": dict(model_type="llama", vocab_size=50257, max_position_embeddings=96, hidden_size=32,
+                      intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      initializer_range=0.2, tie_word_embeddings=False, bos_token_id=50256, eos_token_id=50256),
+    "gemma2-50k": dict(model_type="gemma2", vocab_size=50257, max_position_embeddings=96, hidden_size=32,
+                       intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       head_dim=8, query_pre_attn_scalar=8, sliding_window=8, initializer_range=0.2,
+                       bos_token_id=50256, eos_token_id=50256, pad_token_id=50256),
+    "gpt_neox-50k": dict(model_type="gpt_neox", vocab_size=50257, max_position_embeddings=96, hidden_size=32,
+                         intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, rotary_pct=0.5,
+                         initializer_range=0.2, bos_token_id=50256, eos_token_id=50256),
 }
 
 

@@ -4,11 +4,9 @@ weights as the mesh does, and finds the smallest model axis that fits."""
 from __future__ import annotations
 
 import jax
-import numpy as np
 import pytest
 
 from jaxprompt.plan import candidate_meshes, parse_bytes, plan, plans, smallest_model_axis
-from jaxprompt.session import DEFAULT_MODEL
 
 
 def test_parse_bytes():

@@ -91,7 +91,7 @@ def test_insertion_positions(tiny_lm, gpt2_tokenizer):
     assert prompt["embeddings"].shape == (5, 32)
     for padding in ("left", "right"):
         batch = collate(examples, 50256, padding)
-        embeds, _ = prompt_inputs(model, frozen, method, prompt, batch)
+        embeds = prompt_inputs(model, frozen, method, prompt, batch).embeds
         for b, e in enumerate(examples):
             row = np.flatnonzero(batch["mask"][b])
             slots = np.asarray(e.slots)
