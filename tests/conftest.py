@@ -172,8 +172,14 @@ def tiny_config(model_type: str = "gpt2", **overrides):
 
     base = dict(vocab_size=50257, max_positions=96, d_model=32, n_layers=2, n_heads=4, d_ff=64, d_embed=32,
                 eos_token_id=50256, bos_token_id=50256)
-    if model_type == "opt":
-        base.update(activation="relu", d_embed=16, pre_layer_norm=True)
+    base.update({
+        "opt": dict(activation="relu", d_embed=16, pre_layer_norm=True),
+        "llama": dict(activation="silu", n_kv_heads=2, norm_eps=1e-6, tie_word_embeddings=False),
+        # windows (8) shorter than the test sequences on layer 0, soft-capping, (1 + w) norms
+        "gemma2": dict(activation="gelu_pytorch_tanh", n_kv_heads=2, head_dim=8, norm_eps=1e-6,
+                       query_pre_attn_scalar=8, sliding_window=8, windowed_layers=(True, False),
+                       attn_softcap=50.0, final_softcap=30.0),
+    }.get(model_type, {}))
     base.update(overrides)
     return ModelConfig(model_type=model_type, **base)
 
@@ -196,14 +202,31 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_lm():
-    """(Model, params) of a tiny random GPT-2 with GPT-2's 50257-token vocabulary."""
+def tiny_lms():
+    """model type -> (Model, params) of a tiny random model with GPT-2's 50257-token vocabulary."""
     import jax
 
     from jaxprompt.models import Model
 
-    model = Model(tiny_config())
-    return model, model.init(jax.random.key(0), std=0.2)
+    cache = {}
+
+    def get(model_type: str = "gpt2"):
+        if model_type not in cache:
+            model = Model(tiny_config(model_type))
+            params = model.init(jax.random.key(0), std=0.2)
+            if model.arch.unit_offset_norms:  # norms at w = 0 would hide the (1 + w) form
+                params = jax.tree_util.tree_map_with_path(
+                    lambda path, x: x + 0.2 if path[-1].key == "scale" else x, params)
+            cache[model_type] = (model, params)
+        return cache[model_type]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_lms):
+    """(Model, params) of a tiny random GPT-2 with GPT-2's 50257-token vocabulary."""
+    return tiny_lms("gpt2")
 
 
 def write_task(directory, rows, template="Here are two {prompt} {word1} and", target=" {word2}", name="t",
