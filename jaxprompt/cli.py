@@ -255,10 +255,10 @@ def cmd_generate(args) -> int:
     encoded = session.encode(rows, with_target=False, new_tokens=n_new)
     method, serving = inference_form(session, prompt)
     batch = collate(encoded, session.pad_id, padding="left")
-    embeds, prefix = prompt_inputs(session.model, session.frozen, method, serving, batch)
-    tokens, _ = generate(session.model, session.frozen, embeds, batch["mask"], max_new_tokens=n_new,
+    inputs = prompt_inputs(session.model, session.frozen, method, serving, batch)
+    tokens, _ = generate(session.model, session.frozen, inputs.embeds, batch["mask"], max_new_tokens=n_new,
                          sampling=Sampling(opts.temperature, opts.top_k, opts.top_p), rng=jax.random.key(opts.seed),
-                         eos_token_id=session.tokenizer.eos_token_id, prefix=prefix)
+                         eos_token_id=session.tokenizer.eos_token_id, prefix=inputs.prefix, adapter=inputs.adapter)
     for row, out in zip(rows, np.asarray(tokens)):
         ids = list(out)
         if session.tokenizer.eos_token_id in ids:

@@ -35,7 +35,7 @@ DEFAULT_MODEL = os.path.join(REPO_ROOT, "checkpoints", "tiny-gpt2-wordnet")
 
 # Names the settings accept; tests check them against the registries they stand for
 # (prompts.METHODS, prompts.init.INITIALIZERS), which this module does not import.
-METHOD_NAMES = ("soft", "ptuning", "prefix", "relaxed", "pez")
+METHOD_NAMES = ("soft", "ptuning", "prefix", "relaxed", "pez", "adaption")
 INIT_NAMES = ("vocab_normal", "uniform", "sampled_vocab", "text")
 
 
@@ -381,13 +381,17 @@ class MethodConfig(Settings):
                                                "(default: none, keys/values learned directly)", range=AT_LEAST_1)
     tau_end: float = setting(0.05, "relaxed prompts: final softmax temperature (annealed from 1 over the run)",
                              range=Range(0, 1, low_open=True))
+    adapter_layers: int | None = setting(None, "adaption prompts (LLaMA-Adapter): the top N layers get "
+                                               "--prompt-length gated prompts each (default: all layers)",
+                                         range=AT_LEAST_1)
 
     def check(self) -> None:
         if self.init_text is not None and self.init != "text":
             raise SettingError(f"--init-text needs --init text (got --init {self.init})")
-        for name in ("prefix_top_layers", "prefix_reparam"):
-            if getattr(self, name) is not None and self.name != "prefix":
-                raise SettingError(f"--{name.replace('_', '-')} applies to --method prefix only "
+        for name, method in (("prefix_top_layers", "prefix"), ("prefix_reparam", "prefix"),
+                             ("adapter_layers", "adaption")):
+            if getattr(self, name) is not None and self.name != method:
+                raise SettingError(f"--{name.replace('_', '-')} applies to --method {method} only "
                                    f"(got --method {self.name})")
 
 

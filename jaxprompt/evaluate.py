@@ -72,11 +72,11 @@ def test_loss(session: Session, prompt, rows: list[dict], hard_prompt: str | Non
 
 @partial(jax.jit, static_argnames=("model", "method", "max_new_tokens", "eos_token_id"))
 def _generate_batch(model, method, frozen, prompt, batch, max_new_tokens, eos_token_id, head):
-    embeds, prefix = prompt_inputs(model, frozen, method, prompt, batch)
-    if head is not None:
-        prefix = head  # the shared head already holds any prefix-tuning keys/values
-    return generate(model, frozen, embeds, batch["mask"], max_new_tokens=max_new_tokens, sampling=Sampling(),
-                    eos_token_id=eos_token_id, prefix=prefix)[0]
+    inputs = prompt_inputs(model, frozen, method, prompt, batch)
+    # the shared head already holds any prefix-tuning keys/values
+    return generate(model, frozen, inputs.embeds, batch["mask"], max_new_tokens=max_new_tokens, sampling=Sampling(),
+                    eos_token_id=eos_token_id, prefix=inputs.prefix if head is None else head,
+                    adapter=inputs.adapter)[0]
 
 
 def generate_texts(session: Session, prompt, rows: list[dict], hard_prompt: str | None = None,

@@ -1,11 +1,12 @@
 """Trained prompts to PyTorch and back: PEFT adapters, and a plain tensor export.
 
-PEFT can hold a prompt that is *prepended* to the input (PROMPT_TUNING, P_TUNING) or keys/values
-in every layer (PREFIX_TUNING). What is exported is the method's inference form, the form
-evaluation scores (p-tuning's encoder output, a relaxed prompt at its final temperature). A prompt
-inside a template, several prompt slots, a prefix in only the top k layers, or multi-task prompts
-cannot be represented; those get a clear error and the plain export, which carries the tensors
-plus a JSON description of where they go.
+PEFT can hold a prompt that is *prepended* to the input (PROMPT_TUNING, P_TUNING), keys/values
+in every layer (PREFIX_TUNING, per key/value head), or LLaMA-Adapter's gated prompts in the top
+layers of Llama, Mistral and GPT-2 models (ADAPTION_PROMPT). What is exported is the method's
+inference form, the form evaluation scores (p-tuning's encoder output, a relaxed prompt at its final
+temperature). A prompt inside a template, several prompt slots, a prefix in only the top k layers,
+multi-task prompts, or adaption prompts of other families cannot be represented; those get a clear
+error and the plain export, which carries the tensors plus a JSON description of where they go.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from jaxprompt.models import config_from_hf
 from jaxprompt.models.config import ConfigError
 from jaxprompt.models.convert import resolve
 from jaxprompt.optim import make_optimizer
-from jaxprompt.prompts import PrefixTuning, PromptMethod, SoftPrompt, method_spec
+from jaxprompt.prompts import AdaptionPrompt, PrefixTuning, PromptMethod, SoftPrompt, method_spec
 from jaxprompt.run import open_run_dir, run_info, write_run_info
 from jaxprompt.session import Session
 from jaxprompt.tasks import get_task
@@ -36,19 +37,32 @@ class ExportError(ValueError):
     """A prompt that the requested format cannot represent, or an adapter that cannot be read."""
 
 
+# PEFT's ADAPTION_PROMPT wraps these attention modules (peft/tuners/adaption_prompt/config.py lists
+# the model types it supports); other families export adaption prompts as plain tensors.
+PEFT_ADAPTION_MODULES = {"llama": "model.layers.{i}.self_attn", "mistral": "model.layers.{i}.self_attn",
+                         "gpt2": "transformer.h.{i}.attn"}
+
+
 def peft_incompatibility(session: Session) -> str | None:
     """Why this run's prompt cannot be a PEFT adapter, or None if it can."""
+    if session.method.kind == "adaption" and session.config.model_type not in PEFT_ADAPTION_MODULES:
+        return (f"PEFT's ADAPTION_PROMPT supports {', '.join(PEFT_ADAPTION_MODULES)} models, not "
+                f"{session.config.model_type}")
     return session.method.peft_incompatibility(session.task.template)
 
 
-def _serving_tensors(session: Session, prompt: dict) -> tuple[PromptMethod, dict, np.ndarray]:
-    """(inference method, its prompt, tensor): virtual tokens [N, E] or keys/values [L, P, 2, H, K]."""
-    method, serving = session.method.inference_prompt(prompt, session.model, session.frozen)
+def _serving_tensors(session: Session, prompt: dict) -> tuple[PromptMethod, dict, dict[str, np.ndarray]]:
+    """(inference method, its prompt, tensors): `virtual_tokens` [N, E], `past_key_values`
+    [L, P, 2, G, K] (per key/value head), or `adaption_prompt` [n, A, D] and `adaption_gate` [n]."""
+    model, frozen = session.model, session.frozen
+    method, serving = session.method.inference_prompt(prompt, model, frozen)
     if method.kind == "prefix":
-        k, v, _ = method.prefix(serving, session.model, session.frozen, 0)
-        return method, serving, np.asarray(jnp.stack([k, v], axis=2), np.float32)
-    tokens = method.virtual_tokens(serving, session.model, session.frozen, 0)
-    return method, serving, np.asarray(tokens, np.float32)
+        k, v, _ = method.prefix(serving, model, frozen, 0)
+        return method, serving, {"past_key_values": np.asarray(jnp.stack([k, v], axis=2), np.float32)}
+    if method.kind == "adaption":
+        return method, serving, {"adaption_prompt": np.asarray(serving["prompt"], np.float32),
+                                 "adaption_gate": np.asarray(serving["gate"], np.float32)}
+    return method, serving, {"virtual_tokens": np.asarray(method.virtual_tokens(serving, model, frozen, 0), np.float32)}
 
 
 def _target_dir(out_dir: str) -> None:
@@ -66,29 +80,40 @@ def export_peft(session: Session, prompt: dict, out_dir: str, base_model: str = 
         raise ExportError(f"cannot export as a PEFT adapter: {reason}. Use `jaxprompt export --to plain` instead.")
     _target_dir(out_dir)
     c = session.config
-    method, _, tensor = _serving_tensors(session, prompt)
-    P = tensor.shape[1] if method.kind == "prefix" else tensor.shape[0]
-    config = {
-        "task_type": "CAUSAL_LM",
-        "num_virtual_tokens": P,
-        "num_transformer_submodules": 1,
-        "num_attention_heads": c.n_heads,
-        "num_layers": c.n_layers,
-        "base_model_name_or_path": base_model or session.model_id,
-        "inference_mode": True,
-    }
-    if method.kind == "prefix":
-        # [L, P, 2, H, K] -> [P, L * 2 * D], PEFT's past_key_values layout
-        flat = tensor.transpose(1, 0, 2, 3, 4).reshape(P, c.n_layers * 2 * c.d_model)
-        config.update(peft_type="PREFIX_TUNING", token_dim=c.d_model, prefix_projection=False)
-        tensors = {"prompt_embeddings": flat}
-    elif session.method.name == "ptuning":
-        config.update(peft_type="P_TUNING", token_dim=c.d_embed, encoder_reparameterization_type="MLP",
-                      encoder_hidden_size=session.method.hidden)
-        tensors = {"prompt_embeddings": tensor}
+    method, _, served = _serving_tensors(session, prompt)
+    config = {"task_type": "CAUSAL_LM", "base_model_name_or_path": base_model or session.model_id,
+              "inference_mode": True}
+    if method.kind == "adaption":
+        prompts, gates = served["adaption_prompt"], served["adaption_gate"]
+        n, A = prompts.shape[:2]
+        module = PEFT_ADAPTION_MODULES[c.model_type]
+        config.update(peft_type="ADAPTION_PROMPT", adapter_len=A, adapter_layers=n,
+                      target_modules=module.rsplit(".", 1)[1])
+        tensors = {}
+        for j, layer in enumerate(range(c.n_layers - n, c.n_layers)):  # PEFT adapts the top n layers
+            name = "base_model.model." + module.format(i=layer)
+            tensors[f"{name}.adaption_prompt"] = prompts[j][None]
+            tensors[f"{name}.adaption_gate"] = gates[j][None]
     else:
-        config.update(peft_type="PROMPT_TUNING", token_dim=c.d_embed, prompt_tuning_init="RANDOM")
-        tensors = {"prompt_embeddings": tensor}
+        config.update(num_transformer_submodules=1, num_layers=c.n_layers, inference_mode=True)
+        if method.kind == "prefix":
+            # [L, P, 2, G, K] -> [P, L * 2 * G * K]: PEFT's past_key_values layout, per key/value head
+            # (PEFT sizes a prefix by num_key_value_heads x head_dim under grouped-query attention)
+            kv = served["past_key_values"]
+            P = kv.shape[1]
+            flat = kv.transpose(1, 0, 2, 3, 4).reshape(P, -1)
+            config.update(peft_type="PREFIX_TUNING", num_virtual_tokens=P, token_dim=c.n_kv_heads * c.head_dim,
+                          num_attention_heads=c.n_kv_heads, prefix_projection=False)
+        else:
+            flat = served["virtual_tokens"]
+            P = flat.shape[0]
+            config.update(num_virtual_tokens=P, token_dim=c.d_embed, num_attention_heads=c.n_heads)
+            if session.method.name == "ptuning":
+                config.update(peft_type="P_TUNING", encoder_reparameterization_type="MLP",
+                              encoder_hidden_size=session.method.hidden)
+            else:
+                config.update(peft_type="PROMPT_TUNING", prompt_tuning_init="RANDOM")
+        tensors = {"prompt_embeddings": flat}
     arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     atomic_write(os.path.join(out_dir, "adapter_model.safetensors"), lambda tmp: save_file(arrays, tmp))
     atomic_write(os.path.join(out_dir, "adapter_config.json"), json.dumps(config, indent=2))
@@ -99,15 +124,15 @@ def export_peft(session: Session, prompt: dict, out_dir: str, base_model: str = 
 def export_plain(session: Session, prompt: dict, out_dir: str, base_model: str = "") -> str:
     """Prompt tensors as `prompt.safetensors` (+ `prompt.pt` when torch is installed) and `prompt.json`.
 
-    `virtual_tokens` [N, E] (embedding methods: row i goes where the template's slot index is i) or
-    `past_key_values` [L, P, 2, H, K] (prefix tuning), plus every leaf of the trained prompt pytree.
+    `virtual_tokens` [N, E] (embedding methods: row i goes where the template's slot index is i),
+    `past_key_values` [L, P, 2, G, K] (prefix tuning, per key/value head), or `adaption_prompt`
+    [n, A, D] + `adaption_gate` [n] (the top n layers), plus every leaf of the trained prompt pytree.
     """
     from safetensors.numpy import save_file
 
     _target_dir(out_dir)
-    method, _, tensor = _serving_tensors(session, prompt)
-    name = "past_key_values" if method.kind == "prefix" else "virtual_tokens"
-    tensors = {name: tensor}
+    method, _, tensors = _serving_tensors(session, prompt)
+    name = ", ".join(tensors)
     for path, leaf in jax.tree_util.tree_flatten_with_path(prompt)[0]:
         tensors["prompt/" + "/".join(str(getattr(p, "key", p)) for p in path)] = np.asarray(leaf, np.float32)
     arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
@@ -133,16 +158,20 @@ def _write_description(session: Session, out_dir: str, base_model: str, **extra)
         "n_virtual": session.n_virtual,
         "model": base_model or session.model_id,
         "tokenizer": session.tokenizer.name,
-        "layout": ("keys/values attended before the input; real tokens' positions start at P"
-                   if session.method.kind == "prefix" else
-                   "virtual_tokens[i] replaces the i-th {prompt} position; positions count virtual tokens"),
+        "layout": {
+            "prefix": "keys/values per key/value head attended before the input; real tokens' positions start at P",
+            "adaption": "per top layer: the layer's queries attend to its k/v projections of adaption_prompt in a "
+                        "separate softmax, times adaption_gate, projected by the output projection and added "
+                        "(LLaMA-Adapter); no token positions",
+        }.get(session.method.kind,
+              "virtual_tokens[i] replaces the i-th {prompt} position; positions count virtual tokens"),
         **extra,
     }
     atomic_write(os.path.join(out_dir, "prompt.json"), json.dumps(description, indent=2))
 
 
-def read_peft_adapter(adapter_dir: str) -> tuple[dict, np.ndarray]:
-    """(adapter_config.json, prompt_embeddings) of a PEFT prompt adapter; a damaged one is one line."""
+def read_peft_adapter(adapter_dir: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """(adapter_config.json, tensors) of a PEFT prompt adapter; a damaged one is one line."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -157,36 +186,62 @@ def read_peft_adapter(adapter_dir: str) -> tuple[dict, np.ndarray]:
         raise ExportError(f"{config_path} cannot be read ({one_line(e)})") from None
     if not isinstance(config, dict):
         raise ExportError(f"{config_path} is not a PEFT adapter config (a JSON object)")
-    P = config.get("num_virtual_tokens")
+    size_key = "adapter_len" if config.get("peft_type") == "ADAPTION_PROMPT" else "num_virtual_tokens"
+    P = config.get(size_key)
     if not isinstance(P, int) or isinstance(P, bool) or P < 1:
-        raise ExportError(f"{config_path}: num_virtual_tokens must be an integer >= 1, got {P!r}")
+        raise ExportError(f"{config_path}: {size_key} must be an integer >= 1, got {P!r}")
     try:
         tensors = load_file(weights)
     except (SafetensorError, OSError, ValueError) as e:
         raise ExportError(f"{weights} cannot be read ({one_line(e)})") from None
+    return config, {k: np.asarray(v, np.float32) for k, v in tensors.items()}
+
+
+def prompt_from_peft(config: dict, tensors: dict[str, np.ndarray], c) -> tuple[PromptMethod, dict]:
+    """(method, prompt pytree) equivalent to a PEFT prompt-learning adapter, for the model `c`."""
+    peft_type = config.get("peft_type")
+    if peft_type == "ADAPTION_PROMPT":
+        return _adaption_from_peft(config, tensors, c)
     key = next((k for k in tensors if k.endswith("prompt_embeddings")), None)
     if key is None:
-        raise ExportError(f"{weights} has no prompt_embeddings tensor (found {sorted(tensors)[:4]})")
-    return config, np.asarray(tensors[key], np.float32)
-
-
-def prompt_from_peft(config: dict, tensor: np.ndarray, session_config) -> tuple[PromptMethod, dict]:
-    """(method, prompt pytree) equivalent to a PEFT prompt-learning adapter."""
-    c = session_config
-    peft_type, P = config.get("peft_type"), int(config["num_virtual_tokens"])
+        raise ExportError(f"the adapter has no prompt_embeddings tensor (found {sorted(tensors)[:4]})")
+    tensor, P = tensors[key], int(config["num_virtual_tokens"])
     if peft_type in ("PROMPT_TUNING", "P_TUNING"):
         if tensor.shape != (P, c.d_embed):
             raise ExportError(f"adapter prompt_embeddings has shape {tensor.shape}; this model needs ({P}, {c.d_embed})")
         return SoftPrompt(length=P), {"embeddings": jnp.asarray(tensor)}
     if peft_type == "PREFIX_TUNING":
-        if config.get("prefix_projection") and tensor.shape[1] != c.n_layers * 2 * c.d_model:
+        width = c.n_layers * 2 * c.n_kv_heads * c.head_dim
+        if config.get("prefix_projection") and tensor.shape[1] != width:
             raise ExportError("adapter holds an unprojected prefix encoder; save it after projection")
-        if tensor.shape != (P, c.n_layers * 2 * c.d_model):
-            raise ExportError(f"adapter prompt_embeddings has shape {tensor.shape}; this model needs "
-                              f"({P}, {c.n_layers * 2 * c.d_model})")
-        kv = tensor.reshape(P, c.n_layers, 2, c.n_heads, c.head_dim).transpose(1, 0, 2, 3, 4)
+        if tensor.shape != (P, width):
+            raise ExportError(f"adapter prompt_embeddings has shape {tensor.shape}; this model needs ({P}, {width})")
+        kv = tensor.reshape(P, c.n_layers, 2, c.n_kv_heads, c.head_dim).transpose(1, 0, 2, 3, 4)
         return PrefixTuning(length=P), {"kv": jnp.asarray(kv)}
-    raise ExportError(f"unsupported PEFT type {peft_type!r}: jaxprompt imports PROMPT_TUNING, P_TUNING, PREFIX_TUNING")
+    raise ExportError(f"unsupported PEFT type {peft_type!r}: jaxprompt imports PROMPT_TUNING, P_TUNING, "
+                      "PREFIX_TUNING, ADAPTION_PROMPT")
+
+
+def _adaption_from_peft(config: dict, tensors: dict[str, np.ndarray], c) -> tuple[PromptMethod, dict]:
+    if c.model_type not in PEFT_ADAPTION_MODULES:
+        raise ExportError(f"PEFT's ADAPTION_PROMPT supports {', '.join(PEFT_ADAPTION_MODULES)} models, not "
+                          f"{c.model_type}")
+    A, n = int(config["adapter_len"]), config.get("adapter_layers")
+    if not isinstance(n, int) or not 1 <= n <= c.n_layers:
+        raise ExportError(f"adapter_layers must be in 1..{c.n_layers} for this model, got {n!r}")
+    module = "base_model.model." + PEFT_ADAPTION_MODULES[c.model_type]
+    prompts, gates = [], []
+    for layer in range(c.n_layers - n, c.n_layers):
+        name = module.format(i=layer)
+        prompt, gate = tensors.get(f"{name}.adaption_prompt"), tensors.get(f"{name}.adaption_gate")
+        if prompt is None or gate is None:
+            raise ExportError(f"the adapter lacks {name}.adaption_prompt/adaption_gate (found {sorted(tensors)[:4]})")
+        if prompt.shape != (1, A, c.d_model) or gate.shape != (1,):
+            raise ExportError(f"{name}.adaption_prompt has shape {prompt.shape}; this model needs (1, {A}, {c.d_model})")
+        prompts.append(prompt[0])
+        gates.append(gate[0])
+    return AdaptionPrompt(length=A, top_layers=n), {"prompt": jnp.asarray(np.stack(prompts)),
+                                                    "gate": jnp.asarray(np.array(gates, np.float32))}
 
 
 def import_peft(adapter_dir: str, out_dir: str, task: str = "antonyms", model: str | None = None,
@@ -195,7 +250,7 @@ def import_peft(adapter_dir: str, out_dir: str, task: str = "antonyms", model: s
     `jaxprompt eval/generate/inspect` or further training with `train --resume --out`.
 
     An existing run in `out_dir` is refused unless `overwrite` (which replaces it as a whole)."""
-    config, tensor = read_peft_adapter(adapter_dir)
+    config, tensors = read_peft_adapter(adapter_dir)
     base = model if model is not None else config.get("base_model_name_or_path")
     if not base:
         raise ExportError("the adapter names no base model: pass --model")
@@ -204,13 +259,14 @@ def import_peft(adapter_dir: str, out_dir: str, task: str = "antonyms", model: s
         model_config = config_from_hf(directory)
     except ValueError as e:  # ConfigError, or config.json that is not JSON
         raise ConfigError(f"{os.path.join(directory, 'config.json')}: {one_line(e)}") from None
-    method, prompt = prompt_from_peft(config, tensor, model_config)
+    method, prompt = prompt_from_peft(config, tensors, model_config)
     the_task = get_task(task)
     reason = method.peft_incompatibility(the_task.template)
     if reason:
         raise ExportError(f"a PEFT adapter cannot be imported into task {the_task.name!r}: {reason}")
     train_config = TrainConfig.from_flags(task=(task,), model=directory, method=method.name,
-                                          prompt_length=method.length, steps=1)
+                                          prompt_length=method.length, steps=1,
+                                          **({"adapter_layers": method.top_layers} if method.kind == "adaption" else {}))
     lock = open_run_dir(out_dir, overwrite=overwrite, flag="import target")
     try:
         info = run_info(train_config, directory, [the_task], 1, method.length, method,

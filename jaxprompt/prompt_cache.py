@@ -101,7 +101,8 @@ class PromptCache:
             raise TemplateError(f"a head of {len(tokens)} tokens + {prefix_positions} prefix positions needs "
                                 f"{len(tokens) + prefix_positions} positions; the model has "
                                 f"{session.config.max_positions}")
-        depends_on_prompt = method is not None and (method.kind == "prefix" or any(s >= 0 for s in slots))
+        # prefix and adaption prompts reach every position; embedding prompts only through their slots
+        depends_on_prompt = method is not None and (method.kind != "embeddings" or any(s >= 0 for s in slots))
         base = "|".join([session.fingerprint(), code_id(), repr(method) if depends_on_prompt else "text",
                          prompt_id(prompt) if depends_on_prompt else ""])
         key = self._key(base, tokens, slots)

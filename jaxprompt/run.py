@@ -181,15 +181,20 @@ def build_method(config: MethodConfig, tokenizer, task: Task, steps: int, n_task
         # PEZ starts from real tokens: the default init is sampled vocabulary
         "pez": lambda: make_method("pez", **{**embedding, "init_from": "sampled_vocab"
                                              if config.init == "vocab_normal" else config.init}),
+        "adaption": lambda: make_method("adaption", length=config.prompt_length, top_layers=config.adapter_layers),
     }[config.name]()
     return MultiTask(base=method, n_tasks=n_tasks) if n_tasks > 1 else method
 
 
 def _check_method_fits(config: TrainConfig, session: Session) -> None:
     layers = session.config.n_layers
-    top = config.method.prefix_top_layers
-    if top is not None and top > layers:
-        raise SettingError(f"--prefix-top-layers {top}: the model has {layers} layers; use 1..{layers}")
+    for name in ("prefix_top_layers", "adapter_layers"):
+        top = getattr(config.method, name)
+        if top is not None and top > layers:
+            raise SettingError(f"--{name.replace('_', '-')} {top}: the model has {layers} layers; use 1..{layers}")
+    if config.method.name == "adaption" and len(config.tasks) > 1:
+        raise SettingError("--method adaption trains one task at a time (multi-task prompts are soft, ptuning, "
+                           "prefix, relaxed or pez)")
     n_virtual = {t.template.n_virtual(config.method.prompt_length) for t in session.all_tasks}
     if len(n_virtual) > 1:
         raise TemplateError(f"multi-task prompts need the same number of virtual tokens in every template; "

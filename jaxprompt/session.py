@@ -113,7 +113,7 @@ class Session:
         """Rows -> ids (a row's `task_id` picks its task's template). With `hard_prompt`, the written
         prompt replaces {prompt} (baseline). Refuses what would not fit the model's positions,
         `new_tokens` to generate included."""
-        virtual = self.method.kind != "prefix"
+        virtual = self.method.kind == "embeddings"  # prefix and adaption prompts take no token positions
         out = [encode(self.all_tasks[int(r.get("task_id", 0))].template, r, self.tokenizer, self.prompt_length,
                       hard_prompt=hard_prompt, with_target=with_target, task_id=int(r.get("task_id", 0)),
                       virtual=virtual) for r in rows]

@@ -1,72 +1,110 @@
 """Greedy generation with a learned prompt: jaxprompt vs PyTorch PEFT `generate`, same run.
 
-Batch of inputs "[20 virtual tokens] <6 input tokens>", 16 new tokens each (no early stop), random
-weights of the real architectures. jaxprompt computes the prompt's keys/values once (prompt
-cache) and decodes with a static-shape KV cache inside one compiled loop.
+Inputs "[P virtual tokens] <6 input tokens>", 16 new tokens each (no early stop), batch 1 and 8,
+random weights of the real architectures. Two jaxprompt timings:
+
+- cold: the prompt's keys/values are computed inside the timed call, as PEFT does on every call;
+- warm: the prompt's keys/values come from the prompt cache (computed once per prompt).
+
+Also the decode step's time against the memory-bandwidth limit: a step must read every weight
+(the unembedding included) and the KV cache, so `bytes / bandwidth` (both measured here) is
+the floor a step cannot beat on this machine (bandwidth: the larger of a measured copy and an XLA
+reduction). See benchlib.py for what makes the comparison fair.
 
     python scripts/bench_generate.py
+    python scripts/bench_generate.py --profile /tmp/trace    # a jax.profiler trace of the warm call
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench_train import MODELS, time_it
-from jaxprompt.models import PRESETS, preset
+from benchlib import (MODELS, bytes_of, hf_model, memory_bandwidth, load_average, threads_line, time_it, torch_setup,
+                      torch_sync)
 from jaxprompt.data import Encoded, collate
-from jaxprompt.models import Model
+from jaxprompt.models import Model, preset
 from jaxprompt.models.generate import generate
 from jaxprompt.precision import Policy
 from jaxprompt.prompts import make_method
 from jaxprompt.prompts.apply import prompt_inputs, shared_head
 
 
-def inputs(batch: int, prompt_len: int, seed: int = 0):
+def texts(batch: int, length: int = 6, seed: int = 0) -> list[list[int]]:
     rng = np.random.RandomState(seed)
-    return [list(rng.randint(0, 50000, 6)) for _ in range(batch)]
+    return [list(rng.randint(0, 50000, length)) for _ in range(batch)]
 
 
-def bench_jax(name, texts, prompt_len, new_tokens, dtype, reps):
-    model = Model(preset(MODELS[name]))
-    frozen = Policy.of(dtype).cast_frozen(model.init(jax.random.key(0)))
-    method = make_method("soft", length=prompt_len)
-    prompt = method.init(jax.random.key(1), model, frozen, prompt_len)
-    head_batch = {"tokens": jnp.zeros((1, prompt_len), jnp.int32), "slots": jnp.arange(prompt_len)[None],
-                  "task_id": jnp.zeros((1,), jnp.int32)}
-    head = jax.jit(shared_head, static_argnames=("model", "method"))(model, frozen, method, prompt, head_batch)
-    batch = collate([Encoded(t, [-1] * len(t), 0) for t in texts], 0, padding="left")
+class JaxGeneration:
+    def __init__(self, name: str, prompt_len: int, dtype: str):
+        self.model = Model(preset(MODELS[name]))
+        self.frozen = self.model.decoding_params(Policy.of(dtype).cast_frozen(self.model.init(jax.random.key(0))))
+        self.method = make_method("soft", length=prompt_len)
+        self.prompt = self.method.init(jax.random.key(1), self.model, self.frozen, prompt_len)
+        self.prompt_len = prompt_len
+        head = {"tokens": jnp.zeros((1, prompt_len), jnp.int32), "slots": jnp.arange(prompt_len)[None],
+                "task_id": jnp.zeros((1,), jnp.int32)}
+        model, method = self.model, self.method
 
-    @jax.jit
-    def run_generate(frozen, prompt, batch, head):
-        embeds, _ = prompt_inputs(model, frozen, method, prompt, batch)
-        return generate(model, frozen, embeds, batch["mask"], max_new_tokens=new_tokens, prefix=head)[0]
+        @partial(jax.jit, static_argnames="new_tokens")
+        def cold(frozen, prompt, batch, new_tokens):
+            """The prompt's virtual tokens lead each row: their keys/values computed in the call."""
+            inputs = prompt_inputs(model, frozen, method, prompt, batch)
+            return generate(model, frozen, inputs.embeds, batch["mask"], max_new_tokens=new_tokens)[0]
 
-    return time_it(lambda: run_generate(frozen, prompt, batch, head).block_until_ready(), reps, warmup=1)
+        @partial(jax.jit, static_argnames="new_tokens")
+        def warm(frozen, head_kv, batch, new_tokens):
+            """The prompt's keys/values from the cache, attended by every row."""
+            return generate(model, frozen, model.embed(frozen, batch["tokens"]), batch["mask"],
+                            max_new_tokens=new_tokens, prefix=head_kv)[0]
+
+        self.cold, self.warm = cold, warm
+        self.head_kv = jax.jit(shared_head, static_argnames=("model", "method"))(model, self.frozen, method,
+                                                                                   self.prompt, head)
+
+    def batches(self, rows: list[list[int]]) -> tuple[dict, dict]:
+        P = self.prompt_len
+        with_prompt = collate([Encoded([0] * P + t, list(range(P)) + [-1] * len(t), 0) for t in rows], 0, "left",
+                              buckets=(P + len(rows[0]),))
+        text_only = collate([Encoded(t, [-1] * len(t), 0) for t in rows], 0, "left", buckets=(len(rows[0]),))
+        return with_prompt, text_only
+
+    def time(self, rows, new_tokens: int, reps: int) -> dict[str, float]:
+        with_prompt, text_only = self.batches(rows)
+        cold = lambda n: self.cold(self.frozen, self.prompt, with_prompt, new_tokens=n).block_until_ready()
+        warm = lambda n: self.warm(self.frozen, self.head_kv, text_only, new_tokens=n).block_until_ready()
+        out = {"cold": time_it(lambda: cold(new_tokens), reps, warmup=1),
+               "warm": time_it(lambda: warm(new_tokens), reps, warmup=1)}
+        # generating n tokens is a prefill and n - 1 decode steps
+        out["decode_step"] = (out["warm"] - time_it(lambda: warm(1), reps, warmup=1)) / (new_tokens - 1)
+        return out
+
+    def step_bytes(self, batch: int, slots: int) -> int:
+        """Bytes a decode step must read: every weight, and the keys/values of `slots` positions."""
+        c = self.model.config
+        kv = 2 * c.n_layers * batch * slots * c.n_kv_heads * c.head_dim * jax.tree.leaves(self.frozen)[0].dtype.itemsize
+        return bytes_of(self.frozen) + kv
 
 
-def bench_peft(name, texts, prompt_len, new_tokens, dtype, reps):
-    import torch
+def time_peft(name: str, rows, prompt_len: int, new_tokens: int, dtype: str, reps: int) -> float:
     from peft import PromptTuningConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, GPT2Config, OPTConfig
 
-    spec = dict(PRESETS[MODELS[name]])
-    model_type = spec.pop("model_type")
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_config((GPT2Config if model_type == "gpt2" else OPTConfig)(**spec))
-    base = base.to(torch.bfloat16 if dtype in ("bf16", "bfloat16") else torch.float32)
-    model = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=prompt_len)).eval()
-    ids = torch.tensor(texts)
+    torch, device = torch_setup()
+    model = get_peft_model(hf_model(name, dtype, device),
+                           PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=prompt_len)).eval()
+    ids = torch.tensor(rows, device=device)
     mask = torch.ones_like(ids)
 
     def run():
         with torch.no_grad():
             model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                            do_sample=False, pad_token_id=0)
+        torch_sync(torch, device)
 
     return time_it(run, reps, warmup=1)
 
@@ -74,32 +112,51 @@ def bench_peft(name, texts, prompt_len, new_tokens, dtype, reps):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="gpt2,opt-125m")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batches", default="1,8")
     p.add_argument("--prompt-length", type=int, default=20)
     p.add_argument("--new-tokens", type=int, default=16)
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=5)
     p.add_argument("--no-peft", action="store_true")
+    p.add_argument("--profile", default=None, help="write a jax.profiler trace of one warm call here")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    print(f"device: {jax.devices()[0].device_kind}, dtype {args.dtype}, batch {args.batch}, "
-          f"{args.new_tokens} new tokens, prompt length {args.prompt_length}")
+    measured = memory_bandwidth()
+    bandwidth = max(measured.values())
+    print(f"device: {jax.devices()[0].device_kind}, dtype {args.dtype}, {args.new_tokens} new tokens, prompt length "
+          f"{args.prompt_length}; memory bandwidth: copy {measured['copy'] / 1e9:.1f} GB/s, XLA read "
+          f"{measured['read'] / 1e9:.1f} GB/s; {load_average()}")
+    if not args.no_peft:
+        print(threads_line(torch_setup()[0]))
     rows = []
     for name in args.models.split(","):
-        texts = inputs(args.batch, args.prompt_length)
-        produced = args.batch * args.new_tokens
-        ours = bench_jax(name, texts, args.prompt_length, args.new_tokens, args.dtype, args.reps)
-        row = {"model": name, "jaxprompt_tok_s": produced / ours}
-        if not args.no_peft:
-            theirs = bench_peft(name, texts, args.prompt_length, args.new_tokens, args.dtype, args.reps)
-            row.update(peft_tok_s=produced / theirs, ratio=theirs / ours)
-        rows.append(row)
-        print(f"{name}: jaxprompt {row['jaxprompt_tok_s']:.1f} new tok/s"
-              + (f", PEFT {row['peft_tok_s']:.1f} new tok/s, ratio {row['ratio']:.2f}x" if "ratio" in row else ""),
-              flush=True)
+        bench = JaxGeneration(name, args.prompt_length, args.dtype)
+        for batch in (int(b) for b in args.batches.split(",")):
+            inputs = texts(batch)
+            produced = batch * args.new_tokens
+            ours = bench.time(inputs, args.new_tokens, args.reps)
+            slots = len(inputs[0]) + args.new_tokens
+            limit = bench.step_bytes(batch, args.prompt_length + slots) / bandwidth
+            row = {"model": name, "batch": batch, "cold_tok_s": produced / ours["cold"],
+                   "warm_tok_s": produced / ours["warm"], "decode_step_ms": 1e3 * ours["decode_step"],
+                   "bandwidth_limit_ms": 1e3 * limit, "fraction_of_bandwidth": limit / ours["decode_step"]}
+            line = (f"{name} batch {batch}: jaxprompt cold {row['cold_tok_s']:.1f}, warm {row['warm_tok_s']:.1f} new "
+                    f"tok/s; decode step {row['decode_step_ms']:.1f} ms = {100 * row['fraction_of_bandwidth']:.0f}% "
+                    f"of the bandwidth limit ({row['bandwidth_limit_ms']:.1f} ms)")
+            if not args.no_peft:
+                theirs = time_peft(name, inputs, args.prompt_length, args.new_tokens, args.dtype, args.reps)
+                row.update(peft_tok_s=produced / theirs, cold_ratio=theirs / ours["cold"], warm_ratio=theirs / ours["warm"])
+                line += (f"; PEFT {row['peft_tok_s']:.1f} new tok/s; ratio cold {row['cold_ratio']:.2f}x, "
+                         f"warm {row['warm_ratio']:.2f}x")
+            print(line, flush=True)
+            rows.append(row)
+        if args.profile:
+            _, text_only = bench.batches(texts(8))
+            with jax.profiler.trace(f"{args.profile}/{name}"):
+                bench.warm(bench.frozen, bench.head_kv, text_only, new_tokens=args.new_tokens).block_until_ready()
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"dtype": args.dtype, "rows": rows}, f, indent=2)
+            json.dump({"dtype": args.dtype, "bandwidth": bandwidth, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

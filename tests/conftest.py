@@ -84,6 +84,16 @@ TINY = {
     "opt-50k-proj": dict(model_type="opt", vocab_size=50272, max_position_embeddings=96, hidden_size=32,
                          num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, init_std=0.2,
                          word_embed_proj_dim=16, bos_token_id=50256, eos_token_id=50256, pad_token_id=1),
+    "llama-50k": dict(model_type="llama", vocab_size=50257, max_position_embeddings=96, hidden_size=32,
+                      intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      initializer_range=0.2, tie_word_embeddings=False, bos_token_id=50256, eos_token_id=50256),
+    "gemma2-50k": dict(model_type="gemma2", vocab_size=50257, max_position_embeddings=96, hidden_size=32,
+                       intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       head_dim=8, query_pre_attn_scalar=8, sliding_window=8, initializer_range=0.2,
+                       bos_token_id=50256, eos_token_id=50256, pad_token_id=50256),
+    "gpt_neox-50k": dict(model_type="gpt_neox", vocab_size=50257, max_position_embeddings=96, hidden_size=32,
+                         intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, rotary_pct=0.5,
+                         initializer_range=0.2, bos_token_id=50256, eos_token_id=50256),
 }
 
 
@@ -162,8 +172,14 @@ def tiny_config(model_type: str = "gpt2", **overrides):
 
     base = dict(vocab_size=50257, max_positions=96, d_model=32, n_layers=2, n_heads=4, d_ff=64, d_embed=32,
                 eos_token_id=50256, bos_token_id=50256)
-    if model_type == "opt":
-        base.update(activation="relu", d_embed=16, pre_layer_norm=True)
+    base.update({
+        "opt": dict(activation="relu", d_embed=16, pre_layer_norm=True),
+        "llama": dict(activation="silu", n_kv_heads=2, norm_eps=1e-6, tie_word_embeddings=False),
+        # windows (8) shorter than the test sequences on layer 0, soft-capping, (1 + w) norms
+        "gemma2": dict(activation="gelu_pytorch_tanh", n_kv_heads=2, head_dim=8, norm_eps=1e-6,
+                       query_pre_attn_scalar=8, sliding_window=8, windowed_layers=(True, False),
+                       attn_softcap=50.0, final_softcap=30.0),
+    }.get(model_type, {}))
     base.update(overrides)
     return ModelConfig(model_type=model_type, **base)
 
@@ -186,14 +202,31 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_lm():
-    """(Model, params) of a tiny random GPT-2 with GPT-2's 50257-token vocabulary."""
+def tiny_lms():
+    """model type -> (Model, params) of a tiny random model with GPT-2's 50257-token vocabulary."""
     import jax
 
     from jaxprompt.models import Model
 
-    model = Model(tiny_config())
-    return model, model.init(jax.random.key(0), std=0.2)
+    cache = {}
+
+    def get(model_type: str = "gpt2"):
+        if model_type not in cache:
+            model = Model(tiny_config(model_type))
+            params = model.init(jax.random.key(0), std=0.2)
+            if model.arch.unit_offset_norms:  # norms at w = 0 would hide the (1 + w) form
+                params = jax.tree_util.tree_map_with_path(
+                    lambda path, x: x + 0.2 if path[-1].key == "scale" else x, params)
+            cache[model_type] = (model, params)
+        return cache[model_type]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_lms):
+    """(Model, params) of a tiny random GPT-2 with GPT-2's 50257-token vocabulary."""
+    return tiny_lms("gpt2")
 
 
 def write_task(directory, rows, template="Here are two {prompt} {word1} and", target=" {word2}", name="t",

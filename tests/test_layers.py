@@ -4,7 +4,6 @@ with a sliding window and soft-capping (a direct numpy loop over heads)."""
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -26,7 +26,7 @@ P = 4
 
 
 def _examples(tokenizer, pairs=ANTONYM_PAIRS, method=None):
-    virtual = method is None or method.kind != "prefix"
+    virtual = method is None or method.kind == "embeddings"  # prefix and adaption prompts take no slots
     return [encode(TEMPLATE, {"word1": a, "word2": b}, tokenizer, P, virtual=virtual) for a, b in pairs]
 
 
@@ -53,16 +53,24 @@ def test_left_and_right_padding_give_the_same_loss(tiny_lm, gpt2_tokenizer):
         np.testing.assert_allclose(losses[0][0], losses[1][0], rtol=1e-5)
 
 
-@pytest.mark.parametrize("name,options", [("soft", {}), ("prefix", {}), ("ptuning", {"hidden": 16})])
-def test_shared_prefix_equals_unshared(tiny_lm, gpt2_tokenizer, name, options):
-    """Computing the prompt + fixed text once at batch size 1 gives the same loss and gradient."""
-    model, frozen = tiny_lm
+SHARED_CASES = [("gpt2", "soft", {}), ("gpt2", "prefix", {}), ("gpt2", "ptuning", {"hidden": 16}),
+                ("gpt2", "adaption", {"top_layers": 1}), ("llama", "prefix", {}), ("gemma2", "soft", {}),
+                ("gemma2", "adaption", {})]
+
+
+@pytest.mark.parametrize("family,name,options", SHARED_CASES, ids=[f"{f}-{n}" for f, n, _ in SHARED_CASES])
+def test_shared_prefix_equals_unshared(tiny_lms, gpt2_tokenizer, family, name, options):
+    """Computing the prompt + fixed text once at batch size 1 gives the same loss and gradient (for
+    adaption prompts the head is computed with the adapters too)."""
+    model, frozen = tiny_lms(family)
     method = make_method(name, length=P, **options)
     examples = _examples(gpt2_tokenizer, method=method)
     batch = Batches(examples, 8, 50256)(0)
     prompt = method.init(jax.random.key(0), model, frozen, P)
+    if name == "adaption":  # gates off zero, or the adapters would not show
+        prompt = {**prompt, "gate": prompt["gate"] + 0.5}
     S = common_prefix_length(examples)
-    assert S == len(gpt2_tokenizer.encode("Here are two")) + (0 if name == "prefix" else P)
+    assert S == len(gpt2_tokenizer.encode("Here are two")) + (P if method.kind == "embeddings" else 0)
     value_grad = lambda s: jax.value_and_grad(lambda p: prompt_loss(model, method, s)(p, frozen, batch, None, 0)[0])(prompt)
     (l0, g0), (l1, g1) = value_grad(0), value_grad(S)
     np.testing.assert_allclose(l0, l1, rtol=1e-5)
@@ -141,13 +149,14 @@ def test_prompt_gradients_match_float64_finite_differences():
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-3000:]
 
 
-def test_prompt_gradient_matches_peft(tiny_hf):
-    """Loss and prompt gradient equal PEFT prompt tuning on the same tiny GPT-2 (PyTorch)."""
+@pytest.mark.parametrize("variant", ["gpt2", "llama"])
+def test_prompt_gradient_matches_peft(tiny_hf, variant):
+    """Loss and prompt gradient equal PEFT prompt tuning on the same tiny model (PyTorch)."""
     torch = pytest.importorskip("torch")
     peft = pytest.importorskip("peft")
     from jaxprompt.models.convert import load_pretrained
 
-    pt_model, directory = tiny_hf("gpt2")
+    pt_model, directory = tiny_hf(variant)
     config, frozen = load_pretrained(directory)
     model = Model(config)
     method = make_method("soft", length=5)

@@ -4,7 +4,6 @@ mismatches with the model named."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 from tokenizers import Tokenizer as HFTokenizer

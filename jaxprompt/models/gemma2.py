@@ -6,13 +6,12 @@ with global ones (layer 0 windowed).
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Mapping
 
 from jaxtyping import Array, Float
 
 from jaxprompt.models import gemma, llama
-from jaxprompt.models.architecture import KeyRow, TokenizerConventions
+from jaxprompt.models.architecture import KeyRow
 from jaxprompt.models.config import ModelConfig
 from jaxprompt.models.layers import LayerInputs, activation, gated_mlp
 

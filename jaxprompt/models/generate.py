@@ -82,26 +82,31 @@ def generate(
     positions = positions_from_mask(attention_mask, start)
     logits, cache = model.forward(params, embeds, positions, attention_mask, cache, prefix, adapter)
 
-    def cond(carry):
-        i, _, _, done, _, _, _ = carry
-        return (i < max_new_tokens) & ~jnp.all(done)
-
-    def body(carry):
-        i, last_logits, next_pos, done, out, lengths, cache = carry
-        token = sample_token(last_logits, jax.random.fold_in(rng, i), sampling)
-        token = jnp.where(done, pad, token)
+    def emit(i, last_logits, next_pos, done, out, lengths):
+        """Token i of every row (padding for rows that stopped); rows stop at EOS or the position limit."""
+        token = jnp.where(done, pad, sample_token(last_logits, jax.random.fold_in(rng, i), sampling))
         out = out.at[:, i].set(token)
         lengths = lengths + (~done).astype(jnp.int32)
         if eos_token_id is not None:
             done = done | (token == eos_token_id)
         done = done | (next_pos >= model.config.max_positions)  # the new token could not be read
+        return token, done, out, lengths
+
+    def cond(carry):
+        i, _, _, done, _, _, _ = carry
+        return (i < max_new_tokens - 1) & ~jnp.all(done)
+
+    def body(carry):  # emit a token, then read it (the last token is emitted after the loop, never read)
+        i, last_logits, next_pos, done, out, lengths, cache = carry
+        token, done, out, lengths = emit(i, last_logits, next_pos, done, out, lengths)
         step_logits, cache = model.forward(params, model.embed(params, token[:, None]), next_pos[:, None],
                                            jnp.ones((B, 1), bool), cache, prefix, adapter)
         return i + 1, step_logits[:, -1], next_pos + 1, done, out, lengths, cache
 
     carry = (jnp.int32(0), logits[:, -1], positions[:, -1] + 1, jnp.zeros(B, bool),
              jnp.full((B, max_new_tokens), pad, jnp.int32), jnp.zeros(B, jnp.int32), cache)
-    _, _, _, _, out, lengths, _ = jax.lax.while_loop(cond, body, carry)
+    i, last_logits, next_pos, done, out, lengths, _ = jax.lax.while_loop(cond, body, carry)
+    _, _, out, lengths = emit(i, last_logits, next_pos, done, out, lengths)  # stopped rows write padding
     return out, lengths
 
 

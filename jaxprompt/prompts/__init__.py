@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxprompt.prompts.adaption import AdaptionPrompt
 from jaxprompt.prompts.base import EmbeddingInit, PromptMethod
 from jaxprompt.prompts.multitask import MultiTask
 from jaxprompt.prompts.prefix import PrefixTuning
@@ -11,12 +12,12 @@ from jaxprompt.prompts.ptuning import PTuning
 from jaxprompt.prompts.soft import ProjectedPrompt, RelaxedPrompt, SoftPrompt
 
 METHODS: dict[str, type[PromptMethod]] = {
-    cls.name: cls for cls in (SoftPrompt, PTuning, PrefixTuning, RelaxedPrompt, ProjectedPrompt)
+    cls.name: cls for cls in (SoftPrompt, PTuning, PrefixTuning, RelaxedPrompt, ProjectedPrompt, AdaptionPrompt)
 }
 
 
 def make_method(name: str, **options) -> PromptMethod:
-    """A method by name: soft | ptuning | prefix | relaxed | pez."""
+    """A method by name: soft | ptuning | prefix | relaxed | pez | adaption."""
     if name not in METHODS:
         raise ValueError(f"unknown prompt method {name!r}; use one of {', '.join(METHODS)}")
     return METHODS[name](**options)
@@ -48,5 +49,5 @@ def method_from_spec(spec: dict) -> PromptMethod:
     return cls(**values)
 
 
-__all__ = ["PromptMethod", "EmbeddingInit", "SoftPrompt", "PTuning", "PrefixTuning", "RelaxedPrompt",
+__all__ = ["PromptMethod", "EmbeddingInit", "SoftPrompt", "PTuning", "PrefixTuning", "RelaxedPrompt", "AdaptionPrompt",
            "ProjectedPrompt", "MultiTask", "METHODS", "make_method", "method_spec", "method_from_spec"]

@@ -8,32 +8,44 @@ inference the head can be computed once and passed in (see prompt_cache.py).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from jaxprompt.models import Model, Prefix, positions_from_mask
+from jaxprompt.models.layers import Adapter
 from jaxprompt.precision import policy_of
 from jaxprompt.prompts.base import PromptMethod
 from jaxprompt.prompts.insert import insert_batch
 
 
-def prompt_inputs(model: Model, frozen: dict, method: PromptMethod | None, prompt: dict | None, batch: dict,
-                  step=0) -> tuple[Float[Array, "B T E"], Prefix | None]:
-    """Input embeddings with virtual tokens in place, and the prefix keys/values (prefix methods).
+class PromptedInputs(NamedTuple):
+    """What the transformer reads for a prompted batch: token embeddings with any virtual tokens in
+    place, and the method's keys/values (prefix tuning) or adaption prompts (LLaMA-Adapter)."""
 
-    `method=None` runs the plain text (a written prompt is already in the tokens).
-    """
+    embeds: Float[Array, "B T E"]
+    prefix: Prefix | None = None
+    adapter: Adapter | None = None
+
+
+def prompt_inputs(model: Model, frozen: dict, method: PromptMethod | None, prompt: dict | None, batch: dict,
+                  step=0) -> PromptedInputs:
+    """The batch's inputs under `method` (`None`: the plain text, e.g. a written prompt)."""
     policy = policy_of(frozen)
     embeds = model.embed(frozen, batch["tokens"])
     if method is None:
-        return embeds, None
+        return PromptedInputs(embeds)
     if method.kind == "embeddings":
         virtual = method.batch_virtual_tokens(prompt, model, frozen, step, batch["task_id"])
-        return insert_batch(embeds, policy.cast_prompt_in(virtual), batch["slots"]), None
+        return PromptedInputs(insert_batch(embeds, policy.cast_prompt_in(virtual), batch["slots"]))
+    if method.kind == "adaption":
+        adapter = method.adapter(prompt, model, frozen)
+        return PromptedInputs(embeds, adapter=jax.tree.map(policy.cast_prompt_in, adapter))
     k, v, layer_mask = method.batch_prefix(prompt, model, frozen, step, batch["task_id"])
     mask = jnp.broadcast_to(layer_mask[:, None, None], (k.shape[0], 1, k.shape[2]))
-    return embeds, Prefix(policy.cast_prompt_in(k), policy.cast_prompt_in(v), mask)
+    return PromptedInputs(embeds, prefix=Prefix(policy.cast_prompt_in(k), policy.cast_prompt_in(v), mask))
 
 
 def shared_head(model: Model, frozen: dict, method: PromptMethod | None, prompt: dict | None, head: dict,
@@ -44,7 +56,7 @@ def shared_head(model: Model, frozen: dict, method: PromptMethod | None, prompt:
     example needs to attend to. `prefix` continues from already computed keys/values of the head's
     first positions (the on-disk prompt cache), so only the new positions cost compute.
     """
-    embeds, method_prefix = prompt_inputs(model, frozen, method, prompt, head, step)
+    embeds, method_prefix, adapter = prompt_inputs(model, frozen, method, prompt, head, step)
     done = 0
     if prefix is not None:
         done = prefix.length - (0 if method_prefix is None else method_prefix.length)
@@ -60,7 +72,8 @@ def shared_head(model: Model, frozen: dict, method: PromptMethod | None, prompt:
                               positions=cache.positions.at[:, :done].set(start + jnp.arange(done)),
                               index=jnp.int32(done))
     mask = jnp.ones((1, S - done), bool)
-    _, cache = model.transformer(frozen, embeds, positions_from_mask(mask, start + done), mask, cache, method_prefix)
+    _, cache = model.transformer(frozen, embeds, positions_from_mask(mask, start + done), mask, cache, method_prefix,
+                                 adapter)
     shared = Prefix(cache.k, cache.v, jnp.ones((cache.k.shape[0], 1, S), bool))
     if method_prefix is not None:
         shared = jax.tree.map(lambda a, b: jnp.concatenate([a.astype(b.dtype), b], axis=2), method_prefix, shared)
@@ -84,15 +97,14 @@ def prompted_hidden(
     `head`: the shared head's keys/values if already computed (else computed here, differentiably).
     """
     if shared_len == 0:
-        embeds, prefix = prompt_inputs(model, frozen, method, prompt, batch, step)
-        start = 0 if prefix is None else prefix.length
-        return model.transformer(frozen, embeds, positions_from_mask(batch["mask"], start), batch["mask"],
-                                 prefix=prefix)[0]
+        inputs = prompt_inputs(model, frozen, method, prompt, batch, step)
+        start = 0 if inputs.prefix is None else inputs.prefix.length
+        return model.transformer(frozen, inputs.embeds, positions_from_mask(batch["mask"], start), batch["mask"],
+                                 prefix=inputs.prefix, adapter=inputs.adapter)[0]
     if head is None:
         head = shared_head(model, frozen, method, prompt, head_of(batch, shared_len), step)
-    rest = rest_of(batch, shared_len)
     # the rest's virtual tokens (if any) are inserted; prefix keys/values are already in `head`
-    embeds = prompt_inputs(model, frozen, method, prompt, rest, step)[0] if method is not None \
-        and method.kind == "embeddings" else model.embed(frozen, rest["tokens"])
-    positions = positions_from_mask(rest["mask"], head.length)
-    return model.transformer(frozen, embeds, positions, rest["mask"], prefix=head)[0]
+    rest = prompt_inputs(model, frozen, method, prompt, rest_of(batch, shared_len), step)
+    positions = positions_from_mask(batch["mask"][:, shared_len:], head.length)
+    return model.transformer(frozen, rest.embeds, positions, batch["mask"][:, shared_len:], prefix=head,
+                             adapter=rest.adapter)[0]

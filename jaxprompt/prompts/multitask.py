@@ -23,6 +23,9 @@ class MultiTask(PromptMethod):
     def __post_init__(self):
         if self.base is None or self.n_tasks < 1:
             raise ValueError("MultiTask needs a base method and n_tasks >= 1")
+        if self.base.kind == "adaption":  # every layer would need per-example adapters
+            raise ValueError("multi-task training supports soft, ptuning, prefix, relaxed and pez prompts, "
+                             "not adaption prompts")
         object.__setattr__(self, "length", self.base.length)
 
     @property

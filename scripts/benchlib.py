@@ -1,0 +1,126 @@
+"""What the benchmark scripts share: fair timing of jaxprompt against PyTorch PEFT in one process.
+
+Fairness, on both sides: the same random-weight architecture (from the same preset), the same
+inputs, the same device (on a GPU machine both run on the GPU, and every timing waits for the device
+to finish), the same number of CPU threads, PEFT in eval mode (no dropout; gradients still flow),
+warm-up runs before timing, and the median of several timed runs.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MODELS = {"gpt2": "gpt2", "opt-125m": "facebook/opt-125m", "gpt2-medium": "gpt2-medium",
+          "opt-350m": "facebook/opt-350m", "llama-3.2-1b": "meta-llama/Llama-3.2-1B",
+          "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B"}
+
+
+def time_it(fn, steps: int, warmup: int = 2) -> float:
+    """Median seconds of `fn()` (which must block until its results exist) over `steps` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def is_bf16(dtype: str) -> bool:
+    return dtype in ("bfloat16", "bf16")
+
+
+# ---- the PyTorch side ------------------------------------------------------------------------------
+
+def torch_setup():
+    """(torch, device): the GPU when JAX runs on one, else the CPU with XLA's thread count."""
+    import torch
+
+    if jax.default_backend() == "gpu":
+        if not torch.cuda.is_available():
+            raise SystemExit("JAX runs on a GPU but this torch has no CUDA: install a CUDA torch to compare fairly")
+        return torch, torch.device("cuda")
+    torch.set_num_threads(xla_cpu_threads())
+    return torch, torch.device("cpu")
+
+
+def torch_sync(torch, device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def xla_cpu_threads() -> int:
+    """XLA's CPU client runs its intra-op pool on every core the process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def hf_model(name: str, dtype: str, device):
+    """The preset's architecture in transformers, random weights, eval mode, on `device`."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from jaxprompt.models import PRESETS
+
+    spec = dict(PRESETS[MODELS[name]])
+    config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    return model.to(device=device, dtype=torch.bfloat16 if is_bf16(dtype) else torch.float32).eval()
+
+
+def threads_line(torch) -> str:
+    if jax.default_backend() != "cpu":
+        return f"device: {jax.devices()[0].device_kind} (JAX and torch on it)"
+    return (f"CPU threads: XLA {xla_cpu_threads()} (its intra-op pool uses every core), "
+            f"torch {torch.get_num_threads()}")
+
+
+# ---- the machine ---------------------------------------------------------------------------------
+
+def matmul_peak(dtype, n: int = 2048, reps: int = 10) -> float:
+    """FLOP/s of a large square matmul: the practical peak of this device for `dtype`."""
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda a, b: a @ b)
+    f(a, a).block_until_ready()
+    best = min(_timed(lambda: f(a, a).block_until_ready()) for _ in range(reps))
+    return 2 * n**3 / best
+
+
+def memory_bandwidth(megabytes: int = 256, reps: int = 10) -> dict[str, float]:
+    """Bytes/s this machine moves: a copy into an existing buffer (numpy, read + write bytes
+    counted) and an XLA reduction (read only, the traffic of a weight-streaming decode step). The
+    larger is the ceiling a decode step works against. (An XLA `x + 1` would also time allocating
+    and faulting in a fresh output buffer on every call, and understate the machine.)"""
+    a = np.ones(megabytes * 2**20 // 4, np.float32)
+    b = np.empty_like(a)
+    copy = min(_timed(lambda: np.copyto(b, a)) for _ in range(reps))
+    x = jnp.asarray(a)
+    f = jax.jit(jnp.sum)
+    f(x).block_until_ready()
+    read = min(_timed(lambda: f(x).block_until_ready()) for _ in range(reps))
+    return {"copy": 2 * a.nbytes / copy, "read": x.nbytes / read}
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def load_average() -> str:
+    try:
+        one, five, _ = os.getloadavg()
+    except OSError:
+        return "load average unknown"
+    return f"load average {one:.2f} / {five:.2f} (1 / 5 min; a busy machine slows PyTorch more than XLA)"
+
+
+def bytes_of(tree) -> int:
+    return sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree))

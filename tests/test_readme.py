@@ -1,0 +1,32 @@
+"""The README's Python code runs as written (in a fresh process, offline, in an empty directory)
+and says what the README says it shows."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+
+
+def test_readme_python_runs_as_written(tmp_path):
+    blocks = python_blocks()
+    assert len(blocks) >= 3
+    script = "\n\n".join(blocks)
+    env = {**os.environ, "JAXPROMPT_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    out = proc.stdout
+    assert "8030261248" in out
+    before = float(re.search(r"test loss before: ([\d.]+)", out).group(1))
+    after = float(re.search(r"test loss after \d+ steps: ([\d.]+)", out).group(1))
+    mean, std = map(float, re.search(r"5 seeds: test loss ([\d.]+) ± ([\d.]+)", out).groups())
+    assert after < before - 1.0 and abs(mean - after) < 0.5 and std > 0, out
+    assert (tmp_path / "runs" / "ptuning" / "results.json").exists()
