@@ -28,6 +28,7 @@ import numpy as np
 
 from jaxprompt.data import TemplateError
 from jaxprompt.files import atomic_write
+from jaxprompt.distributed import host
 from jaxprompt.models import Prefix
 from jaxprompt.prompts.apply import shared_head
 
@@ -59,9 +60,10 @@ def code_id() -> str:
 
 
 def prompt_id(prompt) -> str:
+    """A hash of every value of a prompt (an inference form computed from weights spread over
+    processes may itself be spread: `host` gathers it, collectively)."""
     h = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_flatten_with_path(prompt)[0]:
-        x = np.asarray(jax.device_get(leaf))
+    for path, x in jax.tree_util.tree_flatten_with_path(host(prompt))[0]:
         h.update(f"{jax.tree_util.keystr(path)}{x.shape}{x.dtype}".encode())
         h.update(np.ascontiguousarray(x).tobytes())
     return h.hexdigest()[:32]
