@@ -43,6 +43,8 @@ def summed_loss_and_grads(loss_fn: LossFn, micro_batches: int = 1):
     another (`lax.scan`, so only one slice's activations are alive) and their sums and counts are
     added: dividing once at the end gives exactly the whole batch's mean gradient, whatever the
     slices' target counts (a mean of per-slice means would weight a slice's tokens by its count).
+    Slice j holds rows j, j + M, j + 2M, ...: every device's contiguous block of a batch sharded
+    along `data` contributes to every slice, so no row moves between devices.
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -57,7 +59,7 @@ def summed_loss_and_grads(loss_fn: LossFn, micro_batches: int = 1):
         def split(x):
             if x.shape[0] % micro_batches:
                 raise ValueError(f"batch of {x.shape[0]} rows does not split into {micro_batches} micro-batches")
-            return x.reshape(micro_batches, x.shape[0] // micro_batches, *x.shape[1:])  # [M, B/M, ...]
+            return x.reshape(x.shape[0] // micro_batches, micro_batches, *x.shape[1:]).swapaxes(0, 1)  # [M, B/M, ...]
 
         def body(total, part):
             piece, i = part
