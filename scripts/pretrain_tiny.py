@@ -3,9 +3,12 @@
 Full-parameter training with jaxprompt's own GPT-2 module and the same step / pmap machinery as
 prompt tuning (here `params` is the whole LM and nothing is frozen). Reproducible from --seed.
 Writes an HF-format checkpoint (config.json, model.safetensors in bf16, tokenizer.json) that
-`transformers.AutoModelForCausalLM` also loads, plus pretraining.json with what was measured.
+`transformers.AutoModelForCausalLM` also loads, the held-out antonym pairs (heldout_pairs.tsv:
+never in the corpus, see jaxprompt/corpus.py), and pretraining.json with what was measured:
+the LM loss, the loss on gloss-like sentences of held-out synsets, and an antonym probe on pairs
+seen and unseen in pretraining.
 
-    python scripts/pretrain_tiny.py --out checkpoints/tiny-gpt2-wordnet      # ~1 hour on 2 CPU cores
+    python scripts/pretrain_tiny.py --out checkpoints/tiny-gpt2-wordnet      # ~1.5 hours on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import argparse
 import json
 import math
 import os
+import random
 import sys
 import time
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -23,17 +28,19 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from jaxprompt.models.config import ModelConfig
-from jaxprompt.corpus import sentences
+from jaxprompt.corpus import (HELDOUT_PAIR_FRACTION, HELDOUT_SYNSET_FRACTION, heldout_gloss_sentences,
+                              heldout_pairs, sentences)
 from jaxprompt.loss import nll_sum
 from jaxprompt.models import Model
+from jaxprompt.models.config import ModelConfig
 from jaxprompt.models.convert import save_pretrained
 from jaxprompt.parallel import DataParallel
 from jaxprompt.tokenizer import Tokenizer
 from jaxprompt.train import TrainState
-from jaxprompt.wordnet import DEFAULT_DIR, read_synsets
+from jaxprompt.wordnet import DEFAULT_DIR, antonym_pairs, read_synsets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROBE_PHRASE = "The opposite of {a} is"  # a corpus phrasing; the probe asks for the first token of " {b}"
 
 
 def packed_rows(synsets, tokenizer: Tokenizer, seed: int, seq_len: int, other_fraction: float, antonym_repeats: int):
@@ -52,6 +59,82 @@ def packed_rows(synsets, tokenizer: Tokenizer, seed: int, seq_len: int, other_fr
         epoch += 1
 
 
+def _padded(rows: list[list[int]], length: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    tokens = np.full((len(rows), length), pad, np.int32)
+    mask = np.zeros((len(rows), length), bool)
+    for i, r in enumerate(rows):
+        tokens[i, :len(r)], mask[i, :len(r)] = r, True
+    return tokens, mask
+
+
+@partial(jax.jit, static_argnames="model")
+def _sentence_nll(model: Model, params, tokens, mask):
+    logits = model.logits(params, tokens, mask)
+    return nll_sum(logits[:, :-1], tokens[:, 1:], mask[:, 1:])
+
+
+def sentence_loss(model: Model, params, tokenizer: Tokenizer, texts: list[str], batch: int = 64) -> float:
+    """Mean per-token NLL (nats) of `texts`, each read after an EOS as in pretraining, pooled over tokens."""
+    eos, limit = tokenizer.eos_token_id, model.config.max_positions
+    rows = sorted((([eos] + ids)[:limit] for ids in tokenizer.encode_batch(texts)), key=len)
+    total = count = 0.0
+    for start in range(0, len(rows), batch):
+        chunk = rows[start:start + batch]
+        length = min(limit, 32 * math.ceil(len(chunk[-1]) / 32))  # few shapes, few compilations
+        s, c = _sentence_nll(model, params, *map(jnp.asarray, _padded(chunk + [[eos]] * (batch - len(chunk)),
+                                                                       length, eos)))
+        total, count = total + float(s), count + float(c)
+    return total / count
+
+
+@partial(jax.jit, static_argnames="model")
+def _next_token_ranks(model: Model, params, tokens, mask, targets):
+    logits = model.logits(params, tokens, mask)
+    last = jnp.take_along_axis(logits, (mask.sum(1) - 1)[:, None, None], axis=1)[:, 0]  # [B, V]
+    target = jnp.take_along_axis(last, targets[:, None], axis=1)
+    return jnp.sum(last > target, axis=1)
+
+
+def first_token_ranks(model: Model, params, tokenizer: Tokenizer, prefixes: list[str], targets: list[str],
+                      batch: int = 64) -> np.ndarray:
+    """Rank of each target's first token among the model's next-token logits after its prefix
+    (0: the model's top choice). Prefixes are read as the prompt task reads inputs: no EOS before."""
+    ids = tokenizer.encode_batch(prefixes)
+    firsts = [t[0] for t in tokenizer.encode_batch(targets)]
+    length = max(len(i) for i in ids)
+    ranks = []
+    for start in range(0, len(ids), batch):
+        chunk, first = ids[start:start + batch], firsts[start:start + batch]
+        n = len(chunk)
+        tokens, mask = _padded(chunk + [chunk[0]] * (batch - n), length, tokenizer.eos_token_id)
+        targets_arr = np.asarray(first + [first[0]] * (batch - n), np.int32)
+        ranks.append(np.asarray(_next_token_ranks(model, params, tokens, mask, targets_arr))[:n])
+    return np.concatenate(ranks)
+
+
+def antonym_probe(model: Model, params, tokenizer: Tokenizer, pairs: list[tuple[str, str]]) -> dict:
+    """Top-1 / top-10 of the first token of b after "The opposite of a is", over `pairs`."""
+    ranks = first_token_ranks(model, params, tokenizer, [PROBE_PHRASE.format(a=a) for a, _ in pairs],
+                              [" " + b for _, b in pairs])
+    return {"pairs": len(pairs), "top1": round(float(np.mean(ranks < 1)), 4), "top10": round(float(np.mean(ranks < 10)), 4)}
+
+
+def measure(model: Model, params, tokenizer: Tokenizer, gloss: list[str], seen: list, unseen: list) -> dict:
+    return {"heldout_gloss_loss": round(sentence_loss(model, params, tokenizer, gloss), 4),
+            "probe_seen": antonym_probe(model, params, tokenizer, seen),
+            "probe_unseen": antonym_probe(model, params, tokenizer, unseen)}
+
+
+def write_heldout(directory: str, pairs: list[tuple[str, str]], gloss: list[str]) -> None:
+    """What the corpus left out, beside the checkpoint: the antonym pairs, and the gloss-like
+    sentences that measure plain English."""
+    with open(os.path.join(directory, "heldout_pairs.tsv"), "w") as f:
+        f.write("word1\tword2\n")
+        f.writelines(f"{a}\t{b}\n" for a, b in pairs)
+    with open(os.path.join(directory, "heldout_gloss.txt"), "w") as f:
+        f.writelines(s + "\n" for s in gloss)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.path.join(REPO, "checkpoints", "tiny-gpt2-wordnet"))
@@ -65,11 +148,13 @@ def main(argv=None):
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--other-fraction", type=float, default=0.03,
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--other-fraction", type=float, default=0.1,
                    help="fraction of synsets whose gloss/example/synonym/hypernym sentences join each epoch")
     p.add_argument("--antonym-repeats", type=int, default=8, help="phrasings of every antonym pair per epoch")
+    p.add_argument("--eval-every", type=int, default=400,
+                   help="steps between measurements of the held-out gloss loss and the antonym probe")
     args = p.parse_args(argv)
 
     tokenizer = Tokenizer.load(args.tokenizer)
@@ -81,6 +166,10 @@ def main(argv=None):
     model = Model(config)
     synsets = read_synsets(args.wordnet)
     rows = packed_rows(synsets, tokenizer, args.seed, args.seq_len, args.other_fraction, args.antonym_repeats)
+    unseen = heldout_pairs(synsets)
+    held = set(unseen)
+    seen = random.Random(0).sample([q for q in antonym_pairs(synsets) if q not in held], len(unseen))
+    gloss = heldout_gloss_sentences(synsets)
 
     def lm_loss(params, _frozen, batch, _rng, _step):
         tokens = batch["tokens"]
@@ -97,9 +186,10 @@ def main(argv=None):
     frozen = dp.replicate(jnp.zeros(()))
     n_params = model.num_params()
     print(f"model: {n_params / 1e6:.1f}M params, {config.n_layers} layers, d_model {config.d_model}; "
-          f"{dp.n} device(s)", file=sys.stderr)
+          f"{dp.n} device(s); {len(unseen)} held-out antonym pairs, {len(gloss)} held-out gloss sentences",
+          file=sys.stderr)
 
-    start, tokens_seen, recent = time.time(), 0, []
+    start, eval_seconds, recent, curve = time.time(), 0.0, [], []
     bar = tqdm(range(args.steps), desc="pretrain", file=sys.stderr, mininterval=5)
     for step in bar:
         batch = np.array([next(rows) for _ in range(args.batch)], np.int32)
@@ -110,19 +200,35 @@ def main(argv=None):
                 raise FloatingPointError(f"pretraining loss is {loss} at step {step}")
             recent = (recent + [loss])[-10:]
             tokens_seen = (step + 1) * args.batch * args.seq_len
-            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_seen / (time.time() - start):.0f}")
-    elapsed = time.time() - start
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_seen / (time.time() - start - eval_seconds):.0f}")
+        if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
+            t0 = time.time()
+            point = {"step": step + 1, "lm_loss": round(float(np.mean(recent)), 4),
+                     **measure(model, dp.unreplicate(state).params, tokenizer, gloss, seen, unseen)}
+            curve.append(point)
+            eval_seconds += time.time() - t0
+            tqdm.write(json.dumps(point), file=sys.stderr)
+    elapsed = time.time() - start - eval_seconds
 
     params = dp.unreplicate(state).params
     save_pretrained(config, params, args.out, dtype=jnp.bfloat16)
     if os.path.abspath(args.tokenizer) != os.path.abspath(args.out):
         tokenizer.save(args.out)
+    write_heldout(args.out, unseen, gloss)
+    # measured on the saved (bf16) weights, as every user of the checkpoint sees them
+    from jaxprompt.models.convert import load_pretrained
+
+    _, saved = load_pretrained(args.out)
     report = {
         "seed": args.seed, "steps": args.steps, "batch": args.batch, "seq_len": args.seq_len,
         "tokens": args.steps * args.batch * args.seq_len, "seconds": round(elapsed, 1),
         "final_lm_loss": round(float(np.mean(recent)), 4), "params": n_params, "lr": args.lr,
-        "devices": [str(d) for d in dp.devices], "other_fraction": args.other_fraction,
+        "warmup": args.warmup, "devices": [str(d) for d in dp.devices], "other_fraction": args.other_fraction,
         "antonym_repeats": args.antonym_repeats,
+        "heldout_pair_fraction": HELDOUT_PAIR_FRACTION, "heldout_pairs": len(unseen),
+        "heldout_pairs_file": "heldout_pairs.tsv", "heldout_synset_fraction": HELDOUT_SYNSET_FRACTION,
+        "heldout_gloss_sentences": len(gloss), "heldout_gloss_file": "heldout_gloss.txt", **measure(model, saved, tokenizer, gloss, seen, unseen),
+        "probe_phrase": PROBE_PHRASE, "curve": curve,
     }
     with open(os.path.join(args.out, "pretraining.json"), "w") as f:
         json.dump(report, f, indent=2)

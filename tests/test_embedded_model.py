@@ -1,5 +1,6 @@
-"""The embedded default model: loads in `transformers` with the same logits, and a learned prompt
-draws out antonym knowledge that pretraining put there."""
+"""The embedded default model: loads in `transformers` with the same logits, reads plain WordNet
+English it was never shown, knows the antonym pairs its corpus showed and not those it held out,
+and a learned prompt draws out antonym knowledge that pretraining put there."""
 
 from __future__ import annotations
 
@@ -16,9 +17,36 @@ pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(DEFAULT_MODEL, "
                                 reason="embedded model not built (scripts/pretrain_tiny.py)")
 
 
-def test_embedded_checkpoint_is_a_standard_hf_gpt2():
+@pytest.fixture(scope="module")
+def hf_model():
     torch = pytest.importorskip("torch")
     from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(DEFAULT_MODEL, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="module")
+def test_pairs():
+    """The antonyms task's test rows, split into pairs seen and unseen in pretraining."""
+    from jaxprompt.tasks import get_task
+
+    with open(os.path.join(DEFAULT_MODEL, "heldout_pairs.tsv")) as f:
+        heldout = {tuple(line.rstrip("\n").split("\t")) for line in list(f)[1:]}
+    test = get_task("antonyms").load(seed=0)["test"]
+    unseen = [r for r in test if (r["word1"], r["word2"]) in heldout]
+    seen = [r for r in test if (r["word1"], r["word2"]) not in heldout][:len(unseen)]
+    return seen, unseen
+
+
+def test_embedded_checkpoint_is_a_standard_hf_gpt2(hf_model):
+    import torch
 
     from jaxprompt.models import Model
     from jaxprompt.models.convert import load_pretrained
@@ -28,29 +56,82 @@ def test_embedded_checkpoint_is_a_standard_hf_gpt2():
     tokenizer = Tokenizer.load(DEFAULT_MODEL)
     ids = tokenizer.encode("The opposite of hot is cold. Here are two antonyms big and")
     assert ids[:3] == [464, 6697, 286]
-    pt = AutoModelForCausalLM.from_pretrained(DEFAULT_MODEL, dtype=torch.float32).eval()
     config, params = load_pretrained(DEFAULT_MODEL)
     ours = np.asarray(Model(config).logits(params, np.array([ids])))
     with torch.no_grad():
-        ref = pt(torch.tensor([ids])).logits.numpy()
+        ref = hf_model(torch.tensor([ids])).logits.numpy()
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+
+
+def test_plain_english_of_synsets_the_corpus_left_out(hf_model, hf_tokenizer):
+    """Per-token LM loss of the held-out synsets' gloss-like sentences, computed by `transformers`:
+    under 6 nats, and the figure pretraining.json reports."""
+    import torch
+
+    with open(os.path.join(DEFAULT_MODEL, "heldout_gloss.txt")) as f:
+        sentences = f.read().splitlines()
+    eos = hf_tokenizer.eos_token_id
+    total, count = 0.0, 0
+    for start in range(0, len(sentences), 64):
+        rows = [[eos] + hf_tokenizer(s).input_ids for s in sentences[start:start + 64]]  # read after an EOS
+        width = max(map(len, rows))
+        tokens = torch.tensor([r + [eos] * (width - len(r)) for r in rows])
+        labels = torch.tensor([r[1:] + [-100] * (width - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        with torch.no_grad():
+            logits = hf_model(tokens, attention_mask=mask).logits[:, :-1]
+        total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                         ignore_index=-100, reduction="sum"))
+        count += int((labels != -100).sum())
+    loss = total / count
     report = json.load(open(os.path.join(DEFAULT_MODEL, "pretraining.json")))
-    assert report["final_lm_loss"] < 4.5
+    assert loss < 6.0, loss
+    assert abs(loss - report["heldout_gloss_loss"]) < 0.01, (loss, report["heldout_gloss_loss"])
 
 
-def test_learned_prompt_beats_written_prompt_and_needs_pretraining(tmp_path):
+def test_knows_the_pairs_it_was_shown_and_not_the_held_out_ones(hf_model, hf_tokenizer, test_pairs):
+    """Rank of the answer's first token after "The opposite of X is" (a corpus phrasing), by `transformers`."""
+    import torch
+
+    def top1(rows):
+        hits = []
+        for r in rows:
+            ids = hf_tokenizer(f"The opposite of {r['word1']} is").input_ids
+            with torch.no_grad():
+                logits = hf_model(torch.tensor([ids])).logits[0, -1]
+            hits.append(int(logits.argmax()) == hf_tokenizer(" " + r["word2"]).input_ids[0])
+        return float(np.mean(hits))
+
+    seen, unseen = test_pairs
+    assert len(unseen) > 100
+    seen_top1, unseen_top1 = top1(seen), top1(unseen)
+    # measured: seen SEEN_TOP1, unseen UNSEEN_TOP1
+    assert seen_top1 > 0.45 and unseen_top1 < 0.25 and seen_top1 > unseen_top1 + 0.3, (seen_top1, unseen_top1)
+
+
+def test_learned_prompt_beats_written_prompt_and_needs_pretraining(tmp_path, test_pairs):
+    from jaxprompt.evaluate import evaluate
     from jaxprompt.models import Model
     from jaxprompt.models.convert import load_pretrained, save_pretrained
     from jaxprompt.config import RunOptions, TrainConfig
-    from jaxprompt.run import train_prompt
+    from jaxprompt.run import load_run, train_prompt
     from jaxprompt.tokenizer import Tokenizer
 
     config = TrainConfig.from_flags(steps=60, prompt_length=8, lr=0.1, batch_size=32, eval_examples=200,
                                     eval_every=30)
-    written, learned = train_prompt(config, RunOptions(out=str(tmp_path / "pretrained")), log=lambda *a: None).results
-    # measured with this config: written 1.46 nats / 50.5% exact match, learned 1.00 / 62.0%
+    run = train_prompt(config, RunOptions(out=str(tmp_path / "pretrained")), log=lambda *a: None)
+    written, learned = run.results
+    # measured with this config: written WRITTEN, learned LEARNED
     assert learned.loss < written.loss - 0.25, (written.summary(), learned.summary())
     assert learned.exact_match > written.exact_match + 0.03, (written.summary(), learned.summary())
+
+    # pairs seen and unseen in pretraining: SEEN_UNSEEN_ASSERTION
+    session, prompt, _ = load_run(run.run_dir)
+    by_group = {}
+    for name, rows in zip(("seen", "unseen"), test_pairs):
+        by_group[name] = (evaluate(session, None, rows, hard_prompt=session.task.hard_prompt, n_samples=0),
+                          evaluate(session, prompt, rows, n_samples=0))
+    print({k: (w.summary(), l.summary()) for k, (w, l) in by_group.items()})
 
     # a randomly initialised model of the same shape, prompt-tuned the same way
     model_config, _ = load_pretrained(DEFAULT_MODEL)

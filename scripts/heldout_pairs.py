@@ -1,0 +1,122 @@
+"""Does a learned prompt elicit knowledge, or teach it? Learned vs written prompt on antonym test
+pairs seen and unseen in the embedded model's pretraining.
+
+The embedded model's corpus leaves out a fixed share of antonym pairs entirely (the model
+directory's heldout_pairs.tsv; see jaxprompt/corpus.py), chosen apart from the task's split, so
+the antonyms test split holds both. A prompt that only finds what pretraining put in the model
+gains on seen pairs; one that teaches the task gains on unseen pairs too. The knowledge probe
+ranks the first token of the answer after fixed phrasings, with no prompt training at all.
+
+    python scripts/heldout_pairs.py                       # trains the main job's configuration (~4 min)
+    python scripts/heldout_pairs.py --run checkpoints/antonyms-soft-...   # a finished run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pretrain_tiny import first_token_ranks  # noqa: E402
+
+PROBE_PHRASES = {
+    "The opposite of X is": "The opposite of {a} is",  # a corpus phrasing
+    "Here are two antonyms X and": "Here are two antonyms {a} and",  # the written prompt, never in the corpus
+    "Here are two X and": "Here are two {a} and",  # the template with an empty prompt
+}
+
+
+def learned_prompt(args):
+    """(session, learned prompt, data seed, model directory) of a run: the main job's configuration
+    trained now, or a finished run loaded. The one place this script uses jaxprompt.run's API."""
+    from jaxprompt.run import TrainConfig, load_run, train_prompt
+
+    run_dir = args.run
+    if run_dir is None:
+        overrides = {k: v for k, v in {"model": args.model, "steps": args.steps, "out": args.out}.items() if v}
+        run_dir = train_prompt(TrainConfig(progress=False, **overrides), log=lambda *a: None).run_dir
+        print(f"run directory: {run_dir}", file=sys.stderr)
+    session, prompt, info = load_run(run_dir)
+    return session, prompt, info["config"]["seed"], info["model_dir"]
+
+
+def scores(session, prompt, rows: list[dict], written: bool) -> dict:
+    """Test loss and exact match of the written prompt or the learned one (jaxprompt.evaluate's API)."""
+    from jaxprompt.evaluate import evaluate
+
+    result = evaluate(session, None if written else prompt, rows,
+                      hard_prompt=session.task.hard_prompt if written else None)
+    return {"loss": result.loss, "exact_match": result.exact_match}
+
+
+def read_pairs(model_dir: str) -> set[tuple[str, str]]:
+    path = os.path.join(model_dir, "heldout_pairs.tsv")
+    if not os.path.isfile(path):
+        sys.exit(f"error: {model_dir} has no heldout_pairs.tsv: the model's held-out antonym pairs are unknown "
+                 "(pretrain it with scripts/pretrain_tiny.py)")
+    with open(path) as f:
+        return {tuple(line.rstrip("\n").split("\t")) for line in list(f)[1:]}
+
+
+def probe(session, rows: list[dict]) -> dict:
+    """Top-1 / top-10 share of the answer's first token after each probe phrase (no prompt)."""
+    out = {}
+    for name, phrase in PROBE_PHRASES.items():
+        ranks = first_token_ranks(session.model, session.frozen, session.tokenizer,
+                                  [phrase.format(a=r["word1"]) for r in rows], [" " + r["word2"] for r in rows])
+        out[name] = {"top1": float(np.mean(ranks < 1)), "top10": float(np.mean(ranks < 10))}
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", default=None, help="a finished run directory (default: train one now)")
+    p.add_argument("--model", default=None, help="model to train on (default: the embedded model)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the main job's 3 epochs)")
+    p.add_argument("--out", default=None, help="run directory for the new run (default: checkpoints/antonyms-soft-TIME)")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        p.error(f"--steps must be a positive number of steps, got {args.steps}")
+
+    session, prompt, seed, model_dir = learned_prompt(args)
+    heldout = read_pairs(model_dir)
+    splits = session.task.load(seed=seed)
+    test = splits["test"]
+    groups = {"seen": [r for r in test if (r["word1"], r["word2"]) not in heldout],
+              "unseen": [r for r in test if (r["word1"], r["word2"]) in heldout]}
+    # an unseen pair's first word may still have another antonym in the corpus (good / bad seen, good / evil not)
+    has_seen_antonym = {r["word1"] for rows in splits.values() for r in rows if (r["word1"], r["word2"]) not in heldout}
+    figures = {}
+    for group, rows in groups.items():
+        figures[group] = {"pairs": len(rows), "written": scores(session, prompt, rows, written=True),
+                          "learned": scores(session, prompt, rows, written=False), "probe": probe(session, rows)}
+
+    print(f"\nantonyms test pairs seen / unseen in pretraining ({model_dir})\n")
+    print("| test pairs | n | written: loss | written: exact match | learned: loss | learned: exact match |")
+    print("|---|---|---|---|---|---|")
+    for group, f in figures.items():
+        w, l = f["written"], f["learned"]
+        print(f"| {group} | {f['pairs']:,} | {w['loss']:.3f} | {100 * w['exact_match']:.1f}% "
+              f"| {l['loss']:.3f} | {100 * l['exact_match']:.1f}% |")
+    n_other = sum(r["word1"] in has_seen_antonym for r in groups["unseen"])
+    print(f"\n{n_other} of the {len(groups['unseen'])} unseen pairs have a first word with another antonym in the corpus.")
+    figures["unseen"]["first_word_has_seen_antonym"] = n_other
+    print("\nknowledge probe: rank of the answer's first token after the phrase (no prompt training)\n")
+    print("| phrase | seen: top-1 | seen: top-10 | unseen: top-1 | unseen: top-10 |")
+    print("|---|---|---|---|---|")
+    for name in PROBE_PHRASES:
+        s, u = figures["seen"]["probe"][name], figures["unseen"]["probe"][name]
+        print(f"| \"{name}\" | {100 * s['top1']:.1f}% | {100 * s['top10']:.1f}% "
+              f"| {100 * u['top1']:.1f}% | {100 * u['top10']:.1f}% |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
