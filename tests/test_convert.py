@@ -56,8 +56,9 @@ def test_slices_are_read_without_the_whole_tensor(tiny_hf):
     np.testing.assert_array_equal(part, np.asarray(params["layers"]["self_attn"]["q_proj"]["kernel"])[1:2, 8:24, :12])
 
 
-def test_bf16_load_casts_every_leaf(tiny_hf):
-    _, directory = tiny_hf("gemma")
+@pytest.mark.parametrize("variant", ["gemma", "llama", "gpt_neox", "opt"])
+def test_bf16_load_casts_every_leaf(tiny_hf, variant):
+    _, directory = tiny_hf(variant)
     config, p32 = load_pretrained(directory)
     _, p16 = load_pretrained(directory, dtype=jnp.bfloat16)
     assert {x.dtype for x in jax.tree.leaves(p16)} == {jnp.dtype(jnp.bfloat16)}

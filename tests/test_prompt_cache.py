@@ -25,11 +25,19 @@ def _session(tiny_lm, gpt2_tokenizer, method, cache=None, frozen=None):
                    prompt_cache=cache or PromptCache())
 
 
-@pytest.mark.parametrize("name", ["soft", "prefix", "written"])
-def test_cached_head_equals_recomputation(tiny_lm, gpt2_tokenizer, name):
+CASES = [("gpt2", "soft"), ("gpt2", "prefix"), ("gpt2", "written"), ("llama", "prefix"), ("gemma2", "soft"),
+         ("gemma2", "adaption")]
+
+
+@pytest.mark.parametrize("family,name", CASES, ids=[f"{f}-{n}" for f, n in CASES])
+def test_cached_head_equals_recomputation(tiny_lms, gpt2_tokenizer, family, name):
+    """Losses and greedy generations from a cached head equal recomputing everything (Gemma 2: with
+    sliding windows shorter than the sequences)."""
     method = make_method("soft" if name == "written" else name, length=4)
-    session = _session(tiny_lm, gpt2_tokenizer, method)
+    session = _session(tiny_lms(family), gpt2_tokenizer, method)
     prompt = method.init(jax.random.key(0), session.model, session.frozen, session.n_virtual)
+    if name == "adaption":  # gates off zero, so the adapters show
+        prompt = {**prompt, "gate": prompt["gate"] + 0.5}
     hard = "antonyms" if name == "written" else None
     shared = eval_loss(session, prompt, ROWS, hard_prompt=hard, batch_size=8)
     plain = eval_loss(session, prompt, ROWS, hard_prompt=hard, batch_size=8, share=False)
@@ -43,11 +51,14 @@ def test_cached_head_equals_recomputation(tiny_lm, gpt2_tokenizer, name):
     assert session.prompt_cache.stats["memory_hits"] == hits + 1
 
 
-def test_disk_cache_is_reused_and_extended_piece_by_piece(tiny_lm, gpt2_tokenizer, tmp_path):
+@pytest.mark.parametrize("family", ["gpt2", "gemma2"])
+def test_disk_cache_is_reused_and_extended_piece_by_piece(tiny_lms, gpt2_tokenizer, tmp_path, family):
+    """(Gemma 2: the extension's tokens see the cached ones through a sliding window.)"""
+    tiny_lm = tiny_lms(family)
     method = make_method("soft", length=4)
     first = _session(tiny_lm, gpt2_tokenizer, method, PromptCache(str(tmp_path)))
     piece = gpt2_tokenizer.encode("Here are two antonyms")
-    more = gpt2_tokenizer.encode(" words, for example")
+    more = gpt2_tokenizer.encode(" words, for example, and some more words")
     a = first.prompt_cache.head(first, None, None, piece, [-1] * len(piece))
     assert first.prompt_cache.stats["computed_positions"] == len(piece)
 
