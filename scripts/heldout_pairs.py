@@ -9,6 +9,7 @@ ranks the first token of the answer after fixed phrasings, with no prompt traini
 
     python scripts/heldout_pairs.py                       # trains the main job's configuration (~4 min)
     python scripts/heldout_pairs.py --run checkpoints/antonyms-soft-...   # a finished run
+    python scripts/heldout_pairs.py --quick                               # a smoke run: 20 steps
 """
 
 from __future__ import annotations
@@ -33,15 +34,19 @@ PROBE_PHRASES = {
 def learned_prompt(args):
     """(session, learned prompt, data seed, model directory) of a run: the main job's configuration
     trained now, or a finished run loaded. The one place this script uses jaxprompt.run's API."""
-    from jaxprompt.run import TrainConfig, load_run, train_prompt
+    from jaxprompt.config import RunOptions, TrainConfig
+    from jaxprompt.run import load_run, train_prompt
 
     run_dir = args.run
     if run_dir is None:
-        overrides = {k: v for k, v in {"model": args.model, "steps": args.steps, "out": args.out}.items() if v}
-        run_dir = train_prompt(TrainConfig(progress=False, **overrides), log=lambda *a: None).run_dir
+        flags = {k: v for k, v in {"model": args.model, "steps": args.steps}.items() if v}
+        if args.quick:
+            flags = {"steps": 20, "eval_examples": 60, "eval_every": 10, **flags}
+        run_dir = train_prompt(TrainConfig.from_flags(**flags), RunOptions(out=args.out, progress=False),
+                               log=lambda *a: None).run_dir
         print(f"run directory: {run_dir}", file=sys.stderr)
     session, prompt, info = load_run(run_dir)
-    return session, prompt, info["config"]["seed"], info["model_dir"]
+    return session, prompt, info["config"].seed, info["model_dir"]
 
 
 def scores(session, prompt, rows: list[dict], written: bool) -> dict:
@@ -79,6 +84,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the main job's 3 epochs)")
     p.add_argument("--out", default=None, help="run directory for the new run (default: checkpoints/antonyms-soft-TIME)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 20 training steps (not the README figures)")
     args = p.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         p.error(f"--steps must be a positive number of steps, got {args.steps}")

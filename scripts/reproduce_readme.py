@@ -8,7 +8,7 @@ Tables, in order:
                      and the same training on a randomly initialised model of the same shape
   sample efficiency  scripts/sample_efficiency.py: 100 training examples vs all of them
   hard prompts       scripts/hard_prompts.py: soft projected afterwards vs PEZ vs relaxed
-  held-out pairs     scripts/heldout_pairs.py (antonym pairs seen / unseen in pretraining), when present
+  held-out pairs     scripts/heldout_pairs.py on the main job's run: antonym pairs seen / unseen in pretraining
 
 Runs go under --out and are replaced each time. The markdown goes to stdout (and to --markdown).
 """
@@ -41,6 +41,7 @@ import sample_efficiency  # noqa: E402
 QUICK = {"main": dict(steps=20, eval_examples=60, eval_every=10),
          "sample_efficiency": dict(steps=10, sizes="20,all", prompt_length=5, eval_examples=60),
          "hard_prompts": dict(steps=10, prompt_length=3, eval_examples=60, eval_every=5)}
+TABLES = ("main", "sample-efficiency", "hard-prompts", "held-out-pairs")
 FULL = {"main": {}, "sample_efficiency": dict(steps=300, sizes="100,all", prompt_length=20, eval_examples=None),
         "hard_prompts": dict(steps=300, prompt_length=5, eval_examples=300, eval_every=50)}
 
@@ -106,11 +107,10 @@ def hard_prompts_table(out: str, settings: dict) -> str:
     return _table(["method", "hard prompt", "as trained: loss / exact match", "as tokens: loss / exact match"], rows)
 
 
-def heldout_pairs_table(quick: bool) -> str:
+def heldout_pairs_table(out: str) -> str:
+    """scripts/heldout_pairs.py on the main job's run (trained above, not again)."""
     script = os.path.join(SCRIPTS, "heldout_pairs.py")
-    if not os.path.isfile(script):
-        return "(skipped: scripts/heldout_pairs.py is not in this checkout)"
-    proc = subprocess.run([sys.executable, script, *(["--quick"] if quick else [])], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, script, "--run", f"{out}/main"], capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"scripts/heldout_pairs.py failed:\n{proc.stderr[-2000:]}")
     return proc.stdout.strip()
@@ -121,13 +121,26 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="few steps and small test sets: check that it all runs")
     p.add_argument("--out", default="checkpoints/readme", help="where the runs go (replaced)")
     p.add_argument("--markdown", default=None, help="also write the tables to this file")
+    p.add_argument("--tables", default=",".join(TABLES),
+                   help=f"comma-separated tables to make, of {', '.join(TABLES)} (default: all; held-out-pairs "
+                        "reads the main job's run under --out)")
     args = p.parse_args(argv)
+    chosen = args.tables.split(",")
+    if unknown := [t for t in chosen if t not in TABLES]:
+        p.error(f"--tables: unknown {', '.join(unknown)}; choose from {', '.join(TABLES)}")
+    if "held-out-pairs" in chosen and "main" not in chosen and not os.path.isdir(f"{args.out}/main"):
+        p.error(f"--tables held-out-pairs needs the main job's run in {args.out}/main: add main")
     settings = QUICK if args.quick else FULL
+    makers = {"main": ("What the main job gives", lambda: main_job(args.out, settings["main"])),
+              "sample-efficiency": ("Sample efficiency",
+                                    lambda: sample_efficiency_table(args.out, settings["sample_efficiency"])),
+              "hard-prompts": ("Hard prompts", lambda: hard_prompts_table(args.out, settings["hard_prompts"])),
+              "held-out-pairs": ("Held-out antonym pairs", lambda: heldout_pairs_table(args.out))}
     sections = []
-    for title, make in (("What the main job gives", lambda: main_job(args.out, settings["main"])),
-                        ("Sample efficiency", lambda: sample_efficiency_table(args.out, settings["sample_efficiency"])),
-                        ("Hard prompts", lambda: hard_prompts_table(args.out, settings["hard_prompts"])),
-                        ("Held-out antonym pairs", lambda: heldout_pairs_table(args.quick))):
+    for name in TABLES:
+        if name not in chosen:
+            continue
+        title, make = makers[name]
         print(f"... {title}", file=sys.stderr, flush=True)
         sections.append(f"### {title}{' (--quick: not the README figures)' if args.quick else ''}\n\n{make()}\n")
         print(sections[-1], flush=True)

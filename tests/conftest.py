@@ -13,10 +13,16 @@ TOKENIZER_DIR = REPO / "checkpoints" / "tiny-gpt2-wordnet"
 
 @pytest.fixture(scope="session", autouse=True)
 def _compilation_cache(tmp_path_factory):
-    """Tests rebuild the same steps as new closures; an on-disk XLA cache compiles each program once."""
+    """Tests rebuild the same steps as new closures; an on-disk XLA cache compiles each program once.
+    The pytest-xdist workers share it (their temp dirs sit side by side under the run's), so a step
+    one worker compiled is read, not compiled again, by the other."""
     import jax
 
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla-cache")))
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    (root / "xla-cache").mkdir(exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(root / "xla-cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
