@@ -132,6 +132,9 @@ def write_fields(config: ModelConfig, fields: Mapping[str, str]) -> dict[str, An
     return out
 
 
+ROPE_SCALINGS = ("default", "linear", "llama3")  # what layers.rotary_inv_freq computes
+
+
 def rope_from_hf(hf: Mapping[str, Any], default_theta: float) -> tuple[float, tuple[tuple[str, Any], ...] | None]:
     """(rope_theta, rope_scaling items) from either config.json spelling: the published
     `rope_theta` + `rope_scaling`, or transformers 5's `rope_parameters`."""
@@ -142,6 +145,8 @@ def rope_from_hf(hf: Mapping[str, Any], default_theta: float) -> tuple[float, tu
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind == "default":
         return float(theta), None
+    if kind not in ROPE_SCALINGS:
+        raise ConfigError(f"rope_scaling type {kind!r} is not supported (only {', '.join(ROPE_SCALINGS)})")
     scaling["rope_type"] = kind
     scaling.pop("type", None)
     return float(theta), tuple(sorted(scaling.items()))
