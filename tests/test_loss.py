@@ -71,7 +71,7 @@ def test_shared_prefix_equals_unshared(tiny_lms, gpt2_tokenizer, family, name, o
         prompt = {**prompt, "gate": prompt["gate"] + 0.5}
     S = common_prefix_length(examples)
     assert S == len(gpt2_tokenizer.encode("Here are two")) + (P if method.kind == "embeddings" else 0)
-    value_grad = lambda s: jax.value_and_grad(lambda p: prompt_loss(model, method, s)(p, frozen, batch, None, 0)[0])(prompt)
+    value_grad = lambda s: jax.jit(jax.value_and_grad(lambda p: prompt_loss(model, method, s)(p, frozen, batch, None, 0)[0]))(prompt)
     (l0, g0), (l1, g1) = value_grad(0), value_grad(S)
     np.testing.assert_allclose(l0, l1, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g0, g1)
