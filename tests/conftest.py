@@ -14,17 +14,19 @@ TOKENIZER_DIR = REPO / "checkpoints" / "tiny-gpt2-wordnet"
 @pytest.fixture(scope="session", autouse=True)
 def _compilation_cache(tmp_path_factory):
     """Tests rebuild the same steps as new closures; an on-disk XLA cache compiles each program once.
-    The pytest-xdist workers share it (their temp dirs sit side by side under the run's), so a step
-    one worker compiled is read, not compiled again, by the other."""
+    The pytest-xdist workers and the subprocesses tests start share it (the workers' temp dirs sit
+    side by side under the run's), so a program compiled once is read, not compiled again."""
     import jax
 
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent
     (root / "xla-cache").mkdir(exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(root / "xla-cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    settings = {"jax_compilation_cache_dir": str(root / "xla-cache"), "jax_persistent_cache_min_compile_time_secs": 0.2,
+                "jax_persistent_cache_min_entry_size_bytes": 0}
+    for name, value in settings.items():
+        jax.config.update(name, value)
+        os.environ[name.upper()] = str(value)  # and the CLI / multi-device subprocesses the tests start
 
 
 # name -> HF config kwargs. Large init std so logits are far from uniform and parity is meaningful.
