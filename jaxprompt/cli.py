@@ -343,8 +343,12 @@ def cmd_sweep(args) -> int:
     if options.out is not None or options.resume:
         raise CLIError("sweep writes one run per trial under --sweep-dir: --out and --resume do not apply")
     sweep = settings(args, SweepOptions)
-    best, table = sweep_prompt_length(settings(args, TrainConfig), sweep.lengths, sweep.trials, sweep.sweep_dir,
-                                      options)
+    base = settings(args, TrainConfig)
+    if base.seeds != 1:
+        raise CLIError("sweep trains one prompt per trial: --seeds does not apply (search seeds with --trial-seeds, "
+                       "train trials together with --population)")
+    best, table = sweep_prompt_length(base, sweep.lengths, sweep.trials, sweep.sweep_dir, options, lrs=sweep.lrs,
+                                      inits=sweep.inits, seeds=sweep.trial_seeds, population=sweep.population)
     print(table)
     print(f"best prompt length: {best}")
     return 0
@@ -423,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("tasks", help="list the built-in tasks").set_defaults(fn=cmd_tasks)
 
-    sw = sub.add_parser("sweep", help="search the prompt length with Optuna; reports the best length")
+    sw = sub.add_parser("sweep", help="search the prompt length (and rate, initialisation, seed) with Optuna; "
+                                      "trials of one length can train together; reports the best length")
     for cls in (TrainConfig, RunOptions, SweepOptions):
         add_settings(sw, cls)
     sw.set_defaults(fn=cmd_sweep)

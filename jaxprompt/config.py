@@ -611,6 +611,14 @@ class ImportOptions(Settings):
 class SweepOptions(Settings):
     lengths: tuple[int, ...] = setting((1, 5, 10, 20), "prompt lengths to try, comma-separated", range=AT_LEAST_1)
     trials: int = setting(4, "Optuna trials", range=AT_LEAST_1)
+    lrs: tuple[float, ...] = setting((), "learning rates to try, comma-separated", shown_default="--lr",
+                                     range=AT_LEAST_0)
+    inits: tuple[str, ...] = setting((), "prompt initialisations to try, comma-separated", shown_default="--init",
+                                     choices=INIT_NAMES)
+    trial_seeds: tuple[int, ...] = setting((), "seeds to try, comma-separated (all trials share --seed's data "
+                                               "split)", shown_default="--seed", range=AT_LEAST_0)
+    population: int = setting(1, "train up to N trials of one prompt length at once, as one population (one "
+                                 "compiled step; each its own rate, initialisation and seed)", range=AT_LEAST_1)
     sweep_dir: str | None = setting(None, "directory of the trial runs (default: a new temporary directory)")
 
     def check(self) -> None:
