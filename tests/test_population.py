@@ -65,8 +65,8 @@ def straight(setting, tmp_path_factory):
 
 
 def test_every_member_is_the_single_run_with_its_seed_rate_and_initialiser(setting, straight):
-    """Member 1 differs from the population's first member in seed, rate and initialiser (member 0
-    of a `--seeds` run is checked against its single run in `test_member_prompt_is_the_single_runs`)."""
+    """Member 1 differs from member 0 in seed, rate and initialiser; the reference is the single run
+    with those (a `--seeds` run's member against `jaxprompt train --seed`: the tests below)."""
     frozen, examples, shared, prompts, val, loss_fn, _ = setting
     for k, m in list(enumerate(MEMBERS))[1:]:
         single = fit(loss_fn, make_optimizer(OPTIMIZER.replace(lr=m.lr), prompts[k], LOOP.steps), prompts[k], frozen,
