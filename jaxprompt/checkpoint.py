@@ -27,6 +27,7 @@ import shutil
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxprompt.config import one_line
@@ -91,12 +92,15 @@ class Checkpointer:
     def best_step(self) -> int | None:
         return self.record["best"]
 
-    def save(self, state, metadata: dict, is_best: bool = False) -> None:
+    def save(self, state, metadata: dict, is_best: bool = False, best=None) -> None:
         """Saves a state (host values, the same in every process) as the newest of last/, and as
-        best/ when `is_best`; then commits both at once. A step that is already committed is not
-        written again."""
-        step = int(state.step)
+        best/ when `is_best` (`best`, where that is another state: a population's, whose members
+        each keep the prompt of their own best step); then commits both at once. A step that is
+        already committed is not written again."""
+        step = int(np.max(state.step))  # a population's state holds one step per member, all equal
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(metadata))
+        best_args = args if best is None else ocp.args.Composite(state=ocp.args.StandardSave(best),
+                                                                 meta=ocp.args.JsonSave(metadata))
         new_last = step not in self.record["last"]
         new_best = is_best and self.record["best"] != step
         if not (new_last or new_best):
@@ -109,7 +113,7 @@ class Checkpointer:
                         shutil.rmtree(path)
                     os.makedirs(os.path.dirname(path), exist_ok=True)
                 barrier(f"jaxprompt-checkpoint-{kind}-{step}")
-                self._orbax.save(path, args=args)
+                self._orbax.save(path, args=args if kind == "last" else best_args)
         barrier(f"jaxprompt-checkpoint-saved-{step}")
         last = [s for s in self.record["last"] if s != step] + [step]
         record = {"last": last[-self.keep:], "best": step if is_best else self.record["best"]}

@@ -156,11 +156,18 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _load(args):
+def _load(args, every_member: bool = False):
+    """(session, prompt, info) of the run; of a population, member --member's prompt (or with
+    `every_member` and no --member, every member's, stacked)."""
     from jaxprompt.run import load_run
 
     load = settings(args, LoadOptions)
-    return load_run(args.run_dir, which=load.which, model=load.model, cache=load.cache)
+    session, prompt, info = load_run(args.run_dir, which=load.which, model=load.model, cache=load.cache,
+                                     member=load.member)
+    K = len(info["members"])
+    if K and load.member is None and not every_member:
+        raise CLIError(f"{args.run_dir} trained {K} prompts (--seeds {K}): choose one with --member 0..{K - 1}")
+    return session, prompt, info
 
 
 def _task_sessions(session, prompt, only: str | None = None):
@@ -180,25 +187,28 @@ def _writable_file(flag: str, path: str | None) -> None:
 
 
 def cmd_eval(args) -> int:
-    from jaxprompt.evaluate import evaluate, format_samples, format_table
+    from jaxprompt.evaluate import evaluate_prompts, format_samples, format_table, population_results
     from jaxprompt.files import atomic_write
+    from jaxprompt.population import member
 
     opts = settings(args, EvalOptions)
     _writable_file("--json", opts.json)
-    session, prompt, info = _load(args)
-    which = settings(args, LoadOptions).which
-    results = []
-    for single, task_prompt in _task_sessions(session, prompt):
-        name = f"{single.task.name}: " if len(session.all_tasks) > 1 else ""
-        rows = single.task.load(seed=info["config"].seed)[opts.split]
-        rows = rows[: opts.examples] if opts.examples is not None else rows
-        if opts.baseline and single.task.hard_prompt:
-            results.append(evaluate(single, None, rows, hard_prompt=single.task.hard_prompt,
-                                    label=f"{name}written: {single.task.hard_prompt!r}"))
-        results.append(evaluate(single, task_prompt, rows, label=f"{name}learned ({which})"))
+    session, prompt, info = _load(args, every_member=True)
+    load = settings(args, LoadOptions)
+    K = len(info["members"]) if load.member is None else 0  # every member of a population
+    rows_per_task = []
+    for task in session.all_tasks:
+        rows = task.load(seed=info["config"].data_seed)[opts.split]
+        rows_per_task.append(rows[: opts.examples] if opts.examples is not None else rows)
+    prompts = [member(prompt, k) for k in range(K)] if K else [prompt]
+    label = f"learned ({load.which}" + (f", member {load.member})" if load.member is not None else ")")
+    per_prompt = evaluate_prompts(session, rows_per_task, prompts, label=label, baseline=opts.baseline)
+    results = population_results(per_prompt) if K else per_prompt[0]
     print(format_table(results))
     print()
     print(format_samples(results[-1]))
+    if K:
+        print(f"\n(mean ± sample standard deviation over {K} members; samples of member 0)")
     if opts.json is not None:
         atomic_write(opts.json, json.dumps({"results": [r.summary() for r in results]}, indent=2))
     return 0
@@ -292,7 +302,7 @@ def cmd_inspect(args) -> int:
         if opts.evaluate:
             soft, hard, _, text = projected_prompt(single, task_prompt)
             print(f"projected hard prompt: {text!r}")
-            rows = single.task.load(seed=info["config"].seed)["test"][: opts.evaluate]
+            rows = single.task.load(seed=info["config"].data_seed)["test"][: opts.evaluate]
             learned = evaluate(single, task_prompt, rows, label="learned (continuous)")
             projected = evaluate(dataclasses.replace(single, method=soft), hard, rows, label="projected to tokens")
             print(format_table([learned, projected]))
@@ -333,8 +343,12 @@ def cmd_sweep(args) -> int:
     if options.out is not None or options.resume:
         raise CLIError("sweep writes one run per trial under --sweep-dir: --out and --resume do not apply")
     sweep = settings(args, SweepOptions)
-    best, table = sweep_prompt_length(settings(args, TrainConfig), sweep.lengths, sweep.trials, sweep.sweep_dir,
-                                      options)
+    base = settings(args, TrainConfig)
+    if base.seeds != 1:
+        raise CLIError("sweep trains one prompt per trial: --seeds does not apply (search seeds with --trial-seeds, "
+                       "train trials together with --population)")
+    best, table = sweep_prompt_length(base, sweep.lengths, sweep.trials, sweep.sweep_dir, options, lrs=sweep.lrs,
+                                      inits=sweep.inits, seeds=sweep.trial_seeds, population=sweep.population)
     print(table)
     print(f"best prompt length: {best}")
     return 0
@@ -413,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("tasks", help="list the built-in tasks").set_defaults(fn=cmd_tasks)
 
-    sw = sub.add_parser("sweep", help="search the prompt length with Optuna; reports the best length")
+    sw = sub.add_parser("sweep", help="search the prompt length (and rate, initialisation, seed) with Optuna; "
+                                      "trials of one length can train together; reports the best length")
     for cls in (TrainConfig, RunOptions, SweepOptions):
         add_settings(sw, cls)
     sw.set_defaults(fn=cmd_sweep)

@@ -10,7 +10,7 @@ allowed values (`setting(...)`). From these declarations
 
 What a run *is* (`TrainConfig`, stored in run.json):
 
-    TrainConfig   tasks, model, dtype, seed, baseline, remat, shared_prefix
+    TrainConfig   tasks, model, dtype, seed, split_seed, seeds, baseline, remat, shared_prefix
       method      MethodConfig      the prompt method and its shape
       optimizer   OptimizerConfig   Optax optimizer, schedule, clipping, per-part rates
       loop        LoopConfig        steps / epochs, validation, early stopping, checkpoints
@@ -460,7 +460,13 @@ class TrainConfig(Settings):
                          shown_default="the embedded checkpoints/tiny-gpt2-wordnet")
     dtype: str = setting("float32", "compute dtype of the frozen weights (the prompt stays float32)",
                          choices=("float32", "bfloat16", "float16"))
-    seed: int = setting(0, "seed of the data split, batch order and prompt initialisation", range=AT_LEAST_0)
+    seed: int = setting(0, "seed of the batch order and prompt initialisation (and of the data split, unless "
+                           "--split-seed)", range=AT_LEAST_0)
+    split_seed: int | None = setting(None, "seed of the train/validation/test split", shown_default="--seed",
+                                     range=AT_LEAST_0)
+    seeds: int = setting(1, "train N prompts at once, seeds --seed .. --seed + N - 1, in one compiled step "
+                            "(jax.vmap); they share the data split and every metric is reported as mean ± std",
+                         range=AT_LEAST_1)
     baseline: bool = setting(True, "also evaluate the written prompt")
     remat: bool = setting(False, "recompute each layer in the backward pass (less memory, more time)")
     shared_prefix: bool = setting(True, "compute the head every example shares once per batch")
@@ -468,6 +474,11 @@ class TrainConfig(Settings):
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     loop: LoopConfig = dataclasses.field(default_factory=LoopConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the data split: a population's members share it (their own seeds differ)."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def check(self) -> None:
         if not self.tasks:
@@ -546,6 +557,9 @@ class LoadOptions(Settings):
     """Which trained prompt of a run, on which weights (eval | generate | inspect | export)."""
 
     which: str = setting("best", "checkpoint", choices=("best", "last"))
+    member: int | None = setting(None, "a population's (train --seeds K) member whose prompt to use, 0..K-1",
+                                 shown_default="every member for eval; generate, inspect and export need one",
+                                 range=AT_LEAST_0)
     model: str | None = setting(None, "load the frozen model from here instead of the run's")
     cache: bool = setting(True, "keep prompt representations on disk ($JAXPROMPT_CACHE)")
 
@@ -597,6 +611,14 @@ class ImportOptions(Settings):
 class SweepOptions(Settings):
     lengths: tuple[int, ...] = setting((1, 5, 10, 20), "prompt lengths to try, comma-separated", range=AT_LEAST_1)
     trials: int = setting(4, "Optuna trials", range=AT_LEAST_1)
+    lrs: tuple[float, ...] = setting((), "learning rates to try, comma-separated", shown_default="--lr",
+                                     range=AT_LEAST_0)
+    inits: tuple[str, ...] = setting((), "prompt initialisations to try, comma-separated", shown_default="--init",
+                                     choices=INIT_NAMES)
+    trial_seeds: tuple[int, ...] = setting((), "seeds to try, comma-separated (all trials share --seed's data "
+                                               "split)", shown_default="--seed", range=AT_LEAST_0)
+    population: int = setting(1, "train up to N trials of one prompt length at once, as one population (one "
+                                 "compiled step; each its own rate, initialisation and seed)", range=AT_LEAST_1)
     sweep_dir: str | None = setting(None, "directory of the trial runs (default: a new temporary directory)")
 
     def check(self) -> None:

@@ -33,6 +33,46 @@ class EvalResult:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "samples"}
 
 
+METRICS = ("loss", "exact_match", "bleu", "rouge_l")
+
+
+def spread(values) -> tuple[float, float] | None:
+    """(mean, sample standard deviation) of a metric over a population's members; None where the
+    metric was not computed."""
+    if any(v is None for v in values):
+        return None
+    x = np.asarray(values, np.float64)
+    return float(x.mean()), (float(x.std(ddof=1)) if len(x) > 1 else 0.0)
+
+
+@dataclasses.dataclass
+class PopulationResult:
+    """One prompt evaluated per member of a population (population.py): each metric as mean ±
+    sample standard deviation over the members. A written prompt is the same for every member
+    (they share the test rows), so its spread is 0."""
+
+    label: str
+    members: list[EvalResult]
+
+    @property
+    def n(self) -> int:
+        return self.members[0].n
+
+    def metric(self, name: str) -> tuple[float, float] | None:
+        return spread([getattr(r, name) for r in self.members])
+
+    def summary(self) -> dict:
+        out = {"label": self.label, "n": self.n, "members": len(self.members)}
+        for name in METRICS:
+            value = self.metric(name)
+            out[name], out[f"{name}_std"] = value if value is not None else (None, None)
+        return out
+
+    @property
+    def samples(self) -> list[dict]:
+        return self.members[0].samples
+
+
 def inference_form(session: Session, prompt, hard_prompt: str | None = None):
     """(method, prompt) as scored and generated: the method's inference form, or (None, None) for a
     written prompt (its text is in the tokens)."""
@@ -154,12 +194,45 @@ def evaluate(session: Session, prompt, rows: list[dict], hard_prompt: str | None
     return result
 
 
-def format_table(results: list[EvalResult]) -> str:
-    """A fixed-width comparison table (written vs learned, ...)."""
-    cols = ["label", "n", "loss", "exact_match", "bleu", "rouge_l"]
-    show = [c for c in cols if any(getattr(r, c) is not None for r in results)]
-    fmt = lambda v: "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
-    rows = [[fmt(getattr(r, c)) for c in show] for r in results]
+def evaluate_prompts(session: Session, rows_per_task: list[list[dict]], prompts: list, label: str = "learned",
+                     baseline: bool = True) -> list[list[EvalResult]]:
+    """Per prompt (one, or a population's members), its results on the rows of every task, each
+    task's written prompt first (with `baseline`). The written prompt is scored once: every
+    member has the same rows, so it has the same numbers."""
+    per_prompt: list[list[EvalResult]] = [[] for _ in prompts]
+    for i, rows in enumerate(rows_per_task):
+        single, _ = session.task_session(i, prompts[0])
+        name = f"{single.task.name}: " if len(rows_per_task) > 1 else ""
+        if baseline and single.task.hard_prompt:
+            written = evaluate(single, None, rows, hard_prompt=single.task.hard_prompt,
+                               label=f"{name}written: {single.task.hard_prompt!r}")
+            for results in per_prompt:
+                results.append(written)
+        for results, prompt in zip(per_prompt, prompts):
+            single, task_prompt = session.task_session(i, prompt)
+            results.append(evaluate(single, task_prompt, rows, label=f"{name}{label}"))
+    return per_prompt
+
+
+def population_results(per_member: list[list[EvalResult]]) -> list[PopulationResult]:
+    """`evaluate_prompts`' results of a population's members, row by row as mean ± std."""
+    return [PopulationResult(r.label, list(rs)) for r, rs in zip(per_member[0], zip(*per_member))]
+
+
+def format_table(results: list[EvalResult | PopulationResult]) -> str:
+    """A fixed-width comparison table (written vs learned, ...); a population's metrics as mean ± std."""
+    cols = ["label", "n", *METRICS]
+
+    def value(r, c):
+        return r.metric(c) if isinstance(r, PopulationResult) and c in METRICS else getattr(r, c)
+
+    def fmt(v):
+        if isinstance(v, tuple):
+            return f"{v[0]:.4f} ± {v[1]:.4f}"
+        return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+    show = [c for c in cols if any(value(r, c) is not None for r in results)]
+    rows = [[fmt(value(r, c)) for c in show] for r in results]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(show)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))
     return "\n".join([line(show), line(["-" * w for w in widths])] + [line(r) for r in rows])

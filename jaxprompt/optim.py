@@ -23,7 +23,11 @@ def _schedule(c: OptimizerConfig, lr: float, total_steps: int | None) -> optax.S
     if total_steps is None:
         raise ValueError(f"the {c.schedule} schedule needs the run's total_steps")
     if c.schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, lr, c.warmup_steps, max(total_steps, c.warmup_steps + 1))
+        # optax.warmup_cosine_decay_schedule(0, lr, warmup, total) term by term: it branches on the
+        # peak rate's value, which a rate injected by optax.inject_hyperparams (traced) does not have
+        decay_steps = max(total_steps, c.warmup_steps + 1) - c.warmup_steps
+        return optax.join_schedules([optax.linear_schedule(0.0, lr, c.warmup_steps),
+                                     optax.cosine_decay_schedule(lr, decay_steps)], [c.warmup_steps])
     return optax.join_schedules(warmup + [optax.linear_schedule(lr, 0.0, max(total_steps - c.warmup_steps, 1))],
                                 [c.warmup_steps] if warmup else [])
 
@@ -43,9 +47,12 @@ def part_labels(prompt: dict) -> dict:
     return {part: jax.tree.map(lambda _: part, sub) for part, sub in prompt.items()}
 
 
-def make_optimizer(c: OptimizerConfig, prompt: dict, total_steps: int | None = None) -> optax.GradientTransformation:
+def make_optimizer(c: OptimizerConfig, prompt: dict, total_steps: int | None = None,
+                   lr=None) -> optax.GradientTransformation:
     """The optimizer `c` describes for this prompt's parts; `total_steps` (the run's length) sizes
-    decaying schedules."""
+    decaying schedules. `lr` replaces `c.lr` (the rate of parts without their own): a number, or
+    the traced scalar `optax.inject_hyperparams` passes, so that a population's members each keep
+    their own rate in their optimizer state (population.py)."""
     parts = set(prompt)
     unknown = (set(dict(c.part_lr)) | set(c.frozen_parts)) - parts
     if unknown:
@@ -53,7 +60,7 @@ def make_optimizer(c: OptimizerConfig, prompt: dict, total_steps: int | None = N
         raise SettingError(f"{flag}: unknown prompt part(s) {', '.join(sorted(unknown))}; "
                            f"this prompt has {', '.join(sorted(parts))}")
     rates = dict(c.part_lr)
-    transforms = {part: optax.set_to_zero() if part in c.frozen_parts else _base(c, rates.get(part, c.lr), total_steps)
+    transforms = {part: optax.set_to_zero() if part in c.frozen_parts else _base(c, rates.get(part, c.lr if lr is None else lr), total_steps)
                   for part in parts}
     tx = optax.partition(transforms, part_labels)
     if c.clip_norm is not None:

@@ -25,6 +25,7 @@ import numpy as np
 
 from jaxprompt.config import parse_mesh
 from jaxprompt.distributed import host, process_rows
+from jaxprompt.population import vmap_eval_step, vmap_train_step
 from jaxprompt.train import LossFn, make_eval_step, make_train_step
 
 AXIS = "data"
@@ -40,11 +41,13 @@ class Strategy(Protocol):
     batch_split: int  # the global batch is split this many ways: its size must divide by it
     load_shardings: Callable | None  # for `load_pretrained(shardings=...)`: None loads whole tensors
 
-    def train_step(self, loss_fn: LossFn, optimizer, micro_batches: int = 1) -> Callable:
-        """`(state, frozen, batch) -> (state, metrics)` on placed arguments; the state is donated."""
+    def train_step(self, loss_fn: LossFn, optimizer, micro_batches: int = 1, population: bool = False) -> Callable:
+        """`(state, frozen, batch) -> (state, metrics)` on placed arguments; the state is donated.
+        `population`: the step of population.py, over a member axis (state [K], batch [B, K])."""
 
-    def eval_step(self, loss_fn: LossFn) -> Callable:
-        """`(params, frozen, batch, step) -> {"loss_sum", "tokens"}` on placed arguments."""
+    def eval_step(self, loss_fn: LossFn, population: bool = False) -> Callable:
+        """`(params, frozen, batch, step) -> {"loss_sum", "tokens"}` on placed arguments (each [K]
+        for a population)."""
 
     def put_state(self, tree):
         """The train state (or any value every process holds in full), placed for the step."""
@@ -86,14 +89,16 @@ class DataParallel:
     def batch_split(self) -> int:
         return self.n
 
-    def train_step(self, loss_fn: LossFn, optimizer, micro_batches: int = 1):
+    def train_step(self, loss_fn: LossFn, optimizer, micro_batches: int = 1, population: bool = False):
         """pmapped `(state, frozen, batch) -> (state, metrics)`; state donated, frozen not."""
         step = make_train_step(loss_fn, optimizer, reduce=partial(jax.lax.psum, axis_name=AXIS),
                                micro_batches=micro_batches)
+        step = vmap_train_step(step) if population else step
         return jax.pmap(step, axis_name=AXIS, devices=self.devices, donate_argnums=(0,))
 
-    def eval_step(self, loss_fn: LossFn):
+    def eval_step(self, loss_fn: LossFn, population: bool = False):
         step = make_eval_step(loss_fn, reduce=partial(jax.lax.psum, axis_name=AXIS))
+        step = vmap_eval_step(step) if population else step
         return jax.pmap(step, axis_name=AXIS, devices=self.devices)
 
     def _stacked(self, per_device: list) -> jax.Array:
@@ -208,15 +213,18 @@ class MeshParallel:
     def load_shardings(self):
         return self.frozen_shardings
 
-    def train_step(self, loss_fn: LossFn, optimizer, micro_batches: int = 1):
+    def train_step(self, loss_fn: LossFn, optimizer, micro_batches: int = 1, population: bool = False):
         """jitted `(state, frozen, batch) -> (state, metrics)`; state donated, frozen not. The frozen
-        weights keep the shardings they were placed with."""
+        weights keep the shardings they were placed with (a population's batch [B, K] is split
+        along its rows, like one prompt's)."""
         step = make_train_step(loss_fn, optimizer, micro_batches=micro_batches)
+        step = vmap_train_step(step) if population else step
         return jax.jit(step, in_shardings=(self.replicated, None, self.sharding("data")),
                        out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
 
-    def eval_step(self, loss_fn: LossFn):
-        return jax.jit(make_eval_step(loss_fn), in_shardings=(self.replicated, None, self.sharding("data"),
+    def eval_step(self, loss_fn: LossFn, population: bool = False):
+        step = vmap_eval_step(make_eval_step(loss_fn)) if population else make_eval_step(loss_fn)
+        return jax.jit(step, in_shardings=(self.replicated, None, self.sharding("data"),
                                                               self.replicated), out_shardings=self.replicated)
 
     def put_replicated(self, tree):

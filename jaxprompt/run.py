@@ -6,7 +6,8 @@ Run directory (default `checkpoints/<task>-<method>-<time>`):
     last/, best/      Orbax train-state checkpoints (the frozen LM is never saved)
     metrics.jsonl     train / validation loss per step
     curve.png         the training curve
-    results.json      learned vs written test metrics and sample predictions
+    results.json      learned vs written test metrics and sample predictions (a population's:
+                      mean ± std over members, and every member's own)
     .lock             held by the process writing the run
 
 A directory that holds a run is never written without `resume` (continue it, with its stored
@@ -38,13 +39,15 @@ from jaxprompt.config import (REPO_ROOT, DataConfig, MethodConfig, RunOptions, S
                               get, leaves, one_line, parse_mesh, to_dict)
 from jaxprompt.data import Batches, TemplateError, eval_batches
 from jaxprompt.distributed import decided_by_writer, host, initialize, is_writer, run_devices
-from jaxprompt.evaluate import EvalResult, evaluate, format_samples, format_table
+from jaxprompt.evaluate import (EvalResult, PopulationResult, evaluate_prompts, format_samples, format_table,
+                                population_results)
 from jaxprompt.files import DirectoryLock, atomic_write, remove_stale_temporaries
 from jaxprompt.loop import METRICS, fit
 from jaxprompt.loss import prompt_loss
 from jaxprompt.models.convert import load_config, resolve
 from jaxprompt.optim import make_optimizer
 from jaxprompt.parallel import make_strategy
+from jaxprompt.population import Member, MemberBatches, initial_state, member, member_optimizer, members_of, stack
 from jaxprompt.prompts import MultiTask, PromptMethod, make_method, method_from_spec, method_spec
 from jaxprompt.session import Session, load_tokenizer
 from jaxprompt.tasks import BUILTIN, Task, get_task, task_from_dict
@@ -55,7 +58,9 @@ RESULTS = "results.json"
 CURVE = "curve.png"
 RUN_FILES = (RUN_INFO, RECORD, "last", "best", METRICS, CURVE, RESULTS)
 _INFO_KEYS = ("config", "model_dir", "tasks", "steps", "n_virtual", "method", "jaxprompt")
-_OPTIONAL_INFO_KEYS = ("imported_from",)
+_OPTIONAL_INFO_KEYS = ("imported_from", "members")
+# settings added after runs were first stored, with the value every run written before them had
+_LATER_SETTINGS = {"split_seed": None, "seeds": 1}
 
 
 class RunError(ValueError):
@@ -115,8 +120,9 @@ def write_run_info(run_dir: str, info: dict) -> None:
 
 
 def read_run_info(run_dir: str) -> dict:
-    """run.json, checked: a missing or unknown key, or a setting out of range, is one line naming it.
-    `info["config"]` is the `TrainConfig`."""
+    """run.json, checked: a missing or unknown key, or a setting out of range, is one line naming it
+    (a setting newer than the run takes the value the run had: `_LATER_SETTINGS`).
+    `info["config"]` is the `TrainConfig`, `info["members"]` a population's `Member`s (or ())."""
     path = os.path.join(run_dir, RUN_INFO)
     if not os.path.isfile(path):
         raise RunError(f"{run_dir} is not a jaxprompt run directory: no {RUN_INFO}")
@@ -131,17 +137,20 @@ def read_run_info(run_dir: str) -> dict:
     extra = sorted(set(info) - set(_INFO_KEYS) - set(_OPTIONAL_INFO_KEYS))
     if missing or extra:
         raise RunError(f"{path} {'lacks the key ' + repr(missing[0]) if missing else 'has an unknown key ' + repr(extra[0])}")
+    if isinstance(info["config"], dict):
+        info["config"] = {**_LATER_SETTINGS, **info["config"]}
     try:
         info["config"] = from_dict(TrainConfig, info["config"], where=f"{path}: config")
-    except SettingError as e:
-        raise RunError(str(e)) from None
+        info["members"] = tuple(Member(**m) for m in info.get("members", ()))
+    except (SettingError, TypeError) as e:
+        raise RunError(f"{path}: {e}" if isinstance(e, TypeError) else str(e)) from None
     return info
 
 
 def run_info(config: TrainConfig, model_dir: str, tasks, steps: int, n_virtual: int, method: PromptMethod,
-             **extra) -> dict:
-    """What run.json holds: the settings, and what they resolved to."""
-    return {"config": to_dict(config),
+             members: tuple[Member, ...] = (), **extra) -> dict:
+    """What run.json holds: the settings, and what they resolved to (a population's members)."""
+    return {"config": to_dict(config), **({"members": [dataclasses.asdict(m) for m in members]} if members else {}),
             "model_dir": os.path.abspath(model_dir) if os.path.isdir(model_dir) else model_dir,
             "tasks": [task_spec(t) for t in tasks], "steps": steps, "n_virtual": n_virtual,
             "method": method_spec(method), "jaxprompt": __version__, **extra}
@@ -229,11 +238,12 @@ def _devices(options: RunOptions, data: DataConfig) -> list:
 @dataclasses.dataclass
 class RunResult:
     run_dir: str
-    results: list[EvalResult]
+    results: list[EvalResult | PopulationResult]
     history: list[dict]
-    best_step: int | None
+    best_step: int | list[int | None] | None  # a population's: one per member
     train_seconds: float
     n_train: int
+    members: tuple[Member, ...] = ()  # a population's (results then hold every member's)
 
 
 def _splits(tasks: list[Task], config: TrainConfig) -> dict[str, list[list[dict]]]:
@@ -241,7 +251,7 @@ def _splits(tasks: list[Task], config: TrainConfig) -> dict[str, list[list[dict]
     out = {"train": [], "validation": [], "test": []}
     cap = lambda rows, n: rows[:n] if n is not None else rows
     for task in tasks:
-        splits = task.load(seed=config.seed)
+        splits = task.load(seed=config.data_seed)
         # a task without validation rows validates on (the first of) its training rows
         val = splits["validation"] if splits["validation"] else splits["train"]
         out["train"].append(cap(splits["train"], config.data.train_examples))
@@ -258,8 +268,13 @@ def _tagged(per_task: list[list[dict]]) -> list[dict]:
 
 
 def train_prompt(config: TrainConfig | None, options: RunOptions = RunOptions(), log=print,
-                 started: Callable[[str], None] | None = None) -> RunResult:
+                 started: Callable[[str], None] | None = None, members: tuple[Member, ...] | None = None
+                 ) -> RunResult:
     """Trains a prompt as configured, evaluates it (and the written prompt), writes the run directory.
+
+    With `config.seeds` K > 1, trains a population of K prompts at once (population.py): seeds
+    `seed` .. `seed` + K - 1, or the K `members` given (e.g. Optuna trials of one shape, each with
+    its own seed, rate and initialiser), on one data split (`config.data_seed`).
 
     With `options.resume` the run continues with its stored settings (`config` None, or equal to
     them). Settings, tasks and data are checked before the run directory is touched; `started(run_dir)`
@@ -281,6 +296,10 @@ def train_prompt(config: TrainConfig | None, options: RunOptions = RunOptions(),
         if config is not None and config != stored:
             raise RunError(f"--resume uses the settings stored in {run_dir}: {differences(config, stored)[0]}")
         config = stored
+        members = read_run_info(run_dir)["members"] or None
+    members = tuple(members) if members is not None else members_of(config) if config.seeds > 1 else ()
+    if members and len(members) != config.seeds:
+        raise SettingError(f"--seeds {config.seeds}: {len(members)} population members were given")
     devices = _devices(options, config.data)
     tasks = [get_task(name) for name in config.tasks]
     splits = _splits(tasks, config)
@@ -288,7 +307,7 @@ def train_prompt(config: TrainConfig | None, options: RunOptions = RunOptions(),
     try:
         if started:
             started(run_dir)
-        return _train(config, options, run_dir, devices, tasks, splits, log)
+        return _train(config, options, run_dir, devices, tasks, splits, log, members)
     finally:
         if lock is not None:
             lock.release()
@@ -305,7 +324,7 @@ def differences(config: TrainConfig, stored: TrainConfig) -> list[str]:
 
 
 def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list, tasks: list[Task],
-           splits: dict[str, list[list[dict]]], log) -> RunResult:
+           splits: dict[str, list[list[dict]]], log, members: tuple[Member, ...] = ()) -> RunResult:
     data = config.data
     train_rows, val_rows = _tagged(splits["train"]), _tagged(splits["validation"])
     if any(not rows for rows in splits["train"]):
@@ -327,9 +346,17 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
         if config.baseline and single.task.hard_prompt:
             single.encode(rows, hard_prompt=single.task.hard_prompt, with_target=False,
                           new_tokens=single.task.max_new_tokens)
-    prompt = method.init(jax.random.key(config.seed), session.model, session.frozen, session.n_virtual)
-    optimizer = make_optimizer(config.optimizer, prompt, total_steps=steps)
-    info = run_info(config, config.model, session.all_tasks, steps, session.n_virtual, method)
+    if members:  # member k starts where a single run with its seed, rate and initialiser would
+        inits = {m.init: build_method(dataclasses.replace(config.method, init=m.init), tokenizer, tasks[0], steps,
+                                      n_tasks=len(tasks)) for m in members}
+        prompts = [inits[m.init].init(jax.random.key(m.seed), session.model, session.frozen, session.n_virtual)
+                   for m in members]
+        prompt, population = None, initial_state(prompts, members, config.optimizer, steps)
+        optimizer = member_optimizer(config.optimizer, prompts[0], steps, members[0].lr)
+    else:
+        prompt = method.init(jax.random.key(config.seed), session.model, session.frozen, session.n_virtual)
+        population, optimizer = None, make_optimizer(config.optimizer, prompt, total_steps=steps)
+    info = run_info(config, config.model, session.all_tasks, steps, session.n_virtual, method, members)
     if not options.resume and is_writer():
         write_run_info(run_dir, info)
     n_test = sum(map(len, splits["test"]))
@@ -337,50 +364,57 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
         f"task {'+'.join(t.name for t in tasks)}: {len(train_rows)} train / {len(val_rows)} validation / "
         f"{n_test} test, method {method.name} (P={config.method.prompt_length}), {steps} steps on "
         f"{len(devices)} device(s)" + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
-        + (f", mesh {options.mesh}" if options.mesh else ""))
+        + (f", mesh {options.mesh}" if options.mesh else "")
+        + (f"; a population of {len(members)} prompts (seeds {', '.join(str(m.seed) for m in members)}) in one "
+           "step" if members else ""))
     if options.resume:
         committed = Checkpointer(run_dir).latest_step()
         log(f"continuing from step {committed}, the last committed checkpoint" if committed is not None
             else "no checkpoint was committed: starting from step 0")
     shared = session.shared_len(train_enc + val_enc) if config.shared_prefix else 0
     t0 = time.perf_counter()
+    train_batches = MemberBatches(train_enc, data.batch_size, session.pad_id, [m.seed for m in members], shared) \
+        if members else Batches(train_enc, data.batch_size, session.pad_id, seed=config.seed, shared_len=shared)
     result = fit(
-        prompt_loss(session.model, method, shared), optimizer, prompt, session.frozen,
-        Batches(train_enc, data.batch_size, session.pad_id, seed=config.seed, shared_len=shared),
+        prompt_loss(session.model, method, shared), optimizer, prompt, session.frozen, train_batches,
         [b for _, b in eval_batches(val_enc, data.batch_size, session.pad_id, shared_len=shared)],
         dataclasses.replace(config.loop, steps=steps, eval_every=min(config.loop.eval_every, steps)),
         run_dir=run_dir, resume=options.resume, metadata={"run": info}, strategy=strategy,
         eval_loss_fn=prompt_loss(session.model, method, shared, inference=True),
-        micro_batches=data.accumulate, seed=config.seed, progress=options.progress,
+        micro_batches=data.accumulate, seed=config.seed, progress=options.progress, population=population,
     )
     seconds = time.perf_counter() - t0
-    best = load_prompt(run_dir, session, "best", config, steps)
-    results = []
-    for i, test_rows in enumerate(splits["test"]):
-        single, task_prompt = session.task_session(i, best)
-        name = f"{single.task.name}: " if len(tasks) > 1 else ""
-        if config.baseline and single.task.hard_prompt:
-            results.append(evaluate(single, None, test_rows, hard_prompt=single.task.hard_prompt,
-                                    label=f"{name}written: {single.task.hard_prompt!r}"))
-        results.append(evaluate(single, task_prompt, test_rows,
-                                label=f"{name}learned: {config.method.name} P={config.method.prompt_length}"))
+    best = load_prompt(run_dir, session, "best", config, steps, members=len(members) or None)
+    prompts = [member(best, k) for k in range(len(members))] if members else [best]
+    per_prompt = evaluate_prompts(session, splits["test"], prompts, baseline=config.baseline,
+                                  label=f"learned: {config.method.name} P={config.method.prompt_length}")
+    results = population_results(per_prompt) if members else per_prompt[0]
     if is_writer():
         plot_curve(result.history, os.path.join(run_dir, CURVE), title=f"{'+'.join(config.tasks)} / {method.name}")
-        atomic_write(os.path.join(run_dir, RESULTS), json.dumps(
-            {"results": [r.summary() for r in results], "samples": {r.label: r.samples for r in results},
-             "best_step": result.best_step, "train_seconds": seconds, "steps": steps, "n_train": len(train_rows)},
-            indent=2))
+        summary = {"results": [r.summary() for r in results], "samples": {r.label: r.samples for r in results},
+                   "best_step": result.best_step, "train_seconds": seconds, "steps": steps, "n_train": len(train_rows)}
+        if members:
+            summary["members"] = [{**dataclasses.asdict(m), "best_step": result.best_step[k],
+                                   "results": [r.members[k].summary() for r in results]}
+                                  for k, m in enumerate(members)]
+        atomic_write(os.path.join(run_dir, RESULTS), json.dumps(summary, indent=2))
     log("\n" + format_table(results))
     log("\n" + format_samples(results[-1]))
+    if members:
+        log(f"\n(mean ± sample standard deviation over {len(members)} members; samples of member 0)")
     log(f"\nrun directory: {run_dir}  (curve: {os.path.join(run_dir, CURVE)})")
-    return RunResult(run_dir, results, result.history, result.best_step, seconds, len(train_rows))
+    return RunResult(run_dir, results, result.history, result.best_step, seconds, len(train_rows), members)
+
 
 
 # ---- reading a run back --------------------------------------------------------------------------
 
 def load_run(run_dir: str, which: str = "best", model: str | None = None, dtype: str | None = None,
-             cache: bool | str = True) -> tuple[Session, dict, dict]:
-    """(session, prompt, run info) of a finished or interrupted run, from its run.json and checkpoint."""
+             cache: bool | str = True, member: int | None = None) -> tuple[Session, dict, dict]:
+    """(session, prompt, run info) of a finished or interrupted run, from its run.json and checkpoint.
+
+    A population's prompt is member `member`'s, or without it every member's, stacked [K, ...]
+    (`info["members"]` says whose)."""
     info = read_run_info(run_dir)
     config: TrainConfig = info["config"]
     try:
@@ -391,21 +425,31 @@ def load_run(run_dir: str, which: str = "best", model: str | None = None, dtype:
                        f"rebuild ({one_line(e)})") from None
     session = Session.load(model or info["model_dir"], tasks[0], method, dtype=dtype or config.dtype, cache=cache,
                            tasks=tuple(tasks) if len(tasks) > 1 else ())
-    return session, load_prompt(run_dir, session, which, config, info["steps"]), info
+    K = len(info["members"])
+    if member is not None and not 0 <= member < max(K, 1):
+        raise RunError(f"--member {member}: {run_dir} trained {max(K, 1)} prompt(s); use "
+                       + (f"0..{K - 1}" if K > 1 else "0 (or leave --member out)"))
+    prompt = load_prompt(run_dir, session, which, config, info["steps"], members=K or None)
+    return session, (prompt if member is None or not K else jax.tree.map(lambda x: x[member], prompt)), info
 
 
 def load_prompt(run_dir: str, session: Session, which: str = "best", config: TrainConfig | None = None,
-                steps: int | None = None) -> dict:
+                steps: int | None = None, members: int | None = None) -> dict:
     """The prompt pytree saved in a run's committed best (or last) checkpoint; best falls back to
     last in a run without validation. Its arrays are not committed to a device: they join the
-    frozen weights wherever those lie (one device, or sharded over a mesh)."""
+    frozen weights wherever those lie (one device, or sharded over a mesh). A population of
+    `members` prompts: stacked [K, ...], each member's of its own best step."""
     if config is None:
         info = read_run_info(run_dir)
         config, steps = info["config"], info["steps"]
     like_prompt = jax.tree.map(jnp.asarray, host(session.method.init(jax.random.key(0), session.model,
                                                                      session.frozen, session.n_virtual)))
-    optimizer = make_optimizer(config.optimizer, like_prompt, total_steps=steps)
-    like = TrainState.create(like_prompt, optimizer, jax.random.PRNGKey(0))
+    if members:
+        like = stack([TrainState.create(like_prompt, member_optimizer(config.optimizer, like_prompt, steps, 0.0),
+                                        jax.random.PRNGKey(0))] * members)
+    else:
+        optimizer = make_optimizer(config.optimizer, like_prompt, total_steps=steps)
+        like = TrainState.create(like_prompt, optimizer, jax.random.PRNGKey(0))
     ckpt = Checkpointer(run_dir)
     if which == "best" and ckpt.best_step() is None:
         which = "last"
@@ -417,13 +461,16 @@ def plot_curve(history: list[dict], path: str, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # after choosing the backend
 
-    train = [(h["step"], h["train_loss"]) for h in history if "train_loss" in h]
-    val = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
     fig, ax = plt.subplots(figsize=(6, 4))
-    if train:
-        ax.plot(*zip(*train), label="train", alpha=0.8)
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation")
+    for key, name, style in (("train_loss", "train", "-"), ("val_loss", "validation", "o-")):
+        points = [(h["step"], np.atleast_1d(h[key])) for h in history if key in h]
+        if not points:
+            continue
+        steps, values = [s for s, _ in points], np.stack([v for _, v in points])  # [steps, members]
+        line, = ax.plot(steps, values.mean(axis=1), style, label=name + (" (mean of members)" if values.shape[1] > 1
+                                                                        else ""), alpha=0.9)
+        if values.shape[1] > 1:  # a population: every member, thin
+            ax.plot(steps, values, "-", color=line.get_color(), alpha=0.25, linewidth=0.8)
     ax.set_xlabel("step")
     ax.set_ylabel("target-token NLL (nats)")
     ax.set_title(title)

@@ -37,7 +37,7 @@ def run(steps: int = 300, prompt_length: int = 5, eval_examples: int = 300, out:
         trained = train_prompt(config, RunOptions(out=f"{out}/{name}", overwrite=True, progress=False),
                                log=lambda *a: None)
         session, prompt, info = load_run(trained.run_dir)
-        test = session.task.load(seed=info["config"].seed)["test"][:eval_examples]
+        test = session.task.load(seed=info["config"].data_seed)["test"][:eval_examples]
         soft, hard, _, text = projected_prompt(session, prompt)
         as_trained = dataclasses.replace(trained.results[-1], label=f"{name} as trained")
         as_tokens = evaluate(dataclasses.replace(session, method=soft), hard, test, label=f"{name} as tokens")
