@@ -19,6 +19,7 @@ import json
 import os
 import sys
 
+import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -31,31 +32,46 @@ PROBE_PHRASES = {
 }
 
 
-def learned_prompt(args):
-    """(session, learned prompt, data seed, model directory) of a run: the main job's configuration
-    trained now, or a finished run loaded. The one place this script uses jaxprompt.run's API."""
+def learned_prompts(args):
+    """(session, learned prompts, data seed, model directory) of a run: the main job's configuration
+    trained now, or a finished run loaded; a population's members each give one prompt. The one
+    place this script uses jaxprompt.run's API."""
     from jaxprompt.config import RunOptions, TrainConfig
     from jaxprompt.run import load_run, train_prompt
 
     run_dir = args.run
     if run_dir is None:
-        flags = {k: v for k, v in {"model": args.model, "steps": args.steps}.items() if v}
+        flags = {k: v for k, v in {"model": args.model, "steps": args.steps, "seeds": args.seeds}.items() if v}
         if args.quick:
             flags = {"steps": 20, "eval_examples": 60, "eval_every": 10, **flags}
         run_dir = train_prompt(TrainConfig.from_flags(**flags), RunOptions(out=args.out, progress=False),
                                log=lambda *a: None).run_dir
         print(f"run directory: {run_dir}", file=sys.stderr)
     session, prompt, info = load_run(run_dir)
-    return session, prompt, info["config"].seed, info["model_dir"]
+    K = len(info["members"])
+    prompts = [jax.tree.map(lambda x, k=k: x[k], prompt) for k in range(K)] if K else [prompt]
+    return session, prompts, info["config"].data_seed, info["model_dir"]
 
 
-def scores(session, prompt, rows: list[dict], written: bool) -> dict:
-    """Test loss and exact match of the written prompt or the learned one (jaxprompt.evaluate's API)."""
+def scores(session, prompts: list, rows: list[dict], written: bool) -> dict:
+    """Test loss and exact match of the written prompt, or of the learned prompts as mean and
+    standard deviation over a population's members (jaxprompt.evaluate's API)."""
     from jaxprompt.evaluate import evaluate
 
-    result = evaluate(session, None if written else prompt, rows,
-                      hard_prompt=session.task.hard_prompt if written else None)
-    return {"loss": result.loss, "exact_match": result.exact_match}
+    if written:
+        result = evaluate(session, None, rows, hard_prompt=session.task.hard_prompt)
+        return {"loss": result.loss, "exact_match": result.exact_match}
+    results = [evaluate(session, p, rows) for p in prompts]
+    out = {}
+    for name in ("loss", "exact_match"):
+        values = np.array([getattr(r, name) for r in results])
+        out[name], out[f"{name}_std"] = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None
+    return out
+
+
+def _with_std(figures: dict, name: str, fmt) -> str:
+    std = figures.get(f"{name}_std")
+    return fmt(figures[name]) + ("" if std is None else f" ± {fmt(std)}")
 
 
 def read_pairs(model_dir: str) -> set[tuple[str, str]]:
@@ -82,14 +98,17 @@ def main(argv=None):
     p.add_argument("--run", default=None, help="a finished run directory (default: train one now)")
     p.add_argument("--model", default=None, help="model to train on (default: the embedded model)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the main job's 3 epochs)")
+    p.add_argument("--seeds", type=int, default=None, help="train this many prompts (seeds) at once (default 1)")
     p.add_argument("--out", default=None, help="run directory for the new run (default: checkpoints/antonyms-soft-TIME)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.add_argument("--quick", action="store_true", help="a smoke run: 20 training steps (not the README figures)")
     args = p.parse_args(argv)
+    if args.seeds is not None and args.seeds < 1:
+        p.error(f"--seeds must be a positive number of prompts, got {args.seeds}")
     if args.steps is not None and args.steps < 1:
         p.error(f"--steps must be a positive number of steps, got {args.steps}")
 
-    session, prompt, seed, model_dir = learned_prompt(args)
+    session, prompts, seed, model_dir = learned_prompts(args)
     heldout = read_pairs(model_dir)
     splits = session.task.load(seed=seed)
     test = splits["test"]
@@ -99,16 +118,19 @@ def main(argv=None):
     has_seen_antonym = {r["word1"] for rows in splits.values() for r in rows if (r["word1"], r["word2"]) not in heldout}
     figures = {}
     for group, rows in groups.items():
-        figures[group] = {"pairs": len(rows), "written": scores(session, prompt, rows, written=True),
-                          "learned": scores(session, prompt, rows, written=False), "probe": probe(session, rows)}
+        figures[group] = {"pairs": len(rows), "written": scores(session, prompts, rows, written=True),
+                          "learned": scores(session, prompts, rows, written=False), "probe": probe(session, rows)}
 
     print(f"\nantonyms test pairs seen / unseen in pretraining ({model_dir})\n")
     print("| test pairs | n | written: loss | written: exact match | learned: loss | learned: exact match |")
     print("|---|---|---|---|---|---|")
     for group, f in figures.items():
         w, l = f["written"], f["learned"]
-        print(f"| {group} | {f['pairs']:,} | {w['loss']:.3f} | {100 * w['exact_match']:.1f}% "
-              f"| {l['loss']:.3f} | {100 * l['exact_match']:.1f}% |")
+        loss, match = (lambda v: f"{v:.3f}"), (lambda v: f"{100 * v:.1f}%")
+        print(f"| {group} | {f['pairs']:,} | {loss(w['loss'])} | {match(w['exact_match'])} "
+              f"| {_with_std(l, 'loss', loss)} | {_with_std(l, 'exact_match', match)} |")
+    if len(prompts) > 1:
+        print(f"\nlearned: mean ± standard deviation over the run's {len(prompts)} prompts (seeds)")
     n_other = sum(r["word1"] in has_seen_antonym for r in groups["unseen"])
     print(f"\n{n_other} of the {len(groups['unseen'])} unseen pairs have a first word with another antonym in the corpus.")
     figures["unseen"]["first_word_has_seen_antonym"] = n_other

@@ -24,7 +24,7 @@ import time
 import jax
 
 from jaxprompt.config import DEFAULT_MODEL, RunOptions, TrainConfig
-from jaxprompt.evaluate import EvalResult
+from jaxprompt.evaluate import EvalResult, PopulationResult
 from jaxprompt.models import Model
 from jaxprompt.models.convert import load_pretrained, save_pretrained
 from jaxprompt.run import train_prompt
@@ -38,11 +38,11 @@ import hard_prompts  # noqa: E402  (a sibling script)
 import sample_efficiency  # noqa: E402
 
 # what --quick changes: a smoke run that exercises every table in a few minutes
-QUICK = {"main": dict(steps=20, eval_examples=60, eval_every=10),
+QUICK = {"main": dict(steps=20, eval_examples=60, eval_every=10, seeds=2),
          "sample_efficiency": dict(steps=10, sizes="20,all", prompt_length=5, eval_examples=60),
          "hard_prompts": dict(steps=10, prompt_length=3, eval_examples=60, eval_every=5)}
 TABLES = ("main", "sample-efficiency", "hard-prompts", "held-out-pairs")
-FULL = {"main": {}, "sample_efficiency": dict(steps=300, sizes="100,all", prompt_length=20, eval_examples=None),
+FULL = {"main": dict(seeds=5), "sample_efficiency": dict(steps=300, sizes="100,all", prompt_length=20, eval_examples=None),
         "hard_prompts": dict(steps=300, prompt_length=5, eval_examples=300, eval_every=50)}
 
 
@@ -54,13 +54,24 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([_row(header), _row(["---"] * len(header)), *map(_row, rows)])
 
 
-def _loss(r: EvalResult, bold: bool = False) -> str:
-    return f"**{r.loss:.3f}**" if bold else f"{r.loss:.3f}"
+def _mean_std(r: EvalResult | PopulationResult, name: str) -> tuple[float | None, float | None]:
+    """A metric's value, with its spread over a population's members (None for a single prompt)."""
+    if isinstance(r, PopulationResult):
+        return r.metric(name) or (None, None)
+    return getattr(r, name), None
 
 
-def _match(r: EvalResult, bold: bool = False) -> str:
-    text = "-" if r.exact_match is None else f"{100 * r.exact_match:.1f}%"
+def _cell(value: float | None, std: float | None, fmt, bold: bool) -> str:
+    text = "-" if value is None else fmt(value) + ("" if std is None else f" ± {fmt(std)}")
     return f"**{text}**" if bold else text
+
+
+def _loss(r: EvalResult | PopulationResult, bold: bool = False) -> str:
+    return _cell(*_mean_std(r, "loss"), lambda v: f"{v:.3f}", bold)
+
+
+def _match(r: EvalResult | PopulationResult, bold: bool = False) -> str:
+    return _cell(*_mean_std(r, "exact_match"), lambda v: f"{100 * v:.1f}%", bold)
 
 
 def random_model(directory: str) -> str:
@@ -77,12 +88,16 @@ def main_job(out: str, settings: dict) -> str:
     run = train_prompt(config, RunOptions(out=f"{out}/main", overwrite=True, progress=False), log=lambda *a: None)
     minutes = (time.perf_counter() - t0) / 60
     written, learned = run.results
+    if isinstance(written, PopulationResult):  # the same text and rows for every member: one value
+        written = written.members[0]
     random = train_prompt(config.replace(model=random_model(f"{out}/random-model"), baseline=False),
                           RunOptions(out=f"{out}/main-random-model", overwrite=True, progress=False),
                           log=lambda *a: None).results[0]
     task = get_task(config.tasks[0])
     template = task.template.text.replace("{prompt}", task.hard_prompt)
-    better_loss, better_match = learned.loss < written.loss, (learned.exact_match or 0) > (written.exact_match or 0)
+    mean = lambda r, name: _mean_std(r, name)[0] or 0.0
+    better_loss = mean(learned, "loss") < mean(written, "loss")
+    better_match = mean(learned, "exact_match") > mean(written, "exact_match")
     P = config.method.prompt_length
     rows = [[f"written: `{template}`", _loss(written, not better_loss), _match(written, not better_match)],
             [f"learned soft prompt (P={P})", _loss(learned, better_loss), _match(learned, better_match)],
@@ -90,6 +105,9 @@ def main_job(out: str, settings: dict) -> str:
     steps = max(h["step"] for h in run.history)
     note = (f"{steps} steps at batch {config.data.batch_size}, {minutes:.1f} minutes of training and evaluation; "
             f"{learned.n:,} held-out test examples")
+    if config.seeds > 1:
+        note += (f"; learned rows: mean ± standard deviation over {config.seeds} seeds, trained at once "
+                 f"(`--seeds {config.seeds}`)")
     return _table(["prompt", "test loss (nats)", "exact match"], rows) + f"\n\n({note})"
 
 
