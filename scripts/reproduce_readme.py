@@ -119,7 +119,8 @@ def sample_efficiency_table(out: str, settings: dict) -> str:
 
 
 def hard_prompts_table(out: str, settings: dict) -> str:
-    rows = [[row["method"], f"`{row['hard_prompt']}`", f"{_loss(row['trained'])} / {_match(row['trained'])}",
+    cell = lambda text: "`" + text.replace("|", "\\|") + "`"  # a bare | would end the table cell
+    rows = [[row["method"], cell(row["hard_prompt"]), f"{_loss(row['trained'])} / {_match(row['trained'])}",
              f"{_loss(row['projected'])} / {_match(row['projected'])}"]
             for row in hard_prompts.run(out=f"{out}/hard-prompts", **settings)]
     return _table(["method", "hard prompt", "as trained: loss / exact match", "as tokens: loss / exact match"], rows)
