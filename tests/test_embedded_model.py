@@ -70,18 +70,21 @@ def test_plain_english_of_synsets_the_corpus_left_out(hf_model, hf_tokenizer):
     with open(os.path.join(DEFAULT_MODEL, "heldout_gloss.txt")) as f:
         sentences = f.read().splitlines()
     eos = hf_tokenizer.eos_token_id
+    # each read after an EOS; batches of similar lengths, so little padding
+    rows = sorted(([eos] + hf_tokenizer(s).input_ids for s in sentences), key=len)
     total, count = 0.0, 0
-    for start in range(0, len(sentences), 64):
-        rows = [[eos] + hf_tokenizer(s).input_ids for s in sentences[start:start + 64]]  # read after an EOS
-        width = max(map(len, rows))
-        tokens = torch.tensor([r + [eos] * (width - len(r)) for r in rows])
-        labels = torch.tensor([r[1:] + [-100] * (width - len(r)) for r in rows])
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-        with torch.no_grad():
-            logits = hf_model(tokens, attention_mask=mask).logits[:, :-1]
-        total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                                         ignore_index=-100, reduction="sum"))
-        count += int((labels != -100).sum())
+    for start in range(0, len(rows), 64):
+        batch = rows[start:start + 64]
+        width = max(map(len, batch))
+        tokens = torch.tensor([r + [eos] * (width - len(r)) for r in batch])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in batch])
+        labels = torch.tensor([r[1:] + [-100] * (width - len(r)) for r in batch])
+        with torch.no_grad():  # the LM head only where a next token is scored
+            hidden = hf_model.transformer(tokens, attention_mask=mask).last_hidden_state[:, :-1]
+            scored = labels != -100
+            logits = hf_model.lm_head(hidden[scored])
+        total += float(torch.nn.functional.cross_entropy(logits, labels[scored], reduction="sum"))
+        count += int(scored.sum())
     loss = total / count
     report = json.load(open(os.path.join(DEFAULT_MODEL, "pretraining.json")))
     assert loss < 6.0, loss
