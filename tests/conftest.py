@@ -157,8 +157,9 @@ def gpt2_tokenizer():
     return Tokenizer.load(str(TOKENIZER_DIR))
 
 
-# the longest files first: pytest-xdist's loadfile hands out files in collection order, so the two
-# workers then end together instead of one running a long file alone at the end
+# the longest files first: with --no-loadscope-reorder (pyproject.toml) pytest-xdist hands out files
+# in collection order, so the two workers end together instead of one running a long file alone at
+# the end (its default order, most tests first, puts one-test files such as test_readme.py last)
 LONGEST_FIRST = ("test_readme.py", "test_parallel.py", "test_embedded_model.py", "test_distributed.py")
 
 
