@@ -157,16 +157,6 @@ def gpt2_tokenizer():
     return Tokenizer.load(str(TOKENIZER_DIR))
 
 
-# the longest files first: with --no-loadscope-reorder (pyproject.toml) pytest-xdist hands out files
-# in collection order, so the two workers end together instead of one running a long file alone at
-# the end (its default order, most tests first, puts one-test files such as test_readme.py last)
-LONGEST_FIRST = ("test_readme.py", "test_parallel.py", "test_embedded_model.py", "test_distributed.py")
-
-
-def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)  # a stable sort keeps the rest in order
-
-
 def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
