@@ -19,7 +19,6 @@ import json
 import os
 import sys
 
-import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -37,6 +36,7 @@ def learned_prompts(args):
     trained now, or a finished run loaded; a population's members each give one prompt. The one
     place this script uses jaxprompt.run's API."""
     from jaxprompt.config import RunOptions, TrainConfig
+    from jaxprompt.population import member
     from jaxprompt.run import load_run, train_prompt
 
     run_dir = args.run
@@ -49,24 +49,22 @@ def learned_prompts(args):
         print(f"run directory: {run_dir}", file=sys.stderr)
     session, prompt, info = load_run(run_dir)
     K = len(info["members"])
-    prompts = [jax.tree.map(lambda x, k=k: x[k], prompt) for k in range(K)] if K else [prompt]
+    prompts = [member(prompt, k) for k in range(K)] if K else [prompt]
     return session, prompts, info["config"].data_seed, info["model_dir"]
 
 
-def scores(session, prompts: list, rows: list[dict], written: bool) -> dict:
-    """Test loss and exact match of the written prompt, or of the learned prompts as mean and
-    standard deviation over a population's members (jaxprompt.evaluate's API)."""
-    from jaxprompt.evaluate import evaluate
+def scores(session, prompts: list, rows: list[dict]) -> tuple[dict, dict]:
+    """(written, learned) test loss and exact match on `rows`; the learned prompts' as mean and
+    sample standard deviation over a population's members (jaxprompt.evaluate's API)."""
+    from jaxprompt.evaluate import evaluate_prompts, spread
 
-    if written:
-        result = evaluate(session, None, rows, hard_prompt=session.task.hard_prompt)
-        return {"loss": result.loss, "exact_match": result.exact_match}
-    results = [evaluate(session, p, rows) for p in prompts]
-    out = {}
+    per_prompt = evaluate_prompts(session, [rows], prompts)  # each: [written, learned]
+    written = {name: getattr(per_prompt[0][0], name) for name in ("loss", "exact_match")}
+    learned = {}
     for name in ("loss", "exact_match"):
-        values = np.array([getattr(r, name) for r in results])
-        out[name], out[f"{name}_std"] = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None
-    return out
+        mean, std = spread([getattr(results[1], name) for results in per_prompt])
+        learned[name], learned[f"{name}_std"] = mean, (std if len(prompts) > 1 else None)
+    return written, learned
 
 
 def _with_std(figures: dict, name: str, fmt) -> str:
@@ -118,8 +116,8 @@ def main(argv=None):
     has_seen_antonym = {r["word1"] for rows in splits.values() for r in rows if (r["word1"], r["word2"]) not in heldout}
     figures = {}
     for group, rows in groups.items():
-        figures[group] = {"pairs": len(rows), "written": scores(session, prompts, rows, written=True),
-                          "learned": scores(session, prompts, rows, written=False), "probe": probe(session, rows)}
+        written, learned = scores(session, prompts, rows)
+        figures[group] = {"pairs": len(rows), "written": written, "learned": learned, "probe": probe(session, rows)}
 
     print(f"\nantonyms test pairs seen / unseen in pretraining ({model_dir})\n")
     print("| test pairs | n | written: loss | written: exact match | learned: loss | learned: exact match |")
