@@ -37,11 +37,11 @@ sys.path.insert(0, SCRIPTS)
 import hard_prompts  # noqa: E402  (a sibling script)
 import sample_efficiency  # noqa: E402
 
+TABLES = ("main", "sample-efficiency", "hard-prompts", "held-out-pairs")  # in the README's order
 # what --quick changes: a smoke run that exercises every table in a few minutes
 QUICK = {"main": dict(steps=20, eval_examples=60, eval_every=10, seeds=2),
          "sample_efficiency": dict(steps=10, sizes="20,all", prompt_length=5, eval_examples=60),
          "hard_prompts": dict(steps=10, prompt_length=3, eval_examples=60, eval_every=5)}
-TABLES = ("main", "sample-efficiency", "hard-prompts", "held-out-pairs")
 FULL = {"main": dict(seeds=5), "sample_efficiency": dict(steps=300, sizes="100,all", prompt_length=20, eval_examples=None),
         "hard_prompts": dict(steps=300, prompt_length=5, eval_examples=300, eval_every=50)}
 
