@@ -157,7 +157,14 @@ def gpt2_tokenizer():
     return Tokenizer.load(str(TOKENIZER_DIR))
 
 
+# XLA's cheapest code generation. The suite compiles hundreds of small programs that then run for
+# milliseconds; with these flags they compile about a quarter faster (measured on the prompt-method
+# tests). Processes the tests start inherit them; the README's, which runs long programs, does not.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
 def pytest_configure(config):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # the on-disk prompt cache of every Session.load (and CLI subprocess) goes to a temporary

@@ -106,10 +106,10 @@ def check_cache(directory: str) -> None:
     full = jax.jit(model.logits)(params, tokens, mask)
     positions = positions_from_mask(mask)
     cache = model.init_cache(len(LENGTHS), tokens.shape[1])
-    forward = jax.jit(lambda t, p, m, c: model.forward(params, model.embed(params, t), p, m, c))
+    forward = jax.jit(lambda params, t, p, m, c: model.forward(params, model.embed(params, t), p, m, c))
     steps = [(0, 6)] + [(t, t + 1) for t in range(6, tokens.shape[1])]
     for a, b in steps:
-        logits, cache = forward(tokens[:, a:b], positions[:, a:b], mask[:, a:b], cache)
+        logits, cache = forward(params, tokens[:, a:b], positions[:, a:b], mask[:, a:b], cache)
         real = np.asarray(mask[:, a:b])
         np.testing.assert_allclose(np.asarray(logits)[real], np.asarray(full[:, a:b])[real], atol=1e-5)
 

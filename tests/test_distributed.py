@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ANTONYM_PAIRS, REPO, write_task
+from conftest import ANTONYM_PAIRS, FAST_COMPILE, REPO, write_task
 from jaxprompt.checkpoint import Checkpointer
 from jaxprompt.cli import main
 from jaxprompt.distributed import decided_by_writer, host, process_rows, run_devices
@@ -41,8 +41,8 @@ def _start(model: str, task: str, out: str, tmp, *extra: str) -> list[subprocess
     port = _free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO),
            # the three runs compile the same programs: once is enough
-           "JAX_COMPILATION_CACHE_DIR": str(tmp / "xla-cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    env.pop("XLA_FLAGS", None)
+           "JAX_COMPILATION_CACHE_DIR": str(tmp / "xla-cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "XLA_FLAGS": FAST_COMPILE}  # one device per process, whatever the caller's flags
     procs = []
     for i in range(2):
         log = open(f"{out}.log{i}", "w")

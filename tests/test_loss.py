@@ -71,7 +71,8 @@ def test_shared_prefix_equals_unshared(tiny_lms, gpt2_tokenizer, family, name, o
         prompt = {**prompt, "gate": prompt["gate"] + 0.5}
     S = common_prefix_length(examples)
     assert S == len(gpt2_tokenizer.encode("Here are two")) + (P if method.kind == "embeddings" else 0)
-    value_grad = lambda s: jax.jit(jax.value_and_grad(lambda p: prompt_loss(model, method, s)(p, frozen, batch, None, 0)[0]))(prompt)
+    value_grad = lambda s: jax.jit(jax.value_and_grad(lambda p, f, b: prompt_loss(model, method, s)(p, f, b, None, 0)[0]))(
+        prompt, frozen, batch)
     (l0, g0), (l1, g1) = value_grad(0), value_grad(S)
     np.testing.assert_allclose(l0, l1, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g0, g1)
@@ -109,7 +110,7 @@ FD_SCRIPT = textwrap.dedent("""
     from jaxprompt.tokenizer import Tokenizer
     tok = Tokenizer.load({tok!r})
     model = Model(tiny_config())
-    frozen = model.init(jax.random.key(0), std=0.2)
+    frozen = jax.tree.map(lambda x: x.astype(jnp.float64), model.init(jax.random.key(0), std=0.2))
     t = Template("Here are two {{prompt}} {{word1}} and", " {{word2}}")
     # (method, step h): the p-tuning encoder's ReLUs make its loss piecewise smooth, so its steps stay
     # small enough not to cross a kink; the relaxed prompt's tiny derivatives want a larger step
@@ -121,11 +122,12 @@ FD_SCRIPT = textwrap.dedent("""
     for method, h in cases:
         ex = [encode(t, {{"word1": a, "word2": b}}, tok, 4, virtual=method.kind != "prefix", task_id=i % 2)
               for i, (a, b) in enumerate(ANTONYM_PAIRS[:6])]
-        batch = Batches(ex, 6, 50256)(0)
+        batch = {{k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in Batches(ex, 6, 50256)(0).items()}}
         prompt = method.init(jax.random.key(1), model, frozen, 4)
-        f = jax.jit(lambda p: prompt_loss(model, method)(p, frozen, batch, None, 3)[0])
+        loss = jax.jit(lambda p, frozen, batch: prompt_loss(model, method)(p, frozen, batch, None, 3)[0])
+        f = lambda p: loss(p, frozen, batch)
         assert "f32" not in str(jax.make_jaxpr(f)(prompt)), "float32 left in the computation"
-        grads = jax.grad(f)(prompt)
+        grads = jax.jit(jax.grad(loss))(prompt, frozen, batch)
         for d in range(3):
             keys = iter(jax.random.split(jax.random.key(10 + d), 100))
             direction = jax.tree.map(lambda x: jax.random.normal(next(keys), x.shape, jnp.float64), prompt)
@@ -200,9 +202,9 @@ def test_remat_same_gradient_less_memory():
                      for _ in range(4)], 0)
 
     def grad_fn(model):
-        return jax.jit(jax.grad(lambda p: prompt_loss(model, method)(p, frozen, batch, None, 0)[0]))
+        return jax.jit(jax.grad(lambda p, f, b: prompt_loss(model, method)(p, f, b, None, 0)[0]))
 
-    g0, g1 = grad_fn(plain)(prompt), grad_fn(remat)(prompt)
+    g0, g1 = grad_fn(plain)(prompt, frozen, batch), grad_fn(remat)(prompt, frozen, batch)
     np.testing.assert_allclose(g0["embeddings"], g1["embeddings"], rtol=1e-4, atol=1e-6)
-    temp = lambda model: grad_fn(model).lower(prompt).compile().memory_analysis().temp_size_in_bytes
+    temp = lambda model: grad_fn(model).lower(prompt, frozen, batch).compile().memory_analysis().temp_size_in_bytes
     assert temp(remat) < 0.7 * temp(plain), (temp(remat), temp(plain))

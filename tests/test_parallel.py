@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, TOKENIZER_DIR
+from conftest import FAST_COMPILE, REPO, TOKENIZER_DIR
 from jaxprompt.parallel import MeshParallel, fsdp_spec, parse_mesh
 
 SCRIPT = textwrap.dedent("""
@@ -117,7 +117,7 @@ def test_every_strategy_trains_like_one_device():
     under Adam; meshes 1x8, 2x4 (also with micro-batches), 8x1 and pmap over 8 give the same
     losses and prompt after 5 SGD steps as one device; with model=8 every device holds 1/8 of the
     frozen bytes, loaded by slices."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": f"{FAST_COMPILE} --xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     script = SCRIPT.format(tests=str(REPO / "tests"), tok=str(TOKENIZER_DIR))
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-3000:]

@@ -20,6 +20,7 @@ def test_readme_python_runs_as_written(tmp_path):
     assert len(blocks) >= 3
     script = "\n\n".join(blocks)
     env = {**os.environ, "JAXPROMPT_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    env.pop("XLA_FLAGS", None)  # a newcomer's process: XLA's default code generation
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=1200)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]

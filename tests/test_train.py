@@ -31,8 +31,8 @@ def test_micro_batches_give_the_full_batch_gradient(tiny_lm, gpt2_tokenizer):
     assert counts[0] > 2 * counts[1]  # unequal halves: a mean of means would be wrong
     batch = collate(examples, 50256)
     loss_fn = prompt_loss(model, method)
-    mean_loss = jax.jit(lambda p, b: jnp.divide(*loss_fn(p, frozen, b, None, 0)))
-    full = jax.jit(jax.grad(mean_loss))(prompt, batch)["embeddings"]  # the reference: one pass over the batch
+    mean_loss = jax.jit(lambda p, f, b: jnp.divide(*loss_fn(p, f, b, None, 0)))
+    full = jax.jit(jax.grad(mean_loss))(prompt, frozen, batch)["embeddings"]  # the reference: one pass over the batch
 
     loss_sum, count, grad_sum = jax.jit(summed_loss_and_grads(loss_fn, micro_batches=2))(
         prompt, frozen, batch, jax.random.key(0), 0)
@@ -44,11 +44,12 @@ def test_micro_batches_give_the_full_batch_gradient(tiny_lm, gpt2_tokenizer):
     state = TrainState.create(prompt, sgd, jax.random.PRNGKey(0))
     stepped, metrics = jax.jit(make_train_step(loss_fn, sgd, micro_batches=2))(state, frozen, batch)
     assert error(prompt["embeddings"] - stepped.params["embeddings"]) < 1e-5  # measured 1.2e-6
-    np.testing.assert_allclose(metrics["loss"], mean_loss(prompt, batch), rtol=1e-6)
+    np.testing.assert_allclose(metrics["loss"], mean_loss(prompt, frozen, batch), rtol=1e-6)
 
     halves = [jax.tree.map(lambda x: x[:4], batch), jax.tree.map(lambda x: x[4:], batch)]
     half_grad = jax.jit(jax.grad(mean_loss))
-    mean_of_means = (half_grad(prompt, halves[0])["embeddings"] + half_grad(prompt, halves[1])["embeddings"]) / 2
+    mean_of_means = (half_grad(prompt, frozen, halves[0])["embeddings"]
+                     + half_grad(prompt, frozen, halves[1])["embeddings"]) / 2
     # what optax.MultiSteps would apply is far off (measured 0.62): the tests above tell them apart
     assert error(mean_of_means) > 0.1
 
