@@ -18,6 +18,7 @@ be told apart from what a prompt teaches it:
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import re
 from collections import defaultdict
@@ -94,6 +95,22 @@ def is_heldout_pair(a: str, b: str) -> bool:
 def heldout_pairs(synsets: dict[tuple[str, int], Synset]) -> list[tuple[str, str]]:
     """The held-out ordered antonym pairs (both directions of each), sorted."""
     return [p for p in antonym_pairs(synsets) if is_heldout_pair(*p)]
+
+
+HELDOUT_PAIRS_FILE = "heldout_pairs.tsv"  # beside a checkpoint pretrained on this corpus
+
+
+def write_heldout_pairs(directory: str, pairs: Iterable[tuple[str, str]]) -> None:
+    """The held-out pairs as a TSV (header word1, word2) in a checkpoint directory."""
+    with open(os.path.join(directory, HELDOUT_PAIRS_FILE), "w") as f:
+        f.write("word1\tword2\n")
+        f.writelines(f"{a}\t{b}\n" for a, b in pairs)
+
+
+def read_heldout_pairs(directory: str) -> list[tuple[str, str]]:
+    """The pairs `write_heldout_pairs` wrote, in its order (FileNotFoundError if it never did)."""
+    with open(os.path.join(directory, HELDOUT_PAIRS_FILE)) as f:
+        return [tuple(line.rstrip("\n").split("\t")) for line in list(f)[1:]]
 
 
 def is_heldout_synset(synset: Synset) -> bool:

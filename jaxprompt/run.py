@@ -47,7 +47,8 @@ from jaxprompt.loss import prompt_loss
 from jaxprompt.models.convert import load_config, resolve
 from jaxprompt.optim import make_optimizer
 from jaxprompt.parallel import make_strategy
-from jaxprompt.population import Member, MemberBatches, initial_state, member, member_optimizer, members_of, stack
+from jaxprompt.population import Member, MemberBatches, initial_state, member_optimizer, members_of, stack
+from jaxprompt.population import member as member_prompt  # `member` is load_run's argument
 from jaxprompt.prompts import MultiTask, PromptMethod, make_method, method_from_spec, method_spec
 from jaxprompt.session import Session, load_tokenizer
 from jaxprompt.tasks import BUILTIN, Task, get_task, task_from_dict
@@ -385,7 +386,7 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
     )
     seconds = time.perf_counter() - t0
     best = load_prompt(run_dir, session, "best", config, steps, members=len(members) or None)
-    prompts = [member(best, k) for k in range(len(members))] if members else [best]
+    prompts = [member_prompt(best, k) for k in range(len(members))] if members else [best]
     per_prompt = evaluate_prompts(session, splits["test"], prompts, baseline=config.baseline,
                                   label=f"learned: {config.method.name} P={config.method.prompt_length}")
     results = population_results(per_prompt) if members else per_prompt[0]
@@ -430,7 +431,7 @@ def load_run(run_dir: str, which: str = "best", model: str | None = None, dtype:
         raise RunError(f"--member {member}: {run_dir} trained {max(K, 1)} prompt(s); use "
                        + (f"0..{K - 1}" if K > 1 else "0 (or leave --member out)"))
     prompt = load_prompt(run_dir, session, which, config, info["steps"], members=K or None)
-    return session, (prompt if member is None or not K else jax.tree.map(lambda x: x[member], prompt)), info
+    return session, (prompt if member is None or not K else member_prompt(prompt, member)), info
 
 
 def load_prompt(run_dir: str, session: Session, which: str = "best", config: TrainConfig | None = None,

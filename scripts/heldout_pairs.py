@@ -24,6 +24,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pretrain_tiny import first_token_ranks  # noqa: E402
 
+from jaxprompt.corpus import HELDOUT_PAIRS_FILE, read_heldout_pairs  # noqa: E402
+
 PROBE_PHRASES = {
     "The opposite of X is": "The opposite of {a} is",  # a corpus phrasing
     "Here are two antonyms X and": "Here are two antonyms {a} and",  # the written prompt, never in the corpus
@@ -73,12 +75,11 @@ def _with_std(figures: dict, name: str, fmt) -> str:
 
 
 def read_pairs(model_dir: str) -> set[tuple[str, str]]:
-    path = os.path.join(model_dir, "heldout_pairs.tsv")
-    if not os.path.isfile(path):
-        sys.exit(f"error: {model_dir} has no heldout_pairs.tsv: the model's held-out antonym pairs are unknown "
-                 "(pretrain it with scripts/pretrain_tiny.py)")
-    with open(path) as f:
-        return {tuple(line.rstrip("\n").split("\t")) for line in list(f)[1:]}
+    try:
+        return set(read_heldout_pairs(model_dir))
+    except FileNotFoundError:
+        sys.exit(f"error: {model_dir} has no {HELDOUT_PAIRS_FILE}: the model's held-out antonym pairs are "
+                 "unknown (pretrain it with scripts/pretrain_tiny.py)")
 
 
 def probe(session, rows: list[dict]) -> dict:

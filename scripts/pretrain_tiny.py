@@ -29,8 +29,8 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from jaxprompt.corpus import (HELDOUT_PAIR_FRACTION, HELDOUT_SYNSET_FRACTION, heldout_gloss_sentences,
-                              heldout_pairs, sentences)
+from jaxprompt.corpus import (HELDOUT_PAIR_FRACTION, HELDOUT_PAIRS_FILE, HELDOUT_SYNSET_FRACTION,
+                              heldout_gloss_sentences, heldout_pairs, sentences, write_heldout_pairs)
 from jaxprompt.loss import nll_sum
 from jaxprompt.models import Model
 from jaxprompt.models.config import ModelConfig
@@ -129,9 +129,7 @@ def measure(model: Model, params, tokenizer: Tokenizer, gloss: list[str], seen: 
 def write_heldout(directory: str, pairs: list[tuple[str, str]], gloss: list[str]) -> None:
     """What the corpus left out, beside the checkpoint: the antonym pairs, and the gloss-like
     sentences that measure plain English."""
-    with open(os.path.join(directory, "heldout_pairs.tsv"), "w") as f:
-        f.write("word1\tword2\n")
-        f.writelines(f"{a}\t{b}\n" for a, b in pairs)
+    write_heldout_pairs(directory, pairs)
     with open(os.path.join(directory, "heldout_gloss.txt"), "w") as f:
         f.writelines(s + "\n" for s in gloss)
 
@@ -227,7 +225,7 @@ def main(argv=None):
         "warmup": args.warmup, "devices": [str(d) for d in dp.devices], "other_fraction": args.other_fraction,
         "antonym_repeats": args.antonym_repeats,
         "heldout_pair_fraction": HELDOUT_PAIR_FRACTION, "heldout_pairs": len(unseen),
-        "heldout_pairs_file": "heldout_pairs.tsv", "heldout_synset_fraction": HELDOUT_SYNSET_FRACTION,
+        "heldout_pairs_file": HELDOUT_PAIRS_FILE, "heldout_synset_fraction": HELDOUT_SYNSET_FRACTION,
         "heldout_gloss_sentences": len(gloss), "heldout_gloss_file": "heldout_gloss.txt", **measure(model, saved, tokenizer, gloss, seen, unseen),
         "probe_phrase": PROBE_PHRASE, "curve": curve,
     }

@@ -131,8 +131,9 @@ def test_knows_the_pairs_it_was_shown_better_than_the_held_out_ones(hf_model, hf
 
 
 def _heldout_pairs() -> set[tuple[str, str]]:
-    with open(os.path.join(DEFAULT_MODEL, "heldout_pairs.tsv")) as f:
-        return {tuple(line.rstrip("\n").split("\t")) for line in list(f)[1:]}
+    from jaxprompt.corpus import read_heldout_pairs
+
+    return set(read_heldout_pairs(DEFAULT_MODEL))
 
 
 def test_learned_prompt_beats_written_prompt_and_needs_pretraining(tmp_path, test_pairs):
