@@ -9,7 +9,12 @@ never in the corpus, see jaxprompt/corpus.py), the held-out synsets' gloss-like 
 the LM loss, the loss on gloss-like sentences of held-out synsets, and an antonym probe on pairs
 seen and unseen in pretraining.
 
-    python scripts/pretrain_tiny.py --out checkpoints/tiny-gpt2-wordnet      # ~45 minutes on 2 CPU cores (1,200 steps)
+    python scripts/pretrain_tiny.py --out checkpoints/tiny-gpt2-wordnet      # ~95 minutes on 2 CPU cores (2,600 steps)
+
+Every `--save-every` steps the whole training state (weights, optimizer moments, step, the curve so
+far) is written atomically to `--work` (default `<out>.work/`); `--resume` continues from it and
+gives the same weights as an uninterrupted run (the data stream is replayed from the seed up to
+the saved step).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import random
 import sys
 import time
 from functools import partial
+
+import flax.serialization
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +65,30 @@ def packed_rows(synsets, tokenizer: Tokenizer, seed: int, seq_len: int, other_fr
                 yield buffer[: seq_len + 1]
                 buffer = buffer[seq_len + 1:]
         epoch += 1
+
+
+def save_progress(path: str, state, curve: list, seconds: float) -> None:
+    """The training state and what was measured so far, written atomically (write, then rename)."""
+    state = state.replace(rng=jax.random.key_data(state.rng))  # typed keys do not serialise
+    blob = flax.serialization.to_bytes({"state": state, "seconds": seconds})
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+        f.write(blob)
+    with open(path + ".curve.tmp", "w") as f:
+        json.dump(curve, f)
+    os.replace(path + ".curve.tmp", path + ".curve.json")
+    os.replace(path + ".tmp", path)
+
+
+def load_progress(path: str, state_template) -> tuple[object, list, float]:
+    with open(path, "rb") as f:
+        template = state_template.replace(rng=jax.random.key_data(state_template.rng))
+        restored = flax.serialization.from_bytes({"state": template, "seconds": 0.0}, f.read())
+    state = restored["state"]
+    state = state.replace(rng=jax.random.wrap_key_data(jnp.asarray(state.rng)))
+    with open(path + ".curve.json") as f:
+        curve = [p for p in json.load(f) if p["step"] <= int(state.step)]
+    return state, curve, float(restored["seconds"])
 
 
 def _padded(rows: list[list[int]], length: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
@@ -141,19 +172,22 @@ def main(argv=None):
                    help="directory with the GPT-2 tokenizer.json")
     p.add_argument("--wordnet", default=DEFAULT_DIR)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--steps", type=int, default=2600)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--other-fraction", type=float, default=0.1,
+    p.add_argument("--other-fraction", type=float, default=0.05,
                    help="fraction of synsets whose gloss/example/synonym/hypernym sentences join each epoch")
     p.add_argument("--antonym-repeats", type=int, default=8, help="phrasings of every antonym pair per epoch")
-    p.add_argument("--eval-every", type=int, default=400,
+    p.add_argument("--eval-every", type=int, default=650,
                    help="steps between measurements of the held-out gloss loss and the antonym probe")
+    p.add_argument("--save-every", type=int, default=100, help="steps between saves of the training state")
+    p.add_argument("--work", default=None, help="where the training state is saved (default: <out>.work)")
+    p.add_argument("--resume", action="store_true", help="continue from the state saved in --work")
     args = p.parse_args(argv)
 
     tokenizer = Tokenizer.load(args.tokenizer)
@@ -180,7 +214,18 @@ def main(argv=None):
                             optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=0.01))
     dp = DataParallel()
     key = jax.random.key(args.seed)
-    state = dp.replicate(TrainState.create(model.init(key), optimizer, key))
+    state = TrainState.create(model.init(key), optimizer, key)
+    progress = os.path.join(args.work or args.out.rstrip("/") + ".work", "state.msgpack")
+    curve, done_seconds = [], 0.0
+    if args.resume and os.path.exists(progress):
+        state, curve, done_seconds = load_progress(progress, state)
+        print(f"resuming at step {int(state.step)} from {progress}", file=sys.stderr)
+    elif args.resume:
+        print(f"nothing to resume at {progress}: starting at step 0", file=sys.stderr)
+    first = int(state.step)
+    for _ in range(first * args.batch):  # replay the data stream up to the saved step
+        next(rows)
+    state = dp.replicate(state)
     step_fn = dp.train_step(lm_loss, optimizer)
     frozen = dp.replicate(jnp.zeros(()))
     n_params = model.num_params()
@@ -188,8 +233,10 @@ def main(argv=None):
           f"{dp.n} device(s); {len(unseen)} held-out antonym pairs, {len(gloss)} held-out gloss sentences",
           file=sys.stderr)
 
-    start, eval_seconds, recent, curve = time.time(), 0.0, [], []
-    bar = tqdm(range(args.steps), desc="pretrain", file=sys.stderr, mininterval=5)
+    session_start = time.time()
+    start, eval_seconds, recent = session_start - done_seconds, 0.0, []
+    bar = tqdm(range(first, args.steps), desc="pretrain", file=sys.stderr, mininterval=5,
+               initial=first, total=args.steps)
     for step in bar:
         batch = np.array([next(rows) for _ in range(args.batch)], np.int32)
         state, metrics = step_fn(state, frozen, dp.shard({"tokens": batch}))
@@ -198,8 +245,8 @@ def main(argv=None):
             if not math.isfinite(loss):
                 raise FloatingPointError(f"pretraining loss is {loss} at step {step}")
             recent = (recent + [loss])[-10:]
-            tokens_seen = (step + 1) * args.batch * args.seq_len
-            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_seen / (time.time() - start - eval_seconds):.0f}")
+            tokens_seen = (step + 1 - first) * args.batch * args.seq_len
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_seen / (time.time() - session_start - eval_seconds):.0f}")
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
             t0 = time.time()
             point = {"step": step + 1, "lm_loss": round(float(np.mean(recent)), 4),
@@ -207,6 +254,8 @@ def main(argv=None):
             curve.append(point)
             eval_seconds += time.time() - t0
             tqdm.write(json.dumps(point), file=sys.stderr)
+        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
+            save_progress(progress, dp.unreplicate(state), curve, time.time() - start - eval_seconds)
     elapsed = time.time() - start - eval_seconds
 
     params = dp.unreplicate(state).params
