@@ -9,7 +9,7 @@ never in the corpus, see jaxprompt/corpus.py), the held-out synsets' gloss-like 
 the LM loss, the loss on gloss-like sentences of held-out synsets, and an antonym probe on pairs
 seen and unseen in pretraining.
 
-    python scripts/pretrain_tiny.py --out checkpoints/tiny-gpt2-wordnet      # ~95 minutes on 2 CPU cores (2,600 steps)
+    python scripts/pretrain_tiny.py --out checkpoints/tiny-gpt2-wordnet      # ~95 minutes on 2 CPU cores (1,500 steps)
 
 Every `--save-every` steps the whole training state (weights, optimizer moments, step, the curve so
 far) is written atomically to `--work` (default `<out>.work/`); `--resume` continues from it and
@@ -172,7 +172,7 @@ def main(argv=None):
                    help="directory with the GPT-2 tokenizer.json")
     p.add_argument("--wordnet", default=DEFAULT_DIR)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=2600)
+    p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--d-model", type=int, default=256)
@@ -180,10 +180,11 @@ def main(argv=None):
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--decay", type=float, default=0.2, help="share of the steps over which the rate decays to lr/20")
     p.add_argument("--other-fraction", type=float, default=0.05,
                    help="fraction of synsets whose gloss/example/synonym/hypernym sentences join each epoch")
     p.add_argument("--antonym-repeats", type=int, default=8, help="phrasings of every antonym pair per epoch")
-    p.add_argument("--eval-every", type=int, default=650,
+    p.add_argument("--eval-every", type=int, default=500,
                    help="steps between measurements of the held-out gloss loss and the antonym probe")
     p.add_argument("--save-every", type=int, default=100, help="steps between saves of the training state")
     p.add_argument("--work", default=None, help="where the training state is saved (default: <out>.work)")
@@ -209,7 +210,14 @@ def main(argv=None):
         logits = model.logits(params, tokens[:, :-1])
         return nll_sum(logits, tokens[:, 1:], jnp.ones(tokens[:, 1:].shape))
 
-    schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, args.warmup, args.steps, end_value=args.lr / 20)
+    # warmup, constant, then a linear decay over the last `--decay` share of the steps (the
+    # warmup-stable-decay schedule of MiniCPM, Hu et al. 2024): until the decay starts the rate does
+    # not depend on --steps, so a run can be resumed with another length and equal a fresh one
+    decay_steps = max(1, round(args.decay * args.steps))
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, args.lr, args.warmup), optax.constant_schedule(args.lr),
+         optax.linear_schedule(args.lr, args.lr / 20, decay_steps)],
+        [args.warmup, args.steps - decay_steps])
     optimizer = optax.chain(optax.clip_by_global_norm(1.0),
                             optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=0.01))
     dp = DataParallel()
@@ -271,7 +279,7 @@ def main(argv=None):
         "seed": args.seed, "steps": args.steps, "batch": args.batch, "seq_len": args.seq_len,
         "tokens": args.steps * args.batch * args.seq_len, "seconds": round(elapsed, 1),
         "final_lm_loss": round(float(np.mean(recent)), 4), "params": n_params, "lr": args.lr,
-        "warmup": args.warmup, "devices": [str(d) for d in dp.devices], "other_fraction": args.other_fraction,
+        "warmup": args.warmup, "decay": args.decay, "schedule": "warmup-stable-decay", "devices": [str(d) for d in dp.devices], "other_fraction": args.other_fraction,
         "antonym_repeats": args.antonym_repeats,
         "heldout_pair_fraction": HELDOUT_PAIR_FRACTION, "heldout_pairs": len(unseen),
         "heldout_pairs_file": HELDOUT_PAIRS_FILE, "heldout_synset_fraction": HELDOUT_SYNSET_FRACTION,
