@@ -5,7 +5,7 @@ Run directory (default `checkpoints/<task>-<method>-<time>`):
     checkpoints.json  which checkpoints are committed (checkpoint.py)
     last/, best/      Orbax train-state checkpoints (the frozen LM is never saved)
     metrics.jsonl     train / validation loss per step
-    curve.png         the training curve
+    curve.png         the training curve (plot.py)
     results.json      learned vs written test metrics and sample predictions (a population's:
                       mean ± std over members, and every member's own)
     .lock             held by the process writing the run
@@ -30,7 +30,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 
 from jaxprompt import __version__
@@ -47,6 +46,7 @@ from jaxprompt.loss import prompt_loss
 from jaxprompt.models.convert import load_config, resolve
 from jaxprompt.optim import make_optimizer
 from jaxprompt.parallel import make_strategy
+from jaxprompt.plot import plot_curve
 from jaxprompt.population import Member, MemberBatches, initial_state, member_optimizer, members_of, stack
 from jaxprompt.population import member as member_prompt  # `member` is load_run's argument
 from jaxprompt.prompts import MultiTask, PromptMethod, make_method, method_from_spec, method_spec
@@ -456,29 +456,3 @@ def load_prompt(run_dir: str, session: Session, which: str = "best", config: Tra
         which = "last"
     state, _ = ckpt.restore(like, which)
     return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), state.params)
-
-
-def plot_curve(history: list[dict], path: str, title: str = "") -> None:
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # after choosing the backend
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, name, style in (("train_loss", "train", "-"), ("val_loss", "validation", "o-")):
-        points = [(h["step"], np.atleast_1d(h[key])) for h in history if key in h]
-        if not points:
-            continue
-        steps, values = [s for s, _ in points], np.stack([v for _, v in points])  # [steps, members]
-        line, = ax.plot(steps, values.mean(axis=1), style, label=name + (" (mean of members)" if values.shape[1] > 1
-                                                                        else ""), alpha=0.9)
-        if values.shape[1] > 1:  # a population: every member, thin
-            ax.plot(steps, values, "-", color=line.get_color(), alpha=0.25, linewidth=0.8)
-    ax.set_xlabel("step")
-    ax.set_ylabel("target-token NLL (nats)")
-    ax.set_title(title)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    finally:
-        plt.close(fig)
