@@ -33,13 +33,11 @@ import orbax.checkpoint as ocp
 from jaxprompt.config import one_line
 from jaxprompt.distributed import barrier, is_writer
 from jaxprompt.files import atomic_write
+from jaxprompt.models.convert import CheckpointError  # noqa: F401  (the one class; raised here too)
 
 RECORD = "checkpoints.json"
 KINDS = ("last", "best")
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read back."""
 
 
 class Checkpointer:

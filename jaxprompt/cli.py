@@ -144,7 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _errors() -> tuple[type[BaseException], ...]:
     """What bad input raises: reported in one line. Anything else is a bug and keeps its traceback."""
-    from jaxprompt.checkpoint import CheckpointError as RunCheckpointError
     from jaxprompt.data import TemplateError
     from jaxprompt.distributed import DistributedError
     from jaxprompt.export import ExportError
@@ -155,7 +154,7 @@ def _errors() -> tuple[type[BaseException], ...]:
     from jaxprompt.run import RunError
     from jaxprompt.tokenizer import TokenizerError
 
-    return (CLIError, SettingError, TemplateError, ConfigError, CheckpointError, RunCheckpointError, TokenizerError,
+    return (CLIError, SettingError, TemplateError, ConfigError, CheckpointError, TokenizerError,
             NonFiniteLossError, RunError, ExportError, LockedError, DistributedError)
 
 

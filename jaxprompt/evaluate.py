@@ -96,8 +96,8 @@ def _loss_batch(model, method, frozen, prompt, batch, shared_len, head):
     return target_nll(model, frozen, hidden, batch, shared_len)
 
 
-def test_loss(session: Session, prompt, rows: list[dict], hard_prompt: str | None = None, batch_size: int = 32,
-              share: bool = True) -> float:
+def heldout_loss(session: Session, prompt, rows: list[dict], hard_prompt: str | None = None, batch_size: int = 32,
+                 share: bool = True) -> float:
     """Mean target-token NLL (nats) over `rows`, of the prompt's inference form. The shared head is
     computed once (prompt cache)."""
     encoded = session.encode(rows, hard_prompt=hard_prompt)
@@ -163,7 +163,7 @@ def evaluate(session: Session, prompt, rows: list[dict], hard_prompt: str | None
         raise ValueError("evaluate one task of a multi-task prompt at a time: session.task_session(i, prompt)")
     task = session.task
     result = EvalResult(label=label or ("written" if hard_prompt is not None else "learned"), n=len(rows),
-                        loss=test_loss(session, prompt, rows, hard_prompt, batch_size))
+                        loss=heldout_loss(session, prompt, rows, hard_prompt, batch_size))
     if not generation or not rows:
         return result
     # one generation per distinct input; every target of that input is a reference

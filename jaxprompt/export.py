@@ -43,11 +43,27 @@ PEFT_ADAPTION_MODULES = {"llama": "model.layers.{i}.self_attn", "mistral": "mode
                          "gpt2": "transformer.h.{i}.attn"}
 
 
+def _peft_adaption_incompatibility(c) -> str | None:
+    """Why PEFT's ADAPTION_PROMPT cannot compute an adaption prompt on model `c` as jaxprompt does.
+
+    PEFT's AdaptedAttention passes the adapter's share through `o_proj` on its own, bias included,
+    so a Llama/Mistral whose output projection has a bias gets that bias twice in every adapted
+    layer: its zero gate departs from the frozen model (0.59 in the logits of a tiny biased Llama,
+    tests/test_export.py). jaxprompt adds the bias once (models/layers.attention_output)."""
+    if c.model_type not in PEFT_ADAPTION_MODULES:
+        return f"PEFT's ADAPTION_PROMPT supports {', '.join(PEFT_ADAPTION_MODULES)} models, not {c.model_type}"
+    if c.model_type != "gpt2" and c.attention_bias:
+        return ("PEFT's ADAPTION_PROMPT adds the attention output projection's bias a second time in every "
+                "adapted layer, so on this model (attention_bias) it would compute another function")
+    return None
+
+
 def peft_incompatibility(session: Session) -> str | None:
     """Why this run's prompt cannot be a PEFT adapter, or None if it can."""
-    if session.method.kind == "adaption" and session.config.model_type not in PEFT_ADAPTION_MODULES:
-        return (f"PEFT's ADAPTION_PROMPT supports {', '.join(PEFT_ADAPTION_MODULES)} models, not "
-                f"{session.config.model_type}")
+    if session.method.kind == "adaption":
+        reason = _peft_adaption_incompatibility(session.config)
+        if reason:
+            return reason
     return session.method.peft_incompatibility(session.task.template)
 
 
@@ -223,9 +239,9 @@ def prompt_from_peft(config: dict, tensors: dict[str, np.ndarray], c) -> tuple[P
 
 
 def _adaption_from_peft(config: dict, tensors: dict[str, np.ndarray], c) -> tuple[PromptMethod, dict]:
-    if c.model_type not in PEFT_ADAPTION_MODULES:
-        raise ExportError(f"PEFT's ADAPTION_PROMPT supports {', '.join(PEFT_ADAPTION_MODULES)} models, not "
-                          f"{c.model_type}")
+    reason = _peft_adaption_incompatibility(c)
+    if reason:
+        raise ExportError(reason)
     A, n = int(config["adapter_len"]), config.get("adapter_layers")
     if not isinstance(n, int) or not 1 <= n <= c.n_layers:
         raise ExportError(f"adapter_layers must be in 1..{c.n_layers} for this model, got {n!r}")

@@ -25,8 +25,7 @@ import numpy as np
 
 from jaxprompt.config import parse_mesh
 from jaxprompt.distributed import host, process_rows
-from jaxprompt.population import vmap_eval_step, vmap_train_step
-from jaxprompt.train import LossFn, make_eval_step, make_train_step
+from jaxprompt.train import LossFn, make_eval_step, make_train_step, vmap_eval_step, vmap_train_step
 
 AXIS = "data"
 MESH_AXES = ("data", "model")

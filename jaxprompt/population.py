@@ -34,8 +34,6 @@ from jaxprompt.data import Batches, Encoded, collate
 from jaxprompt.optim import make_optimizer
 from jaxprompt.train import TrainState
 
-MEMBER_AXIS = 0  # of the state
-BATCH_MEMBER_AXIS = 1  # of a training batch: [B, K, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,20 +76,6 @@ def initial_state(prompts: Sequence[dict], members: Sequence[Member], c: Optimiz
     starts from (its prompt, `TrainState.create` with `PRNGKey(seed)`), stacked."""
     return stack([TrainState.create(p, member_optimizer(c, p, total_steps, m.lr), jax.random.PRNGKey(m.seed))
                   for p, m in zip(prompts, members)])
-
-
-def vmap_train_step(step):
-    """`(state [K], frozen, batch [B, K]) -> (state [K], metrics [K])` from a one-prompt step.
-
-    Collectives the step holds (a data-parallel `psum`) keep working under `vmap`: they sum over
-    devices, member by member."""
-    return jax.vmap(step, in_axes=(MEMBER_AXIS, None, BATCH_MEMBER_AXIS))
-
-
-def vmap_eval_step(step):
-    """`(params [K], frozen, batch, step) -> {"loss_sum": [K], "tokens": [K]}`: one validation
-    batch scored by every member."""
-    return jax.vmap(step, in_axes=(MEMBER_AXIS, None, None, None))
 
 
 class MemberBatches:

@@ -44,6 +44,7 @@ from jaxprompt.files import DirectoryLock, atomic_write, remove_stale_temporarie
 from jaxprompt.loop import METRICS, fit
 from jaxprompt.loss import prompt_loss
 from jaxprompt.models.convert import load_config, resolve
+from jaxprompt.models.registry import require_adaption_prompts
 from jaxprompt.optim import make_optimizer
 from jaxprompt.parallel import make_strategy
 from jaxprompt.plot import plot_curve
@@ -202,6 +203,8 @@ def _check_method_fits(config: TrainConfig, session: Session) -> None:
         top = getattr(config.method, name)
         if top is not None and top > layers:
             raise SettingError(f"--{name.replace('_', '-')} {top}: the model has {layers} layers; use 1..{layers}")
+    if config.method.name == "adaption":
+        require_adaption_prompts(session.config.model_type)
     if config.method.name == "adaption" and len(config.tasks) > 1:
         raise SettingError("--method adaption trains one task at a time (multi-task prompts are soft, ptuning, "
                            "prefix, relaxed or pez)")

@@ -107,3 +107,23 @@ def make_eval_step(loss_fn: LossFn, reduce: Reduce = lambda x: x):
         return {"loss_sum": loss_sum, "tokens": count}
 
     return eval_step
+
+
+# ---- a population's step: K prompts by one program (population.py) ------------------------------
+
+MEMBER_AXIS = 0  # of a population's state
+BATCH_MEMBER_AXIS = 1  # of a population's training batch: [B, K, ...]
+
+
+def vmap_train_step(step):
+    """`(state [K], frozen, batch [B, K]) -> (state [K], metrics [K])` from a one-prompt step.
+
+    Collectives the step holds (a data-parallel `psum`) keep working under `vmap`: they sum over
+    devices, member by member."""
+    return jax.vmap(step, in_axes=(MEMBER_AXIS, None, BATCH_MEMBER_AXIS))
+
+
+def vmap_eval_step(step):
+    """`(params [K], frozen, batch, step) -> {"loss_sum": [K], "tokens": [K]}`: one validation
+    batch scored by every member."""
+    return jax.vmap(step, in_axes=(MEMBER_AXIS, None, None, None))

@@ -30,9 +30,9 @@ from jaxprompt.data import collate, common_prefix_length
 from jaxprompt.loss import prompt_loss
 from jaxprompt.models import Model, load_pretrained, preset
 from jaxprompt.optim import make_optimizer
-from jaxprompt.population import Member, initial_state, member_optimizer, vmap_train_step
+from jaxprompt.population import Member, initial_state, member_optimizer
 from jaxprompt.prompts import make_method
-from jaxprompt.train import TrainState, make_train_step
+from jaxprompt.train import TrainState, make_train_step, vmap_train_step
 
 # (peak dense FLOP/s, memory bytes/s) from the vendors' data sheets, for the ridge point on paper
 ACCELERATORS = {"H100 SXM (bf16)": (989e12, 3.35e12), "A100 80GB (bf16)": (312e12, 2.04e12),

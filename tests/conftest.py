@@ -87,14 +87,19 @@ TINY = {
                                 intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, rotary_pct=0.5,
                                 use_parallel_residual=False, initializer_range=0.2, bos_token_id=0, eos_token_id=0),
     # with GPT-2's vocabulary, for tests that tokenize real text (export, CLI)
-    "gpt2-50k": dict(model_type="gpt2", vocab_size=50257, n_positions=96, n_embd=32, n_layer=2, n_head=4,
+    "gpt2-50k": dict(model_type="gpt2", vocab_size=50257, n_positions=96, n_embd=32, n_layer=2, n_head=4, n_inner=64,
                      initializer_range=0.2),
-    "opt-50k-proj": dict(model_type="opt", vocab_size=50272, max_position_embeddings=96, hidden_size=32,
+    "opt-50k-proj": dict(model_type="opt", vocab_size=50257, max_position_embeddings=96, hidden_size=32,
                          num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, init_std=0.2,
                          word_embed_proj_dim=16, bos_token_id=50256, eos_token_id=50256, pad_token_id=1),
     "llama-50k": dict(model_type="llama", vocab_size=50257, max_position_embeddings=96, hidden_size=32,
                       intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                       initializer_range=0.2, tie_word_embeddings=False, bos_token_id=50256, eos_token_id=50256),
+    # an attention output projection with a bias, 3 layers (adaption prompts on the top 2)
+    "llama-50k-bias": dict(model_type="llama", vocab_size=50257, max_position_embeddings=96, hidden_size=32,
+                           intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                           attention_bias=True, initializer_range=0.2, tie_word_embeddings=False,
+                           bos_token_id=50256, eos_token_id=50256),
     "gemma2-50k": dict(model_type="gemma2", vocab_size=50257, max_position_embeddings=96, hidden_size=32,
                        intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                        head_dim=8, query_pre_attn_scalar=8, sliding_window=8, initializer_range=0.2,
@@ -182,21 +187,17 @@ def pytest_unconfigure(config):
 
 # ---- JAX-only tiny models with the real GPT-2 vocabulary (for training tests) -------------------
 
-def tiny_config(model_type: str = "gpt2", **overrides):
-    from jaxprompt.models.config import ModelConfig
+# the JAX-only models of the training tests: the table's GPT-2-vocabulary variant of each family
+GPT2_VOCABULARY = {"gpt2": "gpt2-50k", "opt": "opt-50k-proj", "llama": "llama-50k", "gemma2": "gemma2-50k",
+                   "gpt_neox": "gpt_neox-50k"}
 
-    base = dict(vocab_size=50257, max_positions=96, d_model=32, n_layers=2, n_heads=4, d_ff=64, d_embed=32,
-                eos_token_id=50256, bos_token_id=50256)
-    base.update({
-        "opt": dict(activation="relu", d_embed=16, pre_layer_norm=True),
-        "llama": dict(activation="silu", n_kv_heads=2, norm_eps=1e-6, tie_word_embeddings=False),
-        # windows (8) shorter than the test sequences on layer 0, soft-capping, (1 + w) norms
-        "gemma2": dict(activation="gelu_pytorch_tanh", n_kv_heads=2, head_dim=8, norm_eps=1e-6,
-                       query_pre_attn_scalar=8, sliding_window=8, windowed_layers=(True, False),
-                       attn_softcap=50.0, final_softcap=30.0),
-    }.get(model_type, {}))
-    base.update(overrides)
-    return ModelConfig(model_type=model_type, **base)
+
+def tiny_config(model_type: str = "gpt2", **overrides):
+    """The ModelConfig of `TINY[GPT2_VOCABULARY[model_type]]` (HF spelling, read by jaxprompt's own
+    config reader), with `overrides` in jaxprompt's spelling."""
+    from jaxprompt.models.registry import config_from_hf
+
+    return config_from_hf(TINY[GPT2_VOCABULARY[model_type]]).replace(**overrides)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
-"""Checks every architecture's test file runs against `transformers` (PyTorch, fp32, eager
-attention) on the tiny random models of conftest.TINY: logits, greedy generation, the KV cache,
-and the HF state dict both ways."""
+"""Checks tests/test_families.py runs on every architecture against `transformers` (PyTorch, fp32,
+eager attention) on the tiny random models of conftest.TINY: logits, greedy generation, the KV
+cache, the HF state dict both ways, adaption prompts against PEFT."""
 
 from __future__ import annotations
 

@@ -255,6 +255,7 @@ def bad_inputs(trained_run, tiny_model_dir, tmp_path_factory):
         if p.is_file() and p.parent.name == "d":  # the arrays' data, cut short
             p.write_bytes(p.read_bytes()[:100])
     cases["truncated checkpoint"] = (["eval", str(truncated)], f"checkpoint best/{best} in")
+    cases["generate corrupt checkpoint"] = (["generate", str(corrupt), "--text", "hot"], f"checkpoint best/{best} in")
 
     prepend = write_task(d, PAIRS, name="prepend", template="{prompt} {word1} is the opposite of")
     adapters = {}
@@ -283,6 +284,8 @@ def bad_inputs(trained_run, tiny_model_dir, tmp_path_factory):
         "temperature -1": (["generate", trained_run, "--temperature", "-1"], "--temperature -1.0: must be a number >= 0"),
         "temperature nan": (["generate", trained_run, "--temperature", "nan"], "--temperature nan: must be a number"),
         "top-p 0": (["generate", trained_run, "--top-p", "0"], "--top-p 0.0: must be a number in (0, 1]"),
+        "top-k past the vocabulary": (["generate", trained_run, "--text", "hot", "--top-k", "1000000", "--temperature",
+                                       "1"], "top-k 1000000 is more than the model's vocabulary of 50257 tokens"),
         "generate bad JSON": (["generate", trained_run, "--text", "{oops"], "input '{oops' is not a JSON object"),
         "inspect top -1": (["inspect", trained_run, "--top", "-1"], "--top -1: must be an integer >= 1"),
         "eval examples 0": (["eval", trained_run, "--examples", "0"], "--examples 0: must be an integer >= 1"),
@@ -306,7 +309,8 @@ BAD_INPUTS = [
     "out read-only", "existing run", "resume conflict", "resume nothing", "resume overwrite", "run.json missing key",
     "run.json extra key", "run.json config key", "corrupt checkpoint", "truncated checkpoint", "import truncated",
     "import no num_virtual_tokens", "import onto a run", "generate max-new-tokens -5", "generate past positions",
-    "temperature -1", "temperature nan", "top-p 0", "generate bad JSON", "inspect top -1", "eval examples 0",
+    "temperature -1", "temperature nan", "top-p 0", "top-k past the vocabulary", "generate corrupt checkpoint",
+    "generate bad JSON", "inspect top -1", "eval examples 0",
     "eval json dir", "eval json full", "export to a file", "not a run", "sweep trial fails",
     "mesh text", "mesh size", "coordinator alone", "coordinator port", "process-id", "plan mesh devices",
     "plan mesh text", "plan device-memory", "plan devices 0", "plan batch", "plan dtype", "plan missing model",
@@ -333,6 +337,19 @@ def test_bad_input_is_one_line_and_touches_no_run(bad_inputs, trained_run, capfd
 
 def test_bad_input_table_is_complete(bad_inputs):
     assert sorted(BAD_INPUTS) == sorted(bad_inputs)
+
+
+def test_adaption_on_an_architecture_without_it_is_one_line(tiny_model_dir, tmp_path, capfd, monkeypatch):
+    import dataclasses
+
+    from jaxprompt.models.registry import ARCHITECTURES
+
+    monkeypatch.setitem(ARCHITECTURES, "gpt2", dataclasses.replace(ARCHITECTURES["gpt2"], adaption_prompts=False))
+    capfd.readouterr()
+    assert main(["train", "--model", tiny_model_dir, "--out", str(tmp_path / "run"), "--method", "adaption",
+                 *FAST]) == 2
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "not supported by gpt2 models; families that support them: opt, llama" in lines[0]
 
 
 # ---- jaxprompt plan -------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ANTONYM_PAIRS
 from jaxprompt.data import Template, TemplateError
-from jaxprompt.evaluate import evaluate, generate_texts, test_loss as eval_loss
+from jaxprompt.evaluate import evaluate, generate_texts, heldout_loss
 from jaxprompt.prompts import MultiTask, make_method
 from jaxprompt.session import Session
 from jaxprompt.tasks import BUILTIN, Task
@@ -29,10 +29,11 @@ def test_a_relaxed_prompt_is_scored_at_its_final_temperature(tiny_lm, gpt2_token
     final = (weights / weights.sum(-1, keepdims=True)) @ np.asarray(model.embedding_table(frozen), np.float64)
     soft = make_method("soft", length=4)
     as_soft = Session(model, frozen, gpt2_tokenizer, BUILTIN["antonyms"], soft)
-    reported = eval_loss(session, prompt, ROWS)
-    np.testing.assert_allclose(reported, eval_loss(as_soft, {"embeddings": final.astype(np.float32)}, ROWS), rtol=1e-5)
+    reported = heldout_loss(session, prompt, ROWS)
+    np.testing.assert_allclose(reported, heldout_loss(as_soft, {"embeddings": final.astype(np.float32)}, ROWS),
+                               rtol=1e-5)
     at_start = {"embeddings": relaxed.virtual_tokens(prompt, model, frozen, 0)}  # tau = 1, what was scored before
-    assert abs(reported - eval_loss(as_soft, at_start, ROWS)) > 0.05
+    assert abs(reported - heldout_loss(as_soft, at_start, ROWS)) > 0.05
     assert generate_texts(session, prompt, ROWS[:4], max_new_tokens=3) == \
         generate_texts(as_soft, {"embeddings": final.astype(np.float32)}, ROWS[:4], max_new_tokens=3)
 

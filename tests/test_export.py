@@ -147,6 +147,33 @@ def test_peft_adapter_matches_jax(tiny_hf, tmp_path, variant, name, options):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), baked, imported)
 
 
+def test_adaption_export_is_refused_where_peft_adds_the_output_bias_twice(tiny_hf, tmp_path):
+    """PEFT's AdaptedAttention projects the adapter's share with `o_proj`, bias included, so on a
+    Llama whose output projection has a bias its zero gate is not the frozen model; jaxprompt's is
+    (the bias enters once), so such a prompt cannot be a PEFT adapter: export and import say so."""
+    import copy
+
+    pt_model, directory = tiny_hf("llama-50k-bias")
+    peft_model = peft.get_peft_model(copy.deepcopy(pt_model), peft.AdaptionPromptConfig(
+        adapter_len=4, adapter_layers=2, task_type="CAUSAL_LM")).eval()
+    assert all(float(p) == 0.0 for n, p in peft_model.named_parameters() if n.endswith("adaption_gate"))
+    ids = torch.tensor([[464, 3797, 318, 257, 1332, 286, 262]])
+    with torch.no_grad():
+        departure = (peft_model(input_ids=ids).logits - pt_model(input_ids=ids).logits).abs().max().item()
+    assert departure > 0.1  # PEFT at zero gates departs from the frozen model
+
+    method = make_method("adaption", length=4, top_layers=2)
+    session, prompt, _, _ = _prompted(tiny_hf, "llama-50k-bias", method)  # its zero gate: tests/test_families.py
+    assert "bias a second time" in peft_incompatibility(session)
+    with pytest.raises(ExportError, match="bias a second time.*--to plain") as info:
+        export_peft(session, prompt, str(tmp_path / "adapter"))
+    assert "\n" not in str(info.value)
+
+    peft_model.save_pretrained(str(tmp_path / "theirs"))
+    with pytest.raises(ExportError, match="bias a second time"):
+        import_peft(str(tmp_path / "theirs"), str(tmp_path / "run"), task=_task_file(tmp_path), model=directory)
+
+
 def test_unrepresentable_prompts_say_so(tiny_hf, tmp_path):
     _, directory = tiny_hf("gpt2-50k")
     infix = Task(name="a", template=Template("Here are two {prompt} {word1} and", " {word2}"), data="unused")

@@ -92,3 +92,4 @@ def test_grouped_query_attention_with_window_and_cap(window, softcap):
         valid &= positions[:, :, None] - positions[:, None, :] < window
     ref = _reference_attention(q, k, v, valid, 0.5, softcap)
     np.testing.assert_allclose(np.asarray(ours)[mask], ref[mask], atol=1e-5)
+

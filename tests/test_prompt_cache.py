@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import ANTONYM_PAIRS
-from jaxprompt.evaluate import generate_texts, test_loss as eval_loss
+from jaxprompt.evaluate import generate_texts, heldout_loss
 from jaxprompt.prompt_cache import ENV, PromptCache, default_cache_dir
 from jaxprompt.prompts import make_method
 from jaxprompt.session import Session
@@ -39,15 +39,15 @@ def test_cached_head_equals_recomputation(tiny_lms, gpt2_tokenizer, family, name
     if name == "adaption":  # gates off zero, so the adapters show
         prompt = {**prompt, "gate": prompt["gate"] + 0.5}
     hard = "antonyms" if name == "written" else None
-    shared = eval_loss(session, prompt, ROWS, hard_prompt=hard, batch_size=8)
-    plain = eval_loss(session, prompt, ROWS, hard_prompt=hard, batch_size=8, share=False)
+    shared = heldout_loss(session, prompt, ROWS, hard_prompt=hard, batch_size=8)
+    plain = heldout_loss(session, prompt, ROWS, hard_prompt=hard, batch_size=8, share=False)
     np.testing.assert_allclose(shared, plain, rtol=1e-5)
     assert session.prompt_cache.stats["computed_positions"] > 0
     texts = generate_texts(session, prompt, ROWS[:6], hard_prompt=hard, batch_size=4, max_new_tokens=4)
     assert texts == generate_texts(session, prompt, ROWS[:6], hard_prompt=hard, batch_size=4, max_new_tokens=4,
                                    share=False)
     hits = session.prompt_cache.stats["memory_hits"]
-    eval_loss(session, prompt, ROWS, hard_prompt=hard, batch_size=8)  # the same head again: no recomputation
+    heldout_loss(session, prompt, ROWS, hard_prompt=hard, batch_size=8)  # the same head again: no recomputation
     assert session.prompt_cache.stats["memory_hits"] == hits + 1
 
 
@@ -135,7 +135,7 @@ def test_sessions_cache_on_disk_where_the_environment_says(tiny_model_dir, monke
     monkeypatch.setenv(ENV, str(tmp_path / "cache"))
     session = Session.load(tiny_model_dir, BUILTIN["antonyms"], make_method("soft", length=2))
     assert session.prompt_cache.directory == default_cache_dir() == str(tmp_path / "cache")
-    eval_loss(session, session.method.init(jax.random.key(0), session.model, session.frozen, 2), ROWS[:4])
+    heldout_loss(session, session.method.init(jax.random.key(0), session.model, session.frozen, 2), ROWS[:4])
     assert len(os.listdir(tmp_path / "cache")) == 1
     assert Session.load(tiny_model_dir, BUILTIN["antonyms"], make_method("soft", length=2),
                         cache=False).prompt_cache.directory is None

@@ -1,5 +1,6 @@
 """Presets and config.json: every preset's parameter count equals transformers' own count for the
-same config (built on the meta device: no memory), configs round-trip, unknown types are refused."""
+same config (built on the meta device: no memory), configs round-trip, unknown types are refused,
+and capabilities (adaption prompts) are what an architecture declares."""
 
 from __future__ import annotations
 
@@ -64,3 +65,24 @@ def test_unknown_model_type():
         config_from_hf({"model_type": "bert"})
     with pytest.raises(ConfigError, match="no preset"):
         preset("gpt5")
+
+
+def test_adaption_prompts_are_refused_where_the_architecture_lacks_them(monkeypatch):
+    """Adaption prompts are a capability an architecture declares; without it they are refused in
+    one line naming the families that have it (a block ignoring them would train a zero gradient)."""
+    import dataclasses
+
+    from conftest import TINY
+    from jaxprompt.models.layers import Adapter
+
+    assert all(arch.adaption_prompts for arch in ARCHITECTURES.values())  # every family today
+    monkeypatch.setitem(ARCHITECTURES, "gpt2", dataclasses.replace(ARCHITECTURES["gpt2"], adaption_prompts=False))
+    model = Model(config_from_hf(TINY["gpt2"]))
+    params = model.init(jax.random.key(0))
+    tokens = jnp.ones((1, 3), jnp.int32)
+    adapter = Adapter(jnp.zeros((2, 4, 32)), jnp.zeros((2,)))
+    with pytest.raises(ConfigError, match="not supported by gpt2 models; families that support them: opt, llama, ") as e:
+        model.forward(params, model.embed(params, tokens), jnp.zeros((1, 3), jnp.int32), jnp.ones((1, 3), bool),
+                      adapter=adapter)
+    assert "\n" not in str(e.value)
+    model.forward(params, model.embed(params, tokens), jnp.zeros((1, 3), jnp.int32), jnp.ones((1, 3), bool))

@@ -12,9 +12,9 @@ One module per architecture (gpt2, opt, llama, mistral, qwen2, qwen3, gemma, gem
 from jaxprompt.models.config import ConfigError, ModelConfig
 from jaxprompt.models.convert import CheckpointError, load_pretrained, save_pretrained
 from jaxprompt.models.layers import KVCache, Prefix
-from jaxprompt.models.model import Model, positions_from_mask
+from jaxprompt.models.model import Model, PositionError, positions_from_mask
 from jaxprompt.models.registry import ARCHITECTURES, PRESETS, config_from_hf, config_to_hf, preset
 
-__all__ = ["Model", "ModelConfig", "ConfigError", "CheckpointError", "KVCache", "Prefix", "positions_from_mask",
+__all__ = ["Model", "ModelConfig", "ConfigError", "PositionError", "CheckpointError", "KVCache", "Prefix", "positions_from_mask",
            "load_pretrained", "save_pretrained", "preset", "PRESETS", "ARCHITECTURES", "config_from_hf",
            "config_to_hf"]

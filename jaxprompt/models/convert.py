@@ -24,7 +24,8 @@ from jaxprompt.models.registry import architecture, config_from_hf, config_to_hf
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that does not match the model it claims to be."""
+    """A checkpoint that cannot be read or does not match what it claims to hold: a model's weights
+    (here) or a run's train state (`jaxprompt.checkpoint`). One class, so callers catch one."""
 
 
 def key_rows(config: ModelConfig) -> list[KeyRow]:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from jaxprompt.models.config import ConfigError
 from jaxprompt.models.layers import Adapter, Prefix
 from jaxprompt.models.model import Model, positions_from_mask
 
@@ -30,7 +31,15 @@ class Sampling:
         return self.temperature == 0.0
 
 
+class SamplingError(ConfigError):
+    """Sampling options this model cannot honour."""
+
+
 def sample_token(logits: Float[Array, "B V"], rng: jax.Array, sampling: Sampling) -> Int[Array, "B"]:
+    V = logits.shape[-1]  # static: refused while tracing, before anything runs
+    if sampling.top_k > V:
+        raise SamplingError(f"top-k {sampling.top_k} is more than the model's vocabulary of {V} tokens; "
+                            f"use 0 (no top-k filter) to {V}")
     if sampling.greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits / sampling.temperature

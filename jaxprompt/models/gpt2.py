@@ -10,12 +10,12 @@ import math
 from typing import Any, Mapping
 
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float
 
 from jaxprompt.models.architecture import Architecture, KeyRow, TokenizerConventions
 from jaxprompt.models.config import ModelConfig, read_fields, refuse, write_fields
-from jaxprompt.models.layers import (Adapter, AttentionSpec, KVCache, LayerInputs, Prefix, activation, adapter_attention,
-                                     attend, decoder_stack, dense, layer_norm)
+from jaxprompt.models.layers import (AttentionSpec, KVCache, LayerInputs, StackInputs, activation, attend,
+                                     attention_output, decoder_stack, dense, layer_norm)
 
 # ours -> config.json name: the one table that reads and writes config.json
 HF_FIELDS = {
@@ -93,18 +93,6 @@ def key_table(c: ModelConfig) -> list[KeyRow]:
     return rows
 
 
-def embed(params: dict, tokens: Int[Array, "B T"], c: ModelConfig) -> Float[Array, "B T D"]:
-    return params["wte"]["embedding"][tokens]
-
-
-def embedding_table(params: dict, c: ModelConfig) -> Float[Array, "V D"]:
-    return params["wte"]["embedding"]
-
-
-def output_embedding(params: dict, c: ModelConfig) -> Float[Array, "V D"]:
-    return params["wte"]["embedding"] if c.tie_word_embeddings else params["lm_head"]["kernel"].T
-
-
 def _block(c: ModelConfig):
     act = activation(c.activation)
     H, K = c.n_heads, c.head_dim
@@ -115,11 +103,11 @@ def _block(c: ModelConfig):
         qkv = dense(layer_norm(h, p["ln_1"], c.norm_eps), p["attn"]["c_attn"])
         q, k, v = (x.reshape(B, T, H, K) for x in jnp.split(qkv, 3, axis=-1))
         out, new_kv = attend(q, k, v, ctx, spec)
-        h = h + dense(out.reshape(B, T, D), p["attn"]["c_proj"])
-        if ctx.adapter is not None:  # PEFT's GPT-2 form: added after c_proj, not projected
-            prompt, gate = ctx.adapter
-            _, ak, av = (x.reshape(-1, H, K) for x in jnp.split(dense(prompt, p["attn"]["c_attn"]), 3, axis=-1))
-            h = h + adapter_attention(q, ak, av, gate, spec).reshape(B, T, D)
+        prompt_kv = lambda prompt: tuple(x.reshape(-1, H, K)
+                                         for x in jnp.split(dense(prompt, p["attn"]["c_attn"]), 3, axis=-1)[1:])
+        # PEFT's GPT-2 form: the adaption prompt's share added after c_proj, not projected
+        h = h + attention_output(out, q, ctx, spec, lambda y: dense(y, p["attn"]["c_proj"]), prompt_kv,
+                                 project_adapter=False)
         mlp = p["mlp"]
         h = h + dense(act(dense(layer_norm(h, p["ln_2"], c.norm_eps), mlp["c_fc"])), mlp["c_proj"])
         return h, new_kv
@@ -127,31 +115,21 @@ def _block(c: ModelConfig):
     return block
 
 
-def transformer(
-    params: dict,
-    embeds: Float[Array, "B T D"],
-    positions: Int[Array, "B T"],
-    attention_mask: Bool[Array, "B T"],
-    c: ModelConfig,
-    cache: KVCache | None = None,
-    prefix: Prefix | None = None,
-    remat: bool = False,
-    adapter: Adapter | None = None,
-) -> tuple[Float[Array, "B T D"], KVCache | None]:
-    h = embeds + params["wpe"]["embedding"][positions].astype(embeds.dtype)
-    h, cache = decoder_stack(_block(c), params["h"], h, attention_mask, positions, cache, prefix, remat,
-                             adapter=adapter)
+def transformer(params: dict, inputs: StackInputs, c: ModelConfig, remat: bool = False
+                ) -> tuple[Float[Array, "B T D"], KVCache | None]:
+    h = inputs.embeds + params["wpe"]["embedding"][inputs.positions].astype(inputs.embeds.dtype)
+    h, cache = decoder_stack(_block(c), params["h"], h, inputs, remat)
     return layer_norm(h, params["ln_f"], c.norm_eps), cache
 
 
 ARCHITECTURE = Architecture(
     model_type="gpt2", config_from_hf=config_from_hf, config_to_hf=config_to_hf, presets=PRESETS,
-    param_shapes=param_shapes, key_table=key_table, embed=embed, embedding_table=embedding_table,
-    output_embedding=output_embedding, transformer=transformer,
+    param_shapes=param_shapes, key_table=key_table, transformer=transformer,
     tokenizer=TokenizerConventions(add_bos=False, bos_token="<|endoftext|>", eos_token="<|endoftext|>"),
     hf_architecture="GPT2LMHeadModel",
     stack_key="h",
     residual_projections=(("h", "attn", "c_proj", "kernel"), ("h", "mlp", "c_proj", "kernel")),
     optional_prefixes=("transformer.",),  # the original `gpt2` weights have no `transformer.` prefix
     ignored_suffixes=(".attn.bias", ".attn.masked_bias"),
+    adaption_prompts=True,
 )

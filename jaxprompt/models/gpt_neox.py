@@ -8,13 +8,13 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float
 
 from jaxprompt.models import llama
 from jaxprompt.models.architecture import Architecture, KeyRow, TokenizerConventions
 from jaxprompt.models.config import ModelConfig, read_fields, rope_from_hf, rope_to_hf, write_fields
-from jaxprompt.models.layers import (Adapter, AttentionSpec, KVCache, LayerInputs, Prefix, activation, adapter_attention,
-                                     apply_rotary, attend, dense, layer_norm)
+from jaxprompt.models.layers import (AttentionSpec, KVCache, LayerInputs, StackInputs, activation, apply_rotary, attend,
+                                     attention_output, dense, layer_norm)
 
 HF_FIELDS = {
     "vocab_size": "vocab_size", "max_positions": "max_position_embeddings", "d_model": "hidden_size",
@@ -102,18 +102,6 @@ def key_table(c: ModelConfig) -> list[KeyRow]:
     return rows
 
 
-def embed(params: dict, tokens: Int[Array, "B T"], c: ModelConfig) -> Float[Array, "B T D"]:
-    return params["embed_in"]["embedding"][tokens]
-
-
-def embedding_table(params: dict, c: ModelConfig) -> Float[Array, "V D"]:
-    return params["embed_in"]["embedding"]
-
-
-def output_embedding(params: dict, c: ModelConfig) -> Float[Array, "V D"]:
-    return params["embed_in"]["embedding"] if c.tie_word_embeddings else params["embed_out"]["kernel"].T
-
-
 def _block(c: ModelConfig):
     act = activation(c.activation)
     H, K = c.n_heads, c.head_dim
@@ -127,12 +115,12 @@ def _block(c: ModelConfig):
         cos, sin = ctx.rotary
         q, k = apply_rotary(qkv[:, :, :, 0], cos, sin), apply_rotary(qkv[:, :, :, 1], cos, sin)
         out, new_kv = attend(q, k, qkv[:, :, :, 2], ctx, spec)
-        out = dense(out.reshape(B, T, D), attn["dense"])
-        if ctx.adapter is not None:
-            prompt, gate = ctx.adapter
+
+        def prompt_kv(prompt):
             akv = dense(prompt, attn["query_key_value"]).reshape(-1, H, 3, K)
-            out = out + dense(adapter_attention(q, akv[:, :, 1], akv[:, :, 2], gate, spec).reshape(B, T, D),
-                              attn["dense"])
+            return akv[:, :, 1], akv[:, :, 2]
+
+        out = attention_output(out, q, ctx, spec, lambda y: dense(y, attn["dense"]), prompt_kv)
         mlp = lambda x: dense(act(dense(layer_norm(x, p["post_attention_layernorm"], c.norm_eps),
                                         p["mlp"]["dense_h_to_4h"])), p["mlp"]["dense_4h_to_h"])
         if c.parallel_residual:
@@ -143,30 +131,20 @@ def _block(c: ModelConfig):
     return block
 
 
-def transformer(
-    params: dict,
-    embeds: Float[Array, "B T D"],
-    positions: Int[Array, "B T"],
-    attention_mask: Bool[Array, "B T"],
-    c: ModelConfig,
-    cache: KVCache | None = None,
-    prefix: Prefix | None = None,
-    remat: bool = False,
-    adapter: Adapter | None = None,
-) -> tuple[Float[Array, "B T D"], KVCache | None]:
-    h, cache = llama.rotary_stack(_block(c), params, embeds, positions, attention_mask, c, cache, prefix, remat,
-                                  adapter)
+def transformer(params: dict, inputs: StackInputs, c: ModelConfig, remat: bool = False
+                ) -> tuple[Float[Array, "B T D"], KVCache | None]:
+    h, cache = llama.rotary_stack(_block(c), params, inputs, c, remat)
     return layer_norm(h, params["final_layer_norm"], c.norm_eps), cache
 
 
 ARCHITECTURE = Architecture(
     model_type="gpt_neox", config_from_hf=config_from_hf, config_to_hf=config_to_hf, presets=PRESETS,
-    param_shapes=param_shapes, key_table=key_table, embed=embed, embedding_table=embedding_table,
-    output_embedding=output_embedding, transformer=transformer,
+    param_shapes=param_shapes, key_table=key_table, transformer=transformer,
     tokenizer=TokenizerConventions(add_bos=False, bos_token="<|endoftext|>", eos_token="<|endoftext|>"),
     hf_architecture="GPTNeoXForCausalLM",
     optional_prefixes=("gpt_neox.",),
     ignored_suffixes=(".attention.bias", ".attention.masked_bias", ".attention.rotary_emb.inv_freq"),
     # transformers 5 names the head `lm_head`; published Pythia checkpoints (and our exports) `embed_out`
     key_aliases={"lm_head.weight": "embed_out.weight"},
+    adaption_prompts=True,
 )

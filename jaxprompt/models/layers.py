@@ -212,6 +212,18 @@ class Adapter:
     gate: Float[Array, "L"]
 
 
+class StackInputs(NamedTuple):
+    """What an architecture's transformer reads besides its weights (one structure, so a family's
+    transformer is `(params, inputs, config, remat)` and passes it on to `decoder_stack`)."""
+
+    embeds: Float[Array, "B T E"]
+    positions: Int[Array, "B T"]
+    attention_mask: Bool[Array, "B T"]
+    cache: KVCache | None = None
+    prefix: Prefix | None = None
+    adapter: Adapter | None = None
+
+
 # ---- attention --------------------------------------------------------------------------------
 
 class AttentionSpec(NamedTuple):
@@ -290,6 +302,31 @@ def adapter_attention(q: Float[Array, "B T H K"], k: Float[Array, "A G K"], v: F
     return jnp.einsum("bgrta,agk->btgrk", weights, v).reshape(B, T, H, K)
 
 
+PromptKV = Callable[[Float[Array, "A D"]], tuple[Float[Array, "A G K"], Float[Array, "A G K"]]]
+
+
+def attention_output(out: Float[Array, "B T H K"], q: Float[Array, "B T H K"], ctx: "LayerInputs",
+                     spec: AttentionSpec, project: Callable[[Array], Array], prompt_kv: PromptKV,
+                     project_adapter: bool = True) -> Float[Array, "B T D"]:
+    """The attention output through the output projection, plus the adaption prompt's share when
+    the layer has one: the one LLaMA-Adapter branch every block uses.
+
+    `prompt_kv` gives the layer's keys/values of the prompt (its own k/v projections). The share
+    joins the attention output before the projection, `project(out + share)`, as the LLaMA-Adapter
+    code adds it before `wo`: the projection's bias is added once, so a zero gate (every layer at
+    initialisation, and the layers below the adapted ones) computes exactly the frozen layer.
+    `project_adapter=False` is PEFT's GPT-2 form: the share added after the projection, unprojected.
+    """
+    B, T, H, K = out.shape
+    if ctx.adapter is None:
+        return project(out.reshape(B, T, H * K))
+    prompt, gate = ctx.adapter
+    share = adapter_attention(q, *prompt_kv(prompt), gate, spec)
+    if project_adapter:
+        return project((out + share).reshape(B, T, H * K))
+    return project(out.reshape(B, T, H * K)) + share.reshape(B, T, H * K)
+
+
 # ---- masks ------------------------------------------------------------------------------------
 
 class Masks(NamedTuple):
@@ -342,20 +379,19 @@ def decoder_stack(
     block: BlockFn,
     layers: dict,
     h: Float[Array, "B T D"],
-    attention_mask: Bool[Array, "B T"],
-    positions: Int[Array, "B T"],
-    cache: KVCache | None = None,
-    prefix: Prefix | None = None,
+    inputs: StackInputs,
     remat: bool = False,
     rotary: tuple[Array, Array] | None = None,
     window: int | None = None,
     windowed_layers: tuple[bool, ...] | None = None,
-    adapter: Adapter | None = None,
 ) -> tuple[Float[Array, "B T D"], KVCache | None]:
-    """Runs `block` over the layer-stacked params with `lax.scan` (compile time independent of depth).
+    """Runs `block` over the layer-stacked params with `lax.scan` (compile time independent of depth),
+    from `h` (the inputs' embeddings as the family prepares them: positions added, projected).
 
     `window`: sliding-window width for the layers flagged in `windowed_layers` (all when None).
     """
+    attention_mask, positions, cache, prefix, adapter = (inputs.attention_mask, inputs.positions, inputs.cache,
+                                                         inputs.prefix, inputs.adapter)
     n_layers = len(layers) if isinstance(layers, (tuple, list)) else jax.tree.leaves(layers)[0].shape[0]
     if prefix is not None and prefix.k.shape[0] != n_layers:
         raise ValueError(f"prefix has {prefix.k.shape[0]} layers, the model {n_layers}")

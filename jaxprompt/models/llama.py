@@ -15,12 +15,12 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float, Int
 
 from jaxprompt.models.architecture import Architecture, KeyRow, TokenizerConventions
 from jaxprompt.models.config import ModelConfig, read_fields, refuse, rope_from_hf, rope_to_hf, write_fields
-from jaxprompt.models.layers import (Adapter, AttentionSpec, KVCache, LayerInputs, Prefix, activation, adapter_attention,
-                                     apply_rotary, attend, decoder_stack, dense, gated_mlp, rms_norm, rotary_angles,
+from jaxprompt.models.layers import (AttentionSpec, KVCache, LayerInputs, StackInputs, activation, apply_rotary, attend,
+                                     attention_output, decoder_stack, dense, gated_mlp, rms_norm, rotary_angles,
                                      rotary_inv_freq)
 
 
@@ -180,10 +180,6 @@ def embedding_table(params: dict, c: ModelConfig, v: Variant = LLAMA) -> Float[A
     return table if scale is None else table * scale
 
 
-def output_embedding(params: dict, c: ModelConfig) -> Float[Array, "V D"]:
-    return params["embed_tokens"]["embedding"] if c.tie_word_embeddings else params["lm_head"]["kernel"].T
-
-
 @functools.lru_cache(maxsize=None)
 def inv_freq(c: ModelConfig) -> np.ndarray:
     return rotary_inv_freq(c.rotary_dim, c.rope_theta, c.rope_scaling_dict)
@@ -196,8 +192,7 @@ def norm_fn(c: ModelConfig, v: Variant) -> Callable[[Array, Array], Array]:
 def attention(p: dict, x: Float[Array, "B T D"], ctx: LayerInputs, c: ModelConfig, v: Variant, spec: AttentionSpec
               ) -> tuple[Float[Array, "B T D"], tuple[Array, Array] | None]:
     """q/k/v projections, (q/k norms), rotary, attention, output projection; plus the adaption
-    prompt's share (PEFT's AdaptedAttention: keys/values of the prompt without rotary, projected
-    by o_proj on their own)."""
+    prompt's share (PEFT's AdaptedAttention: keys/values of the prompt without rotary)."""
     B, T, _ = x.shape
     H, G, K = c.n_heads, c.n_kv_heads, c.head_dim
     norm = norm_fn(c, v)
@@ -210,13 +205,9 @@ def attention(p: dict, x: Float[Array, "B T D"], ctx: LayerInputs, c: ModelConfi
     cos, sin = ctx.rotary
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     out, new_kv = attend(q, k, val, ctx, spec)
-    out = dense(out.reshape(B, T, H * K), p["o_proj"])
-    if ctx.adapter is not None:
-        prompt, gate = ctx.adapter
-        ak = keys(dense(prompt, p["k_proj"]).reshape(-1, G, K))
-        av = dense(prompt, p["v_proj"]).reshape(-1, G, K)
-        out = out + dense(adapter_attention(q, ak, av, gate, spec).reshape(B, T, H * K), p["o_proj"])
-    return out, new_kv
+    prompt_kv = lambda prompt: (keys(dense(prompt, p["k_proj"]).reshape(-1, G, K)),
+                                dense(prompt, p["v_proj"]).reshape(-1, G, K))
+    return attention_output(out, q, ctx, spec, lambda y: dense(y, p["o_proj"]), prompt_kv), new_kv
 
 
 def attention_spec(c: ModelConfig) -> AttentionSpec:
@@ -236,22 +227,18 @@ def _block(c: ModelConfig, v: Variant):
     return block
 
 
-def rotary_stack(block, params: dict, embeds: Float[Array, "B T D"], positions: Int[Array, "B T"],
-                 attention_mask: Bool[Array, "B T"], c: ModelConfig, cache: KVCache | None, prefix: Prefix | None,
-                 remat: bool, adapter: Adapter | None) -> tuple[Float[Array, "B T D"], KVCache | None]:
+def rotary_stack(block, params: dict, inputs: StackInputs, c: ModelConfig, remat: bool
+                 ) -> tuple[Float[Array, "B T D"], KVCache | None]:
     """The scanned layers of a rotary model: angles computed once for the current tokens."""
-    rotary = rotary_angles(positions, inv_freq(c), embeds.dtype)
-    return decoder_stack(block, params["layers"], embeds, attention_mask, positions, cache, prefix, remat,
-                         rotary=rotary, window=c.sliding_window, windowed_layers=c.windowed_layers, adapter=adapter)
+    rotary = rotary_angles(inputs.positions, inv_freq(c), inputs.embeds.dtype)
+    return decoder_stack(block, params["layers"], inputs.embeds, inputs, remat, rotary=rotary,
+                         window=c.sliding_window, windowed_layers=c.windowed_layers)
 
 
 def make_transformer(v: Variant, block_fn=_block):
-    def transformer(params: dict, embeds: Float[Array, "B T D"], positions: Int[Array, "B T"],
-                    attention_mask: Bool[Array, "B T"], c: ModelConfig, cache: KVCache | None = None,
-                    prefix: Prefix | None = None, remat: bool = False, adapter: Adapter | None = None
+    def transformer(params: dict, inputs: StackInputs, c: ModelConfig, remat: bool = False
                     ) -> tuple[Float[Array, "B T D"], KVCache | None]:
-        h, cache = rotary_stack(block_fn(c, v), params, embeds, positions, attention_mask, c, cache, prefix, remat,
-                                adapter)
+        h, cache = rotary_stack(block_fn(c, v), params, inputs, c, remat)
         return norm_fn(c, v)(h, params["norm"]["scale"]), cache
 
     return transformer
@@ -265,10 +252,12 @@ def make_architecture(model_type: str, v: Variant, *, config_from_hf, config_to_
         model_type=model_type, config_from_hf=config_from_hf, config_to_hf=config_to_hf, presets=presets,
         param_shapes=param_shapes_fn or functools.partial(param_shapes, v=v),
         key_table=key_table_fn or functools.partial(key_table, v=v),
-        embed=functools.partial(embed, v=v), embedding_table=functools.partial(embedding_table, v=v),
-        output_embedding=output_embedding, transformer=transformer or make_transformer(v), tokenizer=tokenizer,
+        # the embed trio comes from the key table, unless the embeddings are scaled (Gemma)
+        embed=functools.partial(embed, v=v) if v.scaled_embeddings else None,
+        embedding_table=functools.partial(embedding_table, v=v) if v.scaled_embeddings else None,
+        transformer=transformer or make_transformer(v), tokenizer=tokenizer,
         hf_architecture=hf_architecture, unit_offset_norms=v.gemma_norms, optional_prefixes=("model.",),
-        ignored_suffixes=(".rotary_emb.inv_freq",),
+        ignored_suffixes=(".rotary_emb.inv_freq",), adaption_prompts=True,
     )
 
 

@@ -11,12 +11,13 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxprompt.models.architecture import Architecture
-from jaxprompt.models.config import ModelConfig
-from jaxprompt.models.layers import Adapter, KVCache, Prefix
-from jaxprompt.models.registry import architecture
+from jaxprompt.models.config import ConfigError, ModelConfig
+from jaxprompt.models.layers import Adapter, KVCache, Prefix, StackInputs
+from jaxprompt.models.registry import architecture, require_adaption_prompts
 from jaxprompt.precision import LOGITS_DTYPE
 
 
@@ -27,6 +28,36 @@ def positions_from_mask(attention_mask: Bool[Array, "B T"], start: Int[Array, "B
     """
     mask = attention_mask.astype(jnp.int32)
     return jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0) + jnp.asarray(start, jnp.int32).reshape(-1, 1)
+
+
+class PositionError(ConfigError):
+    """An input that needs positions the model does not have (they would be computed clamped)."""
+
+
+def check_positions_fit(positions: Int[Array, "B T"], attention_mask: Bool[Array, "B T"], prefix_length: int,
+                        max_positions: int) -> None:
+    """Refuses real tokens at positions past the model's table; the prefix takes positions 0..P-1.
+
+    Shapes are static under `jit`, so P + T <= max_positions settles it for every call that stays
+    within the table (decode steps among them). Past that (a batch padded beyond the limit, whose
+    real tokens may still fit), the real tokens' positions decide: checked at once when they are
+    concrete, and from inside the computation when traced (then the error arrives wrapped in
+    XLA's runtime error).
+    """
+    if prefix_length + positions.shape[1] <= max_positions:
+        return
+
+    def check(positions, mask):
+        real = np.asarray(positions)[np.asarray(mask, bool)]
+        last = int(real.max()) if real.size else -1
+        if last >= max_positions:
+            raise PositionError(f"the input needs {last + 1} positions (prefix {prefix_length} included); "
+                                f"the model has {max_positions}")
+
+    if isinstance(positions, jax.core.Tracer) or isinstance(attention_mask, jax.core.Tracer):
+        jax.debug.callback(check, positions, attention_mask)
+    else:
+        check(positions, attention_mask)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,11 +110,11 @@ class Model:
     # ---- the data flow ----------------------------------------------------------------------
 
     def embed(self, params: dict, tokens: Int[Array, "B T"]) -> Float[Array, "B T E"]:
-        return self.arch.embed(params, tokens, self.config)
+        return self.arch.embed_tokens(params, tokens, self.config)
 
     def embedding_table(self, params: dict) -> Float[Array, "V E"]:
         """Input token embeddings as the transformer sees them: the space prompts live in."""
-        return self.arch.embedding_table(params, self.config)
+        return self.arch.input_embeddings(params, self.config)
 
     def transformer(
         self,
@@ -97,15 +128,22 @@ class Model:
     ) -> tuple[Float[Array, "B T E"], KVCache | None]:
         """Final hidden states (after the last norm/projection), and the updated cache if one was given.
 
+        Real tokens past the model's positions are refused (`PositionError`, `check_positions_fit`).
+
         `prefix`: keys/values attended before the tokens (prefix tuning, a shared head);
-        `adapter`: adaption prompts read by each layer through a gate (LLaMA-Adapter).
+        `adapter`: adaption prompts read by each layer through a gate (LLaMA-Adapter), on an
+        architecture that declares them.
         """
-        return self.arch.transformer(params, embeds, positions, attention_mask, self.config, cache, prefix, self.remat,
-                                     adapter)
+        if adapter is not None:
+            require_adaption_prompts(self.config.model_type)
+        check_positions_fit(positions, attention_mask, 0 if prefix is None else prefix.length,
+                            self.config.max_positions)
+        return self.arch.transformer(params, StackInputs(embeds, positions, attention_mask, cache, prefix, adapter),
+                                     self.config, self.remat)
 
     def unembed(self, params: dict, hidden: Float[Array, "... E"]) -> Float[Array, "... V"]:
         """Logits in fp32, whatever the compute dtype (soft-capped where the architecture caps them)."""
-        table = self.arch.output_embedding(params, self.config)
+        table = self.arch.output_table(params, self.config)
         logits = jnp.einsum("...e,ve->...v", hidden, table.astype(hidden.dtype), preferred_element_type=LOGITS_DTYPE)
         cap = self.config.final_softcap
         return logits if cap is None else cap * jnp.tanh(logits / cap)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float
 
 from jaxprompt.models.architecture import Architecture, KeyRow, TokenizerConventions
 from jaxprompt.models.config import ModelConfig, read_fields, write_fields
-from jaxprompt.models.layers import (Adapter, AttentionSpec, KVCache, LayerInputs, Prefix, activation, adapter_attention,
-                                     attend, decoder_stack, dense, layer_norm)
+from jaxprompt.models.layers import (AttentionSpec, KVCache, LayerInputs, StackInputs, activation, attend,
+                                     attention_output, decoder_stack, dense, layer_norm)
 
 POSITION_OFFSET = 2
 
@@ -119,18 +119,6 @@ def key_table(c: ModelConfig) -> list[KeyRow]:
     return rows
 
 
-def embed(params: dict, tokens: Int[Array, "B T"], c: ModelConfig) -> Float[Array, "B T E"]:
-    return params["embed_tokens"]["embedding"][tokens]
-
-
-def embedding_table(params: dict, c: ModelConfig) -> Float[Array, "V E"]:
-    return params["embed_tokens"]["embedding"]
-
-
-def output_embedding(params: dict, c: ModelConfig) -> Float[Array, "V E"]:
-    return params["embed_tokens"]["embedding"] if c.tie_word_embeddings else params["lm_head"]["kernel"].T
-
-
 def _block(c: ModelConfig):
     act = activation(c.activation)
     H, K = c.n_heads, c.head_dim
@@ -143,11 +131,8 @@ def _block(c: ModelConfig):
         x = norm(h, p["self_attn_layer_norm"]) if c.pre_layer_norm else h
         q, k, v = (dense(x, attn[name]).reshape(B, T, H, K) for name in ("q_proj", "k_proj", "v_proj"))
         out, new_kv = attend(q, k, v, ctx, spec)
-        h = h + dense(out.reshape(B, T, D), attn["out_proj"])
-        if ctx.adapter is not None:
-            prompt, gate = ctx.adapter
-            ak, av = (dense(prompt, attn[name]).reshape(-1, H, K) for name in ("k_proj", "v_proj"))
-            h = h + dense(adapter_attention(q, ak, av, gate, spec).reshape(B, T, D), attn["out_proj"])
+        prompt_kv = lambda prompt: tuple(dense(prompt, attn[name]).reshape(-1, H, K) for name in ("k_proj", "v_proj"))
+        h = h + attention_output(out, q, ctx, spec, lambda y: dense(y, attn["out_proj"]), prompt_kv)
         if not c.pre_layer_norm:
             h = norm(h, p["self_attn_layer_norm"])
         x = norm(h, p["final_layer_norm"]) if c.pre_layer_norm else h
@@ -159,23 +144,13 @@ def _block(c: ModelConfig):
     return block
 
 
-def transformer(
-    params: dict,
-    embeds: Float[Array, "B T E"],
-    positions: Int[Array, "B T"],
-    attention_mask: Bool[Array, "B T"],
-    c: ModelConfig,
-    cache: KVCache | None = None,
-    prefix: Prefix | None = None,
-    remat: bool = False,
-    adapter: Adapter | None = None,
-) -> tuple[Float[Array, "B T E"], KVCache | None]:
-    h = embeds
+def transformer(params: dict, inputs: StackInputs, c: ModelConfig, remat: bool = False
+                ) -> tuple[Float[Array, "B T E"], KVCache | None]:
+    h = inputs.embeds
     if c.has_projection:
         h = h @ params["project_in"]["kernel"]
-    h = h + params["embed_positions"]["embedding"][positions + POSITION_OFFSET].astype(h.dtype)
-    h, cache = decoder_stack(_block(c), params["layers"], h, attention_mask, positions, cache, prefix, remat,
-                             adapter=adapter)
+    h = h + params["embed_positions"]["embedding"][inputs.positions + POSITION_OFFSET].astype(h.dtype)
+    h, cache = decoder_stack(_block(c), params["layers"], h, inputs, remat)
     if c.final_layer_norm:
         h = layer_norm(h, params.get("final_layer_norm") or None, c.norm_eps)
     if c.has_projection:
@@ -185,10 +160,10 @@ def transformer(
 
 ARCHITECTURE = Architecture(
     model_type="opt", config_from_hf=config_from_hf, config_to_hf=config_to_hf, presets=PRESETS,
-    param_shapes=param_shapes, key_table=key_table, embed=embed, embedding_table=embedding_table,
-    output_embedding=output_embedding, transformer=transformer,
+    param_shapes=param_shapes, key_table=key_table, transformer=transformer,
     # OPT's tokenizer starts every text with </s> (its BOS)
     tokenizer=TokenizerConventions(add_bos=True, bos_token="</s>", eos_token="</s>"),
     hf_architecture="OPTForCausalLM",
     optional_prefixes=("model.", "model.decoder."),
+    adaption_prompts=True,
 )

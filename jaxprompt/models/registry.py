@@ -23,6 +23,18 @@ def architecture(model_type: str) -> Architecture:
     return ARCHITECTURES[model_type]
 
 
+def adaption_families() -> list[str]:
+    """The model types whose architecture declares adaption-prompt (LLaMA-Adapter) support."""
+    return [name for name, arch in ARCHITECTURES.items() if arch.adaption_prompts]
+
+
+def require_adaption_prompts(model_type: str) -> None:
+    """Refuses adaption prompts on an architecture that does not declare them, in one line."""
+    if not architecture(model_type).adaption_prompts:
+        raise ConfigError(f"adaption prompts (--method adaption) are not supported by {model_type} models; "
+                          f"families that support them: {', '.join(adaption_families())}")
+
+
 def config_from_hf(hf) -> ModelConfig:
     """A ModelConfig from a HF config: a dict, a `config.json` path or directory, or a transformers config."""
     hf = as_dict(hf)
