@@ -27,7 +27,7 @@ from jaxprompt.models.config import ConfigError
 from jaxprompt.models.convert import resolve
 from jaxprompt.optim import make_optimizer
 from jaxprompt.prompts import AdaptionPrompt, PrefixTuning, PromptMethod, SoftPrompt, method_spec
-from jaxprompt.run import open_run_dir, run_info, write_run_info
+from jaxprompt.rundir import open_run_dir, run_info, write_run_info
 from jaxprompt.session import Session
 from jaxprompt.tasks import get_task
 from jaxprompt.train import TrainState
