@@ -35,7 +35,7 @@ from jaxprompt.parallel import make_strategy
 from jaxprompt.plot import plot_curve
 from jaxprompt.population import Member, MemberBatches, initial_state, member_optimizer, members_of, stack
 from jaxprompt.population import member as member_prompt  # `member` is load_run's argument
-from jaxprompt.prompts import MultiTask, PromptMethod, make_method, method_from_spec
+from jaxprompt.prompts import METHODS, MultiTask, PromptMethod, make_method, method_from_spec
 from jaxprompt.rundir import (CURVE, RESULTS, RUN_INFO, RunError, check_run_dir, default_run_dir, differences,
                               open_run_dir, read_run_info, run_info, task_of_spec, write_run_info)
 from jaxprompt.session import Session, load_tokenizer
@@ -45,39 +45,36 @@ from jaxprompt.train import TrainState
 # ---- building a run -------------------------------------------------------------------------------
 
 def build_method(config: MethodConfig, tokenizer, task: Task, steps: int, n_tasks: int = 1) -> PromptMethod:
-    """The prompt method a config describes (text init tokenised with the model's tokenizer; a
-    relaxed prompt annealed over the run's `steps`; one prompt per task for several tasks)."""
+    """The prompt method a config describes. Every setting is passed to the method under its own
+    name, if the method has a field of that name (config.py's `MethodConfig` speaks the methods'
+    vocabulary); what the settings leave to the run is resolved here: the init text tokenised
+    with the model's tokenizer (`init_ids`), a relaxed prompt annealed over the run's `steps`,
+    one prompt per task for several tasks."""
     init_ids = ()
-    if config.init == "text":
+    if config.init_from == "text":
         text = config.init_text if config.init_text is not None else (task.hard_prompt or task.name)
         init_ids = tuple(tokenizer.encode(" " + text.strip()))
         if not init_ids:
             raise SettingError(f"--init-text {text!r} encodes to no tokens")
-    embedding = dict(length=config.prompt_length, init_from=config.init, init_ids=init_ids)
-    method = {
-        "soft": lambda: make_method("soft", **embedding),
-        "ptuning": lambda: make_method("ptuning", **embedding, encoder=config.encoder, hidden=config.encoder_hidden),
-        "prefix": lambda: make_method("prefix", length=config.prompt_length, top_layers=config.prefix_top_layers,
-                                      reparam_hidden=config.prefix_reparam, init_ids=init_ids),
-        "relaxed": lambda: make_method("relaxed", **embedding, tau_end=config.tau_end, anneal_steps=steps),
-        # PEZ starts from real tokens: the default init is sampled vocabulary
-        "pez": lambda: make_method("pez", **{**embedding, "init_from": "sampled_vocab"
-                                             if config.init == "vocab_normal" else config.init}),
-        "adaption": lambda: make_method("adaption", length=config.prompt_length, top_layers=config.adapter_layers),
-    }[config.name]()
+    values = {**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)},
+              "init_ids": init_ids, "anneal_steps": steps}
+    if config.name == "pez" and config.init_from == "vocab_normal":
+        values["init_from"] = "sampled_vocab"  # PEZ starts from real tokens: its default init is sampled vocabulary
+    fields = {f.name for f in dataclasses.fields(METHODS[config.name])}
+    method = make_method(config.name, **{k: v for k, v in values.items() if k in fields})
     return MultiTask(base=method, n_tasks=n_tasks) if n_tasks > 1 else method
 
 
 def _check_method_fits(config: TrainConfig, session: Session) -> None:
     layers = session.config.n_layers
-    for name in ("prefix_top_layers", "adapter_layers"):
-        top = getattr(config.method, name)
-        if top is not None and top > layers:
-            raise SettingError(f"--{name.replace('_', '-')} {top}: the model has {layers} layers; use 1..{layers}")
+    top = config.method.top_layers
+    if top is not None and top > layers:
+        flag = config.method.flag_in_use("top_layers") or "prefix-top-layers"
+        raise SettingError(f"--{flag} {top}: the model has {layers} layers; use 1..{layers}")
     if config.method.name == "adaption" and len(config.tasks) > 1:
         raise SettingError("--method adaption trains one task at a time (multi-task prompts are soft, ptuning, "
                            "prefix, relaxed or pez)")
-    n_virtual = {t.template.n_virtual(config.method.prompt_length) for t in session.all_tasks}
+    n_virtual = {t.template.n_virtual(config.method.length) for t in session.all_tasks}
     if len(n_virtual) > 1:
         raise TemplateError(f"multi-task prompts need the same number of virtual tokens in every template; "
                             f"the tasks' templates have {sorted(n_virtual)}")
@@ -210,7 +207,7 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
             single.encode(rows, hard_prompt=single.task.hard_prompt, with_target=False,
                           new_tokens=single.task.max_new_tokens)
     if members:  # member k starts where a single run with its seed, rate and initialiser would
-        inits = {m.init: build_method(dataclasses.replace(config.method, init=m.init), tokenizer, tasks[0], steps,
+        inits = {m.init: build_method(dataclasses.replace(config.method, init_from=m.init), tokenizer, tasks[0], steps,
                                       n_tasks=len(tasks)) for m in members}
         prompts = [inits[m.init].init(jax.random.key(m.seed), session.model, session.frozen, session.n_virtual)
                    for m in members]
@@ -225,7 +222,7 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
     n_test = sum(map(len, splits["test"]))
     log(f"model {config.model} ({session.model.num_params() / 1e6:.1f}M params, {config.dtype}), "
         f"task {'+'.join(t.name for t in tasks)}: {len(train_rows)} train / {len(val_rows)} validation / "
-        f"{n_test} test, method {method.name} (P={config.method.prompt_length}), {steps} steps on "
+        f"{n_test} test, method {method.name} (P={config.method.length}), {steps} steps on "
         f"{len(devices)} device(s)" + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
         + (f", mesh {options.mesh}" if options.mesh else "")
         + (f"; a population of {len(members)} prompts (seeds {', '.join(str(m.seed) for m in members)}) in one "
@@ -250,7 +247,7 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
     best = load_prompt(run_dir, session, "best", config, steps, members=len(members) or None)
     prompts = [member_prompt(best, k) for k in range(len(members))] if members else [best]
     per_prompt = evaluate_prompts(session, splits["test"], prompts, baseline=config.baseline,
-                                  label=f"learned: {config.method.name} P={config.method.prompt_length}")
+                                  label=f"learned: {config.method.name} P={config.method.length}")
     results = population_results(per_prompt) if members else per_prompt[0]
     if is_writer():
         plot_curve(result.history, os.path.join(run_dir, CURVE), title=f"{'+'.join(config.tasks)} / {method.name}")

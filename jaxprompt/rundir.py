@@ -30,7 +30,7 @@ from jaxprompt.files import DirectoryLock, atomic_write, remove_stale_temporarie
 from jaxprompt.loop import METRICS
 from jaxprompt.population import Member
 from jaxprompt.prompts import PromptMethod, method_spec
-from jaxprompt.settings import SettingError, from_dict, get, leaves, one_line, to_dict
+from jaxprompt.settings import SettingError, from_dict, get, label, leaves, one_line, to_dict
 from jaxprompt.tasks import BUILTIN, Task, task_from_dict
 
 RUN_INFO = "run.json"
@@ -38,8 +38,15 @@ RESULTS = "results.json"
 CURVE = "curve.png"
 RUN_FILES = (RUN_INFO, RECORD, "last", "best", METRICS, CURVE, RESULTS)
 _INFO_KEYS = ("config", "model_dir", "tasks", "steps", "n_virtual", "method", "jaxprompt")
-_OPTIONAL_INFO_KEYS = ("imported_from", "members")
+_OPTIONAL_INFO_KEYS = ("format", "imported_from", "members")
 
+# run.json's format: 2 since the method settings took the methods' own names (config.py's
+# `MethodConfig`); 1 before (no "format" key). `read_run_info` reads every format.
+FORMAT = 2
+# format 1's names of the method settings; its prefix_top_layers and adapter_layers are top_layers
+_FORMAT_1_METHOD_NAMES = {"prompt_length": "length", "init": "init_from", "encoder_hidden": "hidden",
+                          "prefix_reparam": "reparam_hidden"}
+_FORMAT_1_TOP_LAYERS = ("prefix_top_layers", "adapter_layers")
 # settings added after runs were first stored, with the value every run written before them had
 _LATER_SETTINGS = {"split_seed": None, "seeds": 1}
 
@@ -99,10 +106,10 @@ def open_run_dir(run_dir: str, resume: bool = False, overwrite: bool = False, fl
 def differences(config: TrainConfig, stored: TrainConfig) -> list[str]:
     """Settings that differ, as 'flag given vs stored' lines (what `resume` refuses)."""
     out = []
-    for path, flat, *_ in leaves(TrainConfig):
+    for path, _, f, _, owner in leaves(TrainConfig):
         a, b = get(config, path), get(stored, path)
         if a != b:
-            out.append(f"--{flat.replace('_', '-')} {a} differs from the stored {b}")
+            out.append(f"{label(owner, f, get(config, path[:-1]))} {a} differs from the stored {b}")
     return out
 
 
@@ -111,7 +118,8 @@ def differences(config: TrainConfig, stored: TrainConfig) -> list[str]:
 def run_info(config: TrainConfig, model_dir: str, tasks, steps: int, n_virtual: int, method: PromptMethod,
              members: tuple[Member, ...] = (), **extra) -> dict:
     """What run.json holds: the settings, and what they resolved to (a population's members)."""
-    return {"config": to_dict(config), **({"members": [dataclasses.asdict(m) for m in members]} if members else {}),
+    return {"format": FORMAT, "config": to_dict(config),
+            **({"members": [dataclasses.asdict(m) for m in members]} if members else {}),
             "model_dir": os.path.abspath(model_dir) if os.path.isdir(model_dir) else model_dir,
             "tasks": [task_spec(t) for t in tasks], "steps": steps, "n_virtual": n_virtual,
             "method": method_spec(method), "jaxprompt": __version__, **extra}
@@ -139,6 +147,7 @@ def read_run_info(run_dir: str) -> dict:
     extra = sorted(set(info) - set(_INFO_KEYS) - set(_OPTIONAL_INFO_KEYS))
     if missing or extra:
         raise RunError(f"{path} {'lacks the key ' + repr(missing[0]) if missing else 'has an unknown key ' + repr(extra[0])}")
+    info = _upgraded(info, path)
     if isinstance(info["config"], dict):
         info["config"] = {**_LATER_SETTINGS, **info["config"]}
     try:
@@ -161,3 +170,20 @@ def task_of_spec(spec: dict) -> Task:
     if builtin is not None and task_spec(builtin) == spec:
         return builtin
     return task_from_dict(spec)
+
+
+def _upgraded(info: dict, path: str) -> dict:
+    """run.json of any format as today's (without its "format" key)."""
+    info = dict(info)
+    version = info.pop("format", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT:
+        raise RunError(f"{path} has format {version!r}; this jaxprompt reads formats 1 to {FORMAT} (a newer "
+                       "jaxprompt wrote it?)")
+    method = info["config"].get("method") if isinstance(info["config"], dict) else None
+    if version == 1 and isinstance(method, dict):
+        renamed = {_FORMAT_1_METHOD_NAMES.get(k, k): v for k, v in method.items() if k not in _FORMAT_1_TOP_LAYERS}
+        given = [method[k] for k in _FORMAT_1_TOP_LAYERS if k in method]
+        if given:  # at most one was set: each applied to its own method only
+            renamed["top_layers"] = next((v for v in given if v is not None), None)
+        info["config"] = {**info["config"], "method": renamed}
+    return info
