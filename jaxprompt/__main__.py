@@ -1,3 +1,5 @@
+"""`python -m jaxprompt`: the command line (cli.py)."""
+
 import sys
 
 from jaxprompt.cli import main

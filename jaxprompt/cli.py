@@ -151,7 +151,7 @@ def _errors() -> tuple[type[BaseException], ...]:
     from jaxprompt.loop import NonFiniteLossError
     from jaxprompt.models.config import ConfigError
     from jaxprompt.models.convert import CheckpointError
-    from jaxprompt.run import RunError
+    from jaxprompt.rundir import RunError
     from jaxprompt.tokenizer import TokenizerError
 
     return (CLIError, SettingError, TemplateError, ConfigError, CheckpointError, TokenizerError,

@@ -18,10 +18,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from typing import ClassVar
 
 # the machinery, re-exported for the callers that import it from here
 from jaxprompt.settings import (AT_LEAST_0, AT_LEAST_1, POSITIVE, Range, Settings, SettingError,  # noqa: F401
-                                build, from_dict, get, leaves, one_line, parse_text, setting, to_dict)
+                                build, from_dict, get, label, leaves, one_line, parse_text, setting, to_dict)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODEL = os.path.join(REPO_ROOT, "checkpoints", "tiny-gpt2-wordnet")
@@ -34,33 +35,48 @@ INIT_NAMES = ("vocab_normal", "uniform", "sampled_vocab", "text")
 
 @dataclasses.dataclass(frozen=True)
 class MethodConfig(Settings):
-    """The prompt method (prompts/) and its shape."""
+    """The prompt method (prompts/) and its shape, in the methods' own words.
+
+    A setting named like a field of a method's dataclass is that field: `run.build_method` passes
+    each to the method if it has one of that name (`length`, `init_from`, `encoder`, `hidden`,
+    `top_layers`, `reparam_hidden`, `tau_end`). Besides them, `name` chooses the method and
+    `init_text` is tokenised into the methods' `init_ids`. The flags keep their own names
+    (`--prompt-length` is `length`, `--init` is `init_from`)."""
 
     name: str = setting("soft", "prompt method", choices=METHOD_NAMES, flag="method")
-    prompt_length: int = setting(20, "virtual tokens per {prompt} slot (for prefix: keys/values per layer)",
-                                 range=AT_LEAST_1)
-    init: str = setting("vocab_normal", "how the prompt starts", choices=INIT_NAMES)
+    length: int = setting(20, "virtual tokens per {prompt} slot (for prefix: keys/values per layer)",
+                          range=AT_LEAST_1, flag="prompt-length")
+    init_from: str = setting("vocab_normal", "how the prompt starts", choices=INIT_NAMES, flag="init")
     init_text: str | None = setting(None, "text whose embeddings start the prompt (--init text); "
                                           "default: the task's written prompt")
     encoder: str = setting("mlp", "p-tuning encoder", choices=("mlp", "lstm"))
-    encoder_hidden: int = setting(128, "p-tuning encoder width", range=AT_LEAST_1)
-    prefix_top_layers: int | None = setting(None, "prefix tuning: only the top N layers get a prefix "
-                                                  "(default: all)", range=AT_LEAST_1)
-    prefix_reparam: int | None = setting(None, "prefix tuning: width of the MLP reparameterisation "
-                                               "(default: none, keys/values learned directly)", range=AT_LEAST_1)
+    hidden: int = setting(128, "p-tuning encoder width", range=AT_LEAST_1, flag="encoder-hidden")
+    top_layers: int | None = setting(None, "prefix tuning: only the top N layers get a prefix; adaption prompts "
+                                           "(LLaMA-Adapter): the top N layers get --prompt-length gated prompts each "
+                                           "(default: all layers)", range=AT_LEAST_1,
+                                     flag="prefix-top-layers", aliases=("adapter-layers",))
+    reparam_hidden: int | None = setting(None, "prefix tuning: width of the MLP reparameterisation "
+                                               "(default: none, keys/values learned directly)", range=AT_LEAST_1,
+                                         flag="prefix-reparam")
     tau_end: float = setting(0.05, "relaxed prompts: final softmax temperature (annealed from 1 over the run)",
                              range=Range(0, 1, low_open=True))
-    adapter_layers: int | None = setting(None, "adaption prompts (LLaMA-Adapter): the top N layers get "
-                                               "--prompt-length gated prompts each (default: all layers)",
-                                         range=AT_LEAST_1)
+
+    # the methods a setting applies to, where not every method has it
+    ONLY_FOR: ClassVar[dict[str, tuple[str, ...]]] = {"top_layers": ("prefix", "adaption"),
+                                                      "reparam_hidden": ("prefix",)}
+
+    def flag_in_use(self, name: str) -> str | None:
+        """The flag that names setting `name` for this method, where it has several (`top_layers`
+        is --adapter-layers for adaption prompts, --prefix-top-layers otherwise)."""
+        return "adapter-layers" if name == "top_layers" and self.name == "adaption" else None
 
     def check(self) -> None:
-        if self.init_text is not None and self.init != "text":
-            raise SettingError(f"--init-text needs --init text (got --init {self.init})")
-        for name, method in (("prefix_top_layers", "prefix"), ("prefix_reparam", "prefix"),
-                             ("adapter_layers", "adaption")):
-            if getattr(self, name) is not None and self.name != method:
-                raise SettingError(f"--{name.replace('_', '-')} applies to --method {method} only "
+        if self.init_text is not None and self.init_from != "text":
+            raise SettingError(f"--init-text needs --init text (got --init {self.init_from})")
+        for f in dataclasses.fields(self):
+            methods = self.ONLY_FOR.get(f.name)
+            if methods and getattr(self, f.name) is not None and self.name not in methods:
+                raise SettingError(f"{label(type(self), f, self)} applies to --method {' or '.join(methods)} only "
                                    f"(got --method {self.name})")
 
 

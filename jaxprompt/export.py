@@ -11,6 +11,7 @@ error and the plain export, which carries the tensors plus a JSON description of
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprompt.checkpoint import Checkpointer
-from jaxprompt.config import TrainConfig, one_line
+from jaxprompt.config import MethodConfig, TrainConfig, one_line
 from jaxprompt.data import PROMPT
 from jaxprompt.files import atomic_path, atomic_write
 from jaxprompt.models import config_from_hf
@@ -27,7 +28,7 @@ from jaxprompt.models.config import ConfigError
 from jaxprompt.models.convert import resolve
 from jaxprompt.optim import make_optimizer
 from jaxprompt.prompts import AdaptionPrompt, PrefixTuning, PromptMethod, SoftPrompt, method_spec
-from jaxprompt.run import open_run_dir, run_info, write_run_info
+from jaxprompt.rundir import open_run_dir, run_info, write_run_info
 from jaxprompt.session import Session
 from jaxprompt.tasks import get_task
 from jaxprompt.train import TrainState
@@ -280,9 +281,10 @@ def import_peft(adapter_dir: str, out_dir: str, task: str = "antonyms", model: s
     reason = method.peft_incompatibility(the_task.template)
     if reason:
         raise ExportError(f"a PEFT adapter cannot be imported into task {the_task.name!r}: {reason}")
-    train_config = TrainConfig.from_flags(task=(task,), model=directory, method=method.name,
-                                          prompt_length=method.length, steps=1,
-                                          **({"adapter_layers": method.top_layers} if method.kind == "adaption" else {}))
+    train_config = TrainConfig.from_flags(task=(task,), model=directory, method=method.name, steps=1)
+    shared = {f.name: getattr(method, f.name) for f in dataclasses.fields(MethodConfig)
+              if f.name != "name" and hasattr(method, f.name)}  # the method settings speak the methods' names
+    train_config = dataclasses.replace(train_config, method=dataclasses.replace(train_config.method, **shared))
     lock = open_run_dir(out_dir, overwrite=overwrite, flag="import target")
     try:
         info = run_info(train_config, directory, [the_task], 1, method.length, method,

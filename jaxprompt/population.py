@@ -47,7 +47,7 @@ class Member:
 
 def members_of(config: TrainConfig) -> tuple[Member, ...]:
     """`--seeds K`: seeds `--seed` .. `--seed` + K - 1, each with the run's rate and initialiser."""
-    return tuple(Member(config.seed + k, config.optimizer.lr, config.method.init) for k in range(config.seeds))
+    return tuple(Member(config.seed + k, config.optimizer.lr, config.method.init_from) for k in range(config.seeds))
 
 
 def member_optimizer(c: OptimizerConfig, prompt: dict, total_steps: int | None, lr: float

@@ -1,22 +1,11 @@
-"""A prompt-tuning run end to end: load, train, evaluate learned vs written, write the run directory.
+"""A prompt-tuning run end to end: load, train, evaluate learned vs written, write the run directory;
+and reading a run's trained prompt back (`load_run`).
 
-Run directory (default `checkpoints/<task>-<method>-<time>`):
-    run.json          the TrainConfig (nested, config.py) and what was loaded
-    checkpoints.json  which checkpoints are committed (checkpoint.py)
-    last/, best/      Orbax train-state checkpoints (the frozen LM is never saved)
-    metrics.jsonl     train / validation loss per step
-    curve.png         the training curve (plot.py)
-    results.json      learned vs written test metrics and sample predictions (a population's:
-                      mean ± std over members, and every member's own)
-    .lock             held by the process writing the run
-
-A directory that holds a run is never written without `resume` (continue it, with its stored
-settings) or `overwrite` (replace it as a whole); two runs never write one directory at once.
-Every file is written atomically (files.py).
+What the run directory holds, and when it may be written, is rundir.py's; the curve is plot.py's.
 
 A multi-process run (distributed.py) is one run: process 0 judges, names and locks the run
 directory and the others follow its decisions; every process trains, checkpoints and evaluates
-(with a mesh these are collective), and process 0 alone writes the files above and prints.
+(with a mesh these are collective), and process 0 alone writes the files and prints.
 """
 
 from __future__ import annotations
@@ -24,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
 from typing import Callable
 
@@ -32,16 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprompt import __version__
-from jaxprompt.checkpoint import RECORD, Checkpointer
-from jaxprompt.config import (REPO_ROOT, DataConfig, MethodConfig, RunOptions, SettingError, TrainConfig, from_dict,
-                              get, leaves, one_line, parse_mesh, to_dict)
+from jaxprompt.checkpoint import Checkpointer
+from jaxprompt.config import DataConfig, MethodConfig, RunOptions, SettingError, TrainConfig, one_line, parse_mesh
 from jaxprompt.data import Batches, TemplateError, eval_batches
 from jaxprompt.distributed import decided_by_writer, host, initialize, is_writer, run_devices
 from jaxprompt.evaluate import (EvalResult, PopulationResult, evaluate_prompts, format_samples, format_table,
                                 population_results)
-from jaxprompt.files import DirectoryLock, atomic_write, remove_stale_temporaries
-from jaxprompt.loop import METRICS, fit
+from jaxprompt.files import atomic_write
+from jaxprompt.loop import fit
 from jaxprompt.loss import prompt_loss
 from jaxprompt.models.convert import load_config, resolve
 from jaxprompt.models.registry import require_adaption_prompts
@@ -50,165 +36,48 @@ from jaxprompt.parallel import make_strategy
 from jaxprompt.plot import plot_curve
 from jaxprompt.population import Member, MemberBatches, initial_state, member_optimizer, members_of, stack
 from jaxprompt.population import member as member_prompt  # `member` is load_run's argument
-from jaxprompt.prompts import MultiTask, PromptMethod, make_method, method_from_spec, method_spec
+from jaxprompt.prompts import METHODS, MultiTask, PromptMethod, make_method, method_from_spec
+from jaxprompt.rundir import (CURVE, RESULTS, RUN_INFO, RunError, check_run_dir, default_run_dir, differences,
+                              open_run_dir, read_run_info, run_info, task_of_spec, write_run_info)
 from jaxprompt.session import Session, load_tokenizer
-from jaxprompt.tasks import BUILTIN, Task, get_task, task_from_dict
+from jaxprompt.tasks import Task, get_task
 from jaxprompt.train import TrainState
-
-RUN_INFO = "run.json"
-RESULTS = "results.json"
-CURVE = "curve.png"
-RUN_FILES = (RUN_INFO, RECORD, "last", "best", METRICS, CURVE, RESULTS)
-_INFO_KEYS = ("config", "model_dir", "tasks", "steps", "n_virtual", "method", "jaxprompt")
-_OPTIONAL_INFO_KEYS = ("imported_from", "members")
-# settings added after runs were first stored, with the value every run written before them had
-_LATER_SETTINGS = {"split_seed": None, "seeds": 1}
-
-
-class RunError(ValueError):
-    """A run directory that cannot be used as asked (one line: what is wrong, what to do)."""
-
-
-# ---- the run directory ---------------------------------------------------------------------------
-
-def default_run_dir(config: TrainConfig) -> str:
-    name = "+".join(os.path.splitext(os.path.basename(t))[0] for t in config.tasks)
-    return os.path.join(REPO_ROOT, "checkpoints", f"{name}-{config.method.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-
-
-def holds_run(run_dir: str) -> bool:
-    return any(os.path.exists(os.path.join(run_dir, name)) for name in RUN_FILES)
-
-
-def check_run_dir(run_dir: str, resume: bool = False, overwrite: bool = False, flag: str = "--out") -> None:
-    """Refuses, in one line and touching nothing, a `run_dir` that may not be written as asked: an
-    existing run without `resume`/`overwrite`, nothing to resume, a file, a directory of other files."""
-    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
-        raise RunError(f"{flag} {run_dir} is a file, not a directory")
-    existing = holds_run(run_dir)
-    if resume and not existing:
-        raise RunError(f"nothing to resume in {run_dir}: it holds no run; drop --resume to start one there")
-    if existing and not (resume or overwrite):
-        how = "pass --resume to continue it, or --overwrite to replace it" if flag == "--out" \
-            else "pass --overwrite to replace it"
-        raise RunError(f"{run_dir} already holds a run: {how}")
-    others = [n for n in os.listdir(run_dir) if n != DirectoryLock.NAME] if os.path.isdir(run_dir) else []
-    if others and not existing:
-        raise RunError(f"{flag} {run_dir} is a directory of other files, not a jaxprompt run; choose an empty or "
-                       "new directory")
-
-
-def open_run_dir(run_dir: str, resume: bool = False, overwrite: bool = False, flag: str = "--out") -> DirectoryLock:
-    """`check_run_dir`, then locks `run_dir` (and with `overwrite`, empties it)."""
-    check_run_dir(run_dir, resume, overwrite, flag)
-    os.makedirs(run_dir, exist_ok=True)
-    lock = DirectoryLock(run_dir)
-    try:
-        check_run_dir(run_dir, resume, overwrite, flag)  # what the lock's last holder may have done meanwhile
-        if overwrite:
-            for name in os.listdir(run_dir):
-                if name != DirectoryLock.NAME:
-                    path = os.path.join(run_dir, name)
-                    shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
-        remove_stale_temporaries(run_dir)
-    except BaseException:
-        lock.release()
-        raise
-    return lock
-
-
-def write_run_info(run_dir: str, info: dict) -> None:
-    atomic_write(os.path.join(run_dir, RUN_INFO), json.dumps(info, indent=2))
-
-
-def read_run_info(run_dir: str) -> dict:
-    """run.json, checked: a missing or unknown key, or a setting out of range, is one line naming it
-    (a setting newer than the run takes the value the run had: `_LATER_SETTINGS`).
-    `info["config"]` is the `TrainConfig`, `info["members"]` a population's `Member`s (or ())."""
-    path = os.path.join(run_dir, RUN_INFO)
-    if not os.path.isfile(path):
-        raise RunError(f"{run_dir} is not a jaxprompt run directory: no {RUN_INFO}")
-    try:
-        with open(path) as f:
-            info = json.load(f)
-    except (OSError, ValueError) as e:
-        raise RunError(f"{path} cannot be read ({one_line(e)})") from None
-    if not isinstance(info, dict):
-        raise RunError(f"{path} is not a run description (a JSON object)")
-    missing = [k for k in _INFO_KEYS if k not in info]
-    extra = sorted(set(info) - set(_INFO_KEYS) - set(_OPTIONAL_INFO_KEYS))
-    if missing or extra:
-        raise RunError(f"{path} {'lacks the key ' + repr(missing[0]) if missing else 'has an unknown key ' + repr(extra[0])}")
-    if isinstance(info["config"], dict):
-        info["config"] = {**_LATER_SETTINGS, **info["config"]}
-    try:
-        info["config"] = from_dict(TrainConfig, info["config"], where=f"{path}: config")
-        info["members"] = tuple(Member(**m) for m in info.get("members", ()))
-    except (SettingError, TypeError) as e:
-        raise RunError(f"{path}: {e}" if isinstance(e, TypeError) else str(e)) from None
-    return info
-
-
-def run_info(config: TrainConfig, model_dir: str, tasks, steps: int, n_virtual: int, method: PromptMethod,
-             members: tuple[Member, ...] = (), **extra) -> dict:
-    """What run.json holds: the settings, and what they resolved to (a population's members)."""
-    return {"config": to_dict(config), **({"members": [dataclasses.asdict(m) for m in members]} if members else {}),
-            "model_dir": os.path.abspath(model_dir) if os.path.isdir(model_dir) else model_dir,
-            "tasks": [task_spec(t) for t in tasks], "steps": steps, "n_virtual": n_virtual,
-            "method": method_spec(method), "jaxprompt": __version__, **extra}
-
-
-def task_spec(task: Task) -> dict:
-    spec = dataclasses.asdict(task)
-    spec["template"], spec["target"] = task.template.text, task.template.target
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in spec.items()}
-
-
-def task_of_spec(spec: dict) -> Task:
-    builtin = BUILTIN.get(spec.get("name"))
-    if builtin is not None and task_spec(builtin) == spec:
-        return builtin
-    return task_from_dict(spec)
-
 
 # ---- building a run -------------------------------------------------------------------------------
 
 def build_method(config: MethodConfig, tokenizer, task: Task, steps: int, n_tasks: int = 1) -> PromptMethod:
-    """The prompt method a config describes (text init tokenised with the model's tokenizer; a
-    relaxed prompt annealed over the run's `steps`; one prompt per task for several tasks)."""
+    """The prompt method a config describes. Every setting is passed to the method under its own
+    name, if the method has a field of that name (config.py's `MethodConfig` speaks the methods'
+    vocabulary); what the settings leave to the run is resolved here: the init text tokenised
+    with the model's tokenizer (`init_ids`), a relaxed prompt annealed over the run's `steps`,
+    one prompt per task for several tasks."""
     init_ids = ()
-    if config.init == "text":
+    if config.init_from == "text":
         text = config.init_text if config.init_text is not None else (task.hard_prompt or task.name)
         init_ids = tuple(tokenizer.encode(" " + text.strip()))
         if not init_ids:
             raise SettingError(f"--init-text {text!r} encodes to no tokens")
-    embedding = dict(length=config.prompt_length, init_from=config.init, init_ids=init_ids)
-    method = {
-        "soft": lambda: make_method("soft", **embedding),
-        "ptuning": lambda: make_method("ptuning", **embedding, encoder=config.encoder, hidden=config.encoder_hidden),
-        "prefix": lambda: make_method("prefix", length=config.prompt_length, top_layers=config.prefix_top_layers,
-                                      reparam_hidden=config.prefix_reparam, init_ids=init_ids),
-        "relaxed": lambda: make_method("relaxed", **embedding, tau_end=config.tau_end, anneal_steps=steps),
-        # PEZ starts from real tokens: the default init is sampled vocabulary
-        "pez": lambda: make_method("pez", **{**embedding, "init_from": "sampled_vocab"
-                                             if config.init == "vocab_normal" else config.init}),
-        "adaption": lambda: make_method("adaption", length=config.prompt_length, top_layers=config.adapter_layers),
-    }[config.name]()
+    values = {**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)},
+              "init_ids": init_ids, "anneal_steps": steps}
+    if config.name == "pez" and config.init_from == "vocab_normal":
+        values["init_from"] = "sampled_vocab"  # PEZ starts from real tokens: its default init is sampled vocabulary
+    fields = {f.name for f in dataclasses.fields(METHODS[config.name])}
+    method = make_method(config.name, **{k: v for k, v in values.items() if k in fields})
     return MultiTask(base=method, n_tasks=n_tasks) if n_tasks > 1 else method
 
 
 def _check_method_fits(config: TrainConfig, session: Session) -> None:
     layers = session.config.n_layers
-    for name in ("prefix_top_layers", "adapter_layers"):
-        top = getattr(config.method, name)
-        if top is not None and top > layers:
-            raise SettingError(f"--{name.replace('_', '-')} {top}: the model has {layers} layers; use 1..{layers}")
+    top = config.method.top_layers
+    if top is not None and top > layers:
+        flag = config.method.flag_in_use("top_layers") or "prefix-top-layers"
+        raise SettingError(f"--{flag} {top}: the model has {layers} layers; use 1..{layers}")
     if config.method.name == "adaption":
         require_adaption_prompts(session.config.model_type)
     if config.method.name == "adaption" and len(config.tasks) > 1:
         raise SettingError("--method adaption trains one task at a time (multi-task prompts are soft, ptuning, "
                            "prefix, relaxed or pez)")
-    n_virtual = {t.template.n_virtual(config.method.prompt_length) for t in session.all_tasks}
+    n_virtual = {t.template.n_virtual(config.method.length) for t in session.all_tasks}
     if len(n_virtual) > 1:
         raise TemplateError(f"multi-task prompts need the same number of virtual tokens in every template; "
                             f"the tasks' templates have {sorted(n_virtual)}")
@@ -317,16 +186,6 @@ def train_prompt(config: TrainConfig | None, options: RunOptions = RunOptions(),
             lock.release()
 
 
-def differences(config: TrainConfig, stored: TrainConfig) -> list[str]:
-    """Settings that differ, as 'flag given vs stored' lines."""
-    out = []
-    for path, flat, *_ in leaves(TrainConfig):
-        a, b = get(config, path), get(stored, path)
-        if a != b:
-            out.append(f"--{flat.replace('_', '-')} {a} differs from the stored {b}")
-    return out
-
-
 def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list, tasks: list[Task],
            splits: dict[str, list[list[dict]]], log, members: tuple[Member, ...] = ()) -> RunResult:
     data = config.data
@@ -351,7 +210,7 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
             single.encode(rows, hard_prompt=single.task.hard_prompt, with_target=False,
                           new_tokens=single.task.max_new_tokens)
     if members:  # member k starts where a single run with its seed, rate and initialiser would
-        inits = {m.init: build_method(dataclasses.replace(config.method, init=m.init), tokenizer, tasks[0], steps,
+        inits = {m.init: build_method(dataclasses.replace(config.method, init_from=m.init), tokenizer, tasks[0], steps,
                                       n_tasks=len(tasks)) for m in members}
         prompts = [inits[m.init].init(jax.random.key(m.seed), session.model, session.frozen, session.n_virtual)
                    for m in members]
@@ -366,7 +225,7 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
     n_test = sum(map(len, splits["test"]))
     log(f"model {config.model} ({session.model.num_params() / 1e6:.1f}M params, {config.dtype}), "
         f"task {'+'.join(t.name for t in tasks)}: {len(train_rows)} train / {len(val_rows)} validation / "
-        f"{n_test} test, method {method.name} (P={config.method.prompt_length}), {steps} steps on "
+        f"{n_test} test, method {method.name} (P={config.method.length}), {steps} steps on "
         f"{len(devices)} device(s)" + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
         + (f", mesh {options.mesh}" if options.mesh else "")
         + (f"; a population of {len(members)} prompts (seeds {', '.join(str(m.seed) for m in members)}) in one "
@@ -391,7 +250,7 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
     best = load_prompt(run_dir, session, "best", config, steps, members=len(members) or None)
     prompts = [member_prompt(best, k) for k in range(len(members))] if members else [best]
     per_prompt = evaluate_prompts(session, splits["test"], prompts, baseline=config.baseline,
-                                  label=f"learned: {config.method.name} P={config.method.prompt_length}")
+                                  label=f"learned: {config.method.name} P={config.method.length}")
     results = population_results(per_prompt) if members else per_prompt[0]
     if is_writer():
         plot_curve(result.history, os.path.join(run_dir, CURVE), title=f"{'+'.join(config.tasks)} / {method.name}")

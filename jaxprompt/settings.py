@@ -159,9 +159,12 @@ def hints(cls) -> dict[str, Any]:
 
 # ---- validation ------------------------------------------------------------------------------------
 
-def label(cls, f: dataclasses.Field) -> str:
-    """How messages name a setting: its flag (`--lr`), or its key in a file (`task key 'data'`)."""
-    return cls.LABEL.format(flag=f.metadata.get("flag") or f.name.replace("_", "-"), name=f.name)
+def label(cls, f: dataclasses.Field, obj=None) -> str:
+    """How messages name a setting: its flag (`--lr`), or its key in a file (`task key 'data'`).
+    A setting with several flags is named by the one `obj.flag_in_use(name)` gives, if any."""
+    in_use = getattr(obj, "flag_in_use", None)
+    flag = (in_use(f.name) if in_use is not None else None) or f.metadata.get("flag") or f.name.replace("_", "-")
+    return cls.LABEL.format(flag=flag, name=f.name)
 
 
 def allowed(hint, meta) -> str:
@@ -194,7 +197,7 @@ def validate(obj) -> None:
             rng = meta.get("range") or (Range() if _optional(hint)[1] in (float,) or _numbers(value) else None)
             bad = rng is not None and any(x not in rng for x in _numbers(value))
         if bad:
-            raise SettingError(f"{label(cls, f)} {_show(value)}: must be {allowed(hint, meta)}")
+            raise SettingError(f"{label(cls, f, obj)} {_show(value)}: must be {allowed(hint, meta)}")
     check = getattr(obj, "check", None)
     if check is not None:
         check()
@@ -258,7 +261,8 @@ def get(obj, path: tuple[str, ...]):
 
 def build(cls, values: dict[str, Any], base=None):
     """`cls` with the leaves named (flat) in `values` set, the rest from `base` (or defaults)."""
-    known = {flat: path for path, flat, *_ in leaves(cls)}
+    known = {name: path for path, flat, f, *_ in leaves(cls)
+             for name in (flat, *(a.replace("-", "_") for a in f.metadata.get("aliases", ())))}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise SettingError(f"unknown setting {unknown[0]!r}; known: {', '.join(sorted(known))}")

@@ -98,7 +98,7 @@ def main_job(out: str, settings: dict) -> str:
     mean = lambda r, name: _mean_std(r, name)[0] or 0.0
     better_loss = mean(learned, "loss") < mean(written, "loss")
     better_match = mean(learned, "exact_match") > mean(written, "exact_match")
-    P = config.method.prompt_length
+    P = config.method.length
     rows = [[f"written: `{template}`", _loss(written, not better_loss), _match(written, not better_match)],
             [f"learned soft prompt (P={P})", _loss(learned, better_loss), _match(learned, better_match)],
             ["learned soft prompt, randomly initialised model of the same shape", _loss(random), _match(random)]]

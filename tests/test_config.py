@@ -26,7 +26,7 @@ def test_every_setting_is_declared_with_help_and_a_unique_flat_name():
 def test_flat_names_build_the_nested_config():
     config = TrainConfig.from_flags(lr=0.3, steps=50, method="prefix", prefix_reparam=64, task=("a", "b"))
     assert config.optimizer.lr == 0.3 and config.loop.steps == 50 and config.method.name == "prefix"
-    assert config.method.prefix_reparam == 64 and config.tasks == ("a", "b")
+    assert config.method.reparam_hidden == 64 and config.tasks == ("a", "b")
     changed = config.replace(batch_size=8, model="m")
     assert changed.data.batch_size == 8 and changed.model == "m" and changed.optimizer == config.optimizer
     with pytest.raises(SettingError, match="unknown setting 'learning_rate'"):
@@ -94,3 +94,19 @@ def test_flag_text_is_read_by_type():
     with pytest.raises(ValueError):
         parse_text("encoder", hint(OptimizerConfig, "part_lr"))
     assert DataConfig().batch_size == 32 and MethodConfig().name == "soft"
+
+
+def test_method_settings_take_the_methods_names_and_keep_their_flags():
+    """`--prompt-length` is `length`, `--init` is `init_from`, `--encoder-hidden` is `hidden`,
+    `--prefix-reparam` is `reparam_hidden`; `--prefix-top-layers` and `--adapter-layers` are both
+    `top_layers`, and a message names the flag of the method in use."""
+    config = TrainConfig.from_flags(method="ptuning", prompt_length=7, init="uniform", encoder_hidden=16)
+    assert (config.method.length, config.method.init_from, config.method.hidden) == (7, "uniform", 16)
+    assert TrainConfig.from_flags(method="adaption", adapter_layers=2).method.top_layers == 2
+    assert TrainConfig.from_flags(method="prefix", prefix_top_layers=1).method.top_layers == 1
+    with pytest.raises(SettingError, match="^--adapter-layers 0: must be an integer >= 1"):
+        TrainConfig.from_flags(method="adaption", adapter_layers=0)
+    with pytest.raises(SettingError, match="^--prefix-top-layers 0: must be an integer >= 1"):
+        TrainConfig.from_flags(method="prefix", prefix_top_layers=0)
+    with pytest.raises(SettingError, match="^--prefix-top-layers applies to --method prefix or adaption only"):
+        TrainConfig.from_flags(adapter_layers=2)

@@ -127,3 +127,47 @@ def test_settings_out_of_range_never_start_a_run(run, tmp_path):
         train_prompt(config.replace(method="prefix", prefix_top_layers=5), RunOptions(out=str(tmp_path / "y")))
     assert not (tmp_path / "x").exists()
     assert jax.device_count() == 1
+
+
+def test_every_method_setting_reaches_the_method_under_its_own_name():
+    """What each method gets from the settings (as the hand-written mapping before gave it)."""
+    from jaxprompt.prompts import AdaptionPrompt, PrefixTuning, ProjectedPrompt, PTuning, RelaxedPrompt, SoftPrompt
+    from jaxprompt.run import build_method
+
+    task = BUILTIN["antonyms"]
+    common = dict(prompt_length=4, init="uniform")
+    cases = [
+        (dict(method="soft", **common), SoftPrompt(length=4, init_from="uniform")),
+        (dict(method="ptuning", encoder="lstm", encoder_hidden=8, **common),
+         PTuning(length=4, init_from="uniform", encoder="lstm", hidden=8)),
+        (dict(method="prefix", prompt_length=4, prefix_top_layers=1, prefix_reparam=16),
+         PrefixTuning(length=4, top_layers=1, reparam_hidden=16)),
+        (dict(method="relaxed", tau_end=0.2, **common),
+         RelaxedPrompt(length=4, init_from="uniform", tau_end=0.2, anneal_steps=7)),
+        (dict(method="pez", prompt_length=4), ProjectedPrompt(length=4, init_from="sampled_vocab")),
+        (dict(method="pez", **common), ProjectedPrompt(length=4, init_from="uniform")),
+        (dict(method="adaption", prompt_length=4, adapter_layers=1), AdaptionPrompt(length=4, top_layers=1)),
+    ]
+    for flags, expected in cases:
+        assert build_method(TrainConfig.from_flags(**flags).method, None, task, steps=7) == expected, flags
+
+
+def test_a_run_json_of_the_first_format_still_loads_and_resumes(run, tmp_path):
+    """A run whose run.json has the method settings under their first names (as the previous
+    version wrote them, no "format" key) loads the same prompt and resumes to the same results."""
+    config, out = run
+    copy = str(tmp_path / "run")
+    shutil.copytree(out, copy)
+    info = json.load(open(os.path.join(copy, "run.json")))
+    del info["format"]
+    info["config"]["method"] = {"name": "soft", "prompt_length": 3, "init": "vocab_normal", "init_text": None,
+                                "encoder": "mlp", "encoder_hidden": 128, "prefix_top_layers": None,
+                                "prefix_reparam": None, "tau_end": 0.05, "adapter_layers": None}
+    with open(os.path.join(copy, "run.json"), "w") as f:
+        json.dump(info, f)
+    assert read_run_info(copy)["config"] == config
+    (_, theirs, _), (_, ours, _) = load_run(out), load_run(copy)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), theirs, ours))
+    train_prompt(None, RunOptions(out=copy, resume=True, progress=False), log=lambda *a: None)
+    before, after = (json.load(open(os.path.join(d, "results.json")))["results"] for d in (out, copy))
+    assert before == after

@@ -20,7 +20,7 @@ def test_the_sweep_reports_the_length_whose_run_validated_best(tiny_model_dir, t
     for name in os.listdir(tmp_path):  # trial<i>-P<length>: each a complete run directory
         history = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
         validated[int(name.split("-P")[1])] = min(h["val_loss"] for h in history if "val_loss" in h and h["step"])
-        assert json.load(open(tmp_path / name / "run.json"))["config"]["method"]["prompt_length"] == \
+        assert json.load(open(tmp_path / name / "run.json"))["config"]["method"]["length"] == \
             int(name.split("-P")[1])
     assert sorted(validated) == [1, 4] and validated[1] != validated[4]
     assert best == min(validated, key=validated.get)

@@ -59,7 +59,7 @@ def cmd_plan(args) -> int:
         wanted = [chosen] + ([m for m in meshes if m != chosen] if memory is not None else [])
     else:
         wanted = meshes
-    found = plans(config.model, opts.devices, wanted, batch, prompt_length=config.method.prompt_length,
+    found = plans(config.model, opts.devices, wanted, batch, prompt_length=config.method.length,
                   text_tokens=opts.text_tokens, dtype=config.dtype, micro_batches=micro, remat=config.remat)
     print(found[0].table(memory) if opts.mesh is not None else comparison(found, memory, opts.device_memory))
     if memory is not None:

@@ -8,7 +8,8 @@ from jaxprompt.settings import build
 
 
 def cmd_train(args) -> int:
-    from jaxprompt.run import check_run_dir, differences, read_run_info, train_prompt
+    from jaxprompt.run import train_prompt
+    from jaxprompt.rundir import check_run_dir, differences, read_run_info
 
     options = settings(args, RunOptions)
     config = settings(args, TrainConfig)
