@@ -38,18 +38,20 @@ from jaxprompt.checkpoint import RECORD, Checkpointer
 from jaxprompt.config import (REPO_ROOT, DataConfig, MethodConfig, RunOptions, SettingError, TrainConfig, from_dict,
                               get, leaves, one_line, parse_mesh, to_dict)
 from jaxprompt.data import Batches, TemplateError, eval_batches
-from jaxprompt.distributed import decided_by_writer, host, initialize, is_writer, run_devices
+from jaxprompt.distributed import decided_by_writer, initialize, is_writer, run_devices
 from jaxprompt.evaluate import (EvalResult, PopulationResult, evaluate_prompts, format_samples, format_table,
                                 population_results)
 from jaxprompt.files import DirectoryLock, atomic_write, remove_stale_temporaries
 from jaxprompt.loop import METRICS, fit
 from jaxprompt.loss import prompt_loss
 from jaxprompt.models.convert import load_config, resolve
-from jaxprompt.optim import make_optimizer
+from jaxprompt.optim import make_optimizer, trained_only
+from jaxprompt.precision import as_dtype
 from jaxprompt.parallel import make_strategy
 from jaxprompt.population import Member, MemberBatches, initial_state, member_optimizer, members_of, stack
 from jaxprompt.population import member as member_prompt  # `member` is load_run's argument
 from jaxprompt.prompts import MultiTask, PromptMethod, make_method, method_from_spec, method_spec
+from jaxprompt.prompts.init import word_token_ids
 from jaxprompt.session import Session, load_tokenizer
 from jaxprompt.tasks import BUILTIN, Task, get_task, task_from_dict
 from jaxprompt.train import TrainState
@@ -181,16 +183,19 @@ def build_method(config: MethodConfig, tokenizer, task: Task, steps: int, n_task
         init_ids = tuple(tokenizer.encode(" " + text.strip()))
         if not init_ids:
             raise SettingError(f"--init-text {text!r} encodes to no tokens")
-    embedding = dict(length=config.prompt_length, init_from=config.init, init_ids=init_ids)
+    pez_init = "sampled_vocab" if config.init == "vocab_normal" else config.init
+    draws_tokens = "sampled_vocab" in (config.init, pez_init if config.name == "pez" else None) or \
+        (config.name == "prefix" and not init_ids and not config.prefix_reparam)
+    pool = word_token_ids(tokenizer) if draws_tokens else ()  # random tokens: words of this vocabulary
+    embedding = dict(length=config.prompt_length, init_from=config.init, init_ids=init_ids, sample_pool=pool)
     method = {
         "soft": lambda: make_method("soft", **embedding),
         "ptuning": lambda: make_method("ptuning", **embedding, encoder=config.encoder, hidden=config.encoder_hidden),
         "prefix": lambda: make_method("prefix", length=config.prompt_length, top_layers=config.prefix_top_layers,
-                                      reparam_hidden=config.prefix_reparam, init_ids=init_ids),
+                                      reparam_hidden=config.prefix_reparam, init_ids=init_ids, sample_pool=pool),
         "relaxed": lambda: make_method("relaxed", **embedding, tau_end=config.tau_end, anneal_steps=steps),
         # PEZ starts from real tokens: the default init is sampled vocabulary
-        "pez": lambda: make_method("pez", **{**embedding, "init_from": "sampled_vocab"
-                                             if config.init == "vocab_normal" else config.init}),
+        "pez": lambda: make_method("pez", **{**embedding, "init_from": pez_init}),
         "adaption": lambda: make_method("adaption", length=config.prompt_length, top_layers=config.adapter_layers),
     }[config.name]()
     return MultiTask(base=method, n_tasks=n_tasks) if n_tasks > 1 else method
@@ -285,6 +290,10 @@ def train_prompt(config: TrainConfig | None, options: RunOptions = RunOptions(),
     run first, before anything touches a device; only process 0 logs and writes files."""
     if config is None and not options.resume:
         raise ValueError("train_prompt needs a config (or options.resume to use the stored one)")
+    if config is not None and as_dtype(config.dtype) == jnp.float16:
+        # float16's 5-bit exponent underflows small gradients to zero without loss scaling
+        raise SettingError("--dtype float16 cannot train (no loss scaling; small gradients underflow to zero); "
+                           "use bfloat16 or float32 (float16 is fine for eval and generate)")
     initialize(options.coordinator, options.num_processes, options.process_id)
     if not is_writer():
         log, options = (lambda *args, **kwargs: None), options.replace(progress=False)
@@ -377,7 +386,7 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
     train_batches = MemberBatches(train_enc, data.batch_size, session.pad_id, [m.seed for m in members], shared) \
         if members else Batches(train_enc, data.batch_size, session.pad_id, seed=config.seed, shared_len=shared)
     result = fit(
-        prompt_loss(session.model, method, shared), optimizer, prompt, session.frozen, train_batches,
+        trained_only(config.optimizer, prompt_loss(session.model, method, shared)), optimizer, prompt, session.frozen, train_batches,
         [b for _, b in eval_batches(val_enc, data.batch_size, session.pad_id, shared_len=shared)],
         dataclasses.replace(config.loop, steps=steps, eval_every=min(config.loop.eval_every, steps)),
         run_dir=run_dir, resume=options.resume, metadata={"run": info}, strategy=strategy,
@@ -443,8 +452,10 @@ def load_prompt(run_dir: str, session: Session, which: str = "best", config: Tra
     if config is None:
         info = read_run_info(run_dir)
         config, steps = info["config"], info["steps"]
-    like_prompt = jax.tree.map(jnp.asarray, host(session.method.init(jax.random.key(0), session.model,
-                                                                     session.frozen, session.n_virtual)))
+    # the prompt's shapes only: eval_shape traces the init, compiles and computes nothing
+    shapes = jax.eval_shape(lambda frozen: session.method.init(jax.random.key(0), session.model, frozen,
+                                                               session.n_virtual), session.frozen)
+    like_prompt = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     if members:
         like = stack([TrainState.create(like_prompt, member_optimizer(config.optimizer, like_prompt, steps, 0.0),
                                         jax.random.PRNGKey(0))] * members)
