@@ -26,6 +26,11 @@ UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**1
          "TIB": 2**40}
 
 
+MEASURED_VS_ESTIMATED = ("exact from shapes and shardings: frozen, prompt + optimizer, batch; measured by XLA's "
+                         "buffer assignment of the compiled step: temporaries (on this machine's CPU compiler); "
+                         "estimated: nothing else (host memory, the loader and the runtime are not counted)")
+
+
 def parse_bytes(text: str) -> int:
     """`80GB`, `16GiB`, `512MB`, or a plain number of bytes."""
     number = text.strip().upper().rstrip("S")
@@ -66,6 +71,7 @@ class MemoryPlan:
     frozen_total_bytes: int  # all frozen weights, unsharded
     micro_batches: int = 1
     remat: bool = False
+    method: str = "soft"
 
     def fits(self, device_memory: int | None) -> bool | None:
         return None if device_memory is None else self.total_bytes <= device_memory
@@ -81,6 +87,7 @@ class MemoryPlan:
             ("batch / device", human(self.batch_bytes)),
             ("temporaries / device", temp),
             ("total / device", human(self.total_bytes)),
+            ("how", MEASURED_VS_ESTIMATED),
         ]
         if device_memory is not None:
             verdict = "fits" if self.fits(device_memory) else "does NOT fit"
@@ -91,8 +98,8 @@ class MemoryPlan:
     def step_text(self) -> str:
         extra = (f", {self.micro_batches} micro-batches" if self.micro_batches > 1 else "") + \
             (", remat" if self.remat else "")
-        return (f"batch {self.batch_size}, prompt {self.prompt_length}, {self.text_tokens} text tokens per "
-                f"example{extra}")
+        return (f"{self.method} prompt, batch {self.batch_size}, prompt length {self.prompt_length}, "
+                f"{self.text_tokens} text tokens per example{extra}")
 
 
 def comparison(plans: list[MemoryPlan], device_memory: int | None = None, memory_label: str | None = None) -> str:
@@ -113,6 +120,7 @@ def comparison(plans: list[MemoryPlan], device_memory: int | None = None, memory
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
     notes = [f"{first.model} ({first.dtype}, frozen weights {human(first.frozen_total_bytes)} in all) on "
              f"{first.devices} device(s); {first.step_text()}; bytes per device:"]
+    notes.append(MEASURED_VS_ESTIMATED)
     if first.temp_upper_bound:
         notes.append("temporaries are an upper bound (float32 proxy compile, see `jaxprompt.plan`)")
     return "\n".join(notes + [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
@@ -154,8 +162,10 @@ def _leaf_bytes(x) -> int:
 
 
 def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: int, prompt_length: int,
-              text_tokens: int, dtype: str, micro_batches: int = 1, remat: bool = False) -> MemoryPlan:
-    """The plan, compiled in this process (needs `devices` devices)."""
+              text_tokens: int, dtype: str, micro_batches: int = 1, remat: bool = False,
+              method: str = "soft") -> MemoryPlan:
+    """The plan of one step of `method` (any of prompts.METHODS), compiled in this process (needs
+    `devices` devices)."""
     import jax
     import jax.numpy as jnp
 
@@ -183,18 +193,21 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
         return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
     frozen = abstract_frozen(weights_dtype)
-    method = make_method("soft", length=prompt_length)
+    method_name, method = method, make_method(method, length=prompt_length)
+    # embedding prompts take token positions (a shared head before the text); prefix and adaption
+    # prompts take none
+    virtual = prompt_length if method.kind == "embeddings" else 0
     prompt = jax.eval_shape(lambda f: method.init(jax.random.key(0), net, f, prompt_length), frozen)
     optimizer = make_optimizer(OptimizerConfig(), prompt)
     state = jax.eval_shape(lambda p: TrainState.create(p, optimizer, jax.random.PRNGKey(0)), prompt)
     # the shape of a templated batch: the prompt as a shared head, then each example's text
-    examples = [Encoded([0] * prompt_length + [1] * text_tokens, list(range(prompt_length)) + [-1] * text_tokens,
+    examples = [Encoded([0] * virtual + [1] * text_tokens, list(range(virtual)) + [-1] * text_tokens,
                         min(4, text_tokens)) for _ in range(batch_size)]
-    batch = collate(examples, 0, shared_len=prompt_length)
+    batch = collate(examples, 0, shared_len=virtual)
     batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=mp.sharding("data")), batch)
 
     def compiled(frozen):  # the frozen weights' shardings are those of their shape structs
-        step = mp.train_step(prompt_loss(net, method, prompt_length), optimizer, micro_batches)
+        step = mp.train_step(prompt_loss(net, method, virtual), optimizer, micro_batches)
         return step.lower(state, frozen, batch).compile().memory_analysis()
 
     analysis = compiled(abstract_frozen(jnp.float32) if proxy else frozen)
@@ -208,18 +221,18 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
     return MemoryPlan(model, devices, data, model_axis, batch_size, prompt_length, text_tokens, str(weights_dtype),
                       frozen_bytes, prompt_bytes, batch_bytes, temp, proxy, total,
                       sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(frozen)),
-                      micro_batches=micro_batches, remat=remat)
+                      micro_batches=micro_batches, remat=remat, method=method_name)
 
 
 def plans(model: str, devices: int, meshes: list[tuple[int, int]], batch_size: int, prompt_length: int = 20,
-          text_tokens: int = 64, dtype: str = "bfloat16", micro_batches: int = 1, remat: bool = False
-          ) -> list[MemoryPlan]:
+          text_tokens: int = 64, dtype: str = "bfloat16", micro_batches: int = 1, remat: bool = False,
+          method: str = "soft") -> list[MemoryPlan]:
     """One plan per `(data, model)` mesh, compiled on `devices` virtual CPU devices in one subprocess
     when this process has fewer devices (or another backend)."""
     import jax
 
     common = dict(model=model, devices=devices, batch_size=batch_size, prompt_length=prompt_length,
-                  text_tokens=text_tokens, dtype=dtype, micro_batches=micro_batches, remat=remat)
+                  text_tokens=text_tokens, dtype=dtype, micro_batches=micro_batches, remat=remat, method=method)
     if jax.default_backend() == "cpu" and jax.device_count() >= devices:
         return [plan_here(data=d, model_axis=m, **common) for d, m in meshes]
     env = {**os.environ, "JAX_PLATFORMS": "cpu",

@@ -79,3 +79,18 @@ def test_smallest_model_axis_that_fits():
     budget = (by_axis[1].total_bytes + by_axis[2].total_bytes) // 2  # room for model=2, not model=1
     assert smallest_model_axis(found, budget).model_axis == 2
     assert smallest_model_axis(found, by_axis[4].total_bytes // 2) is None
+
+
+@pytest.mark.parametrize("method, prompt_floats", [
+    ("soft", 4 * 32), ("pez", 4 * 32), ("relaxed", 4 * 50257),
+    ("prefix", 2 * 4 * 2 * 4 * 8),  # layers x P x (k, v) x heads x head dim
+    ("adaption", 2 * 4 * 32 + 2),  # layers x P x d_model, and one gate per layer
+    ("ptuning", None)])
+def test_every_method_is_planned(tiny_model_dir, method, prompt_floats):
+    """Each method's step compiles in the plan; its prompt + optimizer bytes are the prompt's float32
+    parameters three times (AdamW's two moments) plus a few scalars, counted by hand."""
+    found = plan(tiny_model_dir, 1, 1, 1, batch_size=2, prompt_length=4, text_tokens=8, dtype="float32",
+                 method=method)
+    assert found.method == method and found.temp_bytes > 0 and method in found.step_text()
+    if prompt_floats is not None:
+        assert 0 <= found.prompt_bytes - 3 * 4 * prompt_floats < 256, found.prompt_bytes
