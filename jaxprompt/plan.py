@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -72,6 +73,8 @@ class MemoryPlan:
     micro_batches: int = 1
     remat: bool = False
     method: str = "soft"
+    flops: float = 0.0  # this device's FLOPs per step (XLA's cost analysis of the partitioned step)
+    collectives: dict = dataclasses.field(default_factory=dict)  # kind -> bytes this device sends per step
 
     def fits(self, device_memory: int | None) -> bool | None:
         return None if device_memory is None else self.total_bytes <= device_memory
@@ -87,6 +90,7 @@ class MemoryPlan:
             ("batch / device", human(self.batch_bytes)),
             ("temporaries / device", temp),
             ("total / device", human(self.total_bytes)),
+            ("sent / device / step", self.communication_text()),
             ("how", MEASURED_VS_ESTIMATED),
         ]
         if device_memory is not None:
@@ -94,6 +98,13 @@ class MemoryPlan:
             rows.append(("device memory", f"{human(device_memory)}: {verdict}"))
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+    def communication_text(self) -> str:
+        """Bytes this device sends per step, by collective (counted from the compiled HLO)."""
+        if not self.collectives:
+            return "none"
+        parts = ", ".join(f"{kind} {human(n)}" for kind, n in sorted(self.collectives.items()))
+        return f"{human(sum(self.collectives.values()))} ({parts})"
 
     def step_text(self) -> str:
         extra = (f", {self.micro_batches} micro-batches" if self.micro_batches > 1 else "") + \
@@ -106,20 +117,22 @@ def comparison(plans: list[MemoryPlan], device_memory: int | None = None, memory
     """One row per mesh of the same step: what each device holds, and whether it fits
     `device_memory` (written as `memory_label`, e.g. "16GB")."""
     first = plans[0]
-    header = ["mesh", "frozen", "prompt+opt", "batch", "temporaries", "total"]
+    header = ["mesh", "frozen", "prompt+opt", "batch", "temporaries", "total", "sent/step", "GFLOP/step"]
     if device_memory is not None:
         header.append(f"fits {memory_label or human(device_memory)}")
     rows = []
     for p in plans:
         row = [f"data={p.data},model={p.model_axis}", human(p.frozen_bytes), human(p.prompt_bytes),
-               human(p.batch_bytes), human(p.temp_bytes), human(p.total_bytes)]
+               human(p.batch_bytes), human(p.temp_bytes), human(p.total_bytes),
+               human(sum(p.collectives.values())), f"{p.flops / 1e9:.1f}"]
         if device_memory is not None:
             row.append("yes" if p.fits(device_memory) else "no")
         rows.append(row)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
     notes = [f"{first.model} ({first.dtype}, frozen weights {human(first.frozen_total_bytes)} in all) on "
-             f"{first.devices} device(s); {first.step_text()}; bytes per device:"]
+             f"{first.devices} device(s); {first.step_text()}; bytes per device (sent/step: what each "
+             "device's collectives send per step, counted from the compiled HLO):"]
     notes.append(MEASURED_VS_ESTIMATED)
     if first.temp_upper_bound:
         notes.append("temporaries are an upper bound (float32 proxy compile, see `jaxprompt.plan`)")
@@ -208,9 +221,13 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
 
     def compiled(frozen):  # the frozen weights' shardings are those of their shape structs
         step = mp.train_step(prompt_loss(net, method, virtual), optimizer, micro_batches)
-        return step.lower(state, frozen, batch).compile().memory_analysis()
+        return step.lower(state, frozen, batch).compile()
 
-    analysis = compiled(abstract_frozen(jnp.float32) if proxy else frozen)
+    executable = compiled(abstract_frozen(jnp.float32) if proxy else frozen)
+    analysis = executable.memory_analysis()
+    cost = executable.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    collectives = collective_bytes(executable.as_text(), devices) if devices > 1 else {}
     frozen_bytes = sum(_leaf_bytes(x) for x in jax.tree.leaves(frozen))
     prompt_bytes = sum(_leaf_bytes(x) for x in jax.tree.leaves(state))
     batch_bytes = sum(_leaf_bytes(x) for x in jax.tree.leaves(batch))
@@ -221,7 +238,76 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
     return MemoryPlan(model, devices, data, model_axis, batch_size, prompt_length, text_tokens, str(weights_dtype),
                       frozen_bytes, prompt_bytes, batch_bytes, temp, proxy, total,
                       sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(frozen)),
-                      micro_batches=micro_batches, remat=remat, method=method_name)
+                      micro_batches=micro_batches, remat=remat, method=method_name,
+                      flops=float(cost.get("flops", 0.0)), collectives=collectives)
+
+
+# ---- communication, counted from the compiled step's HLO -------------------------------------------
+
+_COLLECTIVE = re.compile(r"=\s*(\(?[^=]*?\)?)\s+(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)"
+                         r"(?:-start)?\(")
+_SHAPE = re.compile(r"(pred|s8|u8|s16|u16|bf16|f16|s32|u32|f32|s64|u64|f64)\[([0-9,]*)\]")
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
+          "s64": 8, "u64": 8, "f64": 8}
+_GROUPS = re.compile(r"replica_groups=\{\{([0-9,]*)\}|replica_groups=\[(\d+),(\d+)\]")
+
+
+def _shape_bytes(text: str) -> int:
+    return sum(_BYTES[t] * math.prod(int(d) for d in dims.split(",") if d) for t, dims in _SHAPE.findall(text))
+
+
+def collective_bytes(hlo: str, devices: int) -> dict:
+    """Bytes each device sends per step, by collective kind, from an SPMD-partitioned HLO module.
+
+    Per op of result size S over a group of n devices (ring algorithms, the usual cost model):
+    all-reduce 2 S (n-1)/n, all-gather and all-to-all S (n-1)/n, reduce-scatter S (n-1) (its
+    result is one shard), collective-permute S. Ops inside a while loop (the scan over layers)
+    count once per iteration (XLA's `known_trip_count`), nested loops multiplied."""
+    computations, current = {}, None
+    for line in hlo.splitlines():
+        head = re.match(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$", line)
+        if head and not line.startswith(" "):
+            current = head.group(1)
+            computations[current] = []
+            if line.startswith("ENTRY"):
+                computations["__entry__"] = current
+        elif current is not None:
+            computations[current].append(line)
+    entry = computations.pop("__entry__", None)
+    # how many times each computation runs per step: while bodies by their trip count
+    runs = {entry: 1}
+    order = [entry]
+    while order:
+        name = order.pop()
+        for line in computations.get(name, []):
+            trips = 1
+            if " while(" in line:
+                known = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
+                trips = int(known.group(1)) if known else 1
+            for callee in re.findall(r"(?:body|to_apply|calls|condition|branch_computations)=\{?%?([\w.\-]+)", line):
+                if callee in computations and callee not in runs:
+                    runs[callee] = runs[name] * (trips if " while(" in line else 1)
+                    order.append(callee)
+    out: dict = {}
+    for name, lines in computations.items():
+        for line in lines:
+            match = _COLLECTIVE.search(line)
+            if not match or name not in runs:
+                continue
+            kind, size = match.group(2), _shape_bytes(match.group(1))
+            groups = _GROUPS.search(line)
+            if groups and groups.group(1) is not None:
+                n = len([g for g in groups.group(1).split(",") if g])
+            elif groups:
+                n = int(groups.group(3))
+            else:
+                n = devices
+            if n <= 1 and kind != "collective-permute":
+                continue
+            factor = {"all-reduce": 2 * (n - 1) / n, "all-gather": (n - 1) / n, "all-to-all": (n - 1) / n,
+                      "reduce-scatter": n - 1, "collective-permute": 1}[kind]
+            out[kind] = out.get(kind, 0) + int(size * factor * runs[name])
+    return out
 
 
 def plans(model: str, devices: int, meshes: list[tuple[int, int]], batch_size: int, prompt_length: int = 20,
