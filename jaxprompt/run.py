@@ -46,10 +46,10 @@ from jaxprompt.loop import METRICS, fit
 from jaxprompt.loss import prompt_loss
 from jaxprompt.models.convert import load_config, resolve
 from jaxprompt.optim import make_optimizer, trained_only
-from jaxprompt.precision import as_dtype
 from jaxprompt.parallel import make_strategy
 from jaxprompt.population import Member, MemberBatches, initial_state, member_optimizer, members_of, stack
 from jaxprompt.population import member as member_prompt  # `member` is load_run's argument
+from jaxprompt.precision import as_dtype
 from jaxprompt.prompts import MultiTask, PromptMethod, make_method, method_from_spec, method_spec
 from jaxprompt.prompts.init import word_token_ids
 from jaxprompt.session import Session, load_tokenizer

@@ -72,12 +72,13 @@ def similarity(vectors: Float[Array, "N E"], table: Float[Array, "V E"], metric:
     """Cosine similarity, or negative squared L2 distance: larger is nearer either way.
 
     One [N, E] x [E, V] product in the table's dtype (float32 accumulation) and the table's row
-    norms: the table itself is never copied, normalised or cast (at a 128k x 4096 vocabulary a
-    float32 copy would be 2 GB per step)."""
+    norms: the program never copies, normalises or casts the table (at a 128k x 4096 vocabulary a
+    float32 copy would be 2 GB per step). XLA's CPU compiler, which emulates bfloat16 products in
+    float32, may still convert the table; GPU and TPU compilers multiply bfloat16 natively."""
     vectors = vectors.astype(jnp.float32)
     if metric not in ("cosine", "l2"):
         raise ValueError(f"unknown metric {metric!r}; use cosine or l2")
-    row_sq = jnp.sum(jnp.square(table.astype(jnp.float32)), -1)  # [V]; the cast fuses into the reduction
+    row_sq = jnp.einsum("ve,ve->v", table, table, preferred_element_type=jnp.float32)  # [V], no float32 table
     if metric == "cosine":
         vectors = vectors / jnp.maximum(jnp.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
     dots = jnp.einsum("ne,ve->nv", vectors.astype(table.dtype), table, preferred_element_type=jnp.float32)
