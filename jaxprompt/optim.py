@@ -12,7 +12,7 @@ import optax
 
 from jaxprompt.config import OptimizerConfig, SettingError
 
-__all__ = ["OptimizerConfig", "make_optimizer", "part_labels"]
+__all__ = ["OptimizerConfig", "make_optimizer", "part_labels", "trained_only"]
 
 
 def _schedule(c: OptimizerConfig, lr: float, total_steps: int | None) -> optax.Schedule:
@@ -64,5 +64,31 @@ def make_optimizer(c: OptimizerConfig, prompt: dict, total_steps: int | None = N
                   for part in parts}
     tx = optax.partition(transforms, part_labels)
     if c.clip_norm is not None:
-        tx = optax.chain(optax.clip_by_global_norm(c.clip_norm), tx)
+        tx = optax.chain(_clip_trained_by_global_norm(c.clip_norm, c.frozen_parts), tx)
     return tx
+
+
+def _clip_trained_by_global_norm(max_norm: float, frozen_parts) -> optax.GradientTransformation:
+    """`optax.clip_by_global_norm` over the trained parts only: a frozen part's gradient neither
+    enters the norm nor is scaled (the partition then zeroes it). Same (empty) state as optax's."""
+    clip = optax.clip_by_global_norm(max_norm)
+
+    def update(updates, state, params=None):
+        trained = {part: g for part, g in updates.items() if part not in frozen_parts}
+        clipped, state = clip.update(trained, state, params)
+        return {**updates, **clipped}, state
+
+    return optax.GradientTransformation(clip.init, update)
+
+
+def trained_only(c: OptimizerConfig, loss_fn):
+    """`loss_fn(params, ...)` with no gradient into `c.frozen_parts`: their gradients are zeros, so
+    the step's logged `grad_norm` (and anything else reading the gradient) covers trained parts only."""
+    if not c.frozen_parts:
+        return loss_fn
+
+    def loss(params, *args, **kwargs):
+        params = {part: jax.lax.stop_gradient(p) if part in c.frozen_parts else p for part, p in params.items()}
+        return loss_fn(params, *args, **kwargs)
+
+    return loss

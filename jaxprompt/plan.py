@@ -19,11 +19,17 @@ import dataclasses
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
 UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
          "TIB": 2**40}
+
+
+MEASURED_VS_ESTIMATED = ("exact from shapes and shardings: frozen, prompt + optimizer, batch; measured by XLA's "
+                         "buffer assignment of the compiled step: temporaries (on this machine's CPU compiler); "
+                         "estimated: nothing else (host memory, the loader and the runtime are not counted)")
 
 
 def parse_bytes(text: str) -> int:
@@ -66,6 +72,9 @@ class MemoryPlan:
     frozen_total_bytes: int  # all frozen weights, unsharded
     micro_batches: int = 1
     remat: bool = False
+    method: str = "soft"
+    flops: float = 0.0  # this device's FLOPs per step (XLA's cost analysis of the partitioned step)
+    collectives: dict = dataclasses.field(default_factory=dict)  # kind -> bytes this device sends per step
 
     def fits(self, device_memory: int | None) -> bool | None:
         return None if device_memory is None else self.total_bytes <= device_memory
@@ -81,6 +90,8 @@ class MemoryPlan:
             ("batch / device", human(self.batch_bytes)),
             ("temporaries / device", temp),
             ("total / device", human(self.total_bytes)),
+            ("sent / device / step", self.communication_text()),
+            ("how", MEASURED_VS_ESTIMATED),
         ]
         if device_memory is not None:
             verdict = "fits" if self.fits(device_memory) else "does NOT fit"
@@ -88,31 +99,41 @@ class MemoryPlan:
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
+    def communication_text(self) -> str:
+        """Bytes this device sends per step, by collective (counted from the compiled HLO)."""
+        if not self.collectives:
+            return "none"
+        parts = ", ".join(f"{kind} {human(n)}" for kind, n in sorted(self.collectives.items()))
+        return f"{human(sum(self.collectives.values()))} ({parts})"
+
     def step_text(self) -> str:
         extra = (f", {self.micro_batches} micro-batches" if self.micro_batches > 1 else "") + \
             (", remat" if self.remat else "")
-        return (f"batch {self.batch_size}, prompt {self.prompt_length}, {self.text_tokens} text tokens per "
-                f"example{extra}")
+        return (f"{self.method} prompt, batch {self.batch_size}, prompt length {self.prompt_length}, "
+                f"{self.text_tokens} text tokens per example{extra}")
 
 
 def comparison(plans: list[MemoryPlan], device_memory: int | None = None, memory_label: str | None = None) -> str:
     """One row per mesh of the same step: what each device holds, and whether it fits
     `device_memory` (written as `memory_label`, e.g. "16GB")."""
     first = plans[0]
-    header = ["mesh", "frozen", "prompt+opt", "batch", "temporaries", "total"]
+    header = ["mesh", "frozen", "prompt+opt", "batch", "temporaries", "total", "sent/step", "GFLOP/step"]
     if device_memory is not None:
         header.append(f"fits {memory_label or human(device_memory)}")
     rows = []
     for p in plans:
         row = [f"data={p.data},model={p.model_axis}", human(p.frozen_bytes), human(p.prompt_bytes),
-               human(p.batch_bytes), human(p.temp_bytes), human(p.total_bytes)]
+               human(p.batch_bytes), human(p.temp_bytes), human(p.total_bytes),
+               human(sum(p.collectives.values())), f"{p.flops / 1e9:.1f}"]
         if device_memory is not None:
             row.append("yes" if p.fits(device_memory) else "no")
         rows.append(row)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
     notes = [f"{first.model} ({first.dtype}, frozen weights {human(first.frozen_total_bytes)} in all) on "
-             f"{first.devices} device(s); {first.step_text()}; bytes per device:"]
+             f"{first.devices} device(s); {first.step_text()}; bytes per device (sent/step: what each "
+             "device's collectives send per step, counted from the compiled HLO):"]
+    notes.append(MEASURED_VS_ESTIMATED)
     if first.temp_upper_bound:
         notes.append("temporaries are an upper bound (float32 proxy compile, see `jaxprompt.plan`)")
     return "\n".join(notes + [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
@@ -154,8 +175,10 @@ def _leaf_bytes(x) -> int:
 
 
 def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: int, prompt_length: int,
-              text_tokens: int, dtype: str, micro_batches: int = 1, remat: bool = False) -> MemoryPlan:
-    """The plan, compiled in this process (needs `devices` devices)."""
+              text_tokens: int, dtype: str, micro_batches: int = 1, remat: bool = False,
+              method: str = "soft") -> MemoryPlan:
+    """The plan of one step of `method` (any of prompts.METHODS), compiled in this process (needs
+    `devices` devices)."""
     import jax
     import jax.numpy as jnp
 
@@ -183,21 +206,28 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
         return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
     frozen = abstract_frozen(weights_dtype)
-    method = make_method("soft", length=prompt_length)
+    method_name, method = method, make_method(method, length=prompt_length)
+    # embedding prompts take token positions (a shared head before the text); prefix and adaption
+    # prompts take none
+    virtual = prompt_length if method.kind == "embeddings" else 0
     prompt = jax.eval_shape(lambda f: method.init(jax.random.key(0), net, f, prompt_length), frozen)
     optimizer = make_optimizer(OptimizerConfig(), prompt)
     state = jax.eval_shape(lambda p: TrainState.create(p, optimizer, jax.random.PRNGKey(0)), prompt)
     # the shape of a templated batch: the prompt as a shared head, then each example's text
-    examples = [Encoded([0] * prompt_length + [1] * text_tokens, list(range(prompt_length)) + [-1] * text_tokens,
+    examples = [Encoded([0] * virtual + [1] * text_tokens, list(range(virtual)) + [-1] * text_tokens,
                         min(4, text_tokens)) for _ in range(batch_size)]
-    batch = collate(examples, 0, shared_len=prompt_length)
+    batch = collate(examples, 0, shared_len=virtual)
     batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=mp.sharding("data")), batch)
 
     def compiled(frozen):  # the frozen weights' shardings are those of their shape structs
-        step = mp.train_step(prompt_loss(net, method, prompt_length), optimizer, micro_batches)
-        return step.lower(state, frozen, batch).compile().memory_analysis()
+        step = mp.train_step(prompt_loss(net, method, virtual), optimizer, micro_batches)
+        return step.lower(state, frozen, batch).compile()
 
-    analysis = compiled(abstract_frozen(jnp.float32) if proxy else frozen)
+    executable = compiled(abstract_frozen(jnp.float32) if proxy else frozen)
+    analysis = executable.memory_analysis()
+    cost = executable.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    collectives = collective_bytes(executable.as_text(), devices) if devices > 1 else {}
     frozen_bytes = sum(_leaf_bytes(x) for x in jax.tree.leaves(frozen))
     prompt_bytes = sum(_leaf_bytes(x) for x in jax.tree.leaves(state))
     batch_bytes = sum(_leaf_bytes(x) for x in jax.tree.leaves(batch))
@@ -208,18 +238,87 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
     return MemoryPlan(model, devices, data, model_axis, batch_size, prompt_length, text_tokens, str(weights_dtype),
                       frozen_bytes, prompt_bytes, batch_bytes, temp, proxy, total,
                       sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(frozen)),
-                      micro_batches=micro_batches, remat=remat)
+                      micro_batches=micro_batches, remat=remat, method=method_name,
+                      flops=float(cost.get("flops", 0.0)), collectives=collectives)
+
+
+# ---- communication, counted from the compiled step's HLO -------------------------------------------
+
+_COLLECTIVE = re.compile(r"=\s*(\(?[^=]*?\)?)\s+(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)"
+                         r"(?:-start)?\(")
+_SHAPE = re.compile(r"(pred|s8|u8|s16|u16|bf16|f16|s32|u32|f32|s64|u64|f64)\[([0-9,]*)\]")
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
+          "s64": 8, "u64": 8, "f64": 8}
+_GROUPS = re.compile(r"replica_groups=\{\{([0-9,]*)\}|replica_groups=\[(\d+),(\d+)\]")
+
+
+def _shape_bytes(text: str) -> int:
+    return sum(_BYTES[t] * math.prod(int(d) for d in dims.split(",") if d) for t, dims in _SHAPE.findall(text))
+
+
+def collective_bytes(hlo: str, devices: int) -> dict:
+    """Bytes each device sends per step, by collective kind, from an SPMD-partitioned HLO module.
+
+    Per op of result size S over a group of n devices (ring algorithms, the usual cost model):
+    all-reduce 2 S (n-1)/n, all-gather and all-to-all S (n-1)/n, reduce-scatter S (n-1) (its
+    result is one shard), collective-permute S. Ops inside a while loop (the scan over layers)
+    count once per iteration (XLA's `known_trip_count`), nested loops multiplied."""
+    computations, current = {}, None
+    for line in hlo.splitlines():
+        head = re.match(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$", line)
+        if head and not line.startswith(" "):
+            current = head.group(1)
+            computations[current] = []
+            if line.startswith("ENTRY"):
+                computations["__entry__"] = current
+        elif current is not None:
+            computations[current].append(line)
+    entry = computations.pop("__entry__", None)
+    # how many times each computation runs per step: while bodies by their trip count
+    runs = {entry: 1}
+    order = [entry]
+    while order:
+        name = order.pop()
+        for line in computations.get(name, []):
+            trips = 1
+            if " while(" in line:
+                known = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
+                trips = int(known.group(1)) if known else 1
+            for callee in re.findall(r"(?:body|to_apply|calls|condition|branch_computations)=\{?%?([\w.\-]+)", line):
+                if callee in computations and callee not in runs:
+                    runs[callee] = runs[name] * (trips if " while(" in line else 1)
+                    order.append(callee)
+    out: dict = {}
+    for name, lines in computations.items():
+        for line in lines:
+            match = _COLLECTIVE.search(line)
+            if not match or name not in runs:
+                continue
+            kind, size = match.group(2), _shape_bytes(match.group(1))
+            groups = _GROUPS.search(line)
+            if groups and groups.group(1) is not None:
+                n = len([g for g in groups.group(1).split(",") if g])
+            elif groups:
+                n = int(groups.group(3))
+            else:
+                n = devices
+            if n <= 1 and kind != "collective-permute":
+                continue
+            factor = {"all-reduce": 2 * (n - 1) / n, "all-gather": (n - 1) / n, "all-to-all": (n - 1) / n,
+                      "reduce-scatter": n - 1, "collective-permute": 1}[kind]
+            out[kind] = out.get(kind, 0) + int(size * factor * runs[name])
+    return out
 
 
 def plans(model: str, devices: int, meshes: list[tuple[int, int]], batch_size: int, prompt_length: int = 20,
-          text_tokens: int = 64, dtype: str = "bfloat16", micro_batches: int = 1, remat: bool = False
-          ) -> list[MemoryPlan]:
+          text_tokens: int = 64, dtype: str = "bfloat16", micro_batches: int = 1, remat: bool = False,
+          method: str = "soft") -> list[MemoryPlan]:
     """One plan per `(data, model)` mesh, compiled on `devices` virtual CPU devices in one subprocess
     when this process has fewer devices (or another backend)."""
     import jax
 
     common = dict(model=model, devices=devices, batch_size=batch_size, prompt_length=prompt_length,
-                  text_tokens=text_tokens, dtype=dtype, micro_batches=micro_batches, remat=remat)
+                  text_tokens=text_tokens, dtype=dtype, micro_batches=micro_batches, remat=remat, method=method)
     if jax.default_backend() == "cpu" and jax.device_count() >= devices:
         return [plan_here(data=d, model_axis=m, **common) for d, m in meshes]
     env = {**os.environ, "JAX_PLATFORMS": "cpu",

@@ -23,7 +23,7 @@ import numpy as np
 from jaxprompt.checkpoint import Checkpointer
 from jaxprompt.config import DataConfig, MethodConfig, RunOptions, SettingError, TrainConfig, one_line, parse_mesh
 from jaxprompt.data import Batches, TemplateError, eval_batches
-from jaxprompt.distributed import decided_by_writer, host, initialize, is_writer, run_devices
+from jaxprompt.distributed import decided_by_writer, initialize, is_writer, run_devices
 from jaxprompt.evaluate import (EvalResult, PopulationResult, evaluate_prompts, format_samples, format_table,
                                 population_results)
 from jaxprompt.files import atomic_write
@@ -31,12 +31,14 @@ from jaxprompt.loop import fit
 from jaxprompt.loss import prompt_loss
 from jaxprompt.models.convert import load_config, resolve
 from jaxprompt.models.registry import require_adaption_prompts
-from jaxprompt.optim import make_optimizer
+from jaxprompt.optim import make_optimizer, trained_only
 from jaxprompt.parallel import make_strategy
 from jaxprompt.plot import plot_curve
 from jaxprompt.population import Member, MemberBatches, initial_state, member_optimizer, members_of, stack
 from jaxprompt.population import member as member_prompt  # `member` is load_run's argument
+from jaxprompt.precision import as_dtype
 from jaxprompt.prompts import METHODS, MultiTask, PromptMethod, make_method, method_from_spec
+from jaxprompt.prompts.init import word_token_ids
 from jaxprompt.rundir import (CURVE, RESULTS, RUN_INFO, RunError, check_run_dir, default_run_dir, differences,
                               open_run_dir, read_run_info, run_info, task_of_spec, write_run_info)
 from jaxprompt.session import Session, load_tokenizer
@@ -61,6 +63,10 @@ def build_method(config: MethodConfig, tokenizer, task: Task, steps: int, n_task
               "init_ids": init_ids, "anneal_steps": steps}
     if config.name == "pez" and config.init_from == "vocab_normal":
         values["init_from"] = "sampled_vocab"  # PEZ starts from real tokens: its default init is sampled vocabulary
+    # random tokens are drawn from the words of this vocabulary (never bytes, specials or unused slots)
+    draws_tokens = values["init_from"] == "sampled_vocab" or \
+        (config.name == "prefix" and not init_ids and not config.reparam_hidden)
+    values["sample_pool"] = word_token_ids(tokenizer) if draws_tokens else ()
     fields = {f.name for f in dataclasses.fields(METHODS[config.name])}
     method = make_method(config.name, **{k: v for k, v in values.items() if k in fields})
     return MultiTask(base=method, n_tasks=n_tasks) if n_tasks > 1 else method
@@ -157,6 +163,10 @@ def train_prompt(config: TrainConfig | None, options: RunOptions = RunOptions(),
     run first, before anything touches a device; only process 0 logs and writes files."""
     if config is None and not options.resume:
         raise ValueError("train_prompt needs a config (or options.resume to use the stored one)")
+    if config is not None and as_dtype(config.dtype) == jnp.float16:
+        # float16's 5-bit exponent underflows small gradients to zero without loss scaling
+        raise SettingError("--dtype float16 cannot train (no loss scaling; small gradients underflow to zero); "
+                           "use bfloat16 or float32 (float16 is fine for eval and generate)")
     initialize(options.coordinator, options.num_processes, options.process_id)
     if not is_writer():
         log, options = (lambda *args, **kwargs: None), options.replace(progress=False)
@@ -239,7 +249,7 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
     train_batches = MemberBatches(train_enc, data.batch_size, session.pad_id, [m.seed for m in members], shared) \
         if members else Batches(train_enc, data.batch_size, session.pad_id, seed=config.seed, shared_len=shared)
     result = fit(
-        prompt_loss(session.model, method, shared), optimizer, prompt, session.frozen, train_batches,
+        trained_only(config.optimizer, prompt_loss(session.model, method, shared)), optimizer, prompt, session.frozen, train_batches,
         [b for _, b in eval_batches(val_enc, data.batch_size, session.pad_id, shared_len=shared)],
         dataclasses.replace(config.loop, steps=steps, eval_every=min(config.loop.eval_every, steps)),
         run_dir=run_dir, resume=options.resume, metadata={"run": info}, strategy=strategy,
@@ -305,8 +315,10 @@ def load_prompt(run_dir: str, session: Session, which: str = "best", config: Tra
     if config is None:
         info = read_run_info(run_dir)
         config, steps = info["config"], info["steps"]
-    like_prompt = jax.tree.map(jnp.asarray, host(session.method.init(jax.random.key(0), session.model,
-                                                                     session.frozen, session.n_virtual)))
+    # the prompt's shapes only: eval_shape traces the init, compiles and computes nothing
+    shapes = jax.eval_shape(lambda frozen: session.method.init(jax.random.key(0), session.model, frozen,
+                                                               session.n_virtual), session.frozen)
+    like_prompt = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     if members:
         like = stack([TrainState.create(like_prompt, member_optimizer(config.optimizer, like_prompt, steps, 0.0),
                                         jax.random.PRNGKey(0))] * members)

@@ -13,6 +13,7 @@ import numpy as np
 
 from jaxprompt.config import DEFAULT_MODEL, REPO_ROOT, one_line  # noqa: F401  (the defaults re-exported)
 from jaxprompt.data import Encoded, check_positions, common_prefix_length, encode
+from jaxprompt.file_hashes import TABLE_NAME, directory_digest
 from jaxprompt.models import Model
 from jaxprompt.models.config import ConfigError, ModelConfig
 from jaxprompt.models.convert import load_pretrained, resolve
@@ -61,6 +62,10 @@ class Session:
     prompt_cache: PromptCache = dataclasses.field(default_factory=PromptCache)
     tasks: tuple[Task, ...] = ()  # multi-task: all tasks, an example's task_id indexes them (task is tasks[0])
     weights_id: str | None = None  # fingerprint of every byte of `frozen`, computed once (see fingerprint)
+    # the checkpoint directory `frozen` was loaded from, and that very pytree: while `frozen` is it,
+    # the fingerprint is of the directory's files (file_hashes.py), not of the arrays
+    weights_dir: str | None = None
+    loaded_frozen: dict | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @classmethod
     def load(cls, model_id: str, task: Task, method: PromptMethod, dtype="float32", remat: bool = False,
@@ -82,7 +87,7 @@ class Session:
             # one whole to write, so heads are kept in memory only
             directory_cache = None
         return cls(Model(config, remat=remat), frozen, tokenizer, task, method, model_id,
-                   PromptCache(directory_cache), tuple(tasks))
+                   PromptCache(directory_cache), tuple(tasks), weights_dir=directory, loaded_frozen=frozen)
 
     @property
     def config(self) -> ModelConfig:
@@ -133,30 +138,43 @@ class Session:
     def fingerprint(self) -> str:
         """A hash of every byte of the frozen weights (with paths, shapes, dtypes), computed once.
 
-        Keys the prompt cache: any changed weight, anywhere, changes it. Weights spread over several
-        processes are hashed where they lie, each shard by the process holding its first replica,
-        and the processes' hashes combined (every process must then call this at the same point;
-        the key is that of this layout of the weights)."""
+        Keys the prompt cache: any changed weight, anywhere, changes it. Weights loaded from a
+        checkpoint directory are named by its files' content hashes (file_hashes.py: read once,
+        remembered by path, size and mtime, so a later load reads no weight byte) with the dtype
+        they were loaded in. Other weights are hashed array by array; spread over several
+        processes, each shard by the process holding its first replica, and the processes' hashes
+        combined (every process must then call this at the same point)."""
         if self.weights_id is None:
-            spread = _spread_over_processes(self.frozen)
             h = hashlib.sha256()
-            for path, leaf in jax.tree_util.tree_flatten_with_path(self.frozen)[0]:
-                h.update(f"{jax.tree_util.keystr(path)}{leaf.shape}{leaf.dtype}".encode())
-                if spread:
-                    for shard in sorted((s for s in leaf.addressable_shards if s.replica_id == 0),
-                                        key=lambda s: [(i.start or 0) for i in s.index]):
-                        h.update(repr(shard.index).encode())
-                        h.update(np.ascontiguousarray(shard.data).reshape(-1).view(np.uint8))
-                else:
-                    h.update(np.ascontiguousarray(jax.device_get(leaf)).reshape(-1).view(np.uint8))
-            h.update(self.tokenizer.backend.to_str().encode())
-            if spread:
-                from jax.experimental import multihost_utils
-
-                digests = multihost_utils.process_allgather(np.frombuffer(h.digest(), np.uint8))
-                h = hashlib.sha256(np.asarray(digests).tobytes())
+            if self.weights_dir is not None and self.frozen is self.loaded_frozen:
+                table = (os.path.join(self.prompt_cache.directory, TABLE_NAME) if self.prompt_cache.directory
+                         else None)
+                h.update(f"files {directory_digest(self.weights_dir, table)} as {self.compute_dtype}".encode())
+                h.update(self.tokenizer.backend.to_str().encode())
+            else:
+                h = self._hash_arrays()
             self.weights_id = h.hexdigest()[:32]
         return self.weights_id
+
+    def _hash_arrays(self):
+        spread = _spread_over_processes(self.frozen)
+        h = hashlib.sha256()
+        for path, leaf in jax.tree_util.tree_flatten_with_path(self.frozen)[0]:
+            h.update(f"{jax.tree_util.keystr(path)}{leaf.shape}{leaf.dtype}".encode())
+            if spread:
+                for shard in sorted((s for s in leaf.addressable_shards if s.replica_id == 0),
+                                    key=lambda s: [(i.start or 0) for i in s.index]):
+                    h.update(repr(shard.index).encode())
+                    h.update(np.ascontiguousarray(shard.data).reshape(-1).view(np.uint8))
+            else:
+                h.update(np.ascontiguousarray(jax.device_get(leaf)).reshape(-1).view(np.uint8))
+        h.update(self.tokenizer.backend.to_str().encode())
+        if spread:
+            from jax.experimental import multihost_utils
+
+            digests = multihost_utils.process_allgather(np.frombuffer(h.digest(), np.uint8))
+            h = hashlib.sha256(np.asarray(digests).tobytes())
+        return h
 
     @property
     def compute_dtype(self):

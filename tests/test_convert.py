@@ -127,3 +127,25 @@ def test_offline_unknown_id_says_how_to_get_weights(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError, match="huggingface-cli download"):
         load_pretrained("gpt2-this-does-not-exist")
+
+
+def test_whole_tensors_are_read_without_a_memory_map_and_match_safetensors(tmp_path):
+    """The plain-I/O reader gives exactly what safetensors' own reader gives, for every dtype a
+    checkpoint uses (bf16 through ml_dtypes)."""
+    import ml_dtypes
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from jaxprompt.models.convert import _read_whole, _safetensors_header
+
+    rng = np.random.default_rng(0)
+    tensors = {"a": rng.standard_normal((3, 5)).astype(ml_dtypes.bfloat16), "b": rng.standard_normal(7).astype(np.float32),
+               "c": rng.integers(0, 9, (2, 2)).astype(np.int64), "d": rng.standard_normal((4, 1)).astype(np.float16)}
+    path = str(tmp_path / "w.safetensors")
+    save_file(tensors, path)
+    header = _safetensors_header(path)
+    with safe_open(path, framework="numpy") as handle:
+        for key in tensors:
+            ours, theirs = _read_whole(path, header, key), handle.get_tensor(key)
+            assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+            np.testing.assert_array_equal(ours.view(np.uint8), np.ascontiguousarray(theirs).view(np.uint8))

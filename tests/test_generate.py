@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -72,3 +73,30 @@ def test_rows_stop_at_the_position_limit(model_type):
         expected = parity.recomputed_greedy(model, params, [seq], int(lengths[b]))[0]
         np.testing.assert_array_equal(np.asarray(out[b, :lengths[b]]), expected)
         assert (np.asarray(out[b, lengths[b]:]) == 63).all()
+
+
+def test_the_prefill_unembeds_only_the_last_position(tiny_lm):
+    """No [B, T, V] logits anywhere in generation: the prefill's first token needs only the last row."""
+    model, params = tiny_lm
+    B, T, V = 2, 11, model.config.vocab_size
+    embeds = model.embed(params, jnp.ones((B, T), jnp.int32))
+    jaxpr = jax.make_jaxpr(lambda p, e: generate(model, p, e, jnp.ones((B, T), bool), max_new_tokens=3))(params, embeds)
+
+    def subjaxprs(value):
+        if hasattr(value, "eqns"):
+            yield value
+        elif hasattr(value, "jaxpr") and hasattr(value.jaxpr, "eqns"):
+            yield value.jaxpr
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                yield from subjaxprs(v)
+
+    def shapes(jaxpr):
+        for eqn in jaxpr.eqns:
+            yield from (v.aval.shape for v in eqn.outvars if hasattr(v.aval, "shape"))
+            for value in eqn.params.values():
+                for sub in subjaxprs(value):
+                    yield from shapes(sub)
+
+    seen = set(shapes(jaxpr.jaxpr))
+    assert (B, T, V) not in seen and (B, 1, V) in seen

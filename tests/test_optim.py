@@ -50,3 +50,27 @@ def test_a_decaying_schedule_spans_the_run():
         sizes.append(float(-updates["embeddings"][0, 0]))
     np.testing.assert_allclose(sizes, [1.0, 0.75, 0.5, 0.25, 0.0])
     assert isinstance(optimizer, optax.GradientTransformation)
+
+
+def test_clipping_sees_only_the_trained_parts():
+    """A frozen part's huge gradient neither shrinks the trained part's update (the reference: the
+    same optimizer over the trained part alone) nor enters the step's logged grad_norm."""
+    from jaxprompt.optim import trained_only
+
+    prompt = {"inputs": np.ones((2, 3), np.float32), "encoder": {"w": np.ones((3, 3), np.float32)}}
+    target = {"inputs": np.zeros((2, 3), np.float32), "encoder": {"w": 1e3 * np.ones((3, 3), np.float32)}}
+    loss_fn = lambda p, frozen, batch, rng, step: (sum(jax.numpy.sum((a - b) ** 2) for a, b in zip(
+        jax.tree.leaves(p), jax.tree.leaves(target))), 1.0)
+    config = OptimizerConfig(lr=0.1, clip_norm=1.0, frozen_parts=("encoder",))
+    optimizer = make_optimizer(config, prompt)
+    grads = jax.grad(lambda p: loss_fn(p, None, None, None, 0)[0])(prompt)
+    updates, _ = optimizer.update(grads, optimizer.init(prompt), prompt)
+    alone = make_optimizer(OptimizerConfig(lr=0.1, clip_norm=1.0), {"inputs": prompt["inputs"]})
+    reference, _ = alone.update({"inputs": grads["inputs"]}, alone.init({"inputs": prompt["inputs"]}),
+                                {"inputs": prompt["inputs"]})
+    np.testing.assert_allclose(updates["inputs"], reference["inputs"], rtol=1e-6)
+    np.testing.assert_array_equal(updates["encoder"]["w"], 0.0)
+
+    step = jax.jit(make_train_step(trained_only(config, loss_fn), optimizer))
+    _, metrics = step(TrainState.create(prompt, optimizer, jax.random.PRNGKey(0)), None, {})
+    np.testing.assert_allclose(float(metrics["grad_norm"]), float(np.linalg.norm(grads["inputs"])), rtol=1e-6)

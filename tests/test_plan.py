@@ -79,3 +79,36 @@ def test_smallest_model_axis_that_fits():
     budget = (by_axis[1].total_bytes + by_axis[2].total_bytes) // 2  # room for model=2, not model=1
     assert smallest_model_axis(found, budget).model_axis == 2
     assert smallest_model_axis(found, by_axis[4].total_bytes // 2) is None
+
+
+@pytest.mark.parametrize("method, prompt_floats", [
+    ("soft", 4 * 32), ("pez", 4 * 32), ("relaxed", 4 * 50257),
+    ("prefix", 2 * 4 * 2 * 4 * 8),  # layers x P x (k, v) x heads x head dim
+    ("adaption", 2 * 4 * 32 + 2),  # layers x P x d_model, and one gate per layer
+    ("ptuning", None)])
+def test_every_method_is_planned(tiny_model_dir, method, prompt_floats):
+    """Each method's step compiles in the plan; its prompt + optimizer bytes are the prompt's float32
+    parameters three times (AdamW's two moments) plus a few scalars, counted by hand."""
+    found = plan(tiny_model_dir, 1, 1, 1, batch_size=2, prompt_length=4, text_tokens=8, dtype="float32",
+                 method=method)
+    assert found.method == method and found.temp_bytes > 0 and method in found.step_text()
+    if prompt_floats is not None:
+        assert 0 <= found.prompt_bytes - 3 * 4 * prompt_floats < 256, found.prompt_bytes
+
+
+def test_flops_are_an_even_share_and_data_parallel_sends_the_gradient(tiny_model_dir):
+    """On 8 (virtual) devices every mesh gives each device about 1/8 of the one-device step's FLOPs
+    (within 1.3x), and with the batch split 8 ways (weights replicated) the only traffic is the
+    all-reduce of the prompt's gradient, the loss and the token count, counted by hand:
+    2 x (n-1)/n x (P x E float32 + 2 float32 scalars) per device (XLA may reduce a few more scalars)."""
+    common = dict(batch_size=16, prompt_length=4, text_tokens=8, dtype="float32")
+    one = plan(tiny_model_dir, 1, 1, 1, **common)
+    meshes = [(8, 1), (4, 2), (2, 4), (1, 8)]
+    found = plans(tiny_model_dir, 8, meshes, **common)
+    for p in found:
+        assert p.flops * 8 / one.flops < 1.3, (p.data, p.model_axis, p.flops * 8 / one.flops)
+    data_parallel = found[0]
+    gradient = 4 * 32 * 4 + 2 * 4
+    assert set(data_parallel.collectives) == {"all-reduce"}, data_parallel.collectives
+    sent, expected = data_parallel.collectives["all-reduce"], 2 * 7 / 8 * gradient
+    assert expected - 8 <= sent <= expected + 2 * 7 / 8 * 4 * 4, (sent, expected)  # rounding, <= 4 more scalars

@@ -207,3 +207,142 @@ def test_method_specs_round_trip():
     spec["colour"] = "red"
     with pytest.raises(ValueError, match="field 'colour'"):
         method_from_spec(spec)
+
+
+# ---- costs that grow with the model -----------------------------------------------------------------
+
+def _bf16_llama(vocab_size=50257, **overrides):
+    from conftest import tiny_config
+    from jaxprompt.models import Model
+
+    model = Model(tiny_config("llama", vocab_size=vocab_size, d_model=256, d_embed=256, d_ff=1024, n_layers=4,
+                              n_heads=4, n_kv_heads=2, **overrides))
+    return model, jax.tree.map(lambda x: x.astype(jnp.bfloat16), model.init(jax.random.key(0)))
+
+
+def _float32_shapes(fn, *args) -> set:
+    """Shapes of every float32 value the program (its jaxpr, nested ones included) creates: what
+    jaxprompt asks for, before any compiler decides how to run it."""
+    def subjaxprs(value):
+        if hasattr(value, "eqns"):
+            yield value
+        elif hasattr(value, "jaxpr") and hasattr(value.jaxpr, "eqns"):
+            yield value.jaxpr
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                yield from subjaxprs(v)
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            yield from (v.aval.shape for v in eqn.outvars if getattr(v.aval, "dtype", None) == jnp.float32)
+            for value in eqn.params.values():
+                for sub in subjaxprs(value):
+                    yield from walk(sub)
+
+    return set(walk(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
+def test_prefix_init_makes_no_float32_copy_of_the_model():
+    """The init runs the frozen model in its own dtype: no weight of the model is ever cast to
+    float32 (the init used to copy every weight), and the keys/values come out float32."""
+    model, frozen = _bf16_llama()
+    method = make_method("prefix", length=8)
+    created = _float32_shapes(lambda f: method.init(jax.random.key(0), model, f, 0), frozen)
+    weights = {x.shape for x in jax.tree.leaves(frozen) if x.ndim >= 2}
+    assert not created & weights, created & weights
+    kv = method.init(jax.random.key(0), model, frozen, 0)["kv"]
+    assert kv.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(kv)))
+
+
+@pytest.mark.parametrize("name", ["relaxed", "pez"])
+def test_vocabulary_prompts_make_no_float32_table(name):
+    """A relaxed or PEZ step (forward and backward) reads the embedding table in its own dtype:
+    the program creates no [V, E] float32 array."""
+    model, frozen = _bf16_llama()
+    method = make_method(name, length=8)
+    prompt = method.init(jax.random.key(0), model, frozen, 8)
+    step = lambda f, p: jax.grad(lambda p: jnp.sum(method.virtual_tokens(p, model, f, 0) ** 2))(p)
+    table_shape = (model.config.vocab_size, model.config.d_embed)
+    assert table_shape not in _float32_shapes(step, frozen, prompt)
+
+
+def test_pez_projection_matches_a_float32_reference(tiny_lm):
+    """The rewritten similarity picks the same tokens as cosine similarity computed in float64."""
+    model, frozen = tiny_lm
+    table = np.asarray(model.embedding_table(frozen), np.float64)
+    vectors = np.asarray(jax.random.normal(jax.random.key(3), (6, table.shape[1])), np.float64)
+    from jaxprompt.prompts.soft import nearest_tokens
+
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    reference = np.argmax(unit(vectors) @ unit(table).T, -1)
+    np.testing.assert_array_equal(nearest_tokens(jnp.asarray(vectors, jnp.float32), jnp.asarray(table, jnp.float32)),
+                                  reference)
+    l2 = np.argmin(((vectors[:, None] - table[None]) ** 2).sum(-1), -1)
+    np.testing.assert_array_equal(
+        nearest_tokens(jnp.asarray(vectors, jnp.float32), jnp.asarray(table, jnp.float32), "l2"), l2)
+
+
+def _sentencepiece_style(specials: list[str], unused: int, words: list[str]):
+    """A byte-fallback BPE tokenizer laid out as Llama-2's (specials, 256 byte tokens, pieces) or
+    Gemma's (specials, control and unused slots, byte tokens, pieces), built offline."""
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, normalizers
+
+    from jaxprompt.tokenizer import Tokenizer
+
+    vocab = {}
+    for t in specials + [f"<unused{i}>" for i in range(unused)] + [f"<0x{b:02X}>" for b in range(256)]:
+        vocab[t] = len(vocab)
+    for ch in "▁abcdefghijklmnopqrstuvwxyz":
+        vocab.setdefault(ch, len(vocab))
+    merges = []
+    for w in words:  # each word a chain of merges
+        piece = "▁" + w
+        cur = piece[0]
+        for ch in piece[1:]:
+            merges.append((cur, ch))
+            cur += ch
+            vocab.setdefault(cur, len(vocab))
+    backend = HFTokenizer(models.BPE(vocab, merges, unk_token="<unk>",
+                                     byte_fallback=True))
+    backend.normalizer = normalizers.Replace(" ", "▁")
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
+    backend.add_special_tokens([t for t in specials if t.startswith("<") and "unused" not in t])
+    return Tokenizer(backend, eos_token_id=vocab[specials[1]])
+
+
+WORDS = ["the", "and", "of", "to", "in", "is", "hot", "cold", "up", "down", "yes", "no", "big", "small"]
+LLAMA_STYLE = dict(specials=["<unk>", "</s>", "<s>"], unused=0, words=WORDS)
+GEMMA_STYLE = dict(specials=["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "[multimodal]", "<start_of_turn>",
+                             "<end_of_turn>"], unused=99, words=WORDS)
+
+
+@pytest.mark.parametrize("style", [LLAMA_STYLE, GEMMA_STYLE], ids=["llama", "gemma"])
+@pytest.mark.parametrize("name", ["pez", "soft-sampled", "prefix"])
+def test_random_token_inits_draw_only_ordinary_words(style, name):
+    """Sampled-vocabulary and random-token prefix inits never pick a byte, special, control or
+    unused token: the ids they draw are checked against the tokenizer's own pieces."""
+    from conftest import tiny_config
+    from jaxprompt.config import MethodConfig
+    from jaxprompt.models import Model
+    from jaxprompt.run import build_method
+    from jaxprompt.tasks import BUILTIN
+
+    tokenizer = _sentencepiece_style(**style)
+    V = tokenizer.vocab_size
+    model = Model(tiny_config("llama", vocab_size=V, eos_token_id=1, bos_token_id=2))
+    frozen = model.init(jax.random.key(0))  # random rows: each embedding names its token
+    config = MethodConfig(name=name.split("-")[0], prompt_length=64,
+                          init="sampled_vocab" if name == "soft-sampled" else "vocab_normal")
+    method = build_method(config, tokenizer, BUILTIN["antonyms"], steps=10)
+    forbidden = set(range(len(style["specials"]) + style["unused"] + 256))  # specials, unused, bytes
+    if name == "prefix":
+        from jaxprompt.prompts.init import sample_ids
+
+        drawn = set(np.asarray(sample_ids(jax.random.key(0), (512,), method.sample_pool, V)).tolist())
+    else:
+        table = np.asarray(model.embedding_table(frozen), np.float32)
+        vectors = np.asarray(method.init(jax.random.key(0), model, frozen, 64)["embeddings"])
+        drawn = {int(np.argmin(((table - v) ** 2).sum(-1))) for v in vectors}
+    assert len(drawn) > 1 and not drawn & forbidden, sorted(tokenizer.backend.id_to_token(i) for i in drawn & forbidden)
+    assert all(tokenizer.decode([i]).strip().isalpha() for i in drawn)

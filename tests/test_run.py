@@ -171,3 +171,28 @@ def test_a_run_json_of_the_first_format_still_loads_and_resumes(run, tmp_path):
     train_prompt(None, RunOptions(out=copy, resume=True, progress=False), log=lambda *a: None)
     before, after = (json.load(open(os.path.join(d, "results.json")))["results"] for d in (out, copy))
     assert before == after
+
+
+def test_float16_training_is_refused_in_one_line(run, tmp_path):
+    config, _ = run
+    with pytest.raises(SettingError, match="--dtype float16 cannot train") as info:
+        train_prompt(config.replace(dtype="float16"), RunOptions(out=str(tmp_path / "fp16")))
+    assert "\n" not in str(info.value) and not (tmp_path / "fp16").exists()
+
+
+def test_load_run_learns_the_prompt_shapes_without_running_an_init(run, monkeypatch):
+    """Loading a run traces the method's init for its shapes (jax.eval_shape) and never runs it on
+    the weights: every call sees abstract tracers, none a concrete array."""
+    from jaxprompt.prompts.soft import SoftPrompt
+
+    _, out = run
+    calls, real_init = [], SoftPrompt.init
+
+    def spy(self, key, model, frozen, n_virtual):
+        calls.append(all(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(frozen)))
+        return real_init(self, key, model, frozen, n_virtual)
+
+    monkeypatch.setattr(SoftPrompt, "init", spy)
+    _, prompt, _ = load_run(out, cache=False)
+    assert calls and all(calls)
+    assert prompt["embeddings"].shape == (3, 32)

@@ -86,3 +86,33 @@ def test_encode_refuses_what_the_positions_cannot_hold(tiny_lm, gpt2_tokenizer):
     with pytest.raises(TemplateError, match=r"\+ 60 prefix positions needs \d+ positions; the model has 96"):
         prefix.encode(rows)
     assert len(soft.encode(rows, hard_prompt="antonyms")[0]) < 96
+
+
+def test_a_loaded_checkpoint_is_keyed_by_its_files_read_once(tiny_model_dir, tmp_path, monkeypatch):
+    """The key of a checkpoint on disk costs no weight bytes on a later load, and still changes
+    with one byte of the weights (or the dtype they are loaded in)."""
+    import builtins
+
+    from jaxprompt import file_hashes
+
+    directory, cache = tmp_path / "model", str(tmp_path / "cache")
+    shutil.copytree(tiny_model_dir, directory)
+    for path in directory.iterdir():
+        os.utime(path, (1_600_000_000, 1_600_000_000))
+    load = lambda dtype="float32": Session.load(str(directory), BUILTIN["antonyms"], make_method("soft", length=2),
+                                                dtype=dtype, cache=cache)
+    monkeypatch.setattr(file_hashes, "_remembered", {})
+    first = load().fingerprint()
+    monkeypatch.setattr(file_hashes, "_remembered", {})  # a new process: only the table on disk
+    session = load()
+    opened, real_open = [], builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
+    assert session.fingerprint() == first
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert not [p for p in opened if p.endswith(".safetensors")]
+    assert load("bfloat16").fingerprint() != first
+    weights = directory / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 1
+    weights.write_bytes(bytes(data))
+    assert load().fingerprint() != first

@@ -38,7 +38,7 @@ class PlanOptions(Settings):
 
 
 # the training settings a memory plan depends on, with their own flags
-PLAN_TRAIN_SETTINGS = ("model", "dtype", "batch_size", "prompt_length", "accumulate", "remat")
+PLAN_TRAIN_SETTINGS = ("model", "method", "dtype", "batch_size", "prompt_length", "accumulate", "remat")
 
 
 def cmd_plan(args) -> int:
@@ -60,7 +60,8 @@ def cmd_plan(args) -> int:
     else:
         wanted = meshes
     found = plans(config.model, opts.devices, wanted, batch, prompt_length=config.method.length,
-                  text_tokens=opts.text_tokens, dtype=config.dtype, micro_batches=micro, remat=config.remat)
+                  text_tokens=opts.text_tokens, dtype=config.dtype, micro_batches=micro, remat=config.remat,
+                  method=config.method.name)
     print(found[0].table(memory) if opts.mesh is not None else comparison(found, memory, opts.device_memory))
     if memory is not None:
         best = smallest_model_axis(found, memory)

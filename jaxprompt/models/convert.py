@@ -151,6 +151,41 @@ class _Tensor:
         self.shape, self.read = shape, read
 
 
+_SAFETENSORS_DTYPES = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32, "F64": np.float64,
+                       "I8": np.int8, "U8": np.uint8, "I16": np.int16, "I32": np.int32, "I64": np.int64,
+                       "BOOL": np.bool_}
+
+
+def _safetensors_header(path: str) -> dict:
+    """Tensor name -> (dtype, shape, absolute byte offset) for the dtypes numpy can hold; {} if unreadable
+    (safe_open, which checked the file, then reads everything)."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            entries = json.loads(f.read(size))
+    except (OSError, ValueError):
+        return {}
+    return {k: (np.dtype(_SAFETENSORS_DTYPES[v["dtype"]]), tuple(v["shape"]), 8 + size + v["data_offsets"][0])
+            for k, v in entries.items() if k != "__metadata__" and v.get("dtype") in _SAFETENSORS_DTYPES}
+
+
+def _read_whole(path: str, header: dict, key: str) -> np.ndarray:
+    """One tensor read with plain file I/O into a fresh array: no memory map, so the file's pages
+    never count towards this process's memory (a mapped shard stays resident until it is closed)."""
+    dtype, shape, offset = header[key]
+    out = np.empty(shape, dtype)
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    with open(path, "rb", buffering=0) as f:
+        f.seek(offset)
+        done = 0
+        while done < len(view):
+            n = f.readinto(view[done:])
+            if not n:
+                raise CheckpointError(f"corrupt safetensors file {path}: tensor {key} is truncated")
+            done += n
+    return out
+
+
 def _open_shard(path: str) -> dict[str, _Tensor]:
     if path.endswith(".safetensors"):
         from safetensors import safe_open
@@ -161,10 +196,16 @@ def _open_shard(path: str) -> dict[str, _Tensor]:
         except Exception as e:  # safetensors raises its own error types for truncated/corrupt headers
             raise CheckpointError(f"corrupt safetensors file {path}: {e}") from e
 
+        header = _safetensors_header(path)
+
         def reader(key):
             def read(index):
                 try:
+                    if index is None and key in header:
+                        return _read_whole(path, header, key)
                     return handle.get_tensor(key) if index is None else handle.get_slice(key)[index]
+                except CheckpointError:
+                    raise
                 except Exception as e:
                     raise CheckpointError(f"corrupt safetensors file {path}: tensor {key}: {e}") from e
             return read
@@ -263,14 +304,19 @@ class CheckpointReader:
 
         whole = all(s == slice(None) for s in file_index)
 
-        def read(key):
-            x = self.source.get(key, None if whole else file_index)
-            return np.asarray(x.T if transpose else x).astype(_np_dtype(dtype), copy=False)
+        def read(key):  # in the file's dtype; transposed as a view
+            x = np.asarray(self.source.get(key, None if whole else file_index))
+            return x.T if transpose else x
 
         if not layered:
-            return read(self.names[hf])
+            return read(self.names[hf]).astype(_np_dtype(dtype), copy=False)
         layers = range(self.config.n_layers)[index[0]]
-        return np.stack([read(self.names[hf.format(i=i)]) for i in layers])
+        first = read(self.names[hf.format(i=layers[0])]) if len(layers) else None
+        # one buffer for the stack, each layer converted into its place (no list of copies to stack)
+        out = np.empty((len(layers), *(first.shape if first is not None else ())), _np_dtype(dtype))
+        for j, i in enumerate(layers):
+            out[j] = first if j == 0 else read(self.names[hf.format(i=i)])
+        return out
 
 
 def load_params(config: ModelConfig, source: TensorSource, dtype=jnp.float32, shardings=None) -> dict:

@@ -89,7 +89,10 @@ def generate(
     params = model.decoding_params(params)  # a copy of the layers, unless the caller passed this form
     cache = model.init_cache(B, T + max_new_tokens, dtype, per_layer=True)
     positions = positions_from_mask(attention_mask, start)
-    logits, cache = model.forward(params, embeds, positions, attention_mask, cache, prefix, adapter)
+    # the prefill unembeds only the last position: the one whose logits pick the first new token
+    # ([B, V], not [B, T, V] float32 logits of which all but the last are thrown away)
+    hidden, cache = model.transformer(params, embeds, positions, attention_mask, cache, prefix, adapter)
+    logits = model.unembed(params, hidden[:, -1:])
 
     def emit(i, last_logits, next_pos, done, out, lengths):
         """Token i of every row (padding for rows that stopped); rows stop at EOS or the position limit."""

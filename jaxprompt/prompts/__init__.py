@@ -24,9 +24,12 @@ def make_method(name: str, **options) -> PromptMethod:
 
 
 def method_spec(method: PromptMethod) -> dict:
-    """A method as plain data (run.json): its name and every field."""
+    """A method as plain data (run.json): its name and every field of its identity (not, e.g., the
+    pool a random init drew from)."""
     spec = {"name": method.name}
     for f in dataclasses.fields(method):
+        if not f.compare:
+            continue
         value = getattr(method, f.name)
         spec[f.name] = method_spec(value) if isinstance(value, PromptMethod) else (
             list(value) if isinstance(value, tuple) else value)

@@ -105,6 +105,9 @@ class EmbeddingInit:
     init_from: str = "vocab_normal"  # vocab_normal | uniform | sampled_vocab | text
     init_scale: float = 0.5  # uniform range
     init_ids: tuple[int, ...] = ()  # token ids of the init text
+    # ordinary word tokens sampled_vocab draws from (init.word_token_ids); not part of the method's
+    # identity (equality, hash, repr): it only decides where training starts
+    sample_pool: tuple[int, ...] = dataclasses.field(default=(), repr=False, compare=False)
 
     def initializer(self, model: Model, frozen: dict) -> inits.Initializer:
         table = model.embedding_table(frozen)
@@ -113,7 +116,7 @@ class EmbeddingInit:
         if self.init_from == "uniform":
             return inits.uniform(self.init_scale)
         if self.init_from == "sampled_vocab":
-            return inits.sampled_vocab(table)
+            return inits.sampled_vocab(table, self.sample_pool)
         if self.init_from == "text":
             return inits.from_token_ids(table, self.init_ids)
         raise ValueError(f"unknown prompt init {self.init_from!r}; use one of {', '.join(inits.INITIALIZERS)}")

@@ -1,7 +1,9 @@
-"""Prompt initialisers: closures over `(key, shape) -> array`, built from the embedding table."""
+"""Prompt initialisers: closures over `(key, shape) -> array`, built from the embedding table, and
+the pool of ordinary word tokens random token inits draw from (`word_token_ids`)."""
 
 from __future__ import annotations
 
+import re
 from typing import Callable, Sequence
 
 import jax
@@ -11,10 +13,17 @@ from jaxtyping import Array, Float
 Initializer = Callable[[jax.Array, tuple[int, ...]], Float[Array, "..."]]
 
 
-def vocab_normal(table: Float[Array, "V E"]) -> Initializer:
-    """Normal with the embedding table's per-dimension mean and std (the default)."""
+@jax.jit
+def _column_stats(table: Float[Array, "V E"]) -> tuple[Float[Array, "E"], Float[Array, "E"]]:
+    """Per-dimension mean and std in float32; jitted, so the casts fuse into the reductions."""
     table = table.astype(jnp.float32)
-    mean, std = table.mean(0), table.std(0)
+    return table.mean(0), table.std(0)
+
+
+def vocab_normal(table: Float[Array, "V E"]) -> Initializer:
+    """Normal with the embedding table's per-dimension mean and std (the default), accumulated in
+    float32 without a float32 copy of the table."""
+    mean, std = _column_stats(table)
 
     def init(key, shape):
         return mean + std * jax.random.normal(key, shape, jnp.float32)
@@ -31,29 +40,60 @@ def uniform(scale: float = 0.5) -> Initializer:
     return init
 
 
-def sampled_vocab(table: Float[Array, "V E"], max_id: int | None = 5000) -> Initializer:
-    """Embeddings of random vocabulary tokens (by default from the first `max_id` ids, GPT-2's most
-    frequent merges), as Lester et al.'s sampled-vocabulary init."""
-    table = table.astype(jnp.float32)
-    n = table.shape[0] if max_id is None else min(max_id, table.shape[0])
+def sample_ids(key: jax.Array, shape: tuple[int, ...], pool: Sequence[int], vocab_size: int,
+               max_id: int = 5000) -> jax.Array:
+    """Random token ids of `shape`: drawn from `pool` (ordinary word tokens, `word_token_ids`), or,
+    without one, from the first `max_id` ids (GPT-2's most frequent merges; on other vocabularies
+    those may be byte or control tokens, so callers that know the tokenizer pass a pool)."""
+    if len(pool):
+        return jnp.asarray(pool, jnp.int32)[jax.random.randint(key, shape, 0, len(pool))]
+    return jax.random.randint(key, shape, 0, min(max_id, vocab_size))
+
+
+def sampled_vocab(table: Float[Array, "V E"], pool: Sequence[int] = ()) -> Initializer:
+    """Embeddings of random vocabulary tokens (from `pool`, see `sample_ids`), as Lester et al.'s
+    sampled-vocabulary init. Only the drawn rows are cast to float32."""
 
     def init(key, shape):
-        ids = jax.random.randint(key, shape[:-1], 0, n)
-        return table[ids]
+        return table[sample_ids(key, shape[:-1], pool, table.shape[0])].astype(jnp.float32)
 
     return init
+
+
+_BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")  # SentencePiece byte fallback (Llama-2, Mistral, Gemma)
+
+
+def word_token_ids(tokenizer, limit: int = 5000) -> tuple[int, ...]:
+    """The first `limit` ids (in id order: BPE and SentencePiece vocabularies put frequent pieces
+    first) that are ordinary words of this vocabulary: at least two letters once decoded, never an
+    added/special/control token, a byte token (`<0x41>`, or byte-level BPE's 256 single bytes) or
+    an unused slot (`<unused7>`, which decodes to non-letters)."""
+    backend = tokenizer.backend
+    added = set(backend.get_added_tokens_decoder())
+    out = []
+    for i in range(backend.get_vocab_size(with_added_tokens=True)):
+        if i in added:
+            continue
+        piece = backend.id_to_token(i)
+        if piece is None or _BYTE_TOKEN.match(piece):
+            continue
+        text = tokenizer.decode([i]).strip()
+        if len(text) >= 2 and text.isalpha():
+            out.append(i)
+            if len(out) == limit:
+                break
+    return tuple(out)
 
 
 def from_token_ids(table: Float[Array, "V E"], ids: Sequence[int]) -> Initializer:
     """Embeddings of given tokens (e.g. the text "antonyms"), repeated or truncated to the prompt length."""
     if not len(ids):
         raise ValueError("initialisation text encodes to no tokens")
-    table = table.astype(jnp.float32)
     ids = jnp.asarray(ids, jnp.int32)
 
     def init(key, shape):
         n = shape[-2]
-        return jnp.broadcast_to(table[jnp.resize(ids, (n,))], shape)
+        return jnp.broadcast_to(table[jnp.resize(ids, (n,))].astype(jnp.float32), shape)
 
     return init
 

@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxprompt.models import Model, positions_from_mask
+from jaxprompt.precision import PROMPT_DTYPE, policy_of
 from jaxprompt.prompts.base import PromptMethod
+from jaxprompt.prompts.init import sample_ids
 
 
 class PrefixMLP(nn.Module):
@@ -33,6 +35,8 @@ class PrefixTuning(PromptMethod):
     top_layers: int | None = None  # only the top k layers get a prefix (LLaMA-Adapter style)
     reparam_hidden: int | None = None  # MLP reparameterisation width; None learns keys/values directly
     init_ids: tuple[int, ...] = ()  # tokens whose keys/values initialise the prefix (else random vocab)
+    # ordinary word tokens random inits draw from (init.word_token_ids); not part of the identity
+    sample_pool: tuple[int, ...] = dataclasses.field(default=(), repr=False, compare=False)
 
     def n_layers(self, model: Model) -> int:
         L = model.config.n_layers
@@ -51,14 +55,15 @@ class PrefixTuning(PromptMethod):
             k_in, k_mlp = jax.random.split(key)
             inputs = 0.02 * jax.random.normal(k_in, (P, c.d_model), jnp.float32)
             return {"inputs": inputs, "mlp": self._mlp(model, n).init(k_mlp, inputs)["params"]}
-        # keys/values the frozen model computes for real tokens: a start inside its own distribution
+        # keys/values the frozen model computes for real tokens: a start inside its own distribution.
+        # Computed in the weights' own dtype (the precision policy: norms and softmax accumulate in
+        # float32 inside the layers), so no float32 copy of the model is ever made; cast after.
         ids = (jnp.resize(jnp.asarray(self.init_ids, jnp.int32), (P,)) if self.init_ids
-               else jax.random.randint(key, (P,), 0, min(5000, c.vocab_size)))
+               else sample_ids(key, (P,), self.sample_pool, c.vocab_size))
         mask = jnp.ones((1, P), bool)
-        cache = model.init_cache(1, P, jnp.float32)
-        frozen32 = jax.tree.map(lambda x: x.astype(jnp.float32), frozen)
-        _, cache = model.transformer(frozen32, model.embed(frozen32, ids[None]), positions_from_mask(mask), mask, cache)
-        kv = jnp.stack([cache.k[:, 0], cache.v[:, 0]], axis=2)  # [L, P, 2, G, K]
+        cache = model.init_cache(1, P, policy_of(frozen).compute_dtype)
+        _, cache = model.transformer(frozen, model.embed(frozen, ids[None]), positions_from_mask(mask), mask, cache)
+        kv = jnp.stack([cache.k[:, 0], cache.v[:, 0]], axis=2).astype(PROMPT_DTYPE)  # [L, P, 2, G, K]
         return {"kv": kv[c.n_layers - n:]}
 
     def prefix(self, prompt, model: Model, frozen, step):

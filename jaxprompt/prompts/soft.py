@@ -54,7 +54,9 @@ class RelaxedPrompt(PromptMethod, EmbeddingInit):
 
     def _mixture(self, prompt, model, frozen, tau) -> Float[Array, "N E"]:
         weights = jax.nn.softmax(prompt["logits"] / tau, axis=-1)
-        return weights @ model.embedding_table(frozen).astype(jnp.float32)
+        table = model.embedding_table(frozen)
+        # in the table's dtype with float32 accumulation (the precision policy), never a float32 table
+        return jnp.einsum("nv,ve->ne", weights.astype(table.dtype), table, preferred_element_type=jnp.float32)
 
     def inference_prompt(self, prompt, model, frozen):
         """The mixture at the final temperature, as a plain soft prompt: what training ends on."""
@@ -67,14 +69,22 @@ class RelaxedPrompt(PromptMethod, EmbeddingInit):
 
 def similarity(vectors: Float[Array, "N E"], table: Float[Array, "V E"], metric: str = "cosine"
                ) -> Float[Array, "N V"]:
-    """Cosine similarity, or negative squared L2 distance: larger is nearer either way."""
-    vectors, table = vectors.astype(jnp.float32), table.astype(jnp.float32)
+    """Cosine similarity, or negative squared L2 distance: larger is nearer either way.
+
+    One [N, E] x [E, V] product in the table's dtype (float32 accumulation) and the table's row
+    norms: the program never copies, normalises or casts the table (at a 128k x 4096 vocabulary a
+    float32 copy would be 2 GB per step). XLA's CPU compiler, which emulates bfloat16 products in
+    float32, may still convert the table; GPU and TPU compilers multiply bfloat16 natively."""
+    vectors = vectors.astype(jnp.float32)
+    if metric not in ("cosine", "l2"):
+        raise ValueError(f"unknown metric {metric!r}; use cosine or l2")
+    row_sq = jnp.einsum("ve,ve->v", table, table, preferred_element_type=jnp.float32)  # [V], no float32 table
     if metric == "cosine":
-        unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-        return unit(vectors) @ unit(table).T
-    if metric == "l2":
-        return -(jnp.sum(vectors**2, -1)[:, None] - 2 * vectors @ table.T + jnp.sum(table**2, -1)[None])
-    raise ValueError(f"unknown metric {metric!r}; use cosine or l2")
+        vectors = vectors / jnp.maximum(jnp.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+    dots = jnp.einsum("ne,ve->nv", vectors.astype(table.dtype), table, preferred_element_type=jnp.float32)
+    if metric == "cosine":
+        return dots / jnp.maximum(jnp.sqrt(row_sq), 1e-12)[None]
+    return -(jnp.sum(vectors**2, -1)[:, None] - 2 * dots + row_sq[None])
 
 
 def nearest_tokens(vectors: Float[Array, "N E"], table: Float[Array, "V E"], metric: str = "cosine") -> Int[Array, "N"]:
@@ -98,9 +108,9 @@ class ProjectedPrompt(PromptMethod, EmbeddingInit):
         return {"embeddings": self.initializer(model, frozen)(key, (n_virtual, model.config.d_embed))}
 
     def virtual_tokens(self, prompt, model, frozen, step) -> Float[Array, "N E"]:
-        table = model.embedding_table(frozen).astype(jnp.float32)
+        table = model.embedding_table(frozen)
         e = prompt["embeddings"]
-        projected = table[nearest_tokens(e, table, self.metric)]
+        projected = table[nearest_tokens(e, table, self.metric)].astype(jnp.float32)  # N rows only
         return e + jax.lax.stop_gradient(projected - e)
 
     def tokens(self, prompt, model: Model, frozen: dict) -> Int[Array, "N"]:
@@ -108,5 +118,5 @@ class ProjectedPrompt(PromptMethod, EmbeddingInit):
 
     def inference_prompt(self, prompt, model, frozen):
         """The tokens' own embeddings: the hard prompt the forward pass already uses."""
-        table = model.embedding_table(frozen).astype(jnp.float32)
-        return SoftPrompt(length=self.length), {"embeddings": table[self.tokens(prompt, model, frozen)]}
+        table = model.embedding_table(frozen)
+        return SoftPrompt(length=self.length), {"embeddings": table[self.tokens(prompt, model, frozen)].astype(jnp.float32)}
