@@ -40,7 +40,7 @@ from jaxprompt.config import (REPO_ROOT, DataConfig, MethodConfig, RunOptions, S
 from jaxprompt.data import Batches, TemplateError, eval_batches
 from jaxprompt.distributed import decided_by_writer, host, initialize, is_writer, run_devices
 from jaxprompt.evaluate import (EvalResult, PopulationResult, evaluate_prompts, format_samples, format_table,
-                                population_results)
+                                population_results, test_loss)
 from jaxprompt.files import DirectoryLock, atomic_write, remove_stale_temporaries
 from jaxprompt.loop import METRICS, fit
 from jaxprompt.loss import prompt_loss
@@ -314,6 +314,18 @@ def train_prompt(config: TrainConfig | None, options: RunOptions = RunOptions(),
             lock.release()
 
 
+def written_validation_losses(session: Session, val_rows: list[list[dict]]) -> dict[str, float]:
+    """Per task with a written prompt, that prompt's loss on the run's validation rows (what the
+    learned prompt's validation curve is compared with), labelled as the results table labels it."""
+    out = {}
+    for i, rows in enumerate(val_rows):
+        single, _ = session.task_session(i, None)
+        if single.task.hard_prompt and rows:
+            name = f"{single.task.name}: " if len(val_rows) > 1 else ""
+            out[f"{name}written"] = test_loss(single, None, rows, hard_prompt=single.task.hard_prompt)
+    return out
+
+
 def differences(config: TrainConfig, stored: TrainConfig) -> list[str]:
     """Settings that differ, as 'flag given vs stored' lines."""
     out = []
@@ -372,6 +384,7 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
         committed = Checkpointer(run_dir).latest_step()
         log(f"continuing from step {committed}, the last committed checkpoint" if committed is not None
             else "no checkpoint was committed: starting from step 0")
+    written = written_validation_losses(session, splits["validation"]) if config.baseline else {}
     shared = session.shared_len(train_enc + val_enc) if config.shared_prefix else 0
     t0 = time.perf_counter()
     train_batches = MemberBatches(train_enc, data.batch_size, session.pad_id, [m.seed for m in members], shared) \
@@ -391,8 +404,10 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
                                   label=f"learned: {config.method.name} P={config.method.prompt_length}")
     results = population_results(per_prompt) if members else per_prompt[0]
     if is_writer():
-        plot_curve(result.history, os.path.join(run_dir, CURVE), title=f"{'+'.join(config.tasks)} / {method.name}")
+        plot_curve(result.history, os.path.join(run_dir, CURVE), title=f"{'+'.join(config.tasks)} / {method.name}",
+                   written=written)
         summary = {"results": [r.summary() for r in results], "samples": {r.label: r.samples for r in results},
+                   "written_val_loss": written,
                    "best_step": result.best_step, "train_seconds": seconds, "steps": steps, "n_train": len(train_rows)}
         if members:
             summary["members"] = [{**dataclasses.asdict(m), "best_step": result.best_step[k],
@@ -458,7 +473,10 @@ def load_prompt(run_dir: str, session: Session, which: str = "best", config: Tra
     return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), state.params)
 
 
-def plot_curve(history: list[dict], path: str, title: str = "") -> None:
+def plot_curve(history: list[dict], path: str, title: str = "", written: dict[str, float] | None = None) -> None:
+    """The training curve: train and validation loss against steps (a population's members thin,
+    their mean bold), and each written prompt's validation loss (`written`: label -> nats) as a
+    horizontal line, so the learned prompt's gain over it can be read off."""
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # after choosing the backend
 
@@ -468,14 +486,17 @@ def plot_curve(history: list[dict], path: str, title: str = "") -> None:
         if not points:
             continue
         steps, values = [s for s, _ in points], np.stack([v for _, v in points])  # [steps, members]
-        line, = ax.plot(steps, values.mean(axis=1), style, label=name + (" (mean of members)" if values.shape[1] > 1
-                                                                        else ""), alpha=0.9)
-        if values.shape[1] > 1:  # a population: every member, thin
-            ax.plot(steps, values, "-", color=line.get_color(), alpha=0.25, linewidth=0.8)
+        several = values.shape[1] > 1
+        line, = ax.plot(steps, values.mean(axis=1), style, label=name + (" (mean of members)" if several else ""),
+                        alpha=0.9, linewidth=2.2 if several else 1.5)
+        if several:  # a population: every member, thin
+            ax.plot(steps, values, "-", color=line.get_color(), alpha=0.3, linewidth=0.7)
+    for (label, loss), style in zip((written or {}).items(), ("--", ":", "-.", (0, (5, 1)))):
+        ax.axhline(loss, color="black", linestyle=style, linewidth=1.2, label=f"{label}: validation {loss:.3f}")
     ax.set_xlabel("step")
     ax.set_ylabel("target-token NLL (nats)")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     try:
