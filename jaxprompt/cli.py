@@ -20,6 +20,7 @@ import sys
 import threading
 import typing
 
+from jaxprompt.compile_cache import compilation_cache
 from jaxprompt.config import (EvalOptions, ExportOptions, GenerateOptions, ImportOptions, InspectOptions, LoadOptions,
                               PlanOptions, RunOptions, Settings, SettingError, SweepOptions, TrainConfig, allowed,
                               build, get, leaves, parse_mesh, parse_text)
@@ -484,7 +485,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_abandoned_reads()
-    with interrupt_guard(args.command):
+    # warm starts: compiled programs kept on disk unless --no-cache (compile_cache.py)
+    with interrupt_guard(args.command), compilation_cache(getattr(args, "cache", True)):
         try:
             return args.fn(args)
         except OSError as e:  # read-only or full disk, a vanished file: the environment, in one line

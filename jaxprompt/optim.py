@@ -12,7 +12,7 @@ import optax
 
 from jaxprompt.config import OptimizerConfig, SettingError
 
-__all__ = ["OptimizerConfig", "make_optimizer", "part_labels"]
+__all__ = ["OptimizerConfig", "learning_rates", "make_optimizer", "part_labels"]
 
 
 def _schedule(c: OptimizerConfig, lr: float, total_steps: int | None) -> optax.Schedule:
@@ -66,3 +66,12 @@ def make_optimizer(c: OptimizerConfig, prompt: dict, total_steps: int | None = N
     if c.clip_norm is not None:
         tx = optax.chain(optax.clip_by_global_norm(c.clip_norm), tx)
     return tx
+
+
+def learning_rates(c: OptimizerConfig, parts, total_steps: int | None = None, lr: float | None = None
+                   ) -> dict[str, optax.Schedule]:
+    """Per prompt part, the rate `make_optimizer(c, ..., total_steps, lr)` applies at each update
+    (0 for a frozen part): what a run logs beside its losses."""
+    rates = dict(c.part_lr)
+    return {part: (lambda _: 0.0) if part in c.frozen_parts
+            else _schedule(c, rates.get(part, c.lr if lr is None else lr), total_steps) for part in parts}

@@ -45,13 +45,14 @@ from jaxprompt.files import DirectoryLock, atomic_write, remove_stale_temporarie
 from jaxprompt.loop import METRICS, fit
 from jaxprompt.loss import prompt_loss
 from jaxprompt.models.convert import load_config, resolve
-from jaxprompt.optim import make_optimizer
+from jaxprompt.optim import learning_rates, make_optimizer
 from jaxprompt.parallel import make_strategy
 from jaxprompt.population import Member, MemberBatches, initial_state, member_optimizer, members_of, stack
 from jaxprompt.population import member as member_prompt  # `member` is load_run's argument
 from jaxprompt.prompts import MultiTask, PromptMethod, make_method, method_from_spec, method_spec
 from jaxprompt.session import Session, load_tokenizer
 from jaxprompt.tasks import BUILTIN, Task, get_task, task_from_dict
+from jaxprompt.tracking import Trackers, result_scalars, written_scalars
 from jaxprompt.train import TrainState
 
 RUN_INFO = "run.json"
@@ -338,6 +339,19 @@ def differences(config: TrainConfig, stored: TrainConfig) -> list[str]:
 
 def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list, tasks: list[Task],
            splits: dict[str, list[list[dict]]], log, members: tuple[Member, ...] = ()) -> RunResult:
+    """`_tracked_train` with the trackers of `--log` (process 0's), closed however the run ends."""
+    trackers = Trackers(options.log, run_dir, options.run_name, options.wandb_project) \
+        if options.log and is_writer() else None
+    try:
+        return _tracked_train(config, options, run_dir, devices, tasks, splits, log, members, trackers)
+    finally:
+        if trackers is not None:
+            trackers.close()
+
+
+def _tracked_train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list, tasks: list[Task],
+                   splits: dict[str, list[list[dict]]], log, members: tuple[Member, ...] = (),
+                   trackers: Trackers | None = None) -> RunResult:
     data = config.data
     train_rows, val_rows = _tagged(splits["train"]), _tagged(splits["validation"])
     if any(not rows for rows in splits["train"]):
@@ -385,6 +399,19 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
         log(f"continuing from step {committed}, the last committed checkpoint" if committed is not None
             else "no checkpoint was committed: starting from step 0")
     written = written_validation_losses(session, splits["validation"]) if config.baseline else {}
+    if trackers is not None:
+        trackers.start(info, Checkpointer(run_dir).latest_step() if options.resume else None)
+
+    def track(entry: dict) -> None:
+        trackers.log(entry)
+        if "val_loss" in entry and written:  # the written prompt's, beside the learned curve
+            trackers.log_scalars(written_scalars(written), entry["step"])
+
+    parts = prompt if prompt is not None else member_prompt(population.params, 0)
+    rates = [learning_rates(config.optimizer, parts, steps, m.lr) for m in members] or \
+        [learning_rates(config.optimizer, parts, steps)]
+    rates_at = lambda s: {part: [float(r[part](s)) for r in rates] if members else float(rates[0][part](s))
+                          for part in rates[0]}
     shared = session.shared_len(train_enc + val_enc) if config.shared_prefix else 0
     t0 = time.perf_counter()
     train_batches = MemberBatches(train_enc, data.batch_size, session.pad_id, [m.seed for m in members], shared) \
@@ -396,6 +423,7 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
         run_dir=run_dir, resume=options.resume, metadata={"run": info}, strategy=strategy,
         eval_loss_fn=prompt_loss(session.model, method, shared, inference=True),
         micro_batches=data.accumulate, seed=config.seed, progress=options.progress, population=population,
+        learning_rates=rates_at, on_record=track if trackers is not None else None,
     )
     seconds = time.perf_counter() - t0
     best = load_prompt(run_dir, session, "best", config, steps, members=len(members) or None)
@@ -414,6 +442,9 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
                                    "results": [r.members[k].summary() for r in results]}
                                   for k, m in enumerate(members)]
         atomic_write(os.path.join(run_dir, RESULTS), json.dumps(summary, indent=2))
+        if trackers is not None:
+            trackers.log_scalars(result_scalars(summary["results"], summary.get("members")),
+                                 max(h["step"] for h in result.history))
     log("\n" + format_table(results))
     log("\n" + format_samples(results[-1]))
     if members:

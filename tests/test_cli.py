@@ -16,19 +16,11 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ANTONYM_PAIRS, snapshot, write_task
+from conftest import ANTONYM_PAIRS, FAST_RUN, snapshot, write_task
 from jaxprompt.cli import build_parser, main
 
-FAST = ["--steps", "4", "--prompt-length", "3", "--batch-size", "8", "--eval-examples", "8", "--eval-every", "2",
-        "--no-progress", "--lr", "0.05"]
+FAST = FAST_RUN  # the settings of conftest's trained_run
 PAIRS = [{"word1": a, "word2": b} for a, b in ANTONYM_PAIRS]
-
-
-@pytest.fixture(scope="module")
-def trained_run(tiny_model_dir, tmp_path_factory):
-    run = str(tmp_path_factory.mktemp("runs") / "antonyms-soft")
-    assert main(["train", "--model", tiny_model_dir, "--out", run, *FAST]) == 0
-    return run
 
 
 def test_train_writes_the_run_directory(trained_run):
