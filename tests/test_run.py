@@ -62,6 +62,10 @@ def test_the_reported_losses_are_what_transformers_computes(run, tiny_model_dir,
     np.testing.assert_allclose(results["written"]["loss"], written, rtol=1e-4)
     np.testing.assert_allclose(results["learned"]["loss"], learned, rtol=1e-4)
     assert abs(written - learned) > 1e-3
+    # the written prompt's validation loss (curve.png's horizontal line) on the run's 8 validation rows
+    rows = BUILTIN["antonyms"].load(seed=0)["validation"][:8]
+    written_val = json.load(open(os.path.join(out, "results.json")))["written_val_loss"]["written"]
+    np.testing.assert_allclose(written_val, mean_nll(lambda r: [f"Here are two antonyms {r['word1']} and"]), rtol=1e-4)
 
 
 def test_an_existing_run_is_never_touched_without_resume_or_overwrite(run):
