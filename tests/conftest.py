@@ -340,3 +340,14 @@ def seeds_run(tiny_model_dir, tmp_path_factory):
 
     directory = built_once(tmp_path_factory, "seeds", build)
     return str(directory / "population"), str(directory / "seed1"), (directory / "printed.txt").read_text()
+
+
+# end-to-end files: whole runs, subprocesses, the embedded model
+SLOW_FILES = {"test_distributed.py", "test_embedded_model.py", "test_sweep.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """`slow`: a test of an end-to-end file, or one that reads a trained run (`-m "not slow"` skips them)."""
+    for item in items:
+        if item.path.name in SLOW_FILES or {"trained_run", "seeds_run"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

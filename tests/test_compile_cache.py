@@ -16,7 +16,6 @@ import pytest
 
 from jaxprompt.compile_cache import cache_root, compilation_cache, compilation_cache_dir
 
-pytestmark = pytest.mark.slow
 
 FAST = ["--steps", "2", "--prompt-length", "2", "--batch-size", "4", "--eval-examples", "4", "--eval-every", "2",
         "--no-progress"]
@@ -51,6 +50,7 @@ def _hits(log: str) -> list[str]:
     return re.findall(r"Persistent compilation cache hit for '([^']+)'", log)
 
 
+@pytest.mark.slow
 def test_a_second_identical_run_reads_every_program_it_needs(tiny_model_dir, tmp_path):
     xdg = tmp_path / "xdg"
     first = _jaxprompt(["train", "--model", tiny_model_dir, "--out", str(tmp_path / "a"), *FAST], xdg, tmp_path)
