@@ -138,3 +138,25 @@ def test_a_missing_tracker_is_one_line_before_anything_runs(monkeypatch, tmp_pat
     with pytest.raises(SettingError, match=r"--log wandb needs wandb: pip install 'jaxprompt\[track\]'"):
         Trackers(("tensorboard", "wandb"), str(tmp_path))
     assert not os.listdir(tmp_path)
+
+
+def test_names_of_a_single_prompts_and_a_populations_values():
+    from jaxprompt.tracking import result_scalars, scalars, written_scalars
+
+    assert scalars({"step": 3, "train_loss": 2.5, "grad_norm": 0.5, "lr": {"embeddings": 0.1, "encoder": 0.0},
+                    "tokens_per_s": 100.0}) == {"train/loss": 2.5, "train/grad_norm": 0.5, "train/lr/embeddings": 0.1,
+                                                "train/lr/encoder": 0.0, "train/tokens_per_s": 100.0}
+    assert scalars({"step": 4, "val_loss": [3.0, 4.0]}) == {"val/loss/member0": 3.0, "val/loss/member1": 4.0,
+                                                            "val/loss/mean": 3.5}
+    assert written_scalars({"written": 4.5}) == {"val/written_loss": 4.5}
+    assert written_scalars({"a: written": 4.5, "b: written": 5.0}) == {"val/written_loss/a": 4.5,
+                                                                       "val/written_loss/b": 5.0}
+    results = [{"label": "a: written: 'x'", "loss": 5.0, "exact_match": 0.1, "bleu": None},
+               {"label": "a: learned: soft P=3", "loss": 4.0, "exact_match": 0.3, "bleu": None}]
+    assert result_scalars(results) == {"test/written/a/loss": 5.0, "test/written/a/exact_match": 0.1,
+                                       "test/learned/a/loss": 4.0, "test/learned/a/exact_match": 0.3}
+    members = [{"results": [{}, {"loss": 3.0, "exact_match": 0.5}]}, {"results": [{}, {"loss": 5.0, "exact_match": 0.1}]}]
+    population = result_scalars([{"label": "written: 'x'", "loss": 5.0}, {"label": "learned: soft P=3", "loss": 4.0}],
+                                members)
+    assert population == {"test/written/loss": 5.0, "test/learned/loss/member0": 3.0,
+                          "test/learned/loss/member1": 5.0, "test/learned/loss/mean": 4.0}
