@@ -65,7 +65,8 @@ def compilation_cache(enabled: bool = True):
     from jax.experimental.compilation_cache import compilation_cache as cc
 
     previous = {name: getattr(jax.config, name) for name in settings}
-    if settings.get("jax_compilation_cache_dir") == previous.get("jax_compilation_cache_dir"):
+    if "jax_compilation_cache_dir" in settings and settings["jax_compilation_cache_dir"] == \
+            previous["jax_compilation_cache_dir"]:
         settings.pop("jax_compilation_cache_dir")  # the same cache: keep JAX's opened one
         previous.pop("jax_compilation_cache_dir")
     for name, value in settings.items():
