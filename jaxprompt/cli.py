@@ -30,6 +30,7 @@ from jaxprompt.commands.plan import PLAN
 from jaxprompt.commands.sweep import SWEEP
 from jaxprompt.commands.tasks import TASKS
 from jaxprompt.commands.train import TRAIN
+from jaxprompt.compile_cache import compilation_cache
 from jaxprompt.settings import Settings, SettingError, allowed, get, leaves, parse_text
 
 PROG = "jaxprompt"
@@ -184,7 +185,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_abandoned_reads()
-    with interrupt_guard(args.command):
+    # warm starts: compiled programs kept on disk unless --no-cache (compile_cache.py)
+    with interrupt_guard(args.command), compilation_cache(getattr(args, "cache", True)):
         try:
             return args.fn(args)
         except OSError as e:  # read-only or full disk, a vanished file: the environment, in one line

@@ -217,8 +217,15 @@ class RunOptions(Settings):
     process_id: int | None = setting(None, "multi-process run: this process's index, 0 to --num-processes - 1",
                                      range=AT_LEAST_0)
     progress: bool = setting(True, "show a progress bar")
-    cache: bool = setting(True, "keep prompt representations on disk ($JAXPROMPT_CACHE, default "
-                                "~/.cache/jaxprompt/prompt-cache) for evaluation")
+    cache: bool = setting(True, "keep prompt representations ($JAXPROMPT_CACHE, default "
+                                "~/.cache/jaxprompt/prompt-cache) and compiled programs (~/.cache/jaxprompt/xla) "
+                                "on disk")
+    log: tuple[str, ...] = setting((), "also log the metrics to these trackers, comma-separated (metrics.jsonl is "
+                                       "always written; needs pip install 'jaxprompt[track]')", shown_default="none",
+                                   choices=("tensorboard", "wandb"))
+    wandb_project: str = setting("jaxprompt", "--log wandb: the Weights & Biases project")
+    run_name: str | None = setting(None, "--log: the run's name in the trackers",
+                                   shown_default="the run directory's name")
 
     def check(self) -> None:
         if self.resume and self.overwrite:

@@ -188,10 +188,20 @@ def evaluate(session: Session, prompt, rows: list[dict], hard_prompt: str | None
         scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
         result.rouge_l = float(np.mean([scorer.score(r, p)["rougeL"].fmeasure for r, p in zip(first_refs, predictions)]))
     fields = [f for f in task.fields if f not in task.template.target_fields]
-    for k, p, hit in list(zip(keys, predictions, hits))[:n_samples]:
+    for k, p, hit in shown_samples(list(zip(keys, predictions, hits)), n_samples):
         result.samples.append({"input": " ".join(str(firsts[k][f]) for f in fields), "actual": " | ".join(references[k]),
                                "predicted": p, "match": bool(hit)})
     return result
+
+
+def shown_samples(scored: list[tuple], n: int, hits_first: int = 3) -> list[tuple]:
+    """`n` of the (key, prediction, hit) rows to show: up to `hits_first` hits, then the misses, then
+    more hits if misses run short, each in the rows' order. A table of only misses (or only hits)
+    hides what the other side looks like."""
+    hits = [s for s in scored if s[2]]
+    misses = [s for s in scored if not s[2]]
+    shown = hits[:hits_first] + misses
+    return (shown + hits[hits_first:])[:n]
 
 
 def evaluate_prompts(session: Session, rows_per_task: list[list[dict]], prompts: list, label: str = "learned",

@@ -79,6 +79,8 @@ def fit(
     seed: int = 0,
     progress: bool = False,
     population: TrainState | None = None,
+    learning_rates: Callable[[int], dict] | None = None,
+    on_record: Callable[[dict], None] | None = None,
 ) -> FitResult:
     """Trains `params` (the prompt) for `config.steps` steps, spread over devices by `strategy`
     (default: data parallel over `devices`, all by default).
@@ -97,6 +99,12 @@ def fit(
     best checkpoint holds each member's prompt of its own best step); a member out of patience
     keeps its best and no longer counts, and the run stops when every member is. History entries
     then hold one value per member.
+
+    Each training entry also holds the rate of every prompt part at its last update
+    (`learning_rates(step)`, part -> rate or a population's rates) and, in metrics.jsonl only, the
+    tokens per second since the previous entry (wall clock: not part of the checkpointed history,
+    which a resumed run reproduces exactly). `on_record(entry)` sees each entry as written
+    (experiment tracking, tracking.py).
 
     A non-finite loss, gradient, updated prompt or validation loss (of a member still counting)
     raises `NonFiniteLossError` naming the step; that step's update was not applied and nothing of
@@ -129,8 +137,10 @@ def fit(
         best, best_step, bad_evals = (unpacked(loop[k]) for k in ("best", "best_step", "bad_evals"))
         if is_population and ckpt.best_step() is not None:
             best_state = jax.tree.map(np.asarray, ckpt.restore(like, "best")[0])
-        if metrics_path:
-            atomic_write(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+        if metrics_path:  # the entries up to the checkpoint, with the speeds they were written with
+            speeds = _speeds(metrics_path)
+            atomic_write(metrics_path, "".join(json.dumps({**r, **speeds.get(r["step"], {})} if "train_loss" in r
+                                                          else r) + "\n" for r in history))
     elif metrics_path:
         atomic_write(metrics_path, "")
 
@@ -142,14 +152,18 @@ def fit(
     pending: list[tuple[int, dict]] = []
     stopped_early = False
     tokens_done, t0 = 0, time.perf_counter()
+    since = {"tokens": 0, "time": t0}  # of the last training entry
     bar = _progress(config.steps, start) if progress else None
     counting = lambda k: config.patience is None or bad_evals[k] < config.patience  # not out of patience
 
-    def record(entry: dict) -> None:
+    def record(entry: dict, speed: dict | None = None) -> None:
         history.append(entry)
+        written = {**entry, **(speed or {})}
         if metrics_path:
             with open(metrics_path, "a") as f:
-                f.write(json.dumps(entry) + "\n")
+                f.write(json.dumps(written) + "\n")
+        if on_record and is_writer():
+            on_record(written)
 
     def save(done: int, improved: list[bool]) -> None:
         nonlocal best_state
@@ -190,7 +204,12 @@ def fit(
             s, m = pending[-1]
             entry = {"step": s + 1, "train_loss": packed(m["loss"].tolist()),
                      "grad_norm": packed(m["grad_norm"].tolist())}
-            record(entry)
+            if learning_rates:
+                entry["lr"] = learning_rates(s)
+            now = time.perf_counter()
+            speed = {"tokens_per_s": (tokens_done - since["tokens"]) / max(now - since["time"], 1e-9)}
+            since.update(tokens=tokens_done, time=now)
+            record(entry, speed)
             if bar:
                 elapsed = time.perf_counter() - t0
                 bar.set_postfix(loss=f"{float(np.mean(m['loss'])):.4f}",
@@ -235,6 +254,20 @@ def fit(
         if bar:
             bar.close()
     return FitResult(strategy.get(state_r), packed(best), packed(best_step), history, stopped_early, best_state)
+
+
+def _speeds(metrics_path: str) -> dict[int, dict]:
+    """step -> the speed a metrics file recorded for it (training entries)."""
+    out = {}
+    try:
+        with open(metrics_path) as f:
+            for line in f:
+                entry = json.loads(line)
+                if "tokens_per_s" in entry:
+                    out[entry["step"]] = {"tokens_per_s": entry["tokens_per_s"]}
+    except (OSError, ValueError):
+        pass  # no speeds to keep: the losses are what resuming must restore
+    return out
 
 
 def _progress(total: int, start: int):

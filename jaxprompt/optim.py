@@ -12,7 +12,7 @@ import optax
 
 from jaxprompt.config import OptimizerConfig, SettingError
 
-__all__ = ["OptimizerConfig", "make_optimizer", "part_labels", "trained_only"]
+__all__ = ["OptimizerConfig", "learning_rates", "make_optimizer", "part_labels", "trained_only"]
 
 
 def _schedule(c: OptimizerConfig, lr: float, total_steps: int | None) -> optax.Schedule:
@@ -92,3 +92,12 @@ def trained_only(c: OptimizerConfig, loss_fn):
         return loss_fn(params, *args, **kwargs)
 
     return loss
+
+
+def learning_rates(c: OptimizerConfig, parts, total_steps: int | None = None, lr: float | None = None
+                   ) -> dict[str, optax.Schedule]:
+    """Per prompt part, the rate `make_optimizer(c, ..., total_steps, lr)` applies at each update
+    (0 for a frozen part): what a run logs beside its losses."""
+    rates = dict(c.part_lr)
+    return {part: (lambda _: 0.0) if part in c.frozen_parts
+            else _schedule(c, rates.get(part, c.lr if lr is None else lr), total_steps) for part in parts}

@@ -25,13 +25,13 @@ from jaxprompt.config import DataConfig, MethodConfig, RunOptions, SettingError,
 from jaxprompt.data import Batches, TemplateError, eval_batches
 from jaxprompt.distributed import decided_by_writer, initialize, is_writer, run_devices
 from jaxprompt.evaluate import (EvalResult, PopulationResult, evaluate_prompts, format_samples, format_table,
-                                population_results)
+                                population_results, heldout_loss)
 from jaxprompt.files import atomic_write
 from jaxprompt.loop import fit
 from jaxprompt.loss import prompt_loss
 from jaxprompt.models.convert import load_config, resolve
 from jaxprompt.models.registry import require_adaption_prompts
-from jaxprompt.optim import make_optimizer, trained_only
+from jaxprompt.optim import learning_rates, make_optimizer, trained_only
 from jaxprompt.parallel import make_strategy
 from jaxprompt.plot import plot_curve
 from jaxprompt.population import Member, MemberBatches, initial_state, member_optimizer, members_of, stack
@@ -43,6 +43,7 @@ from jaxprompt.rundir import (CURVE, RESULTS, RUN_INFO, RunError, check_run_dir,
                               open_run_dir, read_run_info, run_info, task_of_spec, write_run_info)
 from jaxprompt.session import Session, load_tokenizer
 from jaxprompt.tasks import Task, get_task
+from jaxprompt.tracking import Trackers, result_scalars, written_scalars
 from jaxprompt.train import TrainState
 
 # ---- building a run -------------------------------------------------------------------------------
@@ -196,8 +197,33 @@ def train_prompt(config: TrainConfig | None, options: RunOptions = RunOptions(),
             lock.release()
 
 
+def written_validation_losses(session: Session, val_rows: list[list[dict]]) -> dict[str, float]:
+    """Per task with a written prompt, that prompt's loss on the run's validation rows (what the
+    learned prompt's validation curve is compared with), labelled as the results table labels it."""
+    out = {}
+    for i, rows in enumerate(val_rows):
+        single, _ = session.task_session(i, None)
+        if single.task.hard_prompt and rows:
+            name = f"{single.task.name}: " if len(val_rows) > 1 else ""
+            out[f"{name}written"] = heldout_loss(single, None, rows, hard_prompt=single.task.hard_prompt)
+    return out
+
+
 def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list, tasks: list[Task],
            splits: dict[str, list[list[dict]]], log, members: tuple[Member, ...] = ()) -> RunResult:
+    """`_tracked_train` with the trackers of `--log` (process 0's), closed however the run ends."""
+    trackers = Trackers(options.log, run_dir, options.run_name, options.wandb_project) \
+        if options.log and is_writer() else None
+    try:
+        return _tracked_train(config, options, run_dir, devices, tasks, splits, log, members, trackers)
+    finally:
+        if trackers is not None:
+            trackers.close()
+
+
+def _tracked_train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list, tasks: list[Task],
+                   splits: dict[str, list[list[dict]]], log, members: tuple[Member, ...] = (),
+                   trackers: Trackers | None = None) -> RunResult:
     data = config.data
     train_rows, val_rows = _tagged(splits["train"]), _tagged(splits["validation"])
     if any(not rows for rows in splits["train"]):
@@ -244,6 +270,20 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
         committed = Checkpointer(run_dir).latest_step()
         log(f"continuing from step {committed}, the last committed checkpoint" if committed is not None
             else "no checkpoint was committed: starting from step 0")
+    written = written_validation_losses(session, splits["validation"]) if config.baseline else {}
+    if trackers is not None:
+        trackers.start(info, Checkpointer(run_dir).latest_step() if options.resume else None)
+
+    def track(entry: dict) -> None:
+        trackers.log(entry)
+        if "val_loss" in entry and written:  # the written prompt's, beside the learned curve
+            trackers.log_scalars(written_scalars(written), entry["step"])
+
+    parts = prompt if prompt is not None else member_prompt(population.params, 0)
+    rates = [learning_rates(config.optimizer, parts, steps, m.lr) for m in members] or \
+        [learning_rates(config.optimizer, parts, steps)]
+    rates_at = lambda s: {part: [float(r[part](s)) for r in rates] if members else float(rates[0][part](s))
+                          for part in rates[0]}
     shared = session.shared_len(train_enc + val_enc) if config.shared_prefix else 0
     t0 = time.perf_counter()
     train_batches = MemberBatches(train_enc, data.batch_size, session.pad_id, [m.seed for m in members], shared) \
@@ -255,6 +295,7 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
         run_dir=run_dir, resume=options.resume, metadata={"run": info}, strategy=strategy,
         eval_loss_fn=prompt_loss(session.model, method, shared, inference=True),
         micro_batches=data.accumulate, seed=config.seed, progress=options.progress, population=population,
+        learning_rates=rates_at, on_record=track if trackers is not None else None,
     )
     seconds = time.perf_counter() - t0
     best = load_prompt(run_dir, session, "best", config, steps, members=len(members) or None)
@@ -263,14 +304,19 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
                                   label=f"learned: {config.method.name} P={config.method.length}")
     results = population_results(per_prompt) if members else per_prompt[0]
     if is_writer():
-        plot_curve(result.history, os.path.join(run_dir, CURVE), title=f"{'+'.join(config.tasks)} / {method.name}")
+        plot_curve(result.history, os.path.join(run_dir, CURVE), title=f"{'+'.join(config.tasks)} / {method.name}",
+                   written=written)
         summary = {"results": [r.summary() for r in results], "samples": {r.label: r.samples for r in results},
+                   "written_val_loss": written,
                    "best_step": result.best_step, "train_seconds": seconds, "steps": steps, "n_train": len(train_rows)}
         if members:
             summary["members"] = [{**dataclasses.asdict(m), "best_step": result.best_step[k],
                                    "results": [r.members[k].summary() for r in results]}
                                   for k, m in enumerate(members)]
         atomic_write(os.path.join(run_dir, RESULTS), json.dumps(summary, indent=2))
+        if trackers is not None:
+            trackers.log_scalars(result_scalars(summary["results"], summary.get("members")),
+                                 max(h["step"] for h in result.history))
     log("\n" + format_table(results))
     log("\n" + format_samples(results[-1]))
     if members:

@@ -172,6 +172,9 @@ def pytest_configure(config):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Weights & Biases (--log wandb) never reaches the network from a test
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ.setdefault("WANDB_SILENT", "true")
     # the on-disk prompt cache of every Session.load (and CLI subprocess) goes to a temporary
     # directory: tests never write to the user's ~/.cache
     import tempfile
@@ -276,3 +279,76 @@ ANTONYM_PAIRS = [("hot", "cold"), ("good", "bad"), ("big", "small"), ("up", "dow
                  ("in", "out"), ("yes", "no"), ("day", "night"), ("fast", "slow"), ("old", "new"),
                  ("high", "low"), ("early", "late"), ("rich", "poor"), ("hard", "soft"), ("wet", "dry"),
                  ("open", "closed")]
+
+
+# ---- trained tiny runs, each trained once per test session (shared by the xdist workers) ----------
+
+# the settings of the suite's trained runs: a few steps, enough for a curve, a best checkpoint and results
+FAST_RUN = ["--steps", "4", "--prompt-length", "3", "--batch-size", "8", "--eval-examples", "8", "--eval-every", "2",
+            "--no-progress", "--lr", "0.05"]
+
+
+def built_once(tmp_path_factory, name: str, build) -> pathlib.Path:
+    """`build(directory)` once for the whole test session, whichever xdist worker asks first; the
+    others wait for it and reuse the directory (a file lock beside it). Tests only read it."""
+    import fcntl
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    directory = root / "shared-runs" / name
+    directory.parent.mkdir(exist_ok=True)
+    with open(directory.parent / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (directory / ".built").exists():
+            import shutil
+
+            shutil.rmtree(directory, ignore_errors=True)  # a build another worker did not finish
+            directory.mkdir()
+            build(directory)
+            (directory / ".built").touch()
+    return directory
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_model_dir, tmp_path_factory):
+    """`jaxprompt train` of a soft prompt (P=3, 4 steps) on the antonyms task: the run directory."""
+    from jaxprompt.cli import main
+
+    def build(directory):
+        assert main(["train", "--model", tiny_model_dir, "--out", str(directory / "run"), *FAST_RUN]) == 0
+
+    return str(built_once(tmp_path_factory, "antonyms-soft", build) / "run")
+
+
+@pytest.fixture(scope="session")
+def seeds_run(tiny_model_dir, tmp_path_factory):
+    """`jaxprompt train --seeds 2 --log tensorboard,wandb` (W&B offline) and what it printed, and, as
+    the reference, `jaxprompt train --seed 1 --split-seed 0`: (population dir, seed-1 dir, printed)."""
+    import contextlib
+    import io
+
+    from jaxprompt.cli import main
+
+    def build(directory):
+        common = ["train", "--model", tiny_model_dir, *FAST_RUN]
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert main([*common, "--seeds", "2", "--out", str(directory / "population"),
+                         "--log", "tensorboard,wandb", "--run-name", "seeds-run"]) == 0
+        (directory / "printed.txt").write_text(printed.getvalue())
+        assert main([*common, "--seed", "1", "--split-seed", "0", "--no-baseline", "--out", str(directory / "seed1")]) == 0
+
+    directory = built_once(tmp_path_factory, "seeds", build)
+    return str(directory / "population"), str(directory / "seed1"), (directory / "printed.txt").read_text()
+
+
+# end-to-end files: whole runs, subprocesses, the embedded model
+SLOW_FILES = {"test_distributed.py", "test_embedded_model.py", "test_sweep.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """`slow`: a test of an end-to-end file, or one that reads a trained run (`-m "not slow"` skips them)."""
+    for item in items:
+        if item.path.name in SLOW_FILES or {"trained_run", "seeds_run"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

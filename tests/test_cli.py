@@ -3,9 +3,11 @@ Ctrl-C one line (exit 130) that keeps the last checkpoint; --help states every f
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,19 +18,16 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ANTONYM_PAIRS, snapshot, write_task
+from conftest import ANTONYM_PAIRS, FAST_RUN, snapshot, write_task
 from jaxprompt.cli import build_parser, main
+from jaxprompt.config import (EvalOptions, ExportOptions, GenerateOptions, ImportOptions, InspectOptions, LoadOptions,
+                              PlanOptions, RunOptions, SettingError, SweepOptions, TrainConfig)
 
-FAST = ["--steps", "4", "--prompt-length", "3", "--batch-size", "8", "--eval-examples", "8", "--eval-every", "2",
-        "--no-progress", "--lr", "0.05"]
+_SETTINGS = (TrainConfig, RunOptions, LoadOptions, EvalOptions, GenerateOptions, InspectOptions, ExportOptions,
+             ImportOptions, SweepOptions, PlanOptions)
+
+FAST = FAST_RUN  # the settings of conftest's trained_run
 PAIRS = [{"word1": a, "word2": b} for a, b in ANTONYM_PAIRS]
-
-
-@pytest.fixture(scope="module")
-def trained_run(tiny_model_dir, tmp_path_factory):
-    run = str(tmp_path_factory.mktemp("runs") / "antonyms-soft")
-    assert main(["train", "--model", tiny_model_dir, "--out", run, *FAST]) == 0
-    return run
 
 
 def test_train_writes_the_run_directory(trained_run):
@@ -92,14 +91,84 @@ def test_module_entry_point():
     assert proc.returncode == 0 and "antonyms" in proc.stdout
 
 
-def test_every_flag_states_its_default_and_allowed_values():
+# the settings each command is built from (cli.build_parser)
+COMMAND_SETTINGS = {"train": (TrainConfig, RunOptions), "eval": (LoadOptions, EvalOptions),
+                    "generate": (LoadOptions, GenerateOptions), "inspect": (LoadOptions, InspectOptions),
+                    "export": (LoadOptions, ExportOptions), "import": (ImportOptions,),
+                    "sweep": (TrainConfig, RunOptions, SweepOptions), "plan": (TrainConfig, PlanOptions), "tasks": ()}
+POSITIONALS = {"eval": ["RUN"], "generate": ["RUN"], "inspect": ["RUN"], "export": ["RUN", "OUT"],
+               "import": ["ADAPTER", "OUT"]}
+
+
+def _settings_of(sub, argv) -> dict:
+    """Every settings object a command builds from `argv` (what it would run with)."""
+    from jaxprompt.cli import settings
+
+    args = sub.parse_args(argv)
+    return {cls.__name__: settings(args, cls) for cls in COMMAND_SETTINGS[sub.prog.split()[-1]]}
+
+
+def _refusal(sub, argv) -> str | None:
+    """Why the command refuses `argv` before running (its one line), or None."""
+    try:
+        _settings_of(sub, argv)
+    except SystemExit as e:
+        assert e.code == 2
+        return "usage"
+    except SettingError as e:
+        return str(e)
+    return None
+
+
+def _refused(sub, argv) -> bool:
+    return _refusal(sub, argv) is not None
+
+
+def test_every_flag_states_a_true_default_and_its_allowed_values(capsys):
+    """What each flag's help says holds: giving the stated default changes nothing the command would
+    run with; every listed choice is accepted and another refused; an integer bound is accepted and
+    the next integer beyond it refused; a switch has its --no- form."""
+    from jaxprompt.config import leaves
+
+    described = {"--" + flat.replace("_", "-") for cls in _SETTINGS for _, flat, f, *_ in leaves(cls)
+                 if f.metadata.get("shown_default")}  # a default stated in words, e.g. "the task's"
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
+    checked = {"defaults": 0, "choices": 0, "bounds": 0}
     for name, sub in commands.items():
+        base = POSITIONALS.get(name, [])
+        plain = _settings_of(sub, base)
         for action in sub._actions:
             if action.dest in ("help", "fn") or not action.option_strings:
                 continue
-            assert action.help and "(default: " in action.help and "; " in action.help, (name, action.option_strings)
+            flag, text = action.option_strings[0], action.help.replace("%%", "%")
+            where = text.rfind("(default: ")
+            assert where > 0 and text.endswith(")"), (name, flag)
+            default, _, allowed = text[where + len("(default: "):-1].partition("; ")
+            if isinstance(action, argparse.BooleanOptionalAction):
+                assert default in ("true", "false") and f"--no-{flag[2:]}" in action.option_strings, (name, flag)
+                given = flag if default == "true" else f"--no-{flag[2:]}"
+                assert _settings_of(sub, [*base, given]) == plain, (name, flag)
+                checked["defaults"] += 1
+            elif flag not in described and not isinstance(action, argparse._AppendAction) \
+                    and not (default == "none" and not allowed.endswith("(or none)")):  # an empty list
+                assert _settings_of(sub, [*base, flag, default]) == plain, (name, flag, default)
+                checked["defaults"] += 1
+            allowed = allowed.removesuffix(" (or none)")
+            if allowed.startswith("one of "):
+                for choice in allowed.removeprefix("one of ").split(", "):
+                    assert not _refused(sub, [*base, flag, choice]), (name, flag, choice)
+                assert _refused(sub, [*base, flag, "nonesuch"]), (name, flag)
+                checked["choices"] += 1
+            bound = re.fullmatch(r"(?:an integer|integers,) (?:each )?>= (\d+)", allowed)
+            if bound:
+                low = int(bound.group(1))  # (a rule between settings may refuse the value alone: not the range)
+                assert ">=" not in (_refusal(sub, [*base, flag, str(low)]) or ""), (name, flag)
+                assert f"{low - 1}: must be {allowed}" in (_refusal(sub, [*base, flag, str(low - 1)]) or ""), \
+                    (name, flag)
+                checked["bounds"] += 1
+    capsys.readouterr()
+    assert checked["defaults"] > 60 and checked["choices"] > 8 and checked["bounds"] > 10, checked
 
 
 def test_multi_task_training_with_per_part_learning_rates_from_the_cli(tiny_model_dir, tmp_path, capsys):

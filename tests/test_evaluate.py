@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ANTONYM_PAIRS
 from jaxprompt.data import Template, TemplateError
-from jaxprompt.evaluate import evaluate, generate_texts, heldout_loss
+from jaxprompt.evaluate import evaluate, generate_texts, heldout_loss, shown_samples
 from jaxprompt.prompts import MultiTask, make_method
 from jaxprompt.session import Session
 from jaxprompt.tasks import BUILTIN, Task
@@ -101,3 +101,14 @@ def test_text_metrics_against_transformers_generations(tiny_model_dir, gpt2_toke
     assert result.bleu == pytest.approx(sacrebleu.corpus_bleu(answers, [shifted]).score)
     assert result.rouge_l == pytest.approx(np.mean([scorer.score(r, p)["rougeL"].fmeasure
                                                     for r, p in zip(shifted, answers)]))
+
+
+def test_the_sample_table_shows_a_few_hits_before_the_misses():
+    scored = [(f"k{i}", f"p{i}", hit) for i, hit in enumerate([False, False, True, False, True, True, True, False])]
+    shown = shown_samples(scored, 6)
+    assert [k for k, _, _ in shown] == ["k2", "k4", "k5", "k0", "k1", "k3"]  # 3 hits, then misses in order
+    assert [k for k, _, _ in shown_samples(scored, 10)] == ["k2", "k4", "k5", "k0", "k1", "k3", "k7", "k6"]
+    only_hits = [(k, p, True) for k, p, _ in scored]
+    assert shown_samples(only_hits, 4) == only_hits[:4]
+    only_misses = [(k, p, False) for k, p, _ in scored]
+    assert shown_samples(only_misses, 4) == only_misses[:4]

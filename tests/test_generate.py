@@ -58,6 +58,49 @@ def test_sampling_filters(tiny_hf):
     assert not np.array_equal(a, c)
 
 
+def _filtered_softmax(logits: np.ndarray, sampling: Sampling) -> np.ndarray:
+    """The distribution a sampler must draw from, as transformers' warpers define it: logits / T,
+    the k most likely tokens, the smallest set of most likely tokens whose mass reaches top_p."""
+    z = logits.astype(np.float64) / sampling.temperature
+    if sampling.top_k:
+        z = np.where(z < np.sort(z)[-sampling.top_k], -np.inf, z)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    if sampling.top_p < 1.0:
+        order = np.argsort(-p)
+        before = np.cumsum(p[order]) - p[order]  # mass of the more likely tokens
+        keep = np.zeros_like(p, bool)
+        keep[order[before < sampling.top_p]] = True
+        p = np.where(keep, p, 0.0)
+        p /= p.sum()
+    return p
+
+
+@pytest.mark.parametrize("sampling", [Sampling(1.5), Sampling(0.7, top_k=6), Sampling(1.0, top_p=0.5),
+                                      Sampling(1.2, top_k=20, top_p=0.8)], ids=str)
+def test_sampled_frequencies_follow_the_filtered_softmax(tiny_hf, sampling):
+    """N independent draws of the first token (one per batch row) against the distribution computed
+    here from transformers' logits: every token's count within 5 standard deviations of N p, and
+    no token outside the kept set ever drawn."""
+    hf, directory = tiny_hf("opt")
+    config, params = load_pretrained(directory)
+    model = Model(config)
+    prompt = [5, 6, 7]
+    with torch.no_grad():
+        logits = hf(torch.tensor([prompt])).logits[0, -1].double().numpy()
+    expected = _filtered_softmax(logits, sampling)
+    assert 0.02 < expected.max() < 0.9 and (expected > 0).sum() > 2  # a spread worth testing
+    N = 4000
+    ids, mask = left_pad([prompt] * N, pad_id=1)
+    tokens, _ = generate(model, params, model.embed(params, ids), mask, max_new_tokens=1, sampling=sampling,
+                         rng=jax.random.key(11))
+    counts = np.bincount(np.asarray(tokens)[:, 0], minlength=len(expected))[:len(expected)]
+    assert counts.sum() == N
+    assert counts[expected == 0].sum() == 0
+    sd = np.sqrt(N * expected * (1 - expected))
+    assert np.all(np.abs(counts - N * expected) <= 5 * sd + 1), np.abs(counts - N * expected).max()
+
+
 @pytest.mark.parametrize("model_type", ["gpt2", "opt"])
 def test_rows_stop_at_the_position_limit(model_type):
     """A 12-position model never reads a 13th position: a row of n tokens gets 12 - n + 1 new ones

@@ -80,9 +80,30 @@ def test_relaxed_prompt_anneals_towards_its_tokens(tiny_lm):
     np.testing.assert_allclose(cold, table[jnp.array([11, 22, 33])], atol=1e-3)
 
 
-def test_embedding_space_plot(tiny_lm, tmp_path):
+def test_embedding_space_plot(tiny_lm, tmp_path, monkeypatch):
+    """The points drawn are the vocabulary and the prompt vectors projected on the vocabulary's two
+    principal axes, computed here from the covariance's eigenvectors (up to each axis's sign); the
+    PNG reads back at the figure's size."""
+    import matplotlib.image
+    import matplotlib.pyplot as plt
+
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
     model, frozen = tiny_lm
+    table = np.asarray(model.embedding_table(frozen), np.float64)
+    vectors = np.asarray(jax.random.normal(jax.random.key(0), (5, 32)), np.float64)
     path = str(tmp_path / "space.png")
-    plot_embedding_space(jax.random.normal(jax.random.key(0), (5, 32)), model.embedding_table(frozen), path)
-    with open(path, "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    plot_embedding_space(vectors, table, path, sample=len(table))  # the whole vocabulary: no sampling
+    (fig,) = figures
+    vocab_points, prompt_points = (c.get_offsets() for c in fig.axes[0].collections)
+    mean = table.mean(0)
+    _, eigenvectors = np.linalg.eigh(np.cov(table - mean, rowvar=False))
+    axes = eigenvectors[:, ::-1][:, :2]  # the two largest
+    expected = (vectors - mean) @ axes
+    signs = np.sign(np.sum(prompt_points * expected, axis=0))
+    np.testing.assert_allclose(prompt_points, expected * signs, rtol=1e-3, atol=1e-3)
+    assert len(vocab_points) == len(table)
+    np.testing.assert_allclose(np.var(vocab_points, axis=0), np.var((table - mean) @ axes, axis=0), rtol=1e-3)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["0", "1", "2", "3", "4"]
+    assert matplotlib.image.imread(path).shape[:2] == (500, 600)  # 6 x 5 inches at 100 dpi

@@ -173,10 +173,18 @@ def test_inference_forms_do_not_depend_on_the_step(tiny_lm):
     np.testing.assert_array_equal(pez.inference_prompt(prompt, model, frozen)[1]["embeddings"],
                                   np.asarray(model.embedding_table(frozen))[cos.argmax(-1)])
 
+    # p-tuning bakes its encoder: Liu et al.'s MLP (two ReLU layers, then a linear map), here in float64
     ptuning = make_method("ptuning", length=3, hidden=8)
     prompt = ptuning.init(key, model, frozen, 3)
-    np.testing.assert_array_equal(ptuning.inference_prompt(prompt, model, frozen)[1]["embeddings"],
-                                  ptuning.virtual_tokens(prompt, model, frozen, 7))
+    layers = [{k: np.asarray(v, np.float64) for k, v in prompt["encoder"][f"Dense_{i}"].items()} for i in range(3)]
+    x = np.asarray(prompt["inputs"], np.float64)
+    for i, layer in enumerate(layers):
+        x = x @ layer["kernel"] + layer["bias"]
+        x = np.maximum(x, 0.0) if i < 2 else x
+    baked_method, baked = ptuning.inference_prompt(prompt, model, frozen)
+    assert isinstance(baked_method, SoftPrompt) and baked_method.length == 3
+    assert np.abs(x).max() > 0.01  # an encoder output that is not trivially zero
+    np.testing.assert_allclose(baked["embeddings"], x, rtol=1e-5, atol=1e-6)
 
     prefix = make_method("prefix", length=3, reparam_hidden=8)
     prompt = prefix.init(key, model, frozen)

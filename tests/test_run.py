@@ -62,6 +62,10 @@ def test_the_reported_losses_are_what_transformers_computes(run, tiny_model_dir,
     np.testing.assert_allclose(results["written"]["loss"], written, rtol=1e-4)
     np.testing.assert_allclose(results["learned"]["loss"], learned, rtol=1e-4)
     assert abs(written - learned) > 1e-3
+    # the written prompt's validation loss (curve.png's horizontal line) on the run's 8 validation rows
+    rows = BUILTIN["antonyms"].load(seed=0)["validation"][:8]
+    written_val = json.load(open(os.path.join(out, "results.json")))["written_val_loss"]["written"]
+    np.testing.assert_allclose(written_val, mean_nll(lambda r: [f"Here are two antonyms {r['word1']} and"]), rtol=1e-4)
 
 
 def test_an_existing_run_is_never_touched_without_resume_or_overwrite(run):
@@ -196,3 +200,30 @@ def test_load_run_learns_the_prompt_shapes_without_running_an_init(run, monkeypa
     _, prompt, _ = load_run(out, cache=False)
     assert calls and all(calls)
     assert prompt["embeddings"].shape == (3, 32)
+
+
+def test_the_curve_draws_the_written_prompt_beside_every_member(tmp_path, monkeypatch):
+    """curve.png of a 2-member population: each member's validation losses thin, their mean bold,
+    the written prompt's validation loss a horizontal line; the PNG reads back."""
+    import matplotlib.image
+    import matplotlib.pyplot as plt
+
+    from jaxprompt.plot import plot_curve
+
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    history = [{"step": 0, "val_loss": [5.0, 5.2]}, {"step": 2, "train_loss": [4.0, 4.4], "grad_norm": [1.0, 1.0]},
+               {"step": 2, "val_loss": [4.5, 4.1]}, {"step": 4, "train_loss": [3.0, 3.6], "grad_norm": [1.0, 1.0]},
+               {"step": 4, "val_loss": [4.0, 3.8]}]
+    path = str(tmp_path / "curve.png")
+    plot_curve(history, path, written={"written": 4.6})
+    (fig,) = figures
+    lines = {tuple(np.round(line.get_ydata(), 6)): line for line in fig.axes[0].get_lines()}
+    val_mean, member0, member1 = lines[(5.1, 4.3, 3.9)], lines[(5.0, 4.5, 4.0)], lines[(5.2, 4.1, 3.8)]
+    assert val_mean.get_linewidth() > 2 * member0.get_linewidth() == 2 * member1.get_linewidth()
+    assert list(val_mean.get_xdata()) == [0, 2, 4]
+    assert (4.2, 3.3) in lines  # the training mean
+    written = lines[(4.6, 4.6)]
+    assert list(written.get_xdata()) == [0, 1] and "written" in written.get_label()  # axes-wide
+    assert matplotlib.image.imread(path).shape[:2] == (400, 600)

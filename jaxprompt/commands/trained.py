@@ -21,7 +21,8 @@ class LoadOptions(Settings):
                                  shown_default="every member for eval; generate, inspect and export need one",
                                  range=AT_LEAST_0)
     model: str | None = setting(None, "load the frozen model from here instead of the run's")
-    cache: bool = setting(True, "keep prompt representations on disk ($JAXPROMPT_CACHE)")
+    cache: bool = setting(True, "keep prompt representations ($JAXPROMPT_CACHE) and compiled programs "
+                                "(~/.cache/jaxprompt/xla) on disk")
 
 
 def load(args, every_member: bool = False):

@@ -31,10 +31,10 @@ HF_DEFAULTS = {
 }
 
 
-def _pythia(hidden: int, layers: int, heads: int) -> dict[str, Any]:
+def _pythia(hidden: int, layers: int, heads: int, vocab: int = 50304) -> dict[str, Any]:
     return {"model_type": "gpt_neox", "hidden_size": hidden, "intermediate_size": 4 * hidden,
             "num_hidden_layers": layers, "num_attention_heads": heads, "max_position_embeddings": 2048,
-            "rotary_pct": 0.25, "rotary_emb_base": 10000, "use_parallel_residual": True, "vocab_size": 50304,
+            "rotary_pct": 0.25, "rotary_emb_base": 10000, "use_parallel_residual": True, "vocab_size": vocab,
             "layer_norm_eps": 1e-5, "hidden_act": "gelu", "bos_token_id": 0, "eos_token_id": 0,
             "tie_word_embeddings": False}
 
@@ -44,7 +44,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "EleutherAI/pythia-160m": _pythia(768, 12, 12),
     "EleutherAI/pythia-410m": _pythia(1024, 24, 16),
     "EleutherAI/pythia-1.4b": _pythia(2048, 24, 16),
-    "EleutherAI/pythia-6.9b": _pythia(4096, 32, 32),
+    "EleutherAI/pythia-6.9b": _pythia(4096, 32, 32, vocab=50432),  # its embedding is padded further
 }
 
 
