@@ -31,10 +31,11 @@ from jaxprompt.config import AT_LEAST_0, AT_LEAST_1, Settings, setting
 class ServeOptions(Settings):
     adapter: tuple[str, ...] = setting((), "a PEFT prompt-learning adapter to serve, as PATH or NAME=PATH "
                                            "(repeatable)", repeat=True)
-    model: str | None = setting(None, "the frozen model (default: the runs' own; every prompt must belong to it)")
+    model: str | None = setting(None, "the frozen model; every prompt must belong to it",
+                                 shown_default="the first run's")
     host: str = setting("127.0.0.1", "address to bind (127.0.0.1: this machine only)")
     port: int = setting(8000, "port to bind", range=AT_LEAST_0)
-    api_key: str | None = setting(None, "require 'Authorization: Bearer KEY' on /v1 (default: no key)")
+    api_key: str | None = setting(None, "require 'Authorization: Bearer KEY' on /v1", shown_default="no key")
     max_queue: int = setting(64, "requests waiting at most (more: 429)", range=AT_LEAST_1)
     max_batch: int = setting(32, "rows decoded together at most", range=AT_LEAST_1)
     batch_wait_ms: float = setting(5.0, "how long the first request of a batch waits for others (ms)",
@@ -75,12 +76,14 @@ def load_engine(runs: list[str], adapters: list[str], options: ServeOptions):
     from jaxprompt.session import Session
     from jaxprompt.tasks import BUILTIN
 
+    from jaxprompt.config import DEFAULT_MODEL
+
     specs = [named(r) for r in runs]
-    model_id = options.model or (read_run_info(specs[0][1])["model_dir"] if specs else None)
-    if model_id is None:
-        from jaxprompt.config import DEFAULT_MODEL
-        model_id = DEFAULT_MODEL
-    base = Session.load(model_id, BUILTIN["antonyms"], make_method("soft"))
+    first = read_run_info(specs[0][1]) if specs else None
+    model_id = options.model or (first["model_dir"] if first else DEFAULT_MODEL)
+    # the weights in the first run's dtype, as `jaxprompt generate` of that run loads them
+    base = Session.load(model_id, BUILTIN["antonyms"], make_method("soft"),
+                        dtype=first["config"].dtype if first else "float32")
     engine = Engine.of_session(base, max_batch=options.max_batch)
     engine.model_dir = os.path.realpath(resolve(model_id))
     engine.add(model_id, None)  # the bare model: raw text

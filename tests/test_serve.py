@@ -207,4 +207,5 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(server, client):
         proc.send_signal(signal.SIGTERM)
         texts = [f.result(timeout=120).choices[0].text for f in pending]
     assert len(texts) == 4
-    assert proc.wait(timeout=120) == 0
+    # uvicorn re-raises the signal it caught once it has shut down: the exit is SIGTERM's (or 0)
+    assert proc.wait(timeout=120) in (0, -signal.SIGTERM)
