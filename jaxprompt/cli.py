@@ -27,6 +27,7 @@ from jaxprompt.commands.export import EXPORT, IMPORT
 from jaxprompt.commands.generate import GENERATE
 from jaxprompt.commands.inspect import INSPECT
 from jaxprompt.commands.plan import PLAN
+from jaxprompt.commands.serve import SERVE
 from jaxprompt.commands.sweep import SWEEP
 from jaxprompt.commands.tasks import TASKS
 from jaxprompt.commands.train import TRAIN
@@ -36,7 +37,7 @@ from jaxprompt.settings import Settings, SettingError, allowed, get, leaves, par
 PROG = "jaxprompt"
 
 # `jaxprompt --help` lists them in this order; a new command is a module of commands/ and a line here
-COMMANDS: tuple[Command, ...] = (TRAIN, EVAL, GENERATE, INSPECT, EXPORT, IMPORT, TASKS, SWEEP, PLAN)
+COMMANDS: tuple[Command, ...] = (TRAIN, EVAL, GENERATE, INSPECT, EXPORT, IMPORT, TASKS, SWEEP, PLAN, SERVE)
 
 __all__ = ["CLIError", "COMMANDS", "build_parser", "main"]
 
@@ -134,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     for command in COMMANDS:
         q = sub.add_parser(command.name, help=command.help)
-        for name, help in command.arguments:
-            q.add_argument(name, help=help)
+        for name, help, *nargs in command.arguments:
+            q.add_argument(name, help=help, **({"nargs": nargs[0], "metavar": name.upper()[:-1]} if nargs else {}))
         for options in command.options:
             cls, only = options if isinstance(options, tuple) else (options, None)
             add_settings(q, cls, only)
@@ -149,6 +150,7 @@ def _errors() -> tuple[type[BaseException], ...]:
     from jaxprompt.distributed import DistributedError
     from jaxprompt.export import ExportError
     from jaxprompt.files import LockedError
+    from jaxprompt.inference import RequestError
     from jaxprompt.loop import NonFiniteLossError
     from jaxprompt.models.config import ConfigError
     from jaxprompt.models.convert import CheckpointError
@@ -156,7 +158,7 @@ def _errors() -> tuple[type[BaseException], ...]:
     from jaxprompt.tokenizer import TokenizerError
 
     return (CLIError, SettingError, TemplateError, ConfigError, CheckpointError, TokenizerError,
-            NonFiniteLossError, RunError, ExportError, LockedError, DistributedError)
+            NonFiniteLossError, RunError, ExportError, LockedError, DistributedError, RequestError)
 
 
 def _quiet_abandoned_reads() -> None:

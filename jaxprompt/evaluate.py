@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprompt.data import Encoded, collate, common_prefix_length, eval_batches
+from jaxprompt.data import Encoded, common_prefix_length, eval_batches
+from jaxprompt.inference import Engine, Options, Request
 from jaxprompt.loss import target_nll
-from jaxprompt.models.generate import Sampling, generate
-from jaxprompt.prompts.apply import prompt_inputs, prompted_hidden
+from jaxprompt.prompts.apply import prompted_hidden
 from jaxprompt.session import Session
 
 
@@ -110,40 +110,16 @@ def heldout_loss(session: Session, prompt, rows: list[dict], hard_prompt: str | 
     return total / max(count, 1.0)
 
 
-@partial(jax.jit, static_argnames=("model", "method", "max_new_tokens", "eos_token_id"))
-def _generate_batch(model, method, frozen, prompt, batch, max_new_tokens, eos_token_id, head):
-    inputs = prompt_inputs(model, frozen, method, prompt, batch)
-    # the shared head already holds any prefix-tuning keys/values
-    return generate(model, frozen, inputs.embeds, batch["mask"], max_new_tokens=max_new_tokens, sampling=Sampling(),
-                    eos_token_id=eos_token_id, prefix=inputs.prefix if head is None else head,
-                    adapter=inputs.adapter)[0]
-
-
 def generate_texts(session: Session, prompt, rows: list[dict], hard_prompt: str | None = None,
                    batch_size: int = 32, max_new_tokens: int | None = None, share: bool = True) -> list[str]:
-    """Greedy continuations of each row's input (the template without its target).
-
-    The head every input shares is computed once and attended by every batch; each row's own
-    tokens are left-padded after it.
-    """
+    """Greedy continuations of each row's input (the template without its target), by the inference
+    engine: the head every input shares is computed once (prompt cache) and attended by every row."""
     n_new = session.task.max_new_tokens if max_new_tokens is None else max_new_tokens
-    encoded = session.encode(rows, hard_prompt=hard_prompt, with_target=False, new_tokens=n_new)
-    method, prompt = inference_form(session, prompt, hard_prompt)
-    S, head = _shared(session, encoded, method, prompt, share)
-    rest = [Encoded(e.tokens[S:], e.slots[S:], 0, e.task_id) for e in encoded]
-    out: list[str] = []
-    for start in range(0, len(rest), batch_size):
-        chunk = rest[start:start + batch_size]
-        batch = collate(chunk, session.pad_id, padding="left", batch_size=batch_size)
-        tokens = np.asarray(_generate_batch(session.model, method, session.frozen, prompt,
-                                            {k: jnp.asarray(v) for k, v in batch.items()}, n_new,
-                                            session.tokenizer.eos_token_id, head))
-        for row in tokens[:len(chunk)]:
-            ids = list(row)
-            if session.tokenizer.eos_token_id in ids:
-                ids = ids[:ids.index(session.tokenizer.eos_token_id)]
-            out.append(session.tokenizer.decode(ids))
-    return out
+    engine = Engine.of_session(session, max_batch=batch_size)
+    engine.share_heads = share
+    engine.add("evaluated", session, prompt if hard_prompt is None else None, hard_prompt=hard_prompt)
+    requests = [Request("evaluated", row=r, options=Options(max_tokens=n_new)) for r in rows]
+    return [c.text for c in engine.complete(requests)]
 
 
 def answer_of(text: str, answer: str) -> str:

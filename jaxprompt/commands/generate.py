@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 
 from jaxprompt.commands.base import CLIError, Command, settings
@@ -26,42 +25,8 @@ class GenerateOptions(Settings):
     task: str | None = setting(None, "multi-task runs: the task whose prompt to use")
 
 
-def _parse_inputs(session, texts: tuple[str, ...] | list[str]) -> list[dict]:
-    """`word1=hot`, a JSON object, or a bare value for the task's single input field."""
-    inputs = [f for f in session.task.fields if f not in session.task.template.target_fields]
-    rows = []
-    for text in texts:
-        text = text.strip()
-        if not text:
-            continue
-        if text.startswith("{"):
-            try:
-                row = json.loads(text)
-            except ValueError:
-                raise CLIError(f"input {text!r} is not a JSON object") from None
-            if not isinstance(row, dict):
-                raise CLIError(f"input {text!r} is not a JSON object")
-        elif "=" in text and text.split("=", 1)[0] in inputs:
-            row = dict(part.split("=", 1) for part in text.split(";") if "=" in part)
-        elif len(inputs) == 1:
-            row = {inputs[0]: text}
-        else:
-            raise CLIError(f"give the fields {', '.join(inputs)} as 'field=value;field=value' or JSON")
-        missing = [f for f in inputs if f not in row]
-        if missing:
-            raise CLIError(f"input {text!r} lacks field {missing[0]!r}")
-        rows.append({**{f: "" for f in session.task.template.target_fields}, **row})
-    return rows
-
-
 def cmd_generate(args) -> int:
-    import jax
-    import numpy as np
-
-    from jaxprompt.data import collate
-    from jaxprompt.evaluate import inference_form
-    from jaxprompt.models.generate import Sampling, generate
-    from jaxprompt.prompts.apply import prompt_inputs
+    from jaxprompt.inference import Engine, Options, Request, parse_input
 
     opts = settings(args, GenerateOptions)
     session, prompt, _ = _load(args)
@@ -69,23 +34,18 @@ def cmd_generate(args) -> int:
         raise CLIError(f"this run has several tasks ({', '.join(t.name for t in session.all_tasks)}): "
                        "choose one with --task")
     session, prompt = _task_sessions(session, prompt, opts.task)[0]
-    texts = opts.text if opts.text else sys.stdin.read().splitlines()
-    rows = _parse_inputs(session, texts)
+    texts = [t for t in (opts.text if opts.text else sys.stdin.read().splitlines()) if t.strip()]
+    rows = [parse_input(session.task, text) for text in texts]
     if not rows:
         raise CLIError("no input: pass --text or lines on stdin")
     n_new = opts.max_new_tokens if opts.max_new_tokens is not None else session.task.max_new_tokens
-    encoded = session.encode(rows, with_target=False, new_tokens=n_new)
-    method, serving = inference_form(session, prompt)
-    batch = collate(encoded, session.pad_id, padding="left")
-    inputs = prompt_inputs(session.model, session.frozen, method, serving, batch)
-    tokens, _ = generate(session.model, session.frozen, inputs.embeds, batch["mask"], max_new_tokens=n_new,
-                         sampling=Sampling(opts.temperature, opts.top_k, opts.top_p), rng=jax.random.key(opts.seed),
-                         eos_token_id=session.tokenizer.eos_token_id, prefix=inputs.prefix, adapter=inputs.adapter)
-    for row, out in zip(rows, np.asarray(tokens)):
-        ids = list(out)
-        if session.tokenizer.eos_token_id in ids:
-            ids = ids[: ids.index(session.tokenizer.eos_token_id)]
-        print(f"{session.task.template.render_hard(row, '[prompt]')}{session.tokenizer.decode(ids)}")
+    options = Options(max_tokens=n_new, temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k,
+                      seed=opts.seed)
+    engine = Engine.of_session(session)
+    engine.add("run", session, prompt)
+    completions = engine.complete([Request("run", row=row, options=options, key=j) for j, row in enumerate(rows)])
+    for row, completion in zip(rows, completions):
+        print(f"{session.task.template.render_hard(row, '[prompt]')}{completion.text}")
     return 0
 
 

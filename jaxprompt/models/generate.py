@@ -11,6 +11,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxprompt.models.config import ConfigError
@@ -56,6 +57,39 @@ def sample_token(logits: Float[Array, "B V"], rng: jax.Array, sampling: Sampling
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
+@struct.dataclass
+class RowSampling:
+    """Sampling settings per row, for a batch mixing requests: a row's tokens depend on its own
+    key and settings only, never on what shares its batch. Temperature 0 is greedy; top_k 0 and
+    top_p 1 disable those filters."""
+
+    keys: jax.Array  # [B] PRNG keys
+    temperature: Float[Array, "B"]
+    top_k: Int[Array, "B"]
+    top_p: Float[Array, "B"]
+
+
+def sample_rows(logits: Float[Array, "B V"], step, rows: RowSampling) -> Int[Array, "B"]:
+    """Token `step` of every row under its own settings (greedy rows: the argmax, as `sample_token`)."""
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def sample():
+        scaled = logits / jnp.where(rows.temperature > 0, rows.temperature, 1.0)[:, None]
+        ordered = -jnp.sort(-scaled, axis=-1)
+        kth = jnp.take_along_axis(ordered, jnp.clip(rows.top_k - 1, 0, logits.shape[-1] - 1)[:, None], axis=-1)
+        scaled = jnp.where((rows.top_k[:, None] > 0) & (scaled < kth), -jnp.inf, scaled)
+        ordered = jnp.where((rows.top_k[:, None] > 0) & (ordered < kth), -jnp.inf, ordered)
+        probs = jax.nn.softmax(ordered, axis=-1)
+        keep = jnp.cumsum(probs, axis=-1) - probs < rows.top_p[:, None]  # the top token always stays
+        threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
+        scaled = jnp.where(scaled < threshold, -jnp.inf, scaled)
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(rows.keys, step)
+        drawn = jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
+        return jnp.where(rows.temperature > 0, drawn, greedy)
+
+    return jax.lax.cond(jnp.any(rows.temperature > 0), sample, lambda: greedy)
+
+
 @partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "eos_token_id", "pad_token_id"))
 def generate(
     model: Model,
@@ -70,6 +104,8 @@ def generate(
     pad_token_id: int | None = None,
     prefix: Prefix | None = None,
     adapter: Adapter | None = None,
+    start: Int[Array, "B"] | None = None,
+    row_sampling: RowSampling | None = None,
 ) -> tuple[Int[Array, "B N"], Int[Array, "B"]]:
     """New tokens `[B, max_new_tokens]` and each row's length (up to and including EOS).
 
@@ -79,13 +115,18 @@ def generate(
     `max_positions - 1` (never a position the model does not have). Decoding ends early when every
     row has stopped. Callers that must refuse rather than stop check lengths first (the inputs'
     positions themselves must fit; that is checked where the inputs are built).
+
+    `start`: each row's first position (default: the prefix's length), for a batch whose rows
+    attend to prefixes of different lengths (right-padded, their padding masked). `row_sampling`
+    replaces `sampling` and `rng` by settings and keys per row.
     """
     B, T, _ = embeds.shape
     if rng is None:
         rng = jax.random.key(0)
     pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
     dtype = jax.tree.leaves(params)[0].dtype
-    start = 0 if prefix is None else prefix.length
+    if start is None:
+        start = 0 if prefix is None else prefix.length
     params = model.decoding_params(params)  # a copy of the layers, unless the caller passed this form
     cache = model.init_cache(B, T + max_new_tokens, dtype, per_layer=True)
     positions = positions_from_mask(attention_mask, start)
@@ -96,7 +137,9 @@ def generate(
 
     def emit(i, last_logits, next_pos, done, out, lengths):
         """Token i of every row (padding for rows that stopped); rows stop at EOS or the position limit."""
-        token = jnp.where(done, pad, sample_token(last_logits, jax.random.fold_in(rng, i), sampling))
+        drawn = (sample_token(last_logits, jax.random.fold_in(rng, i), sampling) if row_sampling is None
+                 else sample_rows(last_logits, i, row_sampling))
+        token = jnp.where(done, pad, drawn)
         out = out.at[:, i].set(token)
         lengths = lengths + (~done).astype(jnp.int32)
         if eos_token_id is not None:

@@ -1,0 +1,27 @@
+"""`jaxprompt serve`: learned prompts of one frozen model over an OpenAI-compatible HTTP API (serve.py)."""
+
+from __future__ import annotations
+
+from jaxprompt.commands.base import Command, settings
+from jaxprompt.serve import ServeOptions
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from jaxprompt.serve import Batcher, build_app, load_engine
+
+    options = settings(args, ServeOptions)
+    engine, base = load_engine(list(args.runs), list(options.adapter), options)
+    batcher = Batcher(engine, options.max_queue, options.max_batch, options.batch_wait_ms / 1000)
+    app = build_app(engine, base, options, batcher)
+    print(f"serving {', '.join(sorted(engine.prompts))} on http://{options.host}:{options.port}/v1", flush=True)
+    # uvicorn's SIGTERM: stop accepting, finish the requests in flight, then return
+    uvicorn.run(app, host=options.host, port=options.port, log_level="warning", timeout_graceful_shutdown=60)
+    batcher.stop()
+    return 0
+
+
+SERVE = Command("serve", "serve learned prompts of one frozen model over an OpenAI-compatible HTTP API", cmd_serve,
+                options=(ServeOptions,),
+                arguments=(("runs", "a run directory, or NAME=RUN_DIR (the name defaults to the directory's)", "*"),))

@@ -1,0 +1,424 @@
+"""One inference path: requests (a served prompt's name, an input, sampling options) -> completions.
+
+`jaxprompt generate`, evaluation's generation and `jaxprompt serve` all call `Engine.complete`.
+
+Requests for different prompts decode together in one compiled batch (Lester et al. 2021,
+"mixed-task inference"): each row attends to its own prompt's head, the keys/values of every
+position before the input (prefix-tuning keys/values, virtual tokens, the template's fixed text),
+computed once per prompt and kept by the session's prompt cache. Heads of different lengths are
+right-padded and masked; each row's positions start after its own head. Virtual tokens placed after
+the input's first field are inserted per row. LLaMA-Adapter prompts read every layer through a
+gate, not through keys/values: rows of one adaption prompt decode together, apart from others.
+
+Compiled shapes are bucketed (batch and head length to powers of two, input length to the data
+buckets, new tokens to a power of two, each row cut at its own `max_tokens`), so a new mix of
+prompts and lengths reuses a compiled step. A row's tokens depend only on its prompt, input and
+options (greedy; or its own seed, `RowSampling`), never on what shares its batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import defaultdict
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxprompt.data import LENGTH_BUCKETS, Encoded, bucket
+from jaxprompt.models import Prefix, positions_from_mask
+from jaxprompt.models.generate import RowSampling, generate
+from jaxprompt.precision import policy_of
+from jaxprompt.prompts.apply import prompt_inputs
+from jaxprompt.prompts.insert import insert_batch
+from jaxprompt.session import Session
+
+TOP_LOGPROBS = 5  # most alternatives a request can ask for per token (OpenAI's completions limit)
+
+
+class RequestError(ValueError):
+    """A request that cannot be served (unknown prompt, input that does not fit): one line saying why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How one request is decoded. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters."""
+
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # alternatives per token (0: only the chosen token's log-probability)
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    prompt: str  # a served prompt's name
+    text: str = ""  # the input: parsed into the template's fields (`parse_input`), or used as is (`raw`)
+    row: dict | None = None  # or the template's fields themselves
+    options: Options = Options()
+    raw: bool = False  # no template: the text's tokens alone (prompts that take no input positions)
+    key: int = 0  # folded into the seed: row j of a list request samples with (seed, j)
+
+
+@dataclasses.dataclass
+class Completion:
+    tokens: list[int]  # generated ids (no EOS, nothing past a stop string)
+    text: str
+    finish_reason: str  # "stop" (EOS or a stop string) or "length" (max_tokens or the position table)
+    prompt_tokens: int  # input positions (template text and virtual tokens; prefix keys/values not counted)
+    logprobs: list[float] | None = None  # of each generated token, under the model (temperature 1)
+    top_logprobs: list[dict[str, float]] | None = None
+    token_texts: list[str] = dataclasses.field(default_factory=list)  # each token's share of `text`
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.tokens)
+
+    def pieces(self) -> list[str]:
+        """`text` in token-sized pieces (what a stream sends), joined back exactly."""
+        pieces = [p for p in self.token_texts if p]
+        return pieces if "".join(pieces) == self.text else [self.text]
+
+    def offsets(self, start: int = 0) -> list[int]:
+        out, at = [], start
+        for piece in self.token_texts:
+            out.append(at)
+            at += len(piece)
+        return out
+
+
+def parse_input(task, text: str) -> dict:
+    """`word1=hot;...`, a JSON object, or a bare value for the task's single input field."""
+    inputs = [f for f in task.fields if f not in task.template.target_fields]
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            row = json.loads(text)
+        except ValueError:
+            raise RequestError(f"input {text!r} is not a JSON object") from None
+        if not isinstance(row, dict):
+            raise RequestError(f"input {text!r} is not a JSON object")
+    elif "=" in text and text.split("=", 1)[0] in inputs:
+        row = dict(part.split("=", 1) for part in text.split(";") if "=" in part)
+    elif len(inputs) == 1:
+        row = {inputs[0]: text}
+    else:
+        raise RequestError(f"give the fields {', '.join(inputs)} as 'field=value;field=value' or JSON")
+    missing = [f for f in inputs if f not in row]
+    if missing:
+        raise RequestError(f"input {text!r} lacks field {missing[0]!r}")
+    return {**{f: "" for f in task.template.target_fields}, **row}
+
+
+@dataclasses.dataclass
+class Served:
+    """A prompt the engine serves: its session (template, method), its inference form, and the
+    keys/values it attends to before any input (computed once)."""
+
+    name: str
+    session: Session | None  # None: the bare model, raw text only
+    method: object = None  # the inference form (None: the plain text, a written prompt or none)
+    prompt: dict | None = None
+    hard_prompt: str | None = None  # a written prompt in place of {prompt}
+    probes: tuple[Encoded, Encoded] | None = None  # the template under two different inputs
+    own_prefix: Prefix | None = None  # the method's keys/values alone (prefix tuning)
+
+    @property
+    def kind(self) -> str | None:
+        return None if self.method is None else self.method.kind
+
+    @property
+    def takes_positions(self) -> bool:
+        """Whether the prompt occupies input positions (virtual tokens): no raw text then."""
+        return self.kind == "embeddings"
+
+
+@dataclasses.dataclass
+class _Row:
+    served: Served
+    tokens: list[int]  # the part after the head, left-padded into the batch
+    slots: list[int]
+    head: Prefix | None  # [L, 1, P, G, K]
+    prompt_tokens: int
+    options: Options
+    key: int
+
+
+class Engine:
+    """One frozen model serving named prompts. `complete` takes requests for any mix of them."""
+
+    def __init__(self, model, frozen, tokenizer, model_id: str, prompt_cache, max_batch: int = 32,
+                 fingerprint_session: Session | None = None):
+        self.model, self.frozen, self.tokenizer, self.model_id = model, frozen, tokenizer, model_id
+        self.prompt_cache = prompt_cache
+        self.max_batch = max_batch
+        self.prompts: dict[str, Served] = {}
+        self.share_heads = True  # False: every position computed per row (no prompt cache)
+        self._base = fingerprint_session  # a session over these weights: keys the prompt cache
+
+    @classmethod
+    def of_session(cls, session: Session, max_batch: int = 32) -> "Engine":
+        return cls(session.model, session.frozen, session.tokenizer, session.model_id, session.prompt_cache,
+                   max_batch, session)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    # ---- prompts ---------------------------------------------------------------------------------
+
+    def add(self, name: str, session: Session | None, prompt=None, hard_prompt: str | None = None) -> Served:
+        """Serves `prompt` (a trained pytree; None with `hard_prompt` or for the plain template) under
+        `name`. `session` must hold this engine's frozen weights."""
+        served = Served(name, session)
+        if session is not None:
+            if session.frozen is not self.frozen:
+                raise RequestError(f"prompt {name!r} was loaded for other weights than this engine's")
+            if session.method.n_tasks > 1 and hard_prompt is None:
+                raise RequestError(f"prompt {name!r} is a multi-task prompt: serve one task of it (task_session)")
+            if hard_prompt is None and prompt is not None:
+                served.method, served.prompt = session.method.inference_prompt(prompt, self.model, self.frozen)
+            served.hard_prompt = hard_prompt
+            fields = session.task.template.fields
+            served.probes = tuple(self._encode(served, {f: mark for f in fields}, 0) for mark in ("\x00", "\x01"))
+            if served.kind == "prefix":
+                served.own_prefix = prompt_inputs(self.model, self.frozen, served.method, served.prompt,
+                                                  {"tokens": jnp.zeros((1, 1), jnp.int32),
+                                                   "task_id": jnp.zeros((1,), jnp.int32)}).prefix
+        self.prompts[name] = served
+        return served
+
+    def remove(self, name: str) -> None:
+        self.prompts.pop(name)
+
+    # ---- requests -> rows ------------------------------------------------------------------------
+
+    def _encode(self, served: Served, row: dict, new_tokens: int) -> Encoded:
+        return served.session.encode([row], hard_prompt=served.hard_prompt, with_target=False,
+                                     new_tokens=new_tokens)[0]
+
+    def check(self, request: Request, served: Served | None = None) -> None:
+        """Raises what `complete` would for this request's input (RequestError, TemplateError),
+        without computing anything on the model."""
+        self._tokens(request, served or self._served(request))
+
+    def _served(self, request: Request) -> Served:
+        served = self.prompts.get(request.prompt)
+        if served is None:
+            raise RequestError(f"unknown prompt {request.prompt!r}; served: {', '.join(sorted(self.prompts))}")
+        return served
+
+    def _tokens(self, request: Request, served: Served) -> tuple[list[int], list[int], int]:
+        """(tokens, slots, length of the head the prompt cache holds) of a request's input."""
+        if not (request.text.strip() if request.row is None else request.row):
+            raise RequestError("the prompt text is empty")
+        n_new = request.options.max_tokens
+        if request.raw or served.session is None:
+            if served.takes_positions:
+                raise RequestError(f"prompt {served.name!r} places virtual tokens in its template: raw text "
+                                   "applies to prompts that take no input positions (prefix, adaption)")
+            tokens = self.tokenizer.encode(request.text)
+            if self.tokenizer.add_bos:
+                tokens = [self.tokenizer.bos_token_id] + tokens
+            if not tokens:
+                raise RequestError("the prompt text is empty")
+            prefix = 0 if served.own_prefix is None else served.own_prefix.length
+            if prefix + len(tokens) + n_new > self.config.max_positions:
+                raise RequestError(f"input of {len(tokens)} tokens + {prefix} prefix positions + {n_new} new tokens "
+                                   f"needs {len(tokens) + prefix + n_new} positions; the model has "
+                                   f"{self.config.max_positions}")
+            return tokens, [-1] * len(tokens), 0
+        row = request.row if request.row is not None else parse_input(served.session.task, request.text)
+        encoded = self._encode(served, row, n_new)  # TemplateError: the input does not fit
+        # the head: what the template puts before the input's first token, never the last position
+        # (whose logits start the completion)
+        h = min(_common(encoded, served.probes[0]), _common(served.probes[0], served.probes[1]), len(encoded) - 1)
+        return encoded.tokens, encoded.slots, h if self.share_heads else 0
+
+    def _row(self, request: Request, served: Served | None = None) -> _Row:
+        served = served or self._served(request)
+        tokens, slots, h = self._tokens(request, served)
+        if h > 0:
+            base = self._base or served.session
+            head = self.prompt_cache.head(_with_weights_id(served.session, base), served.method, served.prompt,
+                                          tokens[:h], slots[:h])
+        else:
+            head = served.own_prefix
+        return _Row(served, tokens[h:], slots[h:], head, len(tokens), request.options, request.key)
+
+    # ---- decoding --------------------------------------------------------------------------------
+
+    def complete(self, requests: list[Request], served: list[Served] | None = None) -> list[Completion]:
+        """Completions of `requests`, in order. Rows are grouped into compiled batches of at most
+        `max_batch` (rows of one adaption prompt apart from other prompts' rows). `served`: the
+        prompt of each request, as admitted (a server may have unloaded its name since)."""
+        rows = [self._row(r, s) for r, s in zip(requests, served or [None] * len(requests))]
+        groups: dict[str | None, list[int]] = defaultdict(list)
+        for i, row in enumerate(rows):
+            groups[row.served.name if row.served.kind == "adaption" else None].append(i)
+        out: list[Completion | None] = [None] * len(rows)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.max_batch):
+                chunk = indices[start:start + self.max_batch]
+                for i, completion in zip(chunk, self._decode([rows[i] for i in chunk])):
+                    out[i] = completion
+        return out
+
+    def _decode(self, rows: list[_Row]) -> list[Completion]:
+        batch = self._collate(rows)
+        n_new = _pow2(max(r.options.max_tokens for r in rows))
+        tokens, lengths = _decode_batch(self.model, self.frozen, batch, n_new, self.tokenizer.eos_token_id)
+        tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+        completions = [self._finish(row, list(tokens[b, :lengths[b]])) for b, row in enumerate(rows)]
+        wanted = [b for b, r in enumerate(rows) if r.options.logprobs is not None]
+        if wanted:
+            scores = self._logprobs(rows, batch, completions)
+            for b in wanted:
+                completions[b].logprobs, completions[b].top_logprobs = scores[b]
+        return completions
+
+    def _collate(self, rows: list[_Row]) -> dict:
+        """Left-padded inputs, right-padded heads and per-row settings, in bucketed shapes."""
+        B = _pow2(len(rows))
+        T = bucket(max(len(r.tokens) for r in rows), LENGTH_BUCKETS)
+        tokens = np.full((B, T), self.tokenizer.pad_token_id, np.int32)
+        mask = np.zeros((B, T), bool)
+        slots = np.full((B, T), -1, np.int32)
+        for b, r in enumerate(rows):
+            n = len(r.tokens)
+            tokens[b, T - n:], mask[b, T - n:], slots[b, T - n:] = r.tokens, True, r.slots
+        heads = [r.head for r in rows]
+        batch = {"tokens": tokens, "mask": mask, "slots": slots, "start": np.zeros(B, np.int32),
+                 "prefix": None, "virtual": None, "adapter": None}
+        if any(h is not None for h in heads):
+            P = _pow2(max(h.length for h in heads if h is not None))
+            like = next(h for h in heads if h is not None)
+            L, _, _, G, K = like.k.shape
+            k = np.zeros((L, B, P, G, K), like.k.dtype)
+            v = np.zeros((L, B, P, G, K), like.v.dtype)
+            m = np.zeros((L, B, P), bool)
+            for b, h in enumerate(heads):
+                if h is not None:
+                    k[:, b, :h.length], v[:, b, :h.length] = np.asarray(h.k[:, 0]), np.asarray(h.v[:, 0])
+                    m[:, b, :h.length] = np.asarray(h.mask[:, 0])
+                    batch["start"][b] = h.length
+            batch["prefix"] = Prefix(k, v, m)
+        if (slots >= 0).any():  # virtual tokens after the head (a prompt placed after an input field)
+            E = self.model.embedding_table(self.frozen).shape[-1]
+            N = _pow2(int(slots.max()) + 1)
+            virtual = np.zeros((B, N, E), np.float32)
+            for b, r in enumerate(rows):
+                if max(r.slots) >= 0:
+                    vt = np.asarray(r.served.method.virtual_tokens(r.served.prompt, self.model, self.frozen, 0))
+                    virtual[b, :len(vt)] = vt
+            batch["virtual"] = virtual
+        if rows[0].served.kind == "adaption":
+            served = rows[0].served
+            batch["adapter"] = prompt_inputs(self.model, self.frozen, served.method, served.prompt,
+                                             {"tokens": jnp.asarray(tokens[:1, :1]),
+                                              "task_id": jnp.zeros((1,), jnp.int32)}).adapter
+        options = [r.options for r in rows] + [Options()] * (B - len(rows))
+        keys = [jax.random.fold_in(jax.random.key(o.seed), r.key) for o, r in zip(options, rows)]
+        keys += [jax.random.key(0)] * (B - len(rows))
+        batch["sampling"] = RowSampling(keys=jnp.stack(keys),
+                                        temperature=jnp.asarray([o.temperature for o in options], jnp.float32),
+                                        top_k=jnp.asarray([o.top_k for o in options], jnp.int32),
+                                        top_p=jnp.asarray([o.top_p for o in options], jnp.float32))
+        return batch
+
+    def _finish(self, row: _Row, ids: list[int]) -> Completion:
+        """EOS, the request's own max_tokens and stop strings cut the row's tokens."""
+        eos = self.tokenizer.eos_token_id
+        reason = "length"
+        if eos is not None and eos in ids:
+            ids, reason = ids[:ids.index(eos)], "stop"
+        if len(ids) > row.options.max_tokens:
+            ids, reason = ids[:row.options.max_tokens], "length"
+        text = self.tokenizer.decode(ids)
+        cuts = [text.index(s) for s in row.options.stop if s and s in text]
+        if cuts:
+            text, reason = text[:min(cuts)], "stop"
+            n = 0  # the tokens whose text lies before the stop string
+            while n < len(ids) and len(self.tokenizer.decode(ids[:n + 1])) <= len(text):
+                n += 1
+            ids = ids[:n]
+        pieces = [self.tokenizer.decode(ids[:n + 1]) for n in range(len(ids))]
+        token_texts = [b[len(a):] if b.startswith(a) else b for a, b in zip([""] + pieces, pieces)]
+        return Completion(ids, text, reason, row.prompt_tokens, token_texts=token_texts)
+
+    def _logprobs(self, rows: list[_Row], batch: dict, completions: list[Completion]):
+        """Log-probabilities of each row's completion tokens (and the most likely alternatives), by
+        one teacher-forced pass over input + completion."""
+        B, T = batch["tokens"].shape
+        N = _pow2(max(max(len(c.tokens) for c in completions), 1))
+        tokens = np.concatenate([batch["tokens"], np.full((B, N), self.tokenizer.pad_token_id, np.int32)], 1)
+        mask = np.concatenate([batch["mask"], np.zeros((B, N), bool)], 1)
+        slots = np.concatenate([batch["slots"], np.full((B, N), -1, np.int32)], 1)
+        # shift each row right so input + completion ends at the last slot (left padding kept)
+        for b, c in enumerate(completions):
+            n = len(c.tokens)
+            tokens[b] = np.roll(tokens[b], N - n)
+            mask[b] = np.roll(mask[b], N - n)
+            slots[b] = np.roll(slots[b], N - n)
+            tokens[b, T + N - n:], mask[b, T + N - n:] = c.tokens, True
+        chosen, top_values, top_ids = _score_batch(self.model, self.frozen, {**batch, "tokens": tokens, "mask": mask,
+                                                                              "slots": slots}, N)
+        chosen, top_values, top_ids = map(np.asarray, (chosen, top_values, top_ids))
+        out = []
+        for b, (row, c) in enumerate(zip(rows, completions)):
+            n, k = len(c.tokens), row.options.logprobs or 0
+            logprobs = [float(x) for x in chosen[b, N - n:]]
+            top = [{self.tokenizer.decode([int(i)]): float(x) for i, x in zip(top_ids[b, j, :k], top_values[b, j, :k])}
+                   for j in range(N - n, N)] if k else None
+            out.append((logprobs, top))
+        return out
+
+
+def _with_weights_id(session: Session, base: Session) -> Session:
+    """`session` keyed by `base`'s weights fingerprint (one hash of the weights, shared by every prompt)."""
+    if session.weights_id is None:
+        session.weights_id = base.fingerprint()
+    return session
+
+
+def _common(a: Encoded, b: Encoded) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a.tokens[n] == b.tokens[n] and a.slots[n] == b.slots[n]:
+        n += 1
+    return n
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _inputs(model, frozen, batch):
+    """Embeddings with per-row virtual tokens in place, and each row's positions."""
+    embeds = model.embed(frozen, batch["tokens"])
+    if batch["virtual"] is not None:
+        embeds = insert_batch(embeds, policy_of(frozen).cast_prompt_in(batch["virtual"]), batch["slots"])
+    return embeds
+
+
+@partial(jax.jit, static_argnames=("model", "max_new_tokens", "eos_token_id"))
+def _decode_batch(model, frozen, batch, max_new_tokens, eos_token_id):
+    return generate(model, frozen, _inputs(model, frozen, batch), batch["mask"], max_new_tokens=max_new_tokens,
+                    eos_token_id=eos_token_id, prefix=batch["prefix"], adapter=batch["adapter"],
+                    start=batch["start"], row_sampling=batch["sampling"])
+
+
+@partial(jax.jit, static_argnames=("model", "n_last"))
+def _score_batch(model, frozen, batch, n_last):
+    """Log-probabilities of the last `n_last` tokens of each row (and the top alternatives there)."""
+    positions = positions_from_mask(batch["mask"], batch["start"])
+    hidden, _ = model.transformer(frozen, _inputs(model, frozen, batch), positions, batch["mask"],
+                                  prefix=batch["prefix"], adapter=batch["adapter"])
+    logp = jax.nn.log_softmax(model.unembed(frozen, hidden[:, -n_last - 1:-1]), axis=-1)
+    chosen = jnp.take_along_axis(logp, batch["tokens"][:, -n_last:, None], axis=-1)[..., 0]
+    top_values, top_ids = jax.lax.top_k(logp, TOP_LOGPROBS)
+    return chosen, top_values, top_ids

@@ -1,0 +1,191 @@
+"""Serving K learned prompts to N concurrent clients: `jaxprompt serve` mixing prompts in one batch,
+against (a) the same server decoding one request at a time (`--max-batch 1`) and (b) PyTorch PEFT
+switching adapters per request (`set_adapter`, one request at a time: PEFT cannot mix
+prompt-learning adapters in a batch).
+
+The prompts are K PEFT prefix-tuning adapters with random keys/values on the same model, written
+here; the jaxprompt servers import the very same adapters (`--adapter`), and every request is raw
+text (prefix prompts take no input positions, so both sides read the same tokens). Requests are
+greedy, of mixed lengths. Configurations are timed in interleaved rounds (mixed, one-at-a-time,
+PEFT, repeated), and each figure is the median over rounds: requests/s, generated tokens/s, and
+the p50/p95 latency a client sees (queueing included).
+
+    python scripts/bench_serve.py --clients 16 --prompts 1 4 16 --requests 64 --rounds 3
+    python scripts/bench_serve.py --clients 2 --prompts 1 --requests 4 --rounds 1 --max-tokens 4   # a check
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+TEXTS = ["hot and cold are", "The opposite of big is", "Words that mean the opposite: up and",
+         "good", "A list of antonyms: fast, slow; early,", "night and"]
+
+
+def write_adapters(model_dir: str, k: int, length: int, directory: str) -> list[str]:
+    """K PEFT prefix-tuning adapters with random keys/values (seed i), on `model_dir`."""
+    import torch
+    from peft import PrefixTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    paths = []
+    for i in range(k):
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        peft = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=length))
+        torch.manual_seed(i)
+        with torch.no_grad():
+            for p in peft.prompt_encoder.parameters():
+                p.copy_(torch.randn_like(p) * 0.5)
+        paths.append(os.path.join(directory, f"p{i}"))
+        peft.save_pretrained(paths[-1])
+    return paths
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model_dir: str, adapters: list[str], max_batch: int, wait_ms: float):
+    import httpx
+
+    port = free_port()
+    args = [sys.executable, "-m", "jaxprompt", "serve", "--model", model_dir, "--port", str(port),
+            "--max-batch", str(max_batch), "--batch-wait-ms", str(wait_ms), "--max-queue", "100000"]
+    for path in adapters:
+        args += ["--adapter", path]
+    proc = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    while True:
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit("the server did not start")
+        time.sleep(0.5)
+
+
+def jobs(k: int, n: int, max_tokens: int) -> list[tuple[str, str, int]]:
+    """n requests, round-robin over the K prompts, of mixed input and output lengths."""
+    return [(f"p{i % k}", TEXTS[i % len(TEXTS)], max(1, max_tokens >> (i % 3))) for i in range(n)]
+
+
+def drive(send, work, clients: int) -> dict:
+    """N clients (threads) working through `work`; per-request latency, wall time, tokens."""
+    latencies, tokens = [], []
+    lock = threading.Lock()
+
+    def one(job):
+        t = time.perf_counter()
+        n = send(*job)
+        with lock:
+            latencies.append(time.perf_counter() - t)
+            tokens.append(n)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, work))
+    wall = time.perf_counter() - start
+    latencies.sort()
+    return {"rps": len(work) / wall, "tps": sum(tokens) / wall, "p50": statistics.median(latencies),
+            "p95": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]}
+
+
+def server_sender(base: str):
+    import openai
+
+    client = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=600)
+
+    def send(name, text, n):
+        r = client.completions.create(model=name, prompt=text, max_tokens=n, temperature=0, extra_body={"raw": True})
+        return r.usage.completion_tokens
+
+    return send
+
+
+def peft_sender(model_dir: str, adapters: list[str]):
+    """PEFT: one model, every adapter loaded, `set_adapter` per request; one request at a time."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapters[0], adapter_name="p0")
+    for i, path in enumerate(adapters[1:], 1):
+        model.load_adapter(path, adapter_name=f"p{i}")
+    model.eval()
+    lock = threading.Lock()
+
+    def send(name, text, n):
+        ids = tokenizer(text, return_tensors="pt")
+        with lock, torch.no_grad():
+            model.set_adapter(name)
+            out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        new = out[0, ids["input_ids"].shape[1]:].tolist()
+        return len(new[:new.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in new else new)
+
+    return send
+
+
+def main() -> None:
+    from jaxprompt.config import DEFAULT_MODEL
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--prompts", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--requests", type=int, default=64, help="requests per configuration and round")
+    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--prefix-length", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batch-wait-ms", type=float, default=5.0)
+    p.add_argument("--no-peft", action="store_true")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        adapters = write_adapters(args.model, max(args.prompts), args.prefix_length, tmp)
+        mixed = start_server(args.model, adapters, max(args.clients, 1), args.batch_wait_ms)
+        single = start_server(args.model, adapters, 1, 0.0)
+        try:
+            senders = {"mixed batch": server_sender(mixed[1]), "one at a time": server_sender(single[1])}
+            if not args.no_peft:
+                senders["PEFT set_adapter"] = peft_sender(args.model, adapters)
+            for k in args.prompts:  # warm-up: every compiled shape of this work, every adapter once
+                for send in senders.values():
+                    drive(send, jobs(k, max(k, args.clients), args.max_tokens), args.clients)
+            print(f"| K prompts | server | requests/s | tokens/s | p50 latency (s) | p95 latency (s) |")
+            print("|---|---|---|---|---|---|")
+            for k in args.prompts:
+                work = jobs(k, args.requests, args.max_tokens)
+                results = {name: [] for name in senders}
+                for _ in range(args.rounds):  # interleaved: every configuration once per round
+                    for name, send in senders.items():
+                        results[name].append(drive(send, work, args.clients))
+                for name, runs in results.items():
+                    m = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+                    print(f"| {k} | {name} | {m['rps']:.2f} | {m['tps']:.1f} | {m['p50']:.3f} | {m['p95']:.3f} |",
+                          flush=True)
+            print(f"\n{args.clients} clients, {args.requests} requests per round, max_tokens {args.max_tokens} (mixed "
+                  f"lengths), prefix length {args.prefix_length}, median of {args.rounds} interleaved rounds; "
+                  f"model {args.model}")
+        finally:
+            for proc, _ in (mixed, single):
+                proc.terminate()
+                proc.wait()
+
+
+if __name__ == "__main__":
+    main()

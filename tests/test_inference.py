@@ -1,0 +1,143 @@
+"""The inference engine: the tokens `jaxprompt generate` and evaluation produced before it (pinned),
+each row of a batch mixing prompts equal to that prompt's run alone, seeded sampling reproducible
+whatever shares the batch, and the cuts (EOS, max_tokens, stop strings)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ANTONYM_PAIRS
+from jaxprompt.data import Template
+from jaxprompt.inference import Engine, Options, Request, RequestError
+from jaxprompt.models.generate import generate, left_pad
+from jaxprompt.prompts import make_method
+from jaxprompt.session import Session
+from jaxprompt.tasks import BUILTIN, Task
+
+sys.path.insert(0, os.path.dirname(__file__))
+import pin_generate  # noqa: E402
+
+WORDS = [a for a, _ in ANTONYM_PAIRS]
+
+
+@pytest.mark.slow
+def test_generate_and_evaluation_keep_the_pinned_tokens(tmp_path):
+    """Greedy outputs of the embedded model recorded through the two pipelines the engine replaced."""
+    pins = json.load(open(pin_generate.PINS))
+    if pins["model_sha256"] != pin_generate.model_sha():
+        pytest.skip("the embedded model changed since the pins were recorded (tests/pin_generate.py)")
+    assert pin_generate.outputs(str(tmp_path)) == pins["outputs"]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_lm, gpt2_tokenizer):
+    """One engine over a tiny GPT-2 serving a soft prompt, a prefix, an infix soft prompt and a
+    written prompt (each with its own session: template and method)."""
+    model, frozen = tiny_lm
+    antonyms = BUILTIN["antonyms"]
+    infix = Task("infix", Template("Opposite of {word1}: {prompt} ->", " {word2}"), hard_prompt="x")
+    base = Session(model, frozen, gpt2_tokenizer, antonyms, make_method("soft", length=3))
+    engine = Engine.of_session(base, max_batch=16)
+    for name, task, method, seed in (("soft", antonyms, make_method("soft", length=3), 1),
+                                     ("prefix", antonyms, make_method("prefix", length=2), 2),
+                                     ("infix", infix, make_method("soft", length=2), 3)):
+        session = Session(model, frozen, gpt2_tokenizer, task, method, prompt_cache=base.prompt_cache)
+        prompt = method.init(jax.random.key(seed), model, frozen, task.template.n_virtual(method.length))
+        prompt = jax.tree.map(lambda x: x * 3.0, prompt)  # far from the vocabulary: prompts that matter
+        engine.add(name, session, prompt)
+    engine.add("written", base, None, hard_prompt="opposites:")
+    engine.add("bare", None)
+    return engine
+
+
+def _alone(engine, request):
+    return engine.complete([request])[0]
+
+
+def test_each_row_of_a_mixed_batch_equals_its_prompt_alone(engine):
+    names = ["soft", "prefix", "infix", "written"]
+    requests = [Request(names[i % 4], text=WORDS[i % len(WORDS)], options=Options(max_tokens=1 + i % 5))
+                for i in range(12)]
+    requests.append(Request("prefix", text="hot and cold are", raw=True, options=Options(max_tokens=4)))
+    requests.append(Request("bare", text="Here are two", options=Options(max_tokens=3)))
+    mixed = engine.complete(requests)
+    for request, got in zip(requests, mixed):
+        alone = _alone(engine, request)
+        assert got.tokens == alone.tokens and got.text == alone.text, request
+        assert len(got.tokens) <= request.options.max_tokens
+    # the prompts differ, so the mix is not trivially one prompt's tokens
+    assert len({tuple(c.tokens) for c in mixed[:4]}) > 1
+
+
+def test_greedy_rows_equal_plain_decoding_of_the_whole_sequence(engine, tiny_lm):
+    """Reference: the bare model's `generate` over the full written-prompt text, no head, no mixing."""
+    model, frozen = tiny_lm
+    tok = engine.tokenizer
+    for word in WORDS[:3]:
+        got = _alone(engine, Request("written", text=word, options=Options(max_tokens=5)))
+        ids = tok.encode(BUILTIN["antonyms"].template.render_hard({"word1": word, "word2": ""}, "opposites:"))
+        tokens, mask = left_pad([ids], tok.pad_token_id)
+        out, lengths = generate(model, frozen, model.embed(frozen, tokens), mask, max_new_tokens=5)
+        expected = [int(t) for t in np.asarray(out)[0, :int(lengths[0])]]
+        if tok.eos_token_id in expected:
+            expected = expected[:expected.index(tok.eos_token_id)]
+        assert got.tokens == expected
+
+
+def test_seeded_sampling_is_reproducible_whatever_shares_the_batch(engine):
+    sampled = Options(max_tokens=6, temperature=1.0, top_p=0.9, top_k=50, seed=7)
+    request = Request("soft", text="hot", options=sampled)
+    alone = _alone(engine, request)
+    mixed = engine.complete([Request("prefix", text="big", options=Options(max_tokens=3)), request,
+                             Request("infix", text="up", options=dataclass_replace(sampled, seed=8))])
+    assert mixed[1].tokens == alone.tokens
+    other_seeds = {tuple(_alone(engine, Request("soft", text="hot", options=dataclass_replace(sampled, seed=s)))
+                         .tokens) for s in range(4)}
+    assert len(other_seeds) > 1  # the seed matters
+
+
+def dataclass_replace(options, **changes):
+    import dataclasses
+
+    return dataclasses.replace(options, **changes)
+
+
+def test_stop_strings_and_max_tokens_cut_the_completion(engine):
+    full = _alone(engine, Request("soft", text="hot", options=Options(max_tokens=8)))
+    assert full.finish_reason == "length" and len(full.tokens) == 8
+    short = _alone(engine, Request("soft", text="hot", options=Options(max_tokens=3)))
+    assert short.tokens == full.tokens[:3] and short.finish_reason == "length"
+    stop = full.text[len(full.text) // 2:][:3]
+    cut = _alone(engine, Request("soft", text="hot", options=Options(max_tokens=8, stop=(stop,))))
+    assert cut.finish_reason == "stop" and cut.text == full.text[:full.text.index(stop)]
+    assert "".join(cut.token_texts) == engine.tokenizer.decode(cut.tokens)
+
+
+def test_logprobs_are_the_models_log_softmax(engine, tiny_lm):
+    model, frozen = tiny_lm
+    got = _alone(engine, Request("written", text="hot", options=Options(max_tokens=3, logprobs=2)))
+    ids = engine.tokenizer.encode(BUILTIN["antonyms"].template.render_hard({"word1": "hot", "word2": ""},
+                                                                          "opposites:"))
+    logits = np.asarray(model.logits(frozen, np.asarray([ids + got.tokens])), np.float64)[0]
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    expected = [logp[len(ids) - 1 + i, t] for i, t in enumerate(got.tokens)]
+    np.testing.assert_allclose(got.logprobs, expected, atol=1e-4)
+    assert all(len(top) == 2 for top in got.top_logprobs)
+
+
+def test_bad_requests_are_one_line(engine):
+    with pytest.raises(RequestError, match="unknown prompt 'nope'"):
+        engine.complete([Request("nope", text="hot")])
+    with pytest.raises(RequestError, match="raw text applies to prompts that take no input positions"):
+        engine.check(Request("soft", text="hot", raw=True))
+    with pytest.raises(RequestError, match="the prompt text is empty"):
+        engine.check(Request("soft", text="  "))
+    with pytest.raises(ValueError, match="needs .* positions; the model has 96"):
+        engine.check(Request("soft", text="hot", options=Options(max_tokens=200)))

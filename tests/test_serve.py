@@ -1,0 +1,211 @@
+"""`jaxprompt serve` as a client sees it: the real server in a subprocess on a free port, spoken to with
+the official `openai` client. Greedy completions equal `jaxprompt generate` of each run alone (3
+prompts, 24 concurrent requests of mixed lengths, streamed and not); seeded sampling reproduces;
+every bad request is a 4xx JSON error in OpenAI's shape, and the server keeps serving."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import ANTONYM_PAIRS, REPO
+from jaxprompt.cli import main
+
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+pytestmark = pytest.mark.slow
+FAST = ["--steps", "2", "--batch-size", "8", "--eval-examples", "4", "--eval-every", "2", "--no-progress",
+        "--lr", "0.05", "--no-baseline"]
+METHODS = {"soft": ["--method", "soft", "--prompt-length", "3"], "prefix": ["--method", "prefix", "--prompt-length", "2"],
+           "ptuning": ["--method", "ptuning", "--prompt-length", "2"]}
+WORDS = [a for a, _ in ANTONYM_PAIRS]
+KEY = "sk-test"
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    out = {}
+    for name, flags in METHODS.items():
+        out[name] = str(root / name)
+        assert main(["train", "--model", tiny_model_dir, "--out", out[name], *FAST, *flags]) == 0
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(runs, tmp_path_factory):
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "JAXPROMPT_CACHE": str(tmp_path_factory.mktemp("cache"))}
+    proc = subprocess.Popen([sys.executable, "-m", "jaxprompt", "serve", *runs.values(), "--port", str(port),
+                             "--api-key", KEY, "--max-queue", "40", "--max-batch", "8", "--max-tokens", "40", "--batch-wait-ms", "20"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            pytest.fail(f"the server exited: {proc.stdout.read()}")
+        time.sleep(0.5)
+    yield proc, base
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server[1]}/v1", api_key=KEY, max_retries=0)
+
+
+def _generate(run: str, words: list[str], n: int) -> list[str]:
+    """`jaxprompt generate` of one run alone: the completion after the templated input."""
+    out = io.StringIO()
+    args = ["generate", run, "--max-new-tokens", str(n)] + [a for w in words for a in ("--text", w)]
+    with contextlib.redirect_stdout(out):
+        assert main(args) == 0
+    return [line.split(" and", 1)[1] for line in out.getvalue().splitlines()]
+
+
+def test_models_lists_every_prompt_and_the_bare_model(client, runs, tiny_model_dir):
+    ids = {m.id for m in client.models.list().data}
+    assert ids == set(runs) | {tiny_model_dir}
+
+
+def test_greedy_completions_equal_generate_of_each_run_alone(client, runs):
+    lengths = [1, 3, 6]
+    jobs = [(name, WORDS[i % len(WORDS)], lengths[i % 3]) for i, name in enumerate(list(runs) * 8)]  # 24
+    expected = {}
+    for name in runs:
+        for n in lengths:
+            words = [w for m, w, k in jobs if m == name and k == n]
+            expected.update({(name, w, n): t for w, t in zip(words, _generate(runs[name], words, n))})
+
+    def ask(job):
+        name, word, n = job
+        if n == 3:  # some requests stream
+            text, usage = "", None
+            for chunk in client.completions.create(model=name, prompt=word, max_tokens=n, temperature=0, stream=True):
+                text += "".join(c.text for c in chunk.choices)
+                usage = chunk.usage or usage
+            return text, usage
+        r = client.completions.create(model=name, prompt=word, max_tokens=n, temperature=0)
+        return r.choices[0].text, r.usage
+
+    with ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(ask, jobs))
+    for job, (text, usage) in zip(jobs, answers):
+        assert text == expected[job], job
+        assert usage.completion_tokens <= job[2] and usage.prompt_tokens > 0
+        assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_a_list_prompt_echo_and_logprobs(client):
+    r = client.completions.create(model="soft", prompt=["hot", "big"], max_tokens=2, temperature=0, echo=True,
+                                  logprobs=2)
+    assert [c.index for c in r.choices] == [0, 1]
+    assert r.choices[0].text.startswith("hot") and r.choices[1].text.startswith("big")
+    assert len(r.choices[0].logprobs.token_logprobs) == len(r.choices[0].logprobs.tokens)
+    assert all(lp <= 0 for lp in r.choices[0].logprobs.token_logprobs)
+
+
+def test_seeded_sampling_reproduces(client):
+    ask = lambda seed: client.completions.create(model="prefix", prompt="hot", max_tokens=8, temperature=1.0,
+                                                 top_p=0.95, seed=seed).choices[0].text
+    assert ask(3) == ask(3)
+    assert len({ask(s) for s in range(4)}) > 1
+
+
+def _post(base, path, body=None, key=KEY, raw=None, method="post"):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if raw is not None:
+        return httpx.request(method, base + path, content=raw, headers={**headers, "content-type": "application/json"},
+                             timeout=60)
+    return httpx.request(method, base + path, json=body, headers=headers, timeout=60)
+
+
+def test_every_bad_request_is_a_4xx_json_error_and_the_server_keeps_serving(server, client, runs, tmp_path):
+    proc, base = server
+    ok = {"model": "soft", "prompt": "hot", "max_tokens": 2}
+    other_model = tmp_path / "other-run"
+    shutil.copytree(runs["soft"], other_model)
+    import json
+    info = json.load(open(other_model / "run.json"))
+    info["model_dir"] = str(REPO / "checkpoints" / "tiny-gpt2-wordnet")
+    (other_model / "run.json").write_text(json.dumps(info))
+    cases = {
+        "unknown prompt": (lambda: _post(base, "/v1/completions", {**ok, "model": "nope"}), 404, "unknown model 'nope'"),
+        "malformed JSON": (lambda: _post(base, "/v1/completions", raw=b"{oops"), 400, "not valid JSON"),
+        "wrong type": (lambda: _post(base, "/v1/completions", {**ok, "max_tokens": "two"}), 400,
+                       "'max_tokens' must be an integer"),
+        "max_tokens past the limit": (lambda: _post(base, "/v1/completions", {**ok, "max_tokens": 10_000}), 400,
+                                      "'max_tokens' must be an integer in 1..40"),
+        "past the position table": (lambda: _post(base, "/v1/completions", {**ok, "prompt": "hot " * 60,
+                                                                            "max_tokens": 40}), 400, "positions"),
+        "empty prompt": (lambda: _post(base, "/v1/completions", {**ok, "prompt": ""}), 400, "'prompt' is empty"),
+        "wrong API key": (lambda: _post(base, "/v1/completions", ok, key="wrong"), 401, "API key"),
+        "no API key": (lambda: _post(base, "/v1/models", method="get", key=None), 401, "API key"),
+        "not a run": (lambda: _post(base, "/v1/prompts", {"name": "x", "path": str(tmp_path)}), 400,
+                      "not a jaxprompt run directory"),
+        "another model's prompt": (lambda: _post(base, "/v1/prompts", {"name": "y", "path": str(other_model)}), 400,
+                                   "this server serves"),
+    }
+    for label, (send, status, message) in cases.items():
+        r = send()
+        assert r.status_code == status, (label, r.text)
+        error = r.json()["error"]
+        assert message in error["message"] and {"type", "param", "code"} <= set(error), (label, error)
+        assert proc.poll() is None, label
+    assert client.completions.create(model="soft", prompt="hot", max_tokens=1, temperature=0).choices[0].text
+
+
+def test_too_many_queued_requests_get_429(server):
+    _, base = server
+    body = {"model": "soft", "prompt": "hot", "max_tokens": 40, "temperature": 0}
+    with ThreadPoolExecutor(60) as pool:
+        statuses = [r.status_code for r in pool.map(lambda _: _post(base, "/v1/completions", body), range(60))]
+    assert 429 in statuses and 200 in statuses and set(statuses) <= {200, 429}
+
+
+def test_prompts_load_and_unload_while_serving(client, server, runs):
+    _, base = server
+    r = _post(base, "/v1/prompts", {"name": "again", "path": runs["prefix"]})
+    assert r.status_code == 200, r.text
+    same = lambda m: client.completions.create(model=m, prompt="hot", max_tokens=4, temperature=0).choices[0].text
+    assert same("again") == same("prefix")
+    assert _post(base, "/v1/prompts/again", method="delete").status_code == 200
+    assert "again" not in {m.id for m in client.models.list().data}
+    assert _post(base, "/v1/prompts/again", method="delete").status_code == 404
+
+
+def test_sigterm_finishes_the_requests_in_flight_then_exits(server, client):
+    proc, base = server
+    with ThreadPoolExecutor(4) as pool:
+        pending = [pool.submit(client.completions.create, model="soft", prompt=w, max_tokens=30, temperature=0)
+                   for w in WORDS[:4]]
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        texts = [f.result(timeout=120).choices[0].text for f in pending]
+    assert len(texts) == 4
+    # uvicorn re-raises the signal it caught once it has shut down: the exit is SIGTERM's (or 0)
+    assert proc.wait(timeout=120) in (0, -signal.SIGTERM)
