@@ -214,6 +214,42 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_lm_eval(args) -> int:
+    """lm-evaluation-harness tasks on a run's learned prompt (or, with --bare, its model alone)."""
+    from jaxprompt.files import atomic_write
+    from jaxprompt.lm_eval_backend import JaxPromptLM, require_lm_eval, run_lm_eval
+    from jaxprompt.run import load_run
+
+    require_lm_eval()
+    if args.include_path is not None and not os.path.isdir(args.include_path):
+        raise CLIError(f"--include-path {args.include_path} is not a directory")
+    load = settings(args, LoadOptions)
+    session, prompt, _ = load_run(args.run_dir, which=load.which, model=load.model, cache=load.cache,
+                                  member=load.member)
+    lm = JaxPromptLM(session, prompt, batch_size=args.batch_size, learned=not args.bare)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    results = run_lm_eval(lm, tasks, args.include_path, args.limit, args.num_fewshot)
+    from lm_eval.utils import make_table
+
+    print(make_table(results))
+    path = os.path.join(args.run_dir, "lm_eval_bare.json" if args.bare else "lm_eval.json")
+    atomic_write(path, json.dumps({k: results[k] for k in ("results", "versions", "n-shot", "configs")
+                                   if k in results}, indent=2, default=str))
+    print(f"lm-eval results: {path}")
+    return 0
+
+
+def add_lm_eval_parser(run_parser) -> None:
+    q = run_parser("lm-eval", "lm-evaluation-harness tasks on a trained prompt (pip install 'jaxprompt[eval]')")
+    q.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    q.add_argument("--include-path", default=None, help="a directory of extra lm-eval task YAML files")
+    q.add_argument("--limit", type=int, default=None, help="at most N examples per task")
+    q.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the task's)")
+    q.add_argument("--batch-size", type=int, default=16, help="contexts scored per batch")
+    q.add_argument("--bare", action="store_true", help="the run's model without its prompt")
+    q.set_defaults(fn=cmd_lm_eval)
+
+
 def _parse_inputs(session, texts: tuple[str, ...] | list[str]) -> list[dict]:
     """`word1=hot`, a JSON object, or a bare value for the task's single input field."""
     inputs = [f for f in session.task.fields if f not in session.task.template.target_fields]
@@ -415,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser("inspect", "nearest vocabulary tokens of each prompt vector; embedding-space plot",
                InspectOptions).set_defaults(fn=cmd_inspect)
 
+    add_lm_eval_parser(run_parser)
     ex = run_parser("export", "export a trained prompt for PyTorch (PEFT adapter or plain tensors)", ExportOptions)
     ex.add_argument("out_dir", help="directory the adapter or tensors are written to")
     ex.set_defaults(fn=cmd_export)
