@@ -62,6 +62,12 @@ def encode_choices(session, rows: list[dict], hard_prompt: str | None = None) ->
                                     "candidates need at least one token (e.g. ' yes', not '')")
             ids.append(tokens)
         out.append(ChoiceExample(context, ids, task.gold_index(row), texts))
+    prefix = session.method.prefix_positions if hard_prompt is None else 0
+    # the last candidate token is read but predicts nothing: a candidate of n tokens needs n - 1 positions
+    needed = max((prefix + len(e.context) + max(map(len, e.candidates)) - 1 for e in out), default=0)
+    if needed > session.config.max_positions:
+        raise TemplateError(f"an input with its longest candidate needs {needed} positions; the model has "
+                            f"{session.config.max_positions}")
     return out
 
 
@@ -71,7 +77,8 @@ def collate_choices(examples: Sequence[ChoiceExample], pad_id: int, batch_size: 
     B = len(examples) if batch_size is None else batch_size
     context = collate([e.context for e in examples], pad_id, "right", B, buckets, shared_len)
     K = max(len(e.candidates) for e in examples)
-    C = bucket(max(len(c) for e in examples for c in e.candidates), buckets)
+    longest = max(len(c) for e in examples for c in e.candidates)
+    C = 1 if longest == 1 else 1 + bucket(longest - 1, buckets)  # 1 + what is read past the context
     out = {k: context[k] for k in ("tokens", "slots", "mask", "task_id")}
     out["choice_tokens"] = np.full((B, K, C), pad_id, np.int32)
     out["choice_mask"] = np.zeros((B, K, C), bool)
@@ -131,14 +138,16 @@ def choice_logprobs(model: Model, frozen: dict, method, prompt, batch: dict, ste
     B, K, C = batch["choice_tokens"].shape
     tokens = batch["choice_tokens"].reshape(B * K, C)
     mask = batch["choice_mask"].reshape(B * K, C)
-    per_candidate = lambda x: jnp.repeat(x, K, axis=1)  # [L, B, ...] -> [L, B*K, ...]
-    context = Prefix(per_candidate(context.k), per_candidate(context.v), per_candidate(context.mask))
-    positions = positions_from_mask(mask, jnp.repeat(before, K))
-    hidden = model.transformer(frozen, model.embed(frozen, tokens), positions, mask, prefix=context,
-                               adapter=adapter)[0]
-    # the context's last position predicts each candidate's first token; candidate position j the j+1th
-    first = jnp.repeat(model.unembed(frozen, last), K, axis=0)[:, None]  # [B*K, 1, V]
-    logits = jnp.concatenate([first, model.unembed(frozen, hidden[:, :-1])], axis=1)  # [B*K, C, V]
+    # the context's last position predicts each candidate's first token; candidate token j the j+1th
+    logits = jnp.repeat(model.unembed(frozen, last), K, axis=0)[:, None]  # [B*K, 1, V]
+    if C > 1:  # single-token candidates (verbalizers) need nothing past the context
+        per_candidate = lambda x: jnp.repeat(x, K, axis=1)  # [L, B, ...] -> [L, B*K, ...]
+        context = Prefix(per_candidate(context.k), per_candidate(context.v), per_candidate(context.mask))
+        read = tokens[:, :-1]  # the last token is predicted, never read
+        positions = positions_from_mask(mask[:, :-1], jnp.repeat(before, K))
+        hidden = model.transformer(frozen, model.embed(frozen, read), positions, mask[:, :-1], prefix=context,
+                                   adapter=adapter)[0]
+        logits = jnp.concatenate([logits, model.unembed(frozen, hidden)], axis=1)  # [B*K, C, V]
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     token_logp = jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
     loglik = jnp.sum(jnp.where(mask, token_logp, 0.0), axis=-1).reshape(B, K)

@@ -303,6 +303,7 @@ def train_prompt(config: TrainConfig | None, options: RunOptions = RunOptions(),
         raise SettingError(f"--seeds {config.seeds}: {len(members)} population members were given")
     devices = _devices(options, config.data)
     tasks = [get_task(name) for name in config.tasks]
+    _check_loss(config, tasks)
     splits = _splits(tasks, config)
     lock = decided_by_writer(lambda: open_run_dir(run_dir, options.resume, options.overwrite))
     try:
@@ -414,6 +415,13 @@ def _train(config: TrainConfig, options: RunOptions, run_dir: str, devices: list
 
 
 
+def _check_loss(config: TrainConfig, tasks: list[Task]) -> None:
+    plain = [t.name for t in tasks if t.answer != "choice"]
+    if config.loss == "choices" and plain:
+        raise TemplateError(f"--loss choices needs choice tasks (answer = \"choice\"); {plain[0]!r} is not one: "
+                            "use --loss lm")
+
+
 def _choice_training(config: TrainConfig, session: Session, method: PromptMethod, train_rows: list[dict],
                      val_rows: list[dict], members: tuple[Member, ...]):
     """`--loss choices`: (loss, validation loss, training batches, validation batches) over the
@@ -421,10 +429,6 @@ def _choice_training(config: TrainConfig, session: Session, method: PromptMethod
     from jaxprompt.choices import (ChoiceBatches, ChoiceMemberBatches, choice_loss, encode_choices,
                                    eval_choice_batches)
 
-    plain = [t.name for t in session.all_tasks if t.answer != "choice"]
-    if plain:
-        raise TemplateError(f"--loss choices needs choice tasks (answer = \"choice\"); {plain[0]!r} is not one: "
-                            "use --loss lm")
     train, val = encode_choices(session, train_rows), encode_choices(session, val_rows)
     shared = session.shared_len([e.context for e in train + val]) if config.shared_prefix else 0
     B = config.data.batch_size

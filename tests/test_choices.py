@@ -205,3 +205,25 @@ def test_loss_choices_raises_validation_accuracy_on_supersense(tmp_path):
     assert after >= before + 0.1, (before, after)
     results = json.load(open(f"{out}/results.json"))["results"][0]
     assert results["accuracy"] is not None and results["acc_norm"] is not None
+
+
+@pytest.mark.parametrize("rows,keys,message", [
+    ([{"w": "hot", "label": "warm"}], {"choices": [" yes", " no"]}, "the gold answer ' warm' is not among the "
+                                                                    "candidates [' yes', ' no']"),
+    ([{"w": "hot", "label": "cold", "options": []}], {"choices_field": "options"},
+     "field 'options' must hold a non-empty list of candidates"),
+    ([{"w": "hot", "label": "yes"}], {"choices": [" yes", " no"], "loss": None}, "--loss choices needs choice tasks"),
+])
+def test_bad_choice_input_is_one_line_and_exit_2(tmp_path, capsys, rows, keys, message):
+    from conftest import write_task
+    from jaxprompt.cli import main
+
+    keys = dict(keys)
+    plain = keys.pop("loss", "x") is None
+    task = write_task(tmp_path, rows * 20, template="{prompt} {w}?", target=" {label}", name="bad",
+                      **({} if plain else {"answer": "choice", **keys}))
+    code = main(["train", "--task", task, "--out", str(tmp_path / "run"), "--steps", "1", "--no-progress",
+                 *(["--loss", "choices"])])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "\n" not in err, err
+    assert not (tmp_path / "run").exists()
