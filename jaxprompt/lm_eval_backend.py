@@ -185,7 +185,8 @@ def make_lm_class():
                 until = [until] if isinstance(until, str) else list(until)
                 n_new = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
                 temperature = float(kwargs.pop("temperature", 0.0)) if kwargs.pop("do_sample", False) else 0.0
-                ids = self.tok_encode(context)[-(self.max_length - n_new):]
+                n_new = min(n_new, self.max_length - 1)
+                ids = self.tok_encode(context)[-(self.max_length - n_new):] or [self.prefix_token_id]
                 tokens = _generate_tokens(self.session, self.method, self.prompt, [self._context(ids)], n_new,
                                           Sampling(temperature=temperature))[0]
                 text = self.tok_decode(tokens)

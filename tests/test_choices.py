@@ -130,10 +130,13 @@ def test_evaluation_reports_accuracy_acc_norm_and_per_class_counts(tiny_hf):
 
 
 def test_acc_norm_divides_by_bytes_not_tokens():
-    class E:  # two candidates: the longer one has the higher total but the lower per-byte likelihood
-        gold, texts, candidates = 0, [" a", " abcdefgh"], [[1], [2]]
+    class E:  # the longer candidate has the lower total but the higher likelihood per byte
+        gold, texts, candidates = 1, [" a", " abcdéfgh"], [[1], [2]]
 
-    metrics = choice_metrics([E()], [[-2.0, -1.5]], (" a", " abcdefgh"))
+    metrics = choice_metrics([E()], [[-1.0, -1.5]], (" a", " abcdéfgh"))
+    assert metrics.accuracy == 0.0 and metrics.acc_norm == 1.0
+    # " abcdéfgh" is 10 bytes, 9 characters: per byte it wins (-0.0475 > -0.05), per character it would not
+    metrics = choice_metrics([E()], [[-0.1, -0.475]], (" a", " abcdéfgh"))
     assert metrics.accuracy == 0.0 and metrics.acc_norm == 1.0
 
 

@@ -88,6 +88,14 @@ def test_learned_soft_prompt_matches_lm_evals_hf_backend_on_its_peft_export(tiny
     ours = run_lm_eval(JaxPromptLM.from_run(run_dir, batch_size=4), ["jp_opposites"], include, log_samples=True)
     _compare(ours, _hf(directory, include, peft=adapter))
 
+    # the command: lm-eval's results JSON in the run directory; an unknown task is one line, exit 2
+    from jaxprompt.cli import main
+
+    assert main(["lm-eval", run_dir, "--tasks", "jp_opposites", "--include-path", include, "--limit", "4"]) == 0
+    stored = json.load(open(f"{run_dir}/lm_eval.json"))["results"]["jp_opposites"]
+    assert 0 <= stored["acc,none"] <= 1 and "acc_norm,none" in stored
+    assert main(["lm-eval", run_dir, "--tasks", "jp_nonexistent", "--include-path", include]) == 2
+
 
 def test_bare_model_matches_lm_evals_hf_backend(tiny_hf, tmp_path):
     _, directory = tiny_hf("gpt2-50k")
