@@ -234,7 +234,7 @@ def score(session, prompt, examples: list[ChoiceExample], method, batch_size: in
 @dataclasses.dataclass
 class ChoiceMetrics:
     accuracy: float
-    acc_norm: float  # by the candidate's length in bytes, as lm-eval's acc_norm
+    acc_norm: float  # by the candidate's length in UTF-8 bytes (as written, leading space included)
     predictions: list[int]
     per_class: dict[str, dict[str, int]] | None  # fixed candidates: gold / predicted / correct counts
 

@@ -224,8 +224,11 @@ def cmd_lm_eval(args) -> int:
     if args.include_path is not None and not os.path.isdir(args.include_path):
         raise CLIError(f"--include-path {args.include_path} is not a directory")
     load = settings(args, LoadOptions)
-    session, prompt, _ = load_run(args.run_dir, which=load.which, model=load.model, cache=load.cache,
-                                  member=load.member)
+    session, prompt, info = load_run(args.run_dir, which=load.which, model=load.model, cache=load.cache,
+                                     member=load.member)
+    if info["members"] and load.member is None and not args.bare:
+        raise CLIError(f"{args.run_dir} trained {len(info['members'])} prompts (--seeds): choose one with --member "
+                       f"0..{len(info['members']) - 1}")
     lm = JaxPromptLM(session, prompt, batch_size=args.batch_size, learned=not args.bare)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     results = run_lm_eval(lm, tasks, args.include_path, args.limit, args.num_fewshot)

@@ -29,7 +29,7 @@ class EvalResult:
     bleu: float | None = None
     rouge_l: float | None = None
     accuracy: float | None = None  # choice tasks: the most likely candidate is the gold one
-    acc_norm: float | None = None  # ... the most likely per byte (lm-eval's acc_norm)
+    acc_norm: float | None = None  # ... the most likely per UTF-8 byte of the candidate (as written, leading space included)
     per_class: dict | None = None  # fixed candidates: {candidate: {gold, predicted, correct}}
     samples: list[dict] = dataclasses.field(default_factory=list)
 

@@ -99,7 +99,10 @@ def make_lm_class():
         def from_run(cls, run_dir: str, member: int | None = None, which: str = "best", **kwargs):
             from jaxprompt.run import load_run
 
-            session, prompt, _ = load_run(run_dir, which=which, member=member)
+            session, prompt, info = load_run(run_dir, which=which, member=member)
+            if info["members"] and member is None:
+                raise TemplateError(f"{run_dir} trained {len(info['members'])} prompts: pass member=0.."
+                                    f"{len(info['members']) - 1}")
             return cls(session, prompt, **kwargs)
 
         @classmethod
