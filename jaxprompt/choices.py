@@ -20,7 +20,6 @@ Batch layout (`collate_choices`):
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 from typing import Sequence
 
 import jax
