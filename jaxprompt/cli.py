@@ -26,6 +26,7 @@ from jaxprompt.commands.eval import EVAL
 from jaxprompt.commands.export import EXPORT, IMPORT
 from jaxprompt.commands.generate import GENERATE
 from jaxprompt.commands.inspect import INSPECT
+from jaxprompt.commands.lm_eval import LM_EVAL
 from jaxprompt.commands.plan import PLAN
 from jaxprompt.commands.serve import SERVE
 from jaxprompt.commands.sweep import SWEEP
@@ -37,7 +38,7 @@ from jaxprompt.settings import Settings, SettingError, allowed, get, leaves, par
 PROG = "jaxprompt"
 
 # `jaxprompt --help` lists them in this order; a new command is a module of commands/ and a line here
-COMMANDS: tuple[Command, ...] = (TRAIN, EVAL, GENERATE, INSPECT, EXPORT, IMPORT, TASKS, SWEEP, PLAN, SERVE)
+COMMANDS: tuple[Command, ...] = (TRAIN, EVAL, GENERATE, INSPECT, EXPORT, IMPORT, TASKS, SWEEP, PLAN, SERVE, LM_EVAL)
 
 __all__ = ["CLIError", "COMMANDS", "build_parser", "main"]
 

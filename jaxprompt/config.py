@@ -155,6 +155,8 @@ class TrainConfig(Settings):
     baseline: bool = setting(True, "also evaluate the written prompt")
     remat: bool = setting(False, "recompute each layer in the backward pass (less memory, more time)")
     shared_prefix: bool = setting(True, "compute the head every example shares once per batch")
+    loss: str = setting("lm", "lm: the target's negative log-likelihood; choices (choice tasks): cross-entropy "
+                              "over the candidates' log-likelihoods, the gold one ranked first", choices=("lm", "choices"))
     method: MethodConfig = dataclasses.field(default_factory=MethodConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     loop: LoopConfig = dataclasses.field(default_factory=LoopConfig)

@@ -1,5 +1,6 @@
 """Evaluation of a learned (or written) prompt: test loss, exact match of greedy generation,
-BLEU / ROUGE-L for generative tasks, and a table of predictions vs references."""
+BLEU / ROUGE-L for generative tasks, accuracy by likelihood for choice tasks (choices.py), and a
+table of predictions vs references."""
 
 from __future__ import annotations
 
@@ -27,13 +28,16 @@ class EvalResult:
     exact_match: float | None = None
     bleu: float | None = None
     rouge_l: float | None = None
+    accuracy: float | None = None  # choice tasks: the most likely candidate is the gold one
+    acc_norm: float | None = None  # ... the most likely per UTF-8 byte of the candidate (as written, leading space included)
+    per_class: dict | None = None  # fixed candidates: {candidate: {gold, predicted, correct}}
     samples: list[dict] = dataclasses.field(default_factory=list)
 
     def summary(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "samples"}
 
 
-METRICS = ("loss", "exact_match", "bleu", "rouge_l")
+METRICS = ("loss", "exact_match", "bleu", "rouge_l", "accuracy", "acc_norm")
 
 
 def spread(values) -> tuple[float, float] | None:
@@ -140,7 +144,11 @@ def evaluate(session: Session, prompt, rows: list[dict], hard_prompt: str | None
     task = session.task
     result = EvalResult(label=label or ("written" if hard_prompt is not None else "learned"), n=len(rows),
                         loss=heldout_loss(session, prompt, rows, hard_prompt, batch_size))
-    if not generation or not rows:
+    if not rows:
+        return result
+    if task.answer == "choice":
+        return _evaluate_choices(session, prompt, rows, hard_prompt, result, batch_size, n_samples)
+    if not generation:
         return result
     # one generation per distinct input; every target of that input is a reference
     references: dict[str, list[str]] = defaultdict(list)
@@ -178,6 +186,26 @@ def shown_samples(scored: list[tuple], n: int, hits_first: int = 3) -> list[tupl
     misses = [s for s in scored if not s[2]]
     shown = hits[:hits_first] + misses
     return (shown + hits[hits_first:])[:n]
+
+
+def _evaluate_choices(session: Session, prompt, rows: list[dict], hard_prompt: str | None, result: EvalResult,
+                      batch_size: int, n_samples: int) -> EvalResult:
+    """Accuracy and acc_norm of the most likely candidate, per-class counts, the sample table."""
+    from jaxprompt.choices import choice_metrics, encode_choices, score
+
+    task = session.task
+    examples = encode_choices(session, rows, hard_prompt)
+    method, prompt = inference_form(session, prompt, hard_prompt)
+    logliks, _ = score(session, prompt, examples, method, batch_size)
+    metrics = choice_metrics(examples, logliks, task.choices)
+    result.accuracy, result.acc_norm, result.per_class = metrics.accuracy, metrics.acc_norm, metrics.per_class
+    fields = [f for f in task.fields if f not in task.template.target_fields]
+    scored = [(i, p, p == e.gold) for i, (e, p) in enumerate(zip(examples, metrics.predictions))]
+    for i, p, hit in shown_samples(scored, n_samples):
+        r, e = rows[i], examples[i]
+        result.samples.append({"input": " ".join(str(r[f]) for f in fields), "actual": e.texts[e.gold].strip(),
+                               "predicted": e.texts[p].strip(), "match": bool(hit)})
+    return result
 
 
 def evaluate_prompts(session: Session, rows_per_task: list[list[dict]], prompts: list, label: str = "learned",

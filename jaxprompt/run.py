@@ -186,6 +186,7 @@ def train_prompt(config: TrainConfig | None, options: RunOptions = RunOptions(),
         raise SettingError(f"--seeds {config.seeds}: {len(members)} population members were given")
     devices = _devices(options, config.data)
     tasks = [get_task(name) for name in config.tasks]
+    _check_loss(config, tasks)
     splits = _splits(tasks, config)
     lock = decided_by_writer(lambda: open_run_dir(run_dir, options.resume, options.overwrite))
     try:
@@ -286,14 +287,20 @@ def _tracked_train(config: TrainConfig, options: RunOptions, run_dir: str, devic
                           for part in rates[0]}
     shared = session.shared_len(train_enc + val_enc) if config.shared_prefix else 0
     t0 = time.perf_counter()
-    train_batches = MemberBatches(train_enc, data.batch_size, session.pad_id, [m.seed for m in members], shared) \
-        if members else Batches(train_enc, data.batch_size, session.pad_id, seed=config.seed, shared_len=shared)
+    if config.loss == "choices":
+        loss_fn, eval_loss_fn, train_batches, val_batches = _choice_training(config, session, method, train_rows,
+                                                                             val_rows, members)
+    else:
+        train_batches = MemberBatches(train_enc, data.batch_size, session.pad_id, [m.seed for m in members], shared) \
+            if members else Batches(train_enc, data.batch_size, session.pad_id, seed=config.seed, shared_len=shared)
+        val_batches = [b for _, b in eval_batches(val_enc, data.batch_size, session.pad_id, shared_len=shared)]
+        loss_fn = prompt_loss(session.model, method, shared)
+        eval_loss_fn = prompt_loss(session.model, method, shared, inference=True)
     result = fit(
-        trained_only(config.optimizer, prompt_loss(session.model, method, shared)), optimizer, prompt, session.frozen, train_batches,
-        [b for _, b in eval_batches(val_enc, data.batch_size, session.pad_id, shared_len=shared)],
+        trained_only(config.optimizer, loss_fn), optimizer, prompt, session.frozen, train_batches, val_batches,
         dataclasses.replace(config.loop, steps=steps, eval_every=min(config.loop.eval_every, steps)),
         run_dir=run_dir, resume=options.resume, metadata={"run": info}, strategy=strategy,
-        eval_loss_fn=prompt_loss(session.model, method, shared, inference=True),
+        eval_loss_fn=eval_loss_fn,
         micro_batches=data.accumulate, seed=config.seed, progress=options.progress, population=population,
         learning_rates=rates_at, on_record=track if trackers is not None else None,
     )
@@ -324,6 +331,29 @@ def _tracked_train(config: TrainConfig, options: RunOptions, run_dir: str, devic
     log(f"\nrun directory: {run_dir}  (curve: {os.path.join(run_dir, CURVE)})")
     return RunResult(run_dir, results, result.history, result.best_step, seconds, len(train_rows), members)
 
+
+
+def _check_loss(config: TrainConfig, tasks: list[Task]) -> None:
+    plain = [t.name for t in tasks if t.answer != "choice"]
+    if config.loss == "choices" and plain:
+        raise TemplateError(f"--loss choices needs choice tasks (answer = \"choice\"); {plain[0]!r} is not one: "
+                            "use --loss lm")
+
+
+def _choice_training(config: TrainConfig, session: Session, method: PromptMethod, train_rows: list[dict],
+                     val_rows: list[dict], members: tuple[Member, ...]):
+    """`--loss choices`: (loss, validation loss, training batches, validation batches) over the
+    candidates of choice tasks (choices.py); the validation loss is the same cross-entropy."""
+    from jaxprompt.choices import (ChoiceBatches, ChoiceMemberBatches, choice_loss, encode_choices,
+                                   eval_choice_batches)
+
+    train, val = encode_choices(session, train_rows), encode_choices(session, val_rows)
+    shared = session.shared_len([e.context for e in train + val]) if config.shared_prefix else 0
+    B = config.data.batch_size
+    batches = ChoiceMemberBatches(train, B, session.pad_id, [m.seed for m in members], shared) if members \
+        else ChoiceBatches(train, B, session.pad_id, seed=config.seed, shared_len=shared)
+    return (choice_loss(session.model, method, shared), choice_loss(session.model, method, shared, inference=True),
+            batches, eval_choice_batches(val, B, session.pad_id, shared))
 
 
 # ---- reading a run back --------------------------------------------------------------------------

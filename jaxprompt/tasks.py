@@ -1,7 +1,8 @@
 """Tasks: a template, a target, a written-prompt baseline, and data with deterministic splits.
 
-Built-in: `antonyms` (WordNet 3.0 antonym pairs) and `paraphrase` (WordNet example sentences
-with a word replaced by a synonym). Users define their own in a TOML/YAML file:
+Built-in: `antonyms` (WordNet 3.0 antonym pairs), `paraphrase` (WordNet example sentences
+with a word replaced by a synonym), and two choice tasks: `supersense` (a noun's lexicographer
+category among 8) and `antonym-choice` (the antonym among 4 words of the same part of speech). Users define their own in a TOML/YAML file:
 
     name = "capitals"
     template = "The capital of {prompt} {country} is"
@@ -10,6 +11,11 @@ with a word replaced by a synonym). Users define their own in a TOML/YAML file:
     data = "capitals.jsonl"                   # JSON/JSONL/CSV/Parquet, a saved datasets dir, or a Hub id
     group_by = ["country"]                    # examples sharing these never straddle a split
     answer = "word"                           # exact match on the first word ("word") or the line ("text")
+
+A choice task (`answer = "choice"`) is scored by likelihood (choices.py): every example chooses
+among fixed candidates (`choices = [" yes", " no", " maybe"]`, verbalizers; the target renders the
+gold one) or among its own (`choices_field = "options"`: each option is rendered through the
+target, whose one field holds the gold option or its index in the list).
 """
 
 from __future__ import annotations
@@ -38,8 +44,12 @@ class Task(Settings):
     template: Template = setting(help="input with {field} and {prompt} placeholders, and its target")
     hard_prompt: str = setting("", "the written prompt the learned one is compared with")
     data: str = setting("", "JSON/JSONL/CSV/TSV/Parquet file, a saved datasets directory, or a Hub dataset id")
-    answer: str = setting("word", "exact match on the first word of the generation, or on its first line",
-                          choices=("word", "text"))
+    answer: str = setting("word", "exact match on the first word of the generation, or on its first line; "
+                          "choice: the most likely of the candidates (choices.py)", choices=("word", "text", "choice"))
+    choices: tuple[str, ...] = setting((), "answer = choice: the candidates every example chooses among, as "
+                                       "they follow the input (e.g. [' yes', ' no', ' maybe'])")
+    choices_field: str | None = setting(None, "answer = choice: the field holding each example's own candidates "
+                                        "(each rendered through the target)")
     max_new_tokens: int = setting(8, "tokens generated per example in evaluation", range=AT_LEAST_1)
     group_by: tuple[str, ...] = setting((), "fields whose values define a split group (default: all fields)")
     split_fractions: tuple[float, float] = setting((0.1, 0.15), "validation and test fractions",
@@ -54,17 +64,70 @@ class Task(Settings):
         if unknown:
             raise TemplateError(f"task key 'group_by' names {unknown[0]!r}, which the template does not use "
                                 f"(fields: {', '.join(self.template.fields)})")
+        self._check_choices()
         if sum(self.split_fractions) >= 1:
             raise TemplateError(f"task key 'split_fractions' {list(self.split_fractions)}: validation + test "
                                 "must leave examples for training (sum < 1)")
+
+    def _check_choices(self) -> None:
+        if self.answer != "choice":
+            if self.choices or self.choices_field:
+                raise TemplateError("task keys 'choices' / 'choices_field' need answer = \"choice\"")
+            return
+        if bool(self.choices) == bool(self.choices_field):
+            raise TemplateError("a choice task (answer = \"choice\") needs exactly one of 'choices' (a non-empty "
+                                "list of candidates) or 'choices_field' (the field holding each example's)")
+        if self.choices_field and len(self.template.target_fields) != 1:
+            raise TemplateError(f"with 'choices_field' the target {self.template.target!r} must use exactly one "
+                                "field (each candidate is rendered in its place)")
+        if len(set(self.choices)) != len(self.choices):
+            raise TemplateError(f"task key 'choices' {list(self.choices)} repeats a candidate")
 
     @property
     def fields(self) -> tuple[str, ...]:
         return self.template.fields
 
+    def candidates(self, row: dict) -> list[str]:
+        """A choice task's candidate continuations for `row` (the fixed ones, or the row's own
+        rendered through the target)."""
+        if self.choices:
+            return list(self.choices)
+        options = row.get(self.choices_field)
+        if not isinstance(options, (list, tuple)) or not options:
+            raise TemplateError(f"task {self.name!r}: field {self.choices_field!r} must hold a non-empty list of "
+                                f"candidates, got {options!r}")
+        field = self.template.target_fields[0]
+        return [self.template.render_target({**row, field: o}) for o in options]
+
+    def gold_index(self, row: dict) -> int:
+        """The index of `row`'s gold candidate; a gold answer outside the candidates is refused."""
+        candidates = self.candidates(row)
+        gold = self.template.render_target(row)
+        if gold not in candidates:
+            raise TemplateError(f"task {self.name!r}: the gold answer {gold!r} is not among the candidates "
+                                f"{candidates} (row {row})")
+        return candidates.index(gold)
+
+    def with_gold(self, row: dict) -> dict:
+        """`row` with a per-example gold index (an int in the target's field) replaced by that option."""
+        field = self.template.target_fields[0]
+        value = row.get(field)
+        if self.choices_field and isinstance(value, int) and not isinstance(value, bool):
+            options = row.get(self.choices_field)
+            if isinstance(options, (list, tuple)) and not 0 <= value < len(options):
+                raise TemplateError(f"task {self.name!r}: gold index {value} is outside the {len(options)} "
+                                    f"candidates of row {row}")
+            if isinstance(options, (list, tuple)):
+                row = {**row, field: options[value]}
+        self.gold_index(row)
+        return row
+
     def load(self, seed: int = 0) -> dict[str, list[dict]]:
         """train / validation / test example lists. Deterministic for a given `seed`."""
-        return split_examples(load_records(self.data, self.data_format), self, seed)
+        rows = load_records(self.data, self.data_format)
+        if self.answer == "choice":
+            rows = [self.with_gold(r) for r in rows]
+        return split_examples(rows, self, seed)
 
 # ---- built-in tasks ----------------------------------------------------------------------------
 
@@ -89,6 +152,27 @@ BUILTIN = {
         max_new_tokens=32,
         group_by=("sentence",),
         description="WordNet example sentences and the same sentence with a synonym (lexical paraphrase)",
+    ),
+    "supersense": Task(
+        name="supersense",
+        template=Template("{prompt} {word} is a kind of", " {category}"),
+        hard_prompt="Category (animal, artifact, body, food, location, person, plant or time):",
+        data=os.path.join(DATA_DIR, "supersense.tsv"),
+        data_format="csv",
+        answer="choice",
+        choices=(" animal", " artifact", " body", " food", " location", " person", " plant", " time"),
+        group_by=("word",),
+        description="a WordNet 3.0 noun -> the supersense of its first sense, among 8 (2,000 nouns)",
+    ),
+    "antonym-choice": Task(
+        name="antonym-choice",
+        template=Template("{prompt} {word1} is the opposite of", " {word2}"),
+        hard_prompt="antonyms:",
+        data=os.path.join(DATA_DIR, "antonym_choice.jsonl"),
+        answer="choice",
+        choices_field="options",
+        group_by=("word1", "word2"),  # a pair and its reverse stay on the same side
+        description="the antonym among 4 WordNet 3.0 words of the same part of speech (6,622 questions)",
     ),
 }
 

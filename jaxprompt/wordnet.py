@@ -22,6 +22,7 @@ class Synset:
     pointers: list[tuple[str, int, str, int, int]]  # (symbol, offset, pos, source word no., target word no.)
     definition: str
     examples: list[str]
+    lex_filenum: int = -1  # the lexicographer file (lexnames(5)): a noun's supersense
 
     @property
     def key(self) -> tuple[str, int]:
@@ -51,7 +52,7 @@ def _parse_line(line: str) -> Synset:
     gloss = gloss.strip()
     examples = re.findall(r'"([^"]+)"', gloss)
     definition = gloss.split('; "')[0].split(' "')[0].strip().rstrip(";").strip()
-    return Synset(offset, pos, words, pointers, definition, examples)
+    return Synset(offset, pos, words, pointers, definition, examples, int(fields[1]))
 
 
 def read_synsets(directory: str = DEFAULT_DIR) -> dict[tuple[str, int], Synset]:
@@ -115,3 +116,47 @@ def synonym_paraphrases(synsets: dict[tuple[str, int], Synset], min_words: int =
                 pairs.append((example, _fix_article(example[:m.start()] + synonym + example[m.end():])))
                 break
     return pairs
+
+
+# lexnames(5): lexicographer file number -> noun supersense (the `lexnames` file is not in wordnet-base)
+NOUN_SUPERSENSES = {3: "Tops", 4: "act", 5: "animal", 6: "artifact", 7: "attribute", 8: "body", 9: "cognition",
+                    10: "communication", 11: "event", 12: "feeling", 13: "food", 14: "group", 15: "location",
+                    16: "motive", 17: "object", 18: "person", 19: "phenomenon", 20: "plant", 21: "possession",
+                    22: "process", 23: "quantity", 24: "relation", 25: "shape", 26: "state", 27: "substance",
+                    28: "time"}
+
+
+def first_noun_senses(synsets: dict[tuple[str, int], Synset], directory: str = DEFAULT_DIR
+                      ) -> list[tuple[str, str, int]]:
+    """(noun, supersense of its most frequent sense, tagged-sense count) for single-word nouns.
+
+    index.noun lists a lemma's synsets most frequent first; the tagged-sense count says how often
+    the lemma's senses occur in WordNet's semantically tagged corpora (0: never)."""
+    out = []
+    with open(os.path.join(directory, "index.noun"), encoding="latin-1") as f:
+        for line in f:
+            if line.startswith("  "):
+                continue
+            fields = line.split()
+            lemma, n_synsets, n_pointers = fields[0], int(fields[2]), int(fields[3])
+            tagged = int(fields[5 + n_pointers])
+            first = int(fields[6 + n_pointers])
+            if not lemma.isalpha() or n_synsets < 1:
+                continue
+            out.append((lemma, NOUN_SUPERSENSES.get(synsets[("n", first)].lex_filenum, ""), tagged))
+    return out
+
+
+def antonym_pairs_with_pos(synsets: dict[tuple[str, int], Synset]) -> dict[tuple[str, str], str]:
+    """`antonym_pairs`' pairs with the part of speech of the pointing synset (n, v, a, r)."""
+    out = {}
+    for s in synsets.values():
+        for symbol, target, pos, src, tgt in s.pointers:
+            if symbol != "!" or src == 0 or tgt == 0:
+                continue
+            a, b = s.words[src - 1].lower(), synsets[(pos, target)].words[tgt - 1].lower()
+            if a == b or not (a.replace("-", "").isalpha() and b.replace("-", "").isalpha()):
+                continue
+            out.setdefault((a, b), _file_pos(s.pos))
+            out.setdefault((b, a), _file_pos(s.pos))
+    return out

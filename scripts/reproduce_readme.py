@@ -9,6 +9,7 @@ Tables, in order:
   sample efficiency  scripts/sample_efficiency.py: 100 training examples vs all of them
   hard prompts       scripts/hard_prompts.py: soft projected afterwards vs PEZ vs relaxed
   held-out pairs     scripts/heldout_pairs.py on the main job's run: antonym pairs seen / unseen in pretraining
+  choice tasks       supersense and antonym-choice trained with --loss choices: written vs learned accuracy
 
 Runs go under --out and are replaced each time. The markdown goes to stdout (and to --markdown).
 """
@@ -37,13 +38,15 @@ sys.path.insert(0, SCRIPTS)
 import hard_prompts  # noqa: E402  (a sibling script)
 import sample_efficiency  # noqa: E402
 
-TABLES = ("main", "sample-efficiency", "hard-prompts", "held-out-pairs")  # in the README's order
+TABLES = ("main", "sample-efficiency", "hard-prompts", "held-out-pairs", "choice-tasks")  # in the README's order
 # what --quick changes: a smoke run that exercises every table in a few minutes
 QUICK = {"main": dict(steps=20, eval_examples=60, eval_every=10, seeds=2),
          "sample_efficiency": dict(steps=10, sizes="20,all", prompt_length=5, eval_examples=60),
-         "hard_prompts": dict(steps=10, prompt_length=3, eval_examples=60, eval_every=5)}
+         "hard_prompts": dict(steps=10, prompt_length=3, eval_examples=60, eval_every=5),
+         "choice_tasks": dict(steps=10, prompt_length=4, eval_examples=60, eval_every=5, seeds=2)}
 FULL = {"main": dict(seeds=5), "sample_efficiency": dict(steps=300, sizes="100,all", prompt_length=20, eval_examples=None),
-        "hard_prompts": dict(steps=300, prompt_length=5, eval_examples=300, eval_every=50)}
+        "hard_prompts": dict(steps=300, prompt_length=5, eval_examples=300, eval_every=50),
+        "choice_tasks": dict(steps=300, prompt_length=10, eval_examples=None, eval_every=50, seeds=5)}
 
 
 def _row(cells) -> str:
@@ -72,6 +75,27 @@ def _loss(r: EvalResult | PopulationResult, bold: bool = False) -> str:
 
 def _match(r: EvalResult | PopulationResult, bold: bool = False) -> str:
     return _cell(*_mean_std(r, "exact_match"), lambda v: f"{100 * v:.1f}%", bold)
+
+
+def _accuracy(r: EvalResult | PopulationResult, name: str = "accuracy", bold: bool = False) -> str:
+    return _cell(*_mean_std(r, name), lambda v: f"{100 * v:.1f}%", bold)
+
+
+def choice_tasks_table(out: str, settings: dict) -> str:
+    """Per built-in choice task: the written prompt and the prompt learned with --loss choices."""
+    rows = []
+    for task in ("supersense", "antonym-choice"):
+        config = TrainConfig.from_flags(tasks=(task,), loss="choices", lr=0.1, **settings)
+        written, learned = train_prompt(config, RunOptions(out=f"{out}/choices-{task}", overwrite=True, progress=False),
+                                        log=lambda *a: None).results
+        if isinstance(written, PopulationResult):
+            written = written.members[0]
+        rows.append([task, _accuracy(written), _accuracy(written, "acc_norm"), _accuracy(learned),
+                     _accuracy(learned, "acc_norm"), f"{learned.n:,}"])
+    note = (f"--loss choices, {settings['steps']} steps, P={settings['prompt_length']}; learned: mean ± standard "
+            f"deviation over {settings['seeds']} seeds")
+    return _table(["task", "written acc", "written acc_norm", "learned acc", "learned acc_norm", "test examples"],
+                  rows) + f"\n\n({note})"
 
 
 def random_model(directory: str) -> str:
@@ -154,7 +178,8 @@ def main(argv=None):
               "sample-efficiency": ("Sample efficiency",
                                     lambda: sample_efficiency_table(args.out, settings["sample_efficiency"])),
               "hard-prompts": ("Hard prompts", lambda: hard_prompts_table(args.out, settings["hard_prompts"])),
-              "held-out-pairs": ("Held-out antonym pairs", lambda: heldout_pairs_table(args.out))}
+              "held-out-pairs": ("Held-out antonym pairs", lambda: heldout_pairs_table(args.out)),
+              "choice-tasks": ("Choice tasks", lambda: choice_tasks_table(args.out, settings["choice_tasks"]))}
     sections = []
     for name in TABLES:
         if name not in chosen:

@@ -129,3 +129,44 @@ def test_an_unreadable_csv_names_the_file_and_the_cause(tmp_path, capfd, content
         load_records(str(path))
     assert str(path) in str(info.value) and message in str(info.value) and "\n" not in str(info.value)
     assert "Failed to read" not in capfd.readouterr().err  # datasets' own report is not printed besides
+
+
+def test_builtin_choice_tasks_are_what_wordnet_says(tmp_path):
+    """The shipped supersense / antonym-choice files are rebuilt byte for byte from WordNet 3.0, and
+    each noun's category is its first sense's lexicographer file, read here from data.noun directly."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from jaxprompt.tasks import BUILTIN
+
+    wordnet = "/usr/share/wordnet"
+    if not os.path.isfile(f"{wordnet}/index.noun"):
+        pytest.skip("WordNet 3.0 is not installed (apt-get install wordnet-base)")
+    subprocess.run([sys.executable, str(REPO / "scripts" / "build_task_data.py"), "--out", str(tmp_path)], check=True,
+                   capture_output=True)
+    for name in ("supersense.tsv", "antonym_choice.jsonl"):
+        assert (tmp_path / name).read_bytes() == (REPO / "jaxprompt" / "data" / name).read_bytes()
+    lexnames = {"05": "animal", "06": "artifact", "08": "body", "13": "food", "15": "location", "18": "person",
+                "20": "plant", "28": "time"}
+    with open(f"{wordnet}/data.noun", encoding="latin-1") as f:
+        lex = {line[:8]: line[9:11] for line in f if not line.startswith("  ")}
+    first = {}
+    with open(f"{wordnet}/index.noun", encoding="latin-1") as f:
+        for line in f:
+            if not line.startswith("  "):
+                parts = line.split()
+                first[parts[0]] = parts[-int(parts[2])]  # the synset offsets end the line, most frequent first
+    task = BUILTIN["supersense"]
+    splits = task.load()
+    rows = [r for s in splits.values() for r in s]
+    assert len(rows) == 2000 and all(" " + r["category"] in task.choices for r in rows)
+    for r in rows[:300]:
+        assert lexnames[lex[first[r["word"]]]] == r["category"], r
+    pairs = {(a, b) for a, b in (line.split("\t") for line in
+                                 (REPO / "jaxprompt" / "data" / "antonyms.tsv").read_text().split("\n")[1:] if line)}
+    choice = BUILTIN["antonym-choice"]
+    for r in [r for s in choice.load().values() for r in s][:500]:
+        assert len(r["options"]) == 4 and r["word2"] in r["options"] and (r["word1"], r["word2"]) in pairs
+        assert not any((r["word1"], o) in pairs for o in r["options"] if o != r["word2"])

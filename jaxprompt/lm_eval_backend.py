@@ -1,0 +1,224 @@
+"""jaxprompt as a model of lm-evaluation-harness (lm-eval): its `LM` interface over a run (the
+learned prompt applied to every request) or over a bare model.
+
+    lm = JaxPromptLM.from_run("checkpoints/run")          # or JaxPromptLM.from_model("gpt2")
+    lm_eval.simple_evaluate(model=lm, tasks=["hellaswag"])
+
+Requests are tokenised as lm-eval's `hf` backend tokenises them (context and continuation split
+after encoding the whole, trailing context spaces moved to the continuation, an empty context
+replaced by EOS), so a request's log-likelihood is the one `hf` gives the model with the prompt's
+PEFT export. Requests sharing a context (a multiple-choice question's answers) are scored as one
+choice example: the context once, each continuation from its keys/values (choices.py); the head
+every request shares (the prompt's virtual tokens) comes from the prompt cache.
+
+Prompt placement: a prompt learned in a template that starts with `{prompt}` (one slot) is put
+before every request, as PEFT puts it; prefix tuning and adaption prompts reach every request
+without positions of their own. A prompt learned inside a template (text before it, or several
+slots) is refused: what a request would need around it is not defined.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from jaxprompt.choices import ChoiceExample, score
+from jaxprompt.data import Encoded, TemplateError
+
+INSTALL = "lm-eval is not installed: pip install 'jaxprompt[eval]' (or pip install lm-eval)"
+
+
+def require_lm_eval():
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise TemplateError(INSTALL) from None
+    from lm_eval.api.model import TemplateLM
+
+    return TemplateLM
+
+
+def placement_problem(session) -> str | None:
+    """Why the session's prompt cannot be applied to an arbitrary request, or None."""
+    method = session.method
+    if method.n_tasks > 1:
+        return "a multi-task prompt holds one prompt per task; evaluate one task's run"
+    if method.kind != "embeddings":
+        return None  # prefix keys/values and adaption prompts reach every position
+    pieces = session.task.template.pieces({f: "" for f in session.task.fields}, method.length)
+    if not isinstance(pieces[0], int) or sum(isinstance(p, int) for p in pieces) != 1:
+        return (f"the prompt was trained inside the template {session.task.template.text!r}; lm-eval requests "
+                "can only take a prompt placed first ('{prompt} ...')")
+    return None
+
+
+def _generate_tokens(session, method, prompt, contexts: list[Encoded], max_new_tokens: int, sampling
+                     ) -> list[list[int]]:
+    """New tokens per context, up to EOS. The one call into generation (to be rewired to the
+    shared decoding path, jaxprompt/inference.py, when it lands)."""
+    import jax.numpy as jnp
+
+    from jaxprompt.data import collate
+    from jaxprompt.models.generate import generate
+    from jaxprompt.prompts.apply import prompt_inputs
+
+    batch = collate(contexts, session.pad_id, "left")
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    inputs = prompt_inputs(session.model, session.frozen, method, prompt, batch)
+    eos = session.tokenizer.eos_token_id
+    tokens, lengths = generate(session.model, session.frozen, inputs.embeds, batch["mask"],
+                               max_new_tokens=max_new_tokens, sampling=sampling, eos_token_id=eos,
+                               prefix=inputs.prefix, adapter=inputs.adapter)
+    out = []
+    for row, n in zip(np.asarray(tokens), np.asarray(lengths)):
+        ids = [int(t) for t in row[:n]]
+        out.append(ids[:-1] if ids and ids[-1] == eos else ids)
+    return out
+
+
+def make_lm_class():
+    TemplateLM = require_lm_eval()
+
+    class JaxPromptLM(TemplateLM):
+        """lm-eval's `LM` over a jaxprompt session and prompt (`prompt=None`, `method=None`: the bare model)."""
+
+        def __init__(self, session, prompt=None, batch_size: int = 16, max_gen_toks: int = 256, learned: bool = True):
+            super().__init__()
+            self.session, self.batch_size, self.max_gen_toks = session, int(batch_size), int(max_gen_toks)
+            if learned and prompt is not None:
+                problem = placement_problem(session)
+                if problem:
+                    raise TemplateError(f"cannot apply this run's prompt to lm-eval requests: {problem}")
+                self.method, self.prompt = session.method.inference_prompt(prompt, session.model, session.frozen)
+            else:
+                self.method, self.prompt = None, None
+            self.tokenizer = session.tokenizer
+
+        @classmethod
+        def from_run(cls, run_dir: str, member: int | None = None, which: str = "best", **kwargs):
+            from jaxprompt.run import load_run
+
+            session, prompt, info = load_run(run_dir, which=which, member=member)
+            if info["members"] and member is None:
+                raise TemplateError(f"{run_dir} trained {len(info['members'])} prompts: pass member=0.."
+                                    f"{len(info['members']) - 1}")
+            return cls(session, prompt, **kwargs)
+
+        @classmethod
+        def from_model(cls, model: str, dtype: str = "float32", **kwargs):
+            from jaxprompt.prompts import make_method
+            from jaxprompt.session import Session
+            from jaxprompt.tasks import BUILTIN
+
+            session = Session.load(model, BUILTIN["antonyms"], make_method("soft", length=1), dtype=dtype)
+            return cls(session, None, learned=False, **kwargs)
+
+        # ---- tokens ----------------------------------------------------------------------------
+
+        @property
+        def eot_token_id(self) -> int:
+            return self.session.tokenizer.eos_token_id
+
+        @property
+        def n_virtual(self) -> int:
+            """Positions the prompt takes in front of a request's tokens (embedding prompts)."""
+            return self.method.length if self.method is not None and self.method.kind == "embeddings" else 0
+
+        @property
+        def max_length(self) -> int:
+            taken = self.n_virtual + (0 if self.method is None else self.method.prefix_positions)
+            return self.session.config.max_positions - taken
+
+        def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+            return list(self.session.tokenizer.encode(string))
+
+        def tok_decode(self, tokens: Sequence[int]) -> str:
+            return self.session.tokenizer.decode(list(tokens))
+
+        def _context(self, tokens: Sequence[int]) -> Encoded:
+            n = self.n_virtual
+            return Encoded([self.session.pad_id] * n + list(tokens), list(range(n)) + [-1] * len(tokens), 0)
+
+        # ---- scoring -----------------------------------------------------------------------------
+
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+            """(log-likelihood, is greedy) per (key, context ids, continuation ids); requests with the
+            same context are one choice example."""
+            groups: dict[tuple[int, ...], list[int]] = {}
+            pieces = []
+            for i, (_, context, continuation) in enumerate(requests):
+                if not continuation:
+                    raise TemplateError("an lm-eval request's continuation tokenizes to nothing")
+                whole = (list(context) + list(continuation))[-(self.max_length + 1):]  # hf keeps the tail
+                context, continuation = whole[:len(whole) - len(continuation)], whole[len(whole) - len(continuation):]
+                pieces.append(continuation)
+                groups.setdefault(tuple(context), []).append(i)
+            keys = sorted(groups, key=len, reverse=True)  # similar lengths share a bucket
+            examples = [ChoiceExample(self._context(k), [pieces[i] for i in groups[k]], 0,
+                                      ["" for _ in groups[k]]) for k in keys]
+            logliks, greedys = score(self.session, self.prompt, examples, self.method, self.batch_size)
+            out: list[tuple[float, bool] | None] = [None] * len(requests)
+            for k, ll, gr in zip(keys, logliks, greedys):
+                for i, x, g in zip(groups[k], ll, gr):
+                    out[i] = (x, g)
+            for i, (key, _, _) in enumerate(requests):
+                if key is not None and self.cache_hook is not None:
+                    self.cache_hook.add_partial("loglikelihood", key, out[i])
+            return out
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+            from lm_eval import utils
+
+            out = []
+            for (string,) in [r.args for r in requests]:
+                windows = [(None, *w) for w in map(utils.make_disjoint_window, utils.get_rolling_token_windows(
+                    token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length, context_len=1))]
+                out.append(sum(ll for ll, _ in self._loglikelihood_tokens(windows)))
+            return out
+
+        def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+            from jaxprompt.models.generate import Sampling
+
+            out = []
+            for context, gen_kwargs in [r.args for r in requests]:
+                kwargs = dict(gen_kwargs or {})
+                until = kwargs.pop("until", None) or [self.tok_decode([self.eot_token_id])]
+                until = [until] if isinstance(until, str) else list(until)
+                n_new = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
+                temperature = float(kwargs.pop("temperature", 0.0)) if kwargs.pop("do_sample", False) else 0.0
+                n_new = min(n_new, self.max_length - 1)
+                ids = self.tok_encode(context)[-(self.max_length - n_new):] or [self.prefix_token_id]
+                tokens = _generate_tokens(self.session, self.method, self.prompt, [self._context(ids)], n_new,
+                                          Sampling(temperature=temperature))[0]
+                text = self.tok_decode(tokens)
+                for stop in until:
+                    if stop and stop in text:
+                        text = text.split(stop)[0]
+                out.append(text)
+            return out
+
+    return JaxPromptLM
+
+
+def JaxPromptLM(*args, **kwargs):
+    """An instance of the lm-eval `LM` class (the class is made on first use: lm-eval is optional)."""
+    return make_lm_class()(*args, **kwargs)
+
+
+def run_lm_eval(lm, tasks: list[str], include_path: str | None = None, limit: int | None = None,
+                num_fewshot: int | None = None, log_samples: bool = False) -> dict:
+    """`lm_eval.simple_evaluate` on `lm`; an unknown task is one line naming it."""
+    require_lm_eval()
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise TemplateError(f"lm-eval has no task {unknown[0]!r}" + (f" (searched {include_path} too)"
+                                                                      if include_path else "")
+                            + "; list them with `lm_eval ls tasks`")
+    return lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit,
+                                   num_fewshot=num_fewshot, log_samples=log_samples)

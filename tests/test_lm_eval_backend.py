@@ -1,0 +1,122 @@
+"""jaxprompt as an lm-eval model (lm_eval_backend.py) against lm-eval's own `hf` backend: on a local
+multiple-choice YAML task over a JSONL file, the run's learned soft prompt (hf: its PEFT export via
+`peft=`) and the bare model give the same acc / acc_norm and every request's log-likelihood
+within 1e-4 in float32."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ANTONYM_PAIRS, write_task
+from jaxprompt.data import Template, TemplateError
+from jaxprompt.export import export_peft, import_peft
+from jaxprompt.prompts import make_method
+from jaxprompt.session import Session
+from jaxprompt.tasks import Task
+
+lm_eval = pytest.importorskip("lm_eval")
+pytest.importorskip("peft")
+torch = pytest.importorskip("torch")
+
+from jaxprompt.lm_eval_backend import JaxPromptLM, run_lm_eval  # noqa: E402
+
+WORDS = [b for _, b in ANTONYM_PAIRS]
+DOCS = [{"word1": a, "options": [b, WORDS[(i + 3) % len(WORDS)], "unbelievably " + WORDS[(i + 5) % len(WORDS)]],
+         "gold": (i % 3 == 0) * 1} for i, (a, b) in enumerate(ANTONYM_PAIRS[:10])]
+
+
+def _lm_eval_task(directory) -> str:
+    """A multiple-choice lm-eval task over a JSONL file; returns the include directory."""
+    data = directory / "docs.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
+    (directory / "jp_opposites.yaml").write_text(f"""task: jp_opposites
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{word1}}}} is the opposite of"
+doc_to_choice: "{{{{options}}}}"
+doc_to_target: gold
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+""")
+    return str(directory)
+
+
+def _per_request(results) -> list[list[float]]:
+    return [[float(r[0]) for r in s["filtered_resps"]] for s in
+            sorted(results["samples"]["jp_opposites"], key=lambda s: s["doc_id"])]
+
+
+def _compare(ours, theirs):
+    for key in ("acc,none", "acc_norm,none"):
+        assert ours["results"]["jp_opposites"][key] == theirs["results"]["jp_opposites"][key]
+    a, b = _per_request(ours), _per_request(theirs)
+    assert len(a) == len(DOCS) and all(len(x) == 3 for x in a)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=0)
+    assert np.ptp(np.asarray(a)) > 1.0  # the scores differ enough for the comparison to mean something
+
+
+def _hf(directory, include, **extra):
+    args = ",".join([f"pretrained={directory}", "dtype=float32", "device=cpu", "batch_size=4",
+                     *(f"{k}={v}" for k, v in extra.items())])
+    return lm_eval.simple_evaluate(model="hf", model_args=args, tasks=["jp_opposites"],
+                                   task_manager=lm_eval.tasks.TaskManager(include_path=include), log_samples=True)
+
+
+def test_learned_soft_prompt_matches_lm_evals_hf_backend_on_its_peft_export(tiny_hf, tmp_path):
+    _, directory = tiny_hf("gpt2-50k")
+    task_file = write_task(tmp_path, [{"word1": a, "word2": b} for a, b in ANTONYM_PAIRS], name="opposites",
+                           template="{prompt} {word1} is the opposite of", target=" {word2}")
+    from jaxprompt.tasks import get_task
+
+    method = make_method("soft", length=4)
+    session = Session.load(directory, get_task(task_file), method, cache=False)
+    prompt = method.init(jax.random.key(0), session.model, session.frozen, session.n_virtual)
+    prompt = {"embeddings": prompt["embeddings"] + 0.5 * jax.random.normal(jax.random.key(1), (4, 32))}
+    adapter = str(tmp_path / "adapter")
+    export_peft(session, prompt, adapter, base_model=directory)
+    run_dir = import_peft(adapter, str(tmp_path / "run"), task=task_file, model=directory)
+    include = _lm_eval_task(tmp_path)
+    ours = run_lm_eval(JaxPromptLM.from_run(run_dir, batch_size=4), ["jp_opposites"], include, log_samples=True)
+    _compare(ours, _hf(directory, include, peft=adapter))
+
+    # the command: lm-eval's results JSON in the run directory; an unknown task is one line, exit 2
+    from jaxprompt.cli import main
+
+    assert main(["lm-eval", run_dir, "--tasks", "jp_opposites", "--include-path", include, "--limit", "4"]) == 0
+    stored = json.load(open(f"{run_dir}/lm_eval.json"))["results"]["jp_opposites"]
+    assert 0 <= stored["acc,none"] <= 1 and "acc_norm,none" in stored
+    assert main(["lm-eval", run_dir, "--tasks", "jp_nonexistent", "--include-path", include]) == 2
+
+
+def test_bare_model_matches_lm_evals_hf_backend(tiny_hf, tmp_path):
+    _, directory = tiny_hf("gpt2-50k")
+    include = _lm_eval_task(tmp_path)
+    ours = run_lm_eval(JaxPromptLM.from_model(directory, batch_size=4), ["jp_opposites"], include, log_samples=True)
+    _compare(ours, _hf(directory, include))
+
+
+def test_a_prompt_trained_inside_a_template_is_refused(tiny_lm, gpt2_tokenizer):
+    model, frozen = tiny_lm
+    task = Task(name="t", template=Template("Here are two {prompt} {word1} and", " {word2}"), data="unused")
+    method = make_method("soft", length=4)
+    session = Session(model, frozen, gpt2_tokenizer, task, method)
+    with pytest.raises(TemplateError, match="trained inside the template 'Here are two {prompt} {word1} and'"):
+        JaxPromptLM(session, method.init(jax.random.key(0), model, frozen, 4))
+
+
+def test_an_unknown_lm_eval_task_is_one_line(tiny_lm, gpt2_tokenizer, tmp_path):
+    model, frozen = tiny_lm
+    task = Task(name="t", template=Template("{prompt} {word1} and", " {word2}"), data="unused")
+    session = Session(model, frozen, gpt2_tokenizer, task, make_method("soft", length=4))
+    with pytest.raises(TemplateError, match="lm-eval has no task 'no_such_task_anywhere'") as e:
+        run_lm_eval(JaxPromptLM(session, None, learned=False), ["no_such_task_anywhere"], str(tmp_path))
+    assert "\n" not in str(e.value)
