@@ -8,7 +8,7 @@ import os
 
 from jaxprompt.commands.base import CLIError, Command, settings
 from jaxprompt.commands.trained import RUN_DIR, LoadOptions
-from jaxprompt.settings import AT_LEAST_0, AT_LEAST_1, Settings, SettingError, setting
+from jaxprompt.settings import AT_LEAST_0, AT_LEAST_1, Settings, setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,10 +20,6 @@ class LmEvalOptions(Settings):
     batch_size: int = setting(16, "contexts scored per batch", range=AT_LEAST_1)
     bare: bool = setting(False, "the run's model without its prompt")
 
-    def check(self) -> None:
-        if not self.tasks:
-            raise SettingError("--tasks: give at least one lm-eval task name")
-
 
 def cmd_lm_eval(args) -> int:
     from jaxprompt.files import atomic_write
@@ -31,6 +27,8 @@ def cmd_lm_eval(args) -> int:
     from jaxprompt.run import load_run
 
     opts = settings(args, LmEvalOptions)
+    if not opts.tasks:
+        raise CLIError("--tasks: give at least one lm-eval task name (e.g. --tasks hellaswag,arc_easy)")
     require_lm_eval()
     if opts.include_path is not None and not os.path.isdir(opts.include_path):
         raise CLIError(f"--include-path {opts.include_path} is not a directory")
