@@ -180,7 +180,9 @@ def main(argv=None):
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--decay", type=float, default=0.2, help="share of the steps over which the rate decays to lr/20")
+    p.add_argument("--decay", type=float, default=0.26, help="share of the steps over which the rate decays to lr/20")
+    p.add_argument("--decay-other-fraction", type=float, default=0.5,
+                   help="--other-fraction while the rate decays")
     p.add_argument("--other-fraction", type=float, default=0.05,
                    help="fraction of synsets whose gloss/example/synonym/hypernym sentences join each epoch")
     p.add_argument("--antonym-repeats", type=int, default=8, help="phrasings of every antonym pair per epoch")
@@ -199,7 +201,16 @@ def main(argv=None):
     )
     model = Model(config)
     synsets = read_synsets(args.wordnet)
-    rows = packed_rows(synsets, tokenizer, args.seed, args.seq_len, args.other_fraction, args.antonym_repeats)
+    decay_start = args.steps - max(1, round(args.decay * args.steps))
+    # two mixes: antonym-heavy while the rate is constant, then plain English takes the larger share
+    # during the decay (MiniCPM's decay-phase data mixing, Hu et al. 2024): the antonym facts are
+    # learnt early and kept, and the held-out gloss loss falls where the rate anneals
+    stable_rows = packed_rows(synsets, tokenizer, args.seed, args.seq_len, args.other_fraction, args.antonym_repeats)
+    decay_rows = packed_rows(synsets, tokenizer, args.seed + 1, args.seq_len, args.decay_other_fraction,
+                             args.antonym_repeats)
+
+    def rows_for(step: int):
+        return stable_rows if step < decay_start else decay_rows
     unseen = heldout_pairs(synsets)
     held = set(unseen)
     seen = random.Random(0).sample([q for q in antonym_pairs(synsets) if q not in held], len(unseen))
@@ -213,7 +224,7 @@ def main(argv=None):
     # warmup, constant, then a linear decay over the last `--decay` share of the steps (the
     # warmup-stable-decay schedule of MiniCPM, Hu et al. 2024): until the decay starts the rate does
     # not depend on --steps, so a run can be resumed with another length and equal a fresh one
-    decay_steps = max(1, round(args.decay * args.steps))
+    decay_steps = args.steps - decay_start
     schedule = optax.join_schedules(
         [optax.linear_schedule(0.0, args.lr, args.warmup), optax.constant_schedule(args.lr),
          optax.linear_schedule(args.lr, args.lr / 20, decay_steps)],
@@ -231,8 +242,9 @@ def main(argv=None):
     elif args.resume:
         print(f"nothing to resume at {progress}: starting at step 0", file=sys.stderr)
     first = int(state.step)
-    for _ in range(first * args.batch):  # replay the data stream up to the saved step
-        next(rows)
+    for step in range(first):  # replay the data streams up to the saved step
+        for _ in range(args.batch):
+            next(rows_for(step))
     state = dp.replicate(state)
     step_fn = dp.train_step(lm_loss, optimizer)
     frozen = dp.replicate(jnp.zeros(()))
@@ -246,7 +258,7 @@ def main(argv=None):
     bar = tqdm(range(first, args.steps), desc="pretrain", file=sys.stderr, mininterval=5,
                initial=first, total=args.steps)
     for step in bar:
-        batch = np.array([next(rows) for _ in range(args.batch)], np.int32)
+        batch = np.array([next(rows_for(step)) for _ in range(args.batch)], np.int32)
         state, metrics = step_fn(state, frozen, dp.shard({"tokens": batch}))
         if step % 20 == 0 or step == args.steps - 1:
             loss = float(metrics["loss"][0])
@@ -280,6 +292,7 @@ def main(argv=None):
         "tokens": args.steps * args.batch * args.seq_len, "seconds": round(elapsed, 1),
         "final_lm_loss": round(float(np.mean(recent)), 4), "params": n_params, "lr": args.lr,
         "warmup": args.warmup, "decay": args.decay, "schedule": "warmup-stable-decay", "devices": [str(d) for d in dp.devices], "other_fraction": args.other_fraction,
+        "decay_other_fraction": args.decay_other_fraction,
         "antonym_repeats": args.antonym_repeats,
         "heldout_pair_fraction": HELDOUT_PAIR_FRACTION, "heldout_pairs": len(unseen),
         "heldout_pairs_file": HELDOUT_PAIRS_FILE, "heldout_synset_fraction": HELDOUT_SYNSET_FRACTION,
