@@ -29,7 +29,6 @@ import time
 from functools import partial
 
 import flax.serialization
-
 import jax
 import jax.numpy as jnp
 import numpy as np
