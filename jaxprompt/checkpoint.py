@@ -30,10 +30,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxprompt.config import one_line
 from jaxprompt.distributed import barrier, is_writer
 from jaxprompt.files import atomic_write
 from jaxprompt.models.convert import CheckpointError  # noqa: F401  (the one class; raised here too)
+from jaxprompt.settings import one_line
 
 RECORD = "checkpoints.json"
 KINDS = ("last", "best")

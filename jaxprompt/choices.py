@@ -29,6 +29,7 @@ from jaxtyping import Array, Bool, Float
 
 from jaxprompt.data import LENGTH_BUCKETS, Batches, Encoded, TemplateError, bucket, collate
 from jaxprompt.models import Model, Prefix, positions_from_mask
+from jaxprompt.population import MemberBatches
 from jaxprompt.prompts.apply import head_of, prompt_inputs, rest_of, shared_head
 
 _NEVER = -1e30  # a padding candidate's score: exp() of it is 0, its gradient finite
@@ -181,19 +182,11 @@ class ChoiceBatches(Batches):
         return collate_choices([self.examples[i] for i in self.indices(step)], self.pad_id, shared_len=self.shared_len)
 
 
-class ChoiceMemberBatches:
+class ChoiceMemberBatches(MemberBatches):
     """`population.MemberBatches` over choice examples: every member's batch s in its own order, [B, K, ...]."""
 
-    def __init__(self, examples: Sequence[ChoiceExample], batch_size: int, pad_id: int, seeds: Sequence[int],
-                 shared_len: int = 0):
-        self.orders = [Batches(examples, batch_size, pad_id, seed=s, shared_len=shared_len) for s in seeds]
-        self.batch_size, self.pad_id, self.shared_len = batch_size, pad_id, shared_len
-
-    def __call__(self, step: int) -> dict[str, np.ndarray]:
-        rows = [order.examples[i] for order in self.orders for i in order.indices(step)]
-        batch = collate_choices(rows, self.pad_id, shared_len=self.shared_len)
-        K, B = len(self.orders), self.batch_size
-        return {name: np.ascontiguousarray(x.reshape(K, B, *x.shape[1:]).swapaxes(0, 1)) for name, x in batch.items()}
+    def collate(self, rows: list) -> dict[str, np.ndarray]:
+        return collate_choices(rows, self.pad_id, shared_len=self.shared_len)
 
 
 def eval_choice_batches(examples: Sequence[ChoiceExample], batch_size: int, pad_id: int, shared_len: int = 0
@@ -213,10 +206,8 @@ def score(session, prompt, examples: list[ChoiceExample], method, batch_size: in
           ) -> tuple[list[list[float]], list[list[bool]]]:
     """Per example, each candidate's log-likelihood and is-greedy flag, batched; the head every
     context shares comes from the session's prompt cache."""
-    from jaxprompt.evaluate import _shared
-
     contexts = [e.context for e in examples]
-    S, head = _shared(session, contexts, method, prompt, share) if examples else (0, None)
+    S, head = session.shared_head(contexts, method, prompt, share) if examples else (0, None)
     logliks, greedys = [], []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]

@@ -20,9 +20,7 @@ import math
 import os
 from typing import ClassVar
 
-# the machinery, re-exported for the callers that import it from here
-from jaxprompt.settings import (AT_LEAST_0, AT_LEAST_1, POSITIVE, Range, Settings, SettingError,  # noqa: F401
-                                build, from_dict, get, label, leaves, one_line, parse_text, setting, to_dict)
+from jaxprompt.settings import AT_LEAST_0, AT_LEAST_1, POSITIVE, Range, Settings, SettingError, label, setting
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODEL = os.path.join(REPO_ROOT, "checkpoints", "tiny-gpt2-wordnet")

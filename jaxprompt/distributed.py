@@ -22,7 +22,7 @@ from typing import Callable, TypeVar
 import jax
 import numpy as np
 
-from jaxprompt.config import one_line
+from jaxprompt.settings import one_line
 
 T = TypeVar("T")
 

@@ -10,10 +10,9 @@ from collections import defaultdict
 from functools import partial
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxprompt.data import Encoded, common_prefix_length, eval_batches
+from jaxprompt.data import eval_batches
 from jaxprompt.inference import Engine, Options, Request
 from jaxprompt.loss import target_nll
 from jaxprompt.prompts.apply import prompted_hidden
@@ -85,15 +84,6 @@ def inference_form(session: Session, prompt, hard_prompt: str | None = None):
     return session.method.inference_prompt(prompt, session.model, session.frozen)
 
 
-def _shared(session: Session, encoded: list[Encoded], method, prompt, share: bool):
-    """(S, head keys/values): the common head of `encoded`, from the session's prompt cache."""
-    S = common_prefix_length(encoded) if share and not (method is not None and method.per_example) else 0
-    if S == 0:
-        return 0, None
-    head = session.prompt_cache.head(session, method, prompt, encoded[0].tokens[:S], encoded[0].slots[:S])
-    return S, head
-
-
 @partial(jax.jit, static_argnames=("model", "method", "shared_len"))
 def _loss_batch(model, method, frozen, prompt, batch, shared_len, head):
     hidden = prompted_hidden(model, frozen, method, prompt, batch, 0, shared_len, head)
@@ -106,7 +96,7 @@ def heldout_loss(session: Session, prompt, rows: list[dict], hard_prompt: str | 
     computed once (prompt cache)."""
     encoded = session.encode(rows, hard_prompt=hard_prompt)
     method, prompt = inference_form(session, prompt, hard_prompt)
-    S, head = _shared(session, encoded, method, prompt, share)
+    S, head = session.shared_head(encoded, method, prompt, share)
     total, count = 0.0, 0.0
     for _, batch in eval_batches(encoded, batch_size, session.pad_id, shared_len=S):
         s, c = _loss_batch(session.model, method, session.frozen, prompt, batch, S, head)

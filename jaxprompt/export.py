@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprompt.checkpoint import Checkpointer
-from jaxprompt.config import MethodConfig, TrainConfig, one_line
+from jaxprompt.config import MethodConfig, TrainConfig
 from jaxprompt.data import PROMPT
-from jaxprompt.files import atomic_path, atomic_write
+from jaxprompt.files import atomic_path, atomic_write, read_json_object
 from jaxprompt.models import config_from_hf
 from jaxprompt.models.config import ConfigError
 from jaxprompt.models.convert import resolve
@@ -30,6 +30,7 @@ from jaxprompt.optim import make_optimizer
 from jaxprompt.prompts import AdaptionPrompt, PrefixTuning, PromptMethod, SoftPrompt, method_spec
 from jaxprompt.rundir import open_run_dir, run_info, write_run_info
 from jaxprompt.session import Session
+from jaxprompt.settings import one_line
 from jaxprompt.tasks import get_task
 from jaxprompt.train import TrainState
 
@@ -196,13 +197,7 @@ def read_peft_adapter(adapter_dir: str) -> tuple[dict, dict[str, np.ndarray]]:
     weights = os.path.join(adapter_dir, "adapter_model.safetensors")
     if not os.path.isfile(config_path) or not os.path.isfile(weights):
         raise ExportError(f"{adapter_dir} is not a PEFT adapter: need adapter_config.json and adapter_model.safetensors")
-    try:
-        with open(config_path) as f:
-            config = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ExportError(f"{config_path} cannot be read ({one_line(e)})") from None
-    if not isinstance(config, dict):
-        raise ExportError(f"{config_path} is not a PEFT adapter config (a JSON object)")
+    config = read_json_object(config_path, ExportError, "a PEFT adapter config")
     size_key = "adapter_len" if config.get("peft_type") == "ADAPTION_PROMPT" else "num_virtual_tokens"
     P = config.get(size_key)
     if not isinstance(P, int) or isinstance(P, bool) or P < 1:

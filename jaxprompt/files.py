@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import tempfile
 from typing import Callable, Iterator
+
+from jaxprompt.settings import one_line
 
 TEMP_SUFFIX = ".jaxprompt-tmp"
 
@@ -25,6 +28,19 @@ def _file_mode() -> int:
 
 
 FILE_MODE = _file_mode()
+
+
+def read_json_object(path: str, error: type[Exception], what: str) -> dict:
+    """The JSON object in `path`; an unreadable file, or a JSON value of another kind, is one line
+    raised as `error` (`what` names what the file should be)."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError) as e:
+        raise error(f"{path} cannot be read ({one_line(e)})") from None
+    if not isinstance(value, dict):
+        raise error(f"{path} is not {what} (a JSON object)")
+    return value
 
 
 class LockedError(RuntimeError):

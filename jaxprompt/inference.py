@@ -61,8 +61,9 @@ class Request:
     text: str = ""  # the input: parsed into the template's fields (`parse_input`), or used as is (`raw`)
     row: dict | None = None  # or the template's fields themselves
     options: Options = Options()
-    raw: bool = False  # no template: the text's tokens alone (prompts that take no input positions)
+    raw: bool = False  # no template: the text's tokens alone, after the prompt (`Served.leading_virtual`)
     key: int = 0  # folded into the seed: row j of a list request samples with (seed, j)
+    ids: tuple[int, ...] | None = None  # raw: token ids in place of the text (no BOS added)
 
 
 @dataclasses.dataclass
@@ -134,8 +135,21 @@ class Served:
 
     @property
     def takes_positions(self) -> bool:
-        """Whether the prompt occupies input positions (virtual tokens): no raw text then."""
+        """Whether the prompt occupies input positions (virtual tokens)."""
         return self.kind == "embeddings"
+
+    @property
+    def leading_virtual(self) -> int | None:
+        """Virtual tokens a raw text gets before it: none for prompts that take no positions (prefix,
+        adaption, written, bare); the prompt's length for one learned first in its template
+        (`{prompt} ...`, placed as PEFT places a prompt); None for one learned inside its template,
+        which raw text cannot take (what would surround it is not defined)."""
+        if not self.takes_positions:
+            return 0
+        task, method = self.session.task, self.method
+        pieces = task.template.pieces({f: "" for f in task.fields}, method.length)
+        first = isinstance(pieces[0], int) and sum(isinstance(p, int) for p in pieces) == 1
+        return method.length if first and method.n_tasks == 1 else None
 
 
 @dataclasses.dataclass
@@ -215,24 +229,30 @@ class Engine:
 
     def _tokens(self, request: Request, served: Served) -> tuple[list[int], list[int], int]:
         """(tokens, slots, length of the head the prompt cache holds) of a request's input."""
-        if not (request.text.strip() if request.row is None else request.row):
+        given = request.ids if request.ids is not None else (request.text.strip() if request.row is None else request.row)
+        if not given:
             raise RequestError("the prompt text is empty")
         n_new = request.options.max_tokens
         if request.raw or served.session is None:
-            if served.takes_positions:
-                raise RequestError(f"prompt {served.name!r} places virtual tokens in its template: raw text "
-                                   "applies to prompts that take no input positions (prefix, adaption)")
-            tokens = self.tokenizer.encode(request.text)
-            if self.tokenizer.add_bos:
-                tokens = [self.tokenizer.bos_token_id] + tokens
-            if not tokens:
+            n = served.leading_virtual if served.session is not None else 0
+            if n is None:
+                raise RequestError(f"prompt {served.name!r} was learned inside its template: raw text applies to "
+                                   "prompts learned first in theirs ('{prompt} ...'), prefix and adaption prompts")
+            if request.ids is not None:
+                text = list(request.ids)
+            else:
+                text = self.tokenizer.encode(request.text)
+                if self.tokenizer.add_bos:
+                    text = [self.tokenizer.bos_token_id] + text
+            if not text:
                 raise RequestError("the prompt text is empty")
+            tokens, slots = [self.tokenizer.pad_token_id] * n + text, list(range(n)) + [-1] * len(text)
             prefix = 0 if served.own_prefix is None else served.own_prefix.length
             if prefix + len(tokens) + n_new > self.config.max_positions:
                 raise RequestError(f"input of {len(tokens)} tokens + {prefix} prefix positions + {n_new} new tokens "
                                    f"needs {len(tokens) + prefix + n_new} positions; the model has "
                                    f"{self.config.max_positions}")
-            return tokens, [-1] * len(tokens), 0
+            return tokens, slots, n if self.share_heads else 0  # the prompt's virtual tokens: the head
         row = request.row if request.row is not None else parse_input(served.session.task, request.text)
         encoded = self._encode(served, row, n_new)  # TemplateError: the input does not fit
         # the head: what the template puts before the input's first token, never the last position
@@ -273,7 +293,7 @@ class Engine:
         batch = self._collate(rows)
         n_new = _pow2(max(r.options.max_tokens for r in rows))
         tokens, lengths = _decode_batch(self.model, self.frozen, batch, n_new, self.tokenizer.eos_token_id)
-        tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+        tokens, lengths = _host(tokens), _host(lengths)
         completions = [self._finish(row, list(tokens[b, :lengths[b]])) for b, row in enumerate(rows)]
         wanted = [b for b, r in enumerate(rows) if r.options.logprobs is not None]
         if wanted:
@@ -304,8 +324,8 @@ class Engine:
             m = np.zeros((L, B, P), bool)
             for b, h in enumerate(heads):
                 if h is not None:
-                    k[:, b, :h.length], v[:, b, :h.length] = np.asarray(h.k[:, 0]), np.asarray(h.v[:, 0])
-                    m[:, b, :h.length] = np.asarray(h.mask[:, 0])
+                    k[:, b, :h.length], v[:, b, :h.length] = _host(h.k)[:, 0], _host(h.v)[:, 0]
+                    m[:, b, :h.length] = _host(h.mask)[:, 0]
                     batch["start"][b] = h.length
             batch["prefix"] = Prefix(k, v, m)
         if (slots >= 0).any():  # virtual tokens after the head (a prompt placed after an input field)
@@ -314,7 +334,7 @@ class Engine:
             virtual = np.zeros((B, N, E), np.float32)
             for b, r in enumerate(rows):
                 if max(r.slots) >= 0:
-                    vt = np.asarray(r.served.method.virtual_tokens(r.served.prompt, self.model, self.frozen, 0))
+                    vt = _host(r.served.method.virtual_tokens(r.served.prompt, self.model, self.frozen, 0))
                     virtual[b, :len(vt)] = vt
             batch["virtual"] = virtual
         if rows[0].served.kind == "adaption":
@@ -368,7 +388,7 @@ class Engine:
             tokens[b, T + N - n:], mask[b, T + N - n:] = c.tokens, True
         chosen, top_values, top_ids = _score_batch(self.model, self.frozen, {**batch, "tokens": tokens, "mask": mask,
                                                                               "slots": slots}, N)
-        chosen, top_values, top_ids = map(np.asarray, (chosen, top_values, top_ids))
+        chosen, top_values, top_ids = map(_host, (chosen, top_values, top_ids))
         out = []
         for b, (row, c) in enumerate(zip(rows, completions)):
             n, k = len(c.tokens), row.options.logprobs or 0
@@ -391,6 +411,16 @@ def _common(a: Encoded, b: Encoded) -> int:
     while n < min(len(a), len(b)) and a.tokens[n] == b.tokens[n] and a.slots[n] == b.slots[n]:
         n += 1
     return n
+
+
+def _host(x) -> np.ndarray:
+    """A value on this host. One held across several processes' devices (weights sharded over
+    processes) is gathered: every process decodes the same requests, so each makes this call."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
 
 
 def _pow2(n: int) -> int:

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
-
 from jaxprompt.choices import ChoiceExample, score
 from jaxprompt.data import Encoded, TemplateError
+from jaxprompt.inference import Engine, Options, Request
 
+PROMPT_NAME = "lm-eval"  # the engine's name for the prompt every request takes
 INSTALL = "lm-eval is not installed: pip install 'jaxprompt[eval]' (or pip install lm-eval)"
 
 
@@ -53,30 +53,6 @@ def placement_problem(session) -> str | None:
     return None
 
 
-def _generate_tokens(session, method, prompt, contexts: list[Encoded], max_new_tokens: int, sampling
-                     ) -> list[list[int]]:
-    """New tokens per context, up to EOS. The one call into generation (to be rewired to the
-    shared decoding path, jaxprompt/inference.py, when it lands)."""
-    import jax.numpy as jnp
-
-    from jaxprompt.data import collate
-    from jaxprompt.models.generate import generate
-    from jaxprompt.prompts.apply import prompt_inputs
-
-    batch = collate(contexts, session.pad_id, "left")
-    batch = {k: jnp.asarray(v) for k, v in batch.items()}
-    inputs = prompt_inputs(session.model, session.frozen, method, prompt, batch)
-    eos = session.tokenizer.eos_token_id
-    tokens, lengths = generate(session.model, session.frozen, inputs.embeds, batch["mask"],
-                               max_new_tokens=max_new_tokens, sampling=sampling, eos_token_id=eos,
-                               prefix=inputs.prefix, adapter=inputs.adapter)
-    out = []
-    for row, n in zip(np.asarray(tokens), np.asarray(lengths)):
-        ids = [int(t) for t in row[:n]]
-        out.append(ids[:-1] if ids and ids[-1] == eos else ids)
-    return out
-
-
 def make_lm_class():
     TemplateLM = require_lm_eval()
 
@@ -94,6 +70,10 @@ def make_lm_class():
             else:
                 self.method, self.prompt = None, None
             self.tokenizer = session.tokenizer
+            # generation goes through the one inference path, the prompt served under one name
+            self.engine = Engine.of_session(session, max_batch=self.batch_size)
+            self.engine.add(PROMPT_NAME, session if self.method is not None else None,
+                            prompt if self.method is not None else None)
 
         @classmethod
         def from_run(cls, run_dir: str, member: int | None = None, which: str = "best", **kwargs):
@@ -179,32 +159,31 @@ def make_lm_class():
             return out
 
         def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-            from jaxprompt.models.generate import Sampling
-
-            out = []
+            """Greedy (or, with `do_sample`, sampled) continuations cut at lm-eval's `until`
+            strings, through the inference engine: the prompt before the context's tokens, as
+            in scoring; the context keeps its tail when it is too long, as `hf` does."""
+            batch = []
             for context, gen_kwargs in [r.args for r in requests]:
                 kwargs = dict(gen_kwargs or {})
                 until = kwargs.pop("until", None) or [self.tok_decode([self.eot_token_id])]
                 until = [until] if isinstance(until, str) else list(until)
-                n_new = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
+                n_new = min(int(kwargs.pop("max_gen_toks", self.max_gen_toks)), self.max_length - 1)
                 temperature = float(kwargs.pop("temperature", 0.0)) if kwargs.pop("do_sample", False) else 0.0
-                n_new = min(n_new, self.max_length - 1)
                 ids = self.tok_encode(context)[-(self.max_length - n_new):] or [self.prefix_token_id]
-                tokens = _generate_tokens(self.session, self.method, self.prompt, [self._context(ids)], n_new,
-                                          Sampling(temperature=temperature))[0]
-                text = self.tok_decode(tokens)
-                for stop in until:
-                    if stop and stop in text:
-                        text = text.split(stop)[0]
-                out.append(text)
-            return out
+                batch.append(Request(PROMPT_NAME, ids=tuple(ids), raw=True,
+                                     options=Options(max_tokens=n_new, temperature=temperature, stop=tuple(until))))
+            return [c.text for c in self.engine.complete(batch)]
 
     return JaxPromptLM
 
 
-def JaxPromptLM(*args, **kwargs):
-    """An instance of the lm-eval `LM` class (the class is made on first use: lm-eval is optional)."""
-    return make_lm_class()(*args, **kwargs)
+def __getattr__(name: str):
+    """`JaxPromptLM`, lm-eval's `LM` subclass, is made on first use (lm-eval is an optional extra;
+    without it the import is one line saying how to install it)."""
+    if name == "JaxPromptLM":
+        globals()[name] = make_lm_class()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run_lm_eval(lm, tasks: list[str], include_path: str | None = None, limit: int | None = None,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import jax
 import optax
 
-from jaxprompt.config import OptimizerConfig, SettingError
+from jaxprompt.config import OptimizerConfig
+from jaxprompt.settings import SettingError
 
 __all__ = ["OptimizerConfig", "learning_rates", "make_optimizer", "part_labels", "trained_only"]
 

@@ -92,9 +92,11 @@ class MemberBatches:
         self.orders = [Batches(examples, batch_size, pad_id, seed=s, shared_len=shared_len) for s in seeds]
         self.batch_size, self.pad_id, self.shared_len = batch_size, pad_id, shared_len
 
+    def collate(self, rows: list) -> dict[str, np.ndarray]:
+        return collate(rows, self.pad_id, "right", buckets=self.orders[0].buckets, shared_len=self.shared_len)
+
     def __call__(self, step: int) -> dict[str, np.ndarray]:
-        rows = [order.examples[i] for order in self.orders for i in order.indices(step)]
-        batch = collate(rows, self.pad_id, "right", buckets=self.orders[0].buckets, shared_len=self.shared_len)
+        batch = self.collate([order.examples[i] for order in self.orders for i in order.indices(step)])
         K, B = len(self.orders), self.batch_size
         # [K * B, ...] member-major -> [K, B, ...] -> [B, K, ...]
         return {name: np.ascontiguousarray(x.reshape(K, B, *x.shape[1:]).swapaxes(0, 1)) for name, x in batch.items()}

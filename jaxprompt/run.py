@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprompt.checkpoint import Checkpointer
-from jaxprompt.config import DataConfig, MethodConfig, RunOptions, SettingError, TrainConfig, one_line, parse_mesh
+from jaxprompt.config import DataConfig, MethodConfig, RunOptions, TrainConfig, parse_mesh
 from jaxprompt.data import Batches, TemplateError, eval_batches
 from jaxprompt.distributed import decided_by_writer, initialize, is_writer, run_devices
 from jaxprompt.evaluate import (EvalResult, PopulationResult, evaluate_prompts, format_samples, format_table,
@@ -42,6 +42,7 @@ from jaxprompt.prompts.init import word_token_ids
 from jaxprompt.rundir import (CURVE, RESULTS, RUN_INFO, RunError, check_run_dir, default_run_dir, differences,
                               open_run_dir, read_run_info, run_info, task_of_spec, write_run_info)
 from jaxprompt.session import Session, load_tokenizer
+from jaxprompt.settings import SettingError, one_line
 from jaxprompt.tasks import Task, get_task
 from jaxprompt.tracking import Trackers, result_scalars, written_scalars
 from jaxprompt.train import TrainState

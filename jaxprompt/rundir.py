@@ -26,11 +26,11 @@ import time
 from jaxprompt import __version__
 from jaxprompt.checkpoint import RECORD
 from jaxprompt.config import REPO_ROOT, TrainConfig
-from jaxprompt.files import DirectoryLock, atomic_write, remove_stale_temporaries
+from jaxprompt.files import DirectoryLock, atomic_write, read_json_object, remove_stale_temporaries
 from jaxprompt.loop import METRICS
 from jaxprompt.population import Member
 from jaxprompt.prompts import PromptMethod, method_spec
-from jaxprompt.settings import SettingError, from_dict, get, label, leaves, one_line, to_dict
+from jaxprompt.settings import SettingError, from_dict, get, label, leaves, to_dict
 from jaxprompt.tasks import BUILTIN, Task, task_from_dict
 
 RUN_INFO = "run.json"
@@ -48,7 +48,7 @@ _FORMAT_1_METHOD_NAMES = {"prompt_length": "length", "init": "init_from", "encod
                           "prefix_reparam": "reparam_hidden"}
 _FORMAT_1_TOP_LAYERS = ("prefix_top_layers", "adapter_layers")
 # settings added after runs were first stored, with the value every run written before them had
-_LATER_SETTINGS = {"split_seed": None, "seeds": 1}
+_LATER_SETTINGS = {"split_seed": None, "seeds": 1, "loss": "lm"}
 
 
 class RunError(ValueError):
@@ -136,13 +136,7 @@ def read_run_info(run_dir: str) -> dict:
     path = os.path.join(run_dir, RUN_INFO)
     if not os.path.isfile(path):
         raise RunError(f"{run_dir} is not a jaxprompt run directory: no {RUN_INFO}")
-    try:
-        with open(path) as f:
-            info = json.load(f)
-    except (OSError, ValueError) as e:
-        raise RunError(f"{path} cannot be read ({one_line(e)})") from None
-    if not isinstance(info, dict):
-        raise RunError(f"{path} is not a run description (a JSON object)")
+    info = read_json_object(path, RunError, "a run description")
     missing = [k for k in _INFO_KEYS if k not in info]
     extra = sorted(set(info) - set(_INFO_KEYS) - set(_OPTIONAL_INFO_KEYS))
     if missing or extra:

@@ -26,6 +26,11 @@ import uuid
 
 from jaxprompt.settings import AT_LEAST_0, AT_LEAST_1, Settings, setting
 
+try:  # the [serve] extra; FastAPI reads the handlers' annotations from this module's names
+    from fastapi import Request as HTTPRequest
+except ImportError:  # `jaxprompt serve` says how to install it
+    HTTPRequest = None
+
 
 @dataclasses.dataclass(frozen=True)
 class ServeOptions(Settings):
@@ -322,7 +327,7 @@ def _usage(completions) -> dict:
 
 
 def build_app(engine, base, options: ServeOptions, batcher: Batcher):
-    from fastapi import FastAPI, Request as HTTPRequest
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException

@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprompt.config import DEFAULT_MODEL, REPO_ROOT, one_line  # noqa: F401  (the defaults re-exported)
 from jaxprompt.data import Encoded, check_positions, common_prefix_length, encode
 from jaxprompt.file_hashes import TABLE_NAME, directory_digest
 from jaxprompt.models import Model
@@ -20,6 +19,7 @@ from jaxprompt.models.convert import load_pretrained, resolve
 from jaxprompt.precision import as_dtype
 from jaxprompt.prompt_cache import PromptCache, default_cache_dir
 from jaxprompt.prompts import PromptMethod
+from jaxprompt.settings import one_line
 from jaxprompt.tasks import Task
 from jaxprompt.tokenizer import Tokenizer, TokenizerError, check_tokenizer
 
@@ -112,6 +112,15 @@ class Session:
     def shared_len(self, examples: list[Encoded]) -> int:
         """Leading positions every example shares (0 where per-example prompts rule sharing out)."""
         return 0 if self.method.per_example else common_prefix_length(examples)
+
+    def shared_head(self, encoded: list[Encoded], method, prompt, share: bool = True):
+        """(S, keys/values of the head of S positions every row of `encoded` shares), from the
+        prompt cache; (0, None) where nothing is shared. `method` and `prompt` in their inference
+        form (None, None for the written prompt)."""
+        S = common_prefix_length(encoded) if share and not (method is not None and method.per_example) else 0
+        if S == 0:
+            return 0, None
+        return S, self.prompt_cache.head(self, method, prompt, encoded[0].tokens[:S], encoded[0].slots[:S])
 
     def encode(self, rows: list[dict], hard_prompt: str | None = None, with_target: bool = True,
                new_tokens: int = 0) -> list[Encoded]:

@@ -27,8 +27,8 @@ import os
 import random
 from typing import Any, ClassVar
 
-from jaxprompt.config import AT_LEAST_1, Range, SettingError, Settings, one_line, setting
 from jaxprompt.data import Template, TemplateError
+from jaxprompt.settings import AT_LEAST_1, Range, SettingError, Settings, one_line, setting
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 SPLITS = ("train", "validation", "test")

@@ -20,7 +20,7 @@ import json
 import os
 from typing import Iterable
 
-from jaxprompt.config import SettingError
+from jaxprompt.settings import SettingError
 
 TRACKERS = ("tensorboard", "wandb")
 TENSORBOARD_DIR = "tensorboard"  # in the run directory

@@ -77,17 +77,7 @@ def antonym_pairs(synsets: dict[tuple[str, int], Synset]) -> list[tuple[str, str
 
     Each pair appears in both directions (WordNet stores both pointers).
     """
-    pairs = set()
-    for s in synsets.values():
-        for symbol, target, pos, src, tgt in s.pointers:
-            if symbol != "!" or src == 0 or tgt == 0:
-                continue
-            a, b = s.words[src - 1].lower(), synsets[(pos, target)].words[tgt - 1].lower()
-            if a == b or not (a.replace("-", "").isalpha() and b.replace("-", "").isalpha()):
-                continue
-            pairs.add((a, b))
-            pairs.add((b, a))
-    return sorted(pairs)
+    return sorted(antonym_pairs_with_pos(synsets))
 
 
 def _fix_article(text: str) -> str:

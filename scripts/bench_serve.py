@@ -166,7 +166,7 @@ def main() -> None:
             for k in args.prompts:  # warm-up: every compiled shape of this work, every adapter once
                 for send in senders.values():
                     drive(send, jobs(k, max(k, args.clients), args.max_tokens), args.clients)
-            print(f"| K prompts | server | requests/s | tokens/s | p50 latency (s) | p95 latency (s) |")
+            print("| K prompts | server | requests/s | tokens/s | p50 latency (s) | p95 latency (s) |")
             print("|---|---|---|---|---|---|")
             for k in args.prompts:
                 work = jobs(k, args.requests, args.max_tokens)

@@ -15,7 +15,11 @@ TOKENIZER_DIR = REPO / "checkpoints" / "tiny-gpt2-wordnet"
 def _compilation_cache(tmp_path_factory):
     """Tests rebuild the same steps as new closures; an on-disk XLA cache compiles each program once.
     The pytest-xdist workers and the subprocesses tests start share it (the workers' temp dirs sit
-    side by side under the run's), so a program compiled once is read, not compiled again."""
+    side by side under the run's), so a program compiled once is read, not compiled again.
+
+    The workers only read it; the subprocesses write it. A long-lived worker writing its programs
+    crashed four times in five suite runs inside JAX 0.10's `executable.serialize()` (a segmentation
+    fault, each time in another test: a pmap step, a decode step), which no single command reproduced."""
     import jax
 
     root = tmp_path_factory.getbasetemp()
@@ -25,8 +29,9 @@ def _compilation_cache(tmp_path_factory):
     settings = {"jax_compilation_cache_dir": str(root / "xla-cache"), "jax_persistent_cache_min_compile_time_secs": 0.2,
                 "jax_persistent_cache_min_entry_size_bytes": 0}
     for name, value in settings.items():
+        os.environ[name.upper()] = str(value)  # the CLI / multi-device subprocesses the tests start
         jax.config.update(name, value)
-        os.environ[name.upper()] = str(value)  # and the CLI / multi-device subprocesses the tests start
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)  # this process: read, never write
 
 
 # name -> HF config kwargs. Large init std so logits are far from uniform and parity is meaningful.
@@ -200,7 +205,10 @@ def tiny_config(model_type: str = "gpt2", **overrides):
     config reader), with `overrides` in jaxprompt's spelling."""
     from jaxprompt.models.registry import config_from_hf
 
-    return config_from_hf(TINY[GPT2_VOCABULARY[model_type]]).replace(**overrides)
+    config = config_from_hf(TINY[GPT2_VOCABULARY[model_type]])
+    if {"d_model", "n_heads"} & set(overrides) and "head_dim" not in overrides:  # the reader derived it
+        overrides["head_dim"] = overrides.get("d_model", config.d_model) // overrides.get("n_heads", config.n_heads)
+    return config.replace(**overrides)
 
 
 @pytest.fixture(scope="session")
@@ -246,6 +254,30 @@ def tiny_lms():
 def tiny_lm(tiny_lms):
     """(Model, params) of a tiny random GPT-2 with GPT-2's 50257-token vocabulary."""
     return tiny_lms("gpt2")
+
+
+def program_values(fn, *args):
+    """(shape, dtype) of every value the program `fn(*args)` creates, nested programs (scans, jits,
+    conditionals) included: what jaxprompt asks for, before any compiler decides how to run it."""
+    import jax
+
+    def subjaxprs(value):
+        if hasattr(value, "eqns"):
+            yield value
+        elif hasattr(value, "jaxpr") and hasattr(value.jaxpr, "eqns"):
+            yield value.jaxpr
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                yield from subjaxprs(v)
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            yield from ((v.aval.shape, getattr(v.aval, "dtype", None)) for v in eqn.outvars if hasattr(v.aval, "shape"))
+            for value in eqn.params.values():
+                for sub in subjaxprs(value):
+                    yield from walk(sub)
+
+    return set(walk(jax.make_jaxpr(fn)(*args).jaxpr))
 
 
 def write_task(directory, rows, template="Here are two {prompt} {word1} and", target=" {word2}", name="t",
@@ -325,18 +357,20 @@ def trained_run(tiny_model_dir, tmp_path_factory):
 def seeds_run(tiny_model_dir, tmp_path_factory):
     """`jaxprompt train --seeds 2 --log tensorboard,wandb` (W&B offline) and what it printed, and, as
     the reference, `jaxprompt train --seed 1 --split-seed 0`: (population dir, seed-1 dir, printed)."""
-    import contextlib
-    import io
+    import subprocess
+    import sys
 
     from jaxprompt.cli import main
 
     def build(directory):
         common = ["train", "--model", tiny_model_dir, *FAST_RUN]
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            assert main([*common, "--seeds", "2", "--out", str(directory / "population"),
-                         "--log", "tensorboard,wandb", "--run-name", "seeds-run"]) == 0
-        (directory / "printed.txt").write_text(printed.getvalue())
+        # in its own process: W&B leaves threads behind in the process that logged, and the worker
+        # then compiled programs for other tests beside them (XLA crashed serialising one to its cache)
+        population = subprocess.run([sys.executable, "-m", "jaxprompt", *common, "--seeds", "2", "--out",
+                                     str(directory / "population"), "--log", "tensorboard,wandb", "--run-name",
+                                     "seeds-run"], capture_output=True, text=True)
+        assert population.returncode == 0, population.stdout[-2000:] + population.stderr[-2000:]
+        (directory / "printed.txt").write_text(population.stdout)
         assert main([*common, "--seed", "1", "--split-seed", "0", "--no-baseline", "--out", str(directory / "seed1")]) == 0
 
     directory = built_once(tmp_path_factory, "seeds", build)

@@ -124,7 +124,12 @@ def test_evaluation_reports_accuracy_acc_norm_and_per_class_counts(tiny_hf):
         assert learned.per_class[c] == {"gold": golds.count(k), "predicted": predicted.count(k),
                                         "correct": sum(p == g == k for p, g in zip(predicted, golds))}
     assert learned.exact_match is None and learned.loss > 0
-    assert [s["predicted"] for s in learned.samples] == [FIXED.choices[p].strip() for p in predicted[:10]]
+    # the sample table: up to 3 hits first, then the misses (evaluate.shown_samples), with transformers' predictions
+    hits = [i for i, (p, g) in enumerate(zip(predicted, golds)) if p == g]
+    misses = [i for i, (p, g) in enumerate(zip(predicted, golds)) if p != g]
+    shown = (hits[:3] + misses + hits[3:])[:10]
+    assert [s["predicted"] for s in learned.samples] == [FIXED.choices[predicted[i]].strip() for i in shown]
+    assert [s["match"] for s in learned.samples] == [predicted[i] == golds[i] for i in shown]
     written = evaluate(session, None, FIXED_ROWS, hard_prompt=FIXED.hard_prompt)
     assert written.accuracy is not None and written.per_class is not None
 

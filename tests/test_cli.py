@@ -20,8 +20,8 @@ import pytest
 
 from conftest import ANTONYM_PAIRS, FAST_RUN, snapshot, write_task
 from jaxprompt.cli import build_parser, main
-from jaxprompt.config import (EvalOptions, ExportOptions, GenerateOptions, ImportOptions, InspectOptions, LoadOptions,
-                              PlanOptions, RunOptions, SettingError, SweepOptions, TrainConfig)
+from jaxprompt.config import EvalOptions, ExportOptions, GenerateOptions, ImportOptions, InspectOptions, LoadOptions, PlanOptions, RunOptions, SweepOptions, TrainConfig
+from jaxprompt.settings import SettingError
 
 _SETTINGS = (TrainConfig, RunOptions, LoadOptions, EvalOptions, GenerateOptions, InspectOptions, ExportOptions,
              ImportOptions, SweepOptions, PlanOptions)
@@ -128,7 +128,7 @@ def test_every_flag_states_a_true_default_and_its_allowed_values(capsys):
     """What each flag's help says holds: giving the stated default changes nothing the command would
     run with; every listed choice is accepted and another refused; an integer bound is accepted and
     the next integer beyond it refused; a switch has its --no- form."""
-    from jaxprompt.config import leaves
+    from jaxprompt.settings import leaves
 
     described = {"--" + flat.replace("_", "-") for cls in _SETTINGS for _, flat, f, *_ in leaves(cls)
                  if f.metadata.get("shown_default")}  # a default stated in words, e.g. "the task's"

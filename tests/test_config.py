@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from jaxprompt.config import (DataConfig, LoopConfig, MethodConfig, OptimizerConfig, RunOptions, SettingError,
-                              TrainConfig, from_dict, leaves, parse_text, to_dict)
+from jaxprompt.config import DataConfig, LoopConfig, MethodConfig, OptimizerConfig, RunOptions, TrainConfig
+from jaxprompt.settings import SettingError, from_dict, leaves, parse_text, to_dict
 
 
 def test_every_setting_is_declared_with_help_and_a_unique_flat_name():

@@ -9,7 +9,7 @@ from collections import defaultdict
 import pytest
 
 from jaxprompt import corpus, wordnet
-from jaxprompt.session import DEFAULT_MODEL
+from jaxprompt.config import DEFAULT_MODEL
 
 pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(wordnet.DEFAULT_DIR, "data.noun")),
                                 reason="WordNet 3.0 not installed (apt-get install wordnet-base)")

@@ -11,11 +11,12 @@ import jax
 import numpy as np
 import pytest
 
-from jaxprompt.session import DEFAULT_MODEL
+from jaxprompt.config import DEFAULT_MODEL
 
-# the held-out exact-match check: test rows scored, and the bar (measured: see the test)
+# the exact-match check: test rows scored, and the bar the embedded model was pretrained for (the
+# main job's target, 30%; measured with this shorter training: 40.0%, jaxprompt and transformers alike)
 EM_ROWS = 200
-EM_BAR = 0.0
+EM_BAR = 0.30
 
 pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(DEFAULT_MODEL, "model.safetensors")),
                                 reason="embedded model not built (scripts/pretrain_tiny.py)")

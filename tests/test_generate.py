@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import parity
-from conftest import tiny_config
+from conftest import program_values, tiny_config
 from jaxprompt.models import Model, load_pretrained
 from jaxprompt.models.generate import Sampling, generate, left_pad
 
@@ -123,23 +123,6 @@ def test_the_prefill_unembeds_only_the_last_position(tiny_lm):
     model, params = tiny_lm
     B, T, V = 2, 11, model.config.vocab_size
     embeds = model.embed(params, jnp.ones((B, T), jnp.int32))
-    jaxpr = jax.make_jaxpr(lambda p, e: generate(model, p, e, jnp.ones((B, T), bool), max_new_tokens=3))(params, embeds)
-
-    def subjaxprs(value):
-        if hasattr(value, "eqns"):
-            yield value
-        elif hasattr(value, "jaxpr") and hasattr(value.jaxpr, "eqns"):
-            yield value.jaxpr
-        elif isinstance(value, (list, tuple)):
-            for v in value:
-                yield from subjaxprs(v)
-
-    def shapes(jaxpr):
-        for eqn in jaxpr.eqns:
-            yield from (v.aval.shape for v in eqn.outvars if hasattr(v.aval, "shape"))
-            for value in eqn.params.values():
-                for sub in subjaxprs(value):
-                    yield from shapes(sub)
-
-    seen = set(shapes(jaxpr.jaxpr))
+    seen = {shape for shape, _ in program_values(
+        lambda p, e: generate(model, p, e, jnp.ones((B, T), bool), max_new_tokens=3), params, embeds)}
     assert (B, T, V) not in seen and (B, 1, V) in seen

@@ -135,7 +135,7 @@ def test_logprobs_are_the_models_log_softmax(engine, tiny_lm):
 def test_bad_requests_are_one_line(engine):
     with pytest.raises(RequestError, match="unknown prompt 'nope'"):
         engine.complete([Request("nope", text="hot")])
-    with pytest.raises(RequestError, match="raw text applies to prompts that take no input positions"):
+    with pytest.raises(RequestError, match="was learned inside its template: raw text applies to prompts learned first"):
         engine.check(Request("soft", text="hot", raw=True))
     with pytest.raises(RequestError, match="the prompt text is empty"):
         engine.check(Request("soft", text="  "))

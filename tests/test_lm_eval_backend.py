@@ -104,6 +104,67 @@ def test_bare_model_matches_lm_evals_hf_backend(tiny_hf, tmp_path):
     _compare(ours, _hf(directory, include))
 
 
+def _generation_task(directory) -> str:
+    """A generate_until lm-eval task over the same documents (greedy, cut at "." or a newline)."""
+    data = directory / "docs.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
+    (directory / "jp_complete.yaml").write_text(f"""task: jp_complete
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{word1}}}} is the opposite of"
+doc_to_target: "{{{{options[0]}}}}"
+generation_kwargs:
+  until: [".", "\\n"]
+  max_gen_toks: 6
+  do_sample: false
+metric_list:
+  - metric: exact_match
+""")
+    return str(directory)
+
+
+def _generations(results) -> list[str]:
+    return [s["filtered_resps"][0] for s in sorted(results["samples"]["jp_complete"], key=lambda s: s["doc_id"])]
+
+
+def test_generate_until_equals_hf_backend_and_a_torch_greedy_loop_with_the_prompt(tiny_hf, tmp_path):
+    """Bare model: lm-eval's `hf` backend generates the same texts. Learned prompt (first in its
+    template): a greedy loop in PyTorch over [prompt; context] embeddings (PEFT's placement) does."""
+    pt_model, directory = tiny_hf("gpt2-50k")
+    include = _generation_task(tmp_path)
+    bare = _generations(run_lm_eval(JaxPromptLM.from_model(directory, batch_size=4), ["jp_complete"], include,
+                                    log_samples=True))
+    theirs = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={directory},dtype=float32,device=cpu,"
+                                     "batch_size=4", tasks=["jp_complete"],
+                                     task_manager=lm_eval.tasks.TaskManager(include_path=include), log_samples=True)
+    assert bare == _generations(theirs) and len(set(bare)) > 1
+
+    task = Task(name="t", template=Template("{prompt} {word1} is the opposite of", " {word2}"), data="unused")
+    method = make_method("soft", length=4)
+    session = Session.load(directory, task, method, cache=False)
+    prompt = {"embeddings": 0.5 * jax.random.normal(jax.random.key(1), (4, 32))}
+    ours = _generations(run_lm_eval(JaxPromptLM(session, prompt, batch_size=4), ["jp_complete"], include,
+                                    log_samples=True))
+    expected = []
+    with torch.no_grad():
+        for d in DOCS:
+            ids = session.tokenizer.encode(f"{d['word1']} is the opposite of")
+            embeds = torch.cat([torch.tensor(np.asarray(prompt["embeddings"]))[None],
+                                pt_model.get_input_embeddings()(torch.tensor([ids]))], 1)
+            new = []
+            for _ in range(6):
+                token = int(pt_model(inputs_embeds=embeds).logits[0, -1].argmax())
+                new.append(token)
+                embeds = torch.cat([embeds, pt_model.get_input_embeddings()(torch.tensor([[token]]))], 1)
+            text = session.tokenizer.decode(new)
+            expected.append(min((text.split(stop)[0] for stop in (".", "\n")), key=len))
+    assert ours == expected and ours != bare
+
+
 def test_a_prompt_trained_inside_a_template_is_refused(tiny_lm, gpt2_tokenizer):
     model, frozen = tiny_lm
     task = Task(name="t", template=Template("Here are two {prompt} {word1} and", " {word2}"), data="unused")

@@ -8,11 +8,12 @@ import optax
 import pytest
 
 from conftest import ANTONYM_PAIRS
-from jaxprompt.config import OptimizerConfig, SettingError
+from jaxprompt.config import OptimizerConfig
 from jaxprompt.data import Template, collate, encode
 from jaxprompt.loss import prompt_loss
 from jaxprompt.optim import make_optimizer
 from jaxprompt.prompts import make_method
+from jaxprompt.settings import SettingError
 from jaxprompt.train import TrainState, make_train_step
 
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ANTONYM_PAIRS
+from conftest import ANTONYM_PAIRS, program_values
 from jaxprompt.config import INIT_NAMES, METHOD_NAMES, LoopConfig, OptimizerConfig
 from jaxprompt.data import Batches, Template, collate, common_prefix_length, encode, eval_batches
 from jaxprompt.loop import fit
@@ -229,25 +229,8 @@ def _bf16_llama(vocab_size=50257, **overrides):
 
 
 def _float32_shapes(fn, *args) -> set:
-    """Shapes of every float32 value the program (its jaxpr, nested ones included) creates: what
-    jaxprompt asks for, before any compiler decides how to run it."""
-    def subjaxprs(value):
-        if hasattr(value, "eqns"):
-            yield value
-        elif hasattr(value, "jaxpr") and hasattr(value.jaxpr, "eqns"):
-            yield value.jaxpr
-        elif isinstance(value, (list, tuple)):
-            for v in value:
-                yield from subjaxprs(v)
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            yield from (v.aval.shape for v in eqn.outvars if getattr(v.aval, "dtype", None) == jnp.float32)
-            for value in eqn.params.values():
-                for sub in subjaxprs(value):
-                    yield from walk(sub)
-
-    return set(walk(jax.make_jaxpr(fn)(*args).jaxpr))
+    """Shapes of every float32 value the program creates (nested programs included)."""
+    return {shape for shape, dtype in program_values(fn, *args) if dtype == jnp.float32}
 
 
 def test_prefix_init_makes_no_float32_copy_of_the_model():
@@ -340,8 +323,8 @@ def test_random_token_inits_draw_only_ordinary_words(style, name):
     V = tokenizer.vocab_size
     model = Model(tiny_config("llama", vocab_size=V, eos_token_id=1, bos_token_id=2))
     frozen = model.init(jax.random.key(0))  # random rows: each embedding names its token
-    config = MethodConfig(name=name.split("-")[0], prompt_length=64,
-                          init="sampled_vocab" if name == "soft-sampled" else "vocab_normal")
+    config = MethodConfig(name=name.split("-")[0], length=64,
+                          init_from="sampled_vocab" if name == "soft-sampled" else "vocab_normal")
     method = build_method(config, tokenizer, BUILTIN["antonyms"], steps=10)
     forbidden = set(range(len(style["specials"]) + style["unused"] + 256))  # specials, unused, bytes
     if name == "prefix":

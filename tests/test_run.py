@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from conftest import snapshot
-from jaxprompt.config import RunOptions, SettingError, TrainConfig
+from jaxprompt.config import RunOptions, TrainConfig
 from jaxprompt.files import DirectoryLock, LockedError
 from jaxprompt.run import RunError, load_run, read_run_info, train_prompt
+from jaxprompt.settings import SettingError
 from jaxprompt.tasks import BUILTIN
 
 SMALL = dict(steps=6, prompt_length=3, batch_size=8, eval_examples=8, eval_every=3, lr=0.05)
@@ -133,7 +134,7 @@ def test_settings_out_of_range_never_start_a_run(run, tmp_path):
     assert jax.device_count() == 1
 
 
-def test_every_method_setting_reaches_the_method_under_its_own_name():
+def test_every_method_setting_reaches_the_method_under_its_own_name(gpt2_tokenizer):
     """What each method gets from the settings (as the hand-written mapping before gave it)."""
     from jaxprompt.prompts import AdaptionPrompt, PrefixTuning, ProjectedPrompt, PTuning, RelaxedPrompt, SoftPrompt
     from jaxprompt.run import build_method
@@ -153,7 +154,7 @@ def test_every_method_setting_reaches_the_method_under_its_own_name():
         (dict(method="adaption", prompt_length=4, adapter_layers=1), AdaptionPrompt(length=4, top_layers=1)),
     ]
     for flags, expected in cases:
-        assert build_method(TrainConfig.from_flags(**flags).method, None, task, steps=7) == expected, flags
+        assert build_method(TrainConfig.from_flags(**flags).method, gpt2_tokenizer, task, steps=7) == expected, flags
 
 
 def test_a_run_json_of_the_first_format_still_loads_and_resumes(run, tmp_path):

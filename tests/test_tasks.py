@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from jaxprompt.config import SettingError
 from jaxprompt.data import Template, TemplateError
+from jaxprompt.settings import SettingError
 from jaxprompt.tasks import BUILTIN, Task, get_task, load_records, split_examples, task_from_dict
 
 

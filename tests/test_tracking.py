@@ -12,7 +12,7 @@ import struct
 import numpy as np
 import pytest
 
-from jaxprompt.config import SettingError
+from jaxprompt.settings import SettingError
 from jaxprompt.tracking import Trackers
 
 def _metrics(run_dir) -> list[dict]:

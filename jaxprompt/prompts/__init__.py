@@ -43,7 +43,7 @@ def method_from_spec(spec: dict) -> PromptMethod:
     cls = MultiTask if name == MultiTask.name else METHODS.get(name)
     if cls is None:
         raise ValueError(f"unknown prompt method {name!r}; known: {', '.join([*METHODS, MultiTask.name])}")
-    fields = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name for f in dataclasses.fields(cls) if f.compare}  # as method_spec writes them
     if set(spec) != fields:
         odd = sorted(set(spec) ^ fields)
         raise ValueError(f"the {name} method's settings do not match this jaxprompt (field {odd[0]!r})")
