@@ -244,3 +244,26 @@ def choice_metrics(examples: list[ChoiceExample], logliks: list[list[float]], fi
     n = max(len(examples), 1)
     return ChoiceMetrics(sum(p == g for p, g in zip(predictions, golds)) / n,
                          sum(p == g for p, g in zip(normed, golds)) / n, predictions, per_class)
+
+
+# ---- training on a choice task (`--loss choices`) ----------------------------------------------------
+
+def check_loss(loss: str, tasks) -> None:
+    """`--loss choices` needs every task to be a choice task (one line naming the first that is not)."""
+    plain = [t.name for t in tasks if t.answer != "choice"]
+    if loss == "choices" and plain:
+        raise TemplateError(f"--loss choices needs choice tasks (answer = \"choice\"); {plain[0]!r} is not one: "
+                            "use --loss lm")
+
+
+def choice_training(session, method, train_rows: list[dict], val_rows: list[dict], batch_size: int, seed: int,
+                    member_seeds: Sequence[int] = (), shared_prefix: bool = True):
+    """(loss, validation loss, training batches, validation batches) over the candidates of choice
+    tasks; the validation loss is the same cross-entropy, with the prompt in its inference form.
+    `member_seeds`: a population's batch orders (empty for one prompt)."""
+    train, val = encode_choices(session, train_rows), encode_choices(session, val_rows)
+    shared = session.shared_len([e.context for e in train + val]) if shared_prefix else 0
+    batches = ChoiceMemberBatches(train, batch_size, session.pad_id, member_seeds, shared) if member_seeds \
+        else ChoiceBatches(train, batch_size, session.pad_id, seed=seed, shared_len=shared)
+    return (choice_loss(session.model, method, shared), choice_loss(session.model, method, shared, inference=True),
+            batches, eval_choice_batches(val, batch_size, session.pad_id, shared))

@@ -189,7 +189,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_abandoned_reads()
     # warm starts: compiled programs kept on disk unless --no-cache (compile_cache.py)
-    with interrupt_guard(args.command), compilation_cache(getattr(args, "cache", True)):
+    command = next(c for c in COMMANDS if c.name == args.command)
+    with interrupt_guard(args.command), compilation_cache(getattr(args, "cache", True) and command.xla_cache):
         try:
             return args.fn(args)
         except OSError as e:  # read-only or full disk, a vanished file: the environment, in one line

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprompt.checkpoint import Checkpointer
+from jaxprompt.choices import check_loss, choice_training
 from jaxprompt.config import DataConfig, MethodConfig, RunOptions, TrainConfig, parse_mesh
 from jaxprompt.data import Batches, TemplateError, eval_batches
 from jaxprompt.distributed import decided_by_writer, initialize, is_writer, run_devices
@@ -187,7 +188,7 @@ def train_prompt(config: TrainConfig | None, options: RunOptions = RunOptions(),
         raise SettingError(f"--seeds {config.seeds}: {len(members)} population members were given")
     devices = _devices(options, config.data)
     tasks = [get_task(name) for name in config.tasks]
-    _check_loss(config, tasks)
+    check_loss(config.loss, tasks)
     splits = _splits(tasks, config)
     lock = decided_by_writer(lambda: open_run_dir(run_dir, options.resume, options.overwrite))
     try:
@@ -289,8 +290,9 @@ def _tracked_train(config: TrainConfig, options: RunOptions, run_dir: str, devic
     shared = session.shared_len(train_enc + val_enc) if config.shared_prefix else 0
     t0 = time.perf_counter()
     if config.loss == "choices":
-        loss_fn, eval_loss_fn, train_batches, val_batches = _choice_training(config, session, method, train_rows,
-                                                                             val_rows, members)
+        loss_fn, eval_loss_fn, train_batches, val_batches = choice_training(
+            session, method, train_rows, val_rows, data.batch_size, config.seed, [m.seed for m in members],
+            config.shared_prefix)
     else:
         train_batches = MemberBatches(train_enc, data.batch_size, session.pad_id, [m.seed for m in members], shared) \
             if members else Batches(train_enc, data.batch_size, session.pad_id, seed=config.seed, shared_len=shared)
@@ -332,29 +334,6 @@ def _tracked_train(config: TrainConfig, options: RunOptions, run_dir: str, devic
     log(f"\nrun directory: {run_dir}  (curve: {os.path.join(run_dir, CURVE)})")
     return RunResult(run_dir, results, result.history, result.best_step, seconds, len(train_rows), members)
 
-
-
-def _check_loss(config: TrainConfig, tasks: list[Task]) -> None:
-    plain = [t.name for t in tasks if t.answer != "choice"]
-    if config.loss == "choices" and plain:
-        raise TemplateError(f"--loss choices needs choice tasks (answer = \"choice\"); {plain[0]!r} is not one: "
-                            "use --loss lm")
-
-
-def _choice_training(config: TrainConfig, session: Session, method: PromptMethod, train_rows: list[dict],
-                     val_rows: list[dict], members: tuple[Member, ...]):
-    """`--loss choices`: (loss, validation loss, training batches, validation batches) over the
-    candidates of choice tasks (choices.py); the validation loss is the same cross-entropy."""
-    from jaxprompt.choices import (ChoiceBatches, ChoiceMemberBatches, choice_loss, encode_choices,
-                                   eval_choice_batches)
-
-    train, val = encode_choices(session, train_rows), encode_choices(session, val_rows)
-    shared = session.shared_len([e.context for e in train + val]) if config.shared_prefix else 0
-    B = config.data.batch_size
-    batches = ChoiceMemberBatches(train, B, session.pad_id, [m.seed for m in members], shared) if members \
-        else ChoiceBatches(train, B, session.pad_id, seed=config.seed, shared_len=shared)
-    return (choice_loss(session.model, method, shared), choice_loss(session.model, method, shared, inference=True),
-            batches, eval_choice_batches(val, B, session.pad_id, shared))
 
 
 # ---- reading a run back --------------------------------------------------------------------------

@@ -17,9 +17,10 @@ def _compilation_cache(tmp_path_factory):
     The pytest-xdist workers and the subprocesses tests start share it (the workers' temp dirs sit
     side by side under the run's), so a program compiled once is read, not compiled again.
 
-    The workers only read it; the subprocesses write it. A long-lived worker writing its programs
-    crashed four times in five suite runs inside JAX 0.10's `executable.serialize()` (a segmentation
-    fault, each time in another test: a pmap step, a decode step), which no single command reproduced."""
+    Only the subprocesses use it. A long-lived worker using it crashed in each of five suite runs
+    with a segmentation fault inside JAX 0.10's cache (four times serialising a program to it, once
+    reading one back; each time in another test), which no single command reproduced; the
+    subprocesses, which write and read the same cache, never did."""
     import jax
 
     root = tmp_path_factory.getbasetemp()
@@ -31,7 +32,7 @@ def _compilation_cache(tmp_path_factory):
     for name, value in settings.items():
         os.environ[name.upper()] = str(value)  # the CLI / multi-device subprocesses the tests start
         jax.config.update(name, value)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)  # this process: read, never write
+    jax.config.update("jax_enable_compilation_cache", False)  # this process: no persistent cache
 
 
 # name -> HF config kwargs. Large init std so logits are far from uniform and parity is meaningful.

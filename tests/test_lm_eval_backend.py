@@ -29,25 +29,31 @@ DOCS = [{"word1": a, "options": [b, WORDS[(i + 3) % len(WORDS)], "unbelievably "
          "gold": (i % 3 == 0) * 1} for i, (a, b) in enumerate(ANTONYM_PAIRS[:10])]
 
 
-def _lm_eval_task(directory) -> str:
-    """A multiple-choice lm-eval task over a JSONL file; returns the include directory."""
+def _yaml_task(directory, name: str, body: str) -> str:
+    """An lm-eval task `name` over a JSONL file of DOCS (`body`: its output type, choices or
+    generation settings, metrics); returns the include directory."""
     data = directory / "docs.jsonl"
     data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
-    (directory / "jp_opposites.yaml").write_text(f"""task: jp_opposites
+    (directory / f"{name}.yaml").write_text(f"""task: {name}
 dataset_path: json
 dataset_kwargs:
   data_files:
     test: {data}
 test_split: test
-output_type: multiple_choice
 doc_to_text: "{{{{word1}}}} is the opposite of"
-doc_to_choice: "{{{{options}}}}"
+""" + body)
+    return str(directory)
+
+
+def _lm_eval_task(directory) -> str:
+    """A multiple-choice lm-eval task over a JSONL file; returns the include directory."""
+    return _yaml_task(directory, "jp_opposites", """output_type: multiple_choice
+doc_to_choice: "{{options}}"
 doc_to_target: gold
 metric_list:
   - metric: acc
   - metric: acc_norm
 """)
-    return str(directory)
 
 
 def _per_request(results) -> list[list[float]]:
@@ -106,17 +112,8 @@ def test_bare_model_matches_lm_evals_hf_backend(tiny_hf, tmp_path):
 
 def _generation_task(directory) -> str:
     """A generate_until lm-eval task over the same documents (greedy, cut at "." or a newline)."""
-    data = directory / "docs.jsonl"
-    data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
-    (directory / "jp_complete.yaml").write_text(f"""task: jp_complete
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: generate_until
-doc_to_text: "{{{{word1}}}} is the opposite of"
-doc_to_target: "{{{{options[0]}}}}"
+    return _yaml_task(directory, "jp_complete", """output_type: generate_until
+doc_to_target: "{{options[0]}}"
 generation_kwargs:
   until: [".", "\\n"]
   max_gen_toks: 6
@@ -124,7 +121,6 @@ generation_kwargs:
 metric_list:
   - metric: exact_match
 """)
-    return str(directory)
 
 
 def _generations(results) -> list[str]:
