@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxprompt.data import LENGTH_BUCKETS, Encoded, bucket
 from jaxprompt.models import Prefix, positions_from_mask
-from jaxprompt.models.generate import RowSampling, generate
+from jaxprompt.models.generate import RowSampling, SamplingError, generate
 from jaxprompt.precision import policy_of
 from jaxprompt.prompts.apply import prompt_inputs
 from jaxprompt.prompts.insert import insert_batch
@@ -229,6 +229,10 @@ class Engine:
 
     def _tokens(self, request: Request, served: Served) -> tuple[list[int], list[int], int]:
         """(tokens, slots, length of the head the prompt cache holds) of a request's input."""
+        V = self.config.vocab_size
+        if request.options.top_k > V:
+            raise SamplingError(f"top-k {request.options.top_k} is more than the model's vocabulary of {V} tokens; "
+                                f"use 0 (no top-k filter) to {V}")
         given = request.ids if request.ids is not None else (request.text.strip() if request.row is None else request.row)
         if not given:
             raise RequestError("the prompt text is empty")

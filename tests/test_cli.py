@@ -20,11 +20,20 @@ import pytest
 
 from conftest import ANTONYM_PAIRS, FAST_RUN, snapshot, write_task
 from jaxprompt.cli import build_parser, main
-from jaxprompt.config import EvalOptions, ExportOptions, GenerateOptions, ImportOptions, InspectOptions, LoadOptions, PlanOptions, RunOptions, SweepOptions, TrainConfig
+from jaxprompt.commands.eval import EvalOptions
+from jaxprompt.commands.export import ExportOptions, ImportOptions
+from jaxprompt.commands.generate import GenerateOptions
+from jaxprompt.commands.inspect import InspectOptions
+from jaxprompt.commands.lm_eval import LmEvalOptions
+from jaxprompt.commands.plan import PlanOptions
+from jaxprompt.commands.sweep import SweepOptions
+from jaxprompt.commands.trained import LoadOptions
+from jaxprompt.config import RunOptions, TrainConfig
+from jaxprompt.serve import ServeOptions
 from jaxprompt.settings import SettingError
 
 _SETTINGS = (TrainConfig, RunOptions, LoadOptions, EvalOptions, GenerateOptions, InspectOptions, ExportOptions,
-             ImportOptions, SweepOptions, PlanOptions)
+             ImportOptions, SweepOptions, PlanOptions, ServeOptions, LmEvalOptions)
 
 FAST = FAST_RUN  # the settings of conftest's trained_run
 PAIRS = [{"word1": a, "word2": b} for a, b in ANTONYM_PAIRS]
@@ -95,14 +104,15 @@ def test_module_entry_point():
 COMMAND_SETTINGS = {"train": (TrainConfig, RunOptions), "eval": (LoadOptions, EvalOptions),
                     "generate": (LoadOptions, GenerateOptions), "inspect": (LoadOptions, InspectOptions),
                     "export": (LoadOptions, ExportOptions), "import": (ImportOptions,),
-                    "sweep": (TrainConfig, RunOptions, SweepOptions), "plan": (TrainConfig, PlanOptions), "tasks": ()}
+                    "sweep": (TrainConfig, RunOptions, SweepOptions), "plan": (TrainConfig, PlanOptions), "tasks": (),
+                    "serve": (ServeOptions,), "lm-eval": (LoadOptions, LmEvalOptions)}
 POSITIONALS = {"eval": ["RUN"], "generate": ["RUN"], "inspect": ["RUN"], "export": ["RUN", "OUT"],
-               "import": ["ADAPTER", "OUT"]}
+               "import": ["ADAPTER", "OUT"], "lm-eval": ["RUN"]}
 
 
 def _settings_of(sub, argv) -> dict:
     """Every settings object a command builds from `argv` (what it would run with)."""
-    from jaxprompt.cli import settings
+    from jaxprompt.commands.base import settings
 
     args = sub.parse_args(argv)
     return {cls.__name__: settings(args, cls) for cls in COMMAND_SETTINGS[sub.prog.split()[-1]]}
@@ -212,6 +222,7 @@ def bad_inputs(trained_run, tiny_model_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("bad")
     fresh = str(d / "fresh-run")
     train = ["train", "--model", tiny_model_dir, "--out", fresh, *FAST]
+    stored_model = json.load(open(os.path.join(trained_run, "run.json")))["config"]["model"]
     task_files = {
         "data=123": ('data = 123\n', "task key 'data' 123: must be a string"),
         "template=5": ('template = 5\n', "the template must be a string, got 5"),
@@ -272,7 +283,9 @@ def bad_inputs(trained_run, tiny_model_dir, tmp_path_factory):
         ("out is a file", ["--out", str(d / "a-file")], "is a file, not a directory"),
         ("out read-only", ["--out", "/sys/jaxprompt-test-run"], "(/sys/jaxprompt-test-run)"),
         ("existing run", ["--out", trained_run], "already holds a run: pass --resume to continue it, or --overwrite"),
-        ("resume conflict", ["--out", trained_run, "--resume", "--lr", "0.2"], "--lr 0.2 differs from the stored 0.05"),
+        # the shared run may have been trained by another worker, from its own copy of the tiny model
+        ("resume conflict", ["--out", trained_run, "--model", stored_model, "--resume", "--lr", "0.2"],
+         "--lr 0.2 differs from the stored 0.05"),
         ("resume nothing", ["--resume"], "nothing to resume in"),
         ("resume overwrite", ["--resume", "--overwrite"], "--resume and --overwrite exclude each other"),
         ("mesh text", ["--mesh", "data=two"], "--mesh: mesh 'data=two' is not data=A,model=B with positive integers"),
