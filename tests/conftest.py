@@ -17,10 +17,10 @@ def _compilation_cache(tmp_path_factory):
     The pytest-xdist workers and the subprocesses tests start share it (the workers' temp dirs sit
     side by side under the run's), so a program compiled once is read, not compiled again.
 
-    Only the subprocesses use it. A long-lived worker using it crashed in each of five suite runs
-    with a segmentation fault inside JAX 0.10's cache (four times serialising a program to it, once
-    reading one back; each time in another test), which no single command reproduced; the
-    subprocesses, which write and read the same cache, never did."""
+    Only the subprocesses use it. A long-lived worker crashed in each of six suite runs with a
+    segmentation fault in JAX 0.10 (four times serialising a program to this cache, once reading one
+    back, once compiling a pmap step with the cache off; each time in another test), which no single
+    command reproduced; the subprocesses never did. Not understood yet."""
     import jax
 
     root = tmp_path_factory.getbasetemp()
