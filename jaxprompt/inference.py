@@ -146,10 +146,8 @@ class Served:
         which raw text cannot take (what would surround it is not defined)."""
         if not self.takes_positions:
             return 0
-        task, method = self.session.task, self.method
-        pieces = task.template.pieces({f: "" for f in task.fields}, method.length)
-        first = isinstance(pieces[0], int) and sum(isinstance(p, int) for p in pieces) == 1
-        return method.length if first and method.n_tasks == 1 else None
+        first = prompt_comes_first(self.session.task, self.method.length)
+        return self.method.length if first and self.method.n_tasks == 1 else None
 
 
 @dataclasses.dataclass
@@ -415,6 +413,12 @@ def _common(a: Encoded, b: Encoded) -> int:
     while n < min(len(a), len(b)) and a.tokens[n] == b.tokens[n] and a.slots[n] == b.slots[n]:
         n += 1
     return n
+
+
+def prompt_comes_first(task, length: int) -> bool:
+    """Whether the task's template has one prompt slot, before any text (`{prompt} ...`)."""
+    pieces = task.template.pieces({f: "" for f in task.fields}, length)
+    return isinstance(pieces[0], int) and sum(isinstance(p, int) for p in pieces) == 1
 
 
 def _host(x) -> np.ndarray:

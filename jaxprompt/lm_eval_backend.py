@@ -23,7 +23,7 @@ from typing import Sequence
 
 from jaxprompt.choices import ChoiceExample, score
 from jaxprompt.data import Encoded, TemplateError
-from jaxprompt.inference import Engine, Options, Request
+from jaxprompt.inference import Engine, Options, Request, prompt_comes_first
 
 PROMPT_NAME = "lm-eval"  # the engine's name for the prompt every request takes
 INSTALL = "lm-eval is not installed: pip install 'jaxprompt[eval]' (or pip install lm-eval)"
@@ -46,8 +46,7 @@ def placement_problem(session) -> str | None:
         return "a multi-task prompt holds one prompt per task; evaluate one task's run"
     if method.kind != "embeddings":
         return None  # prefix keys/values and adaption prompts reach every position
-    pieces = session.task.template.pieces({f: "" for f in session.task.fields}, method.length)
-    if not isinstance(pieces[0], int) or sum(isinstance(p, int) for p in pieces) != 1:
+    if not prompt_comes_first(session.task, method.length):
         return (f"the prompt was trained inside the template {session.task.template.text!r}; lm-eval requests "
                 "can only take a prompt placed first ('{prompt} ...')")
     return None
