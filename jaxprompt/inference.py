@@ -324,10 +324,12 @@ class Engine:
             k = np.zeros((L, B, P, G, K), like.k.dtype)
             v = np.zeros((L, B, P, G, K), like.v.dtype)
             m = np.zeros((L, B, P), bool)
+            on_host = {}  # rows of one prompt share its head: copied to this host once
             for b, h in enumerate(heads):
                 if h is not None:
-                    k[:, b, :h.length], v[:, b, :h.length] = _host(h.k)[:, 0], _host(h.v)[:, 0]
-                    m[:, b, :h.length] = _host(h.mask)[:, 0]
+                    if id(h) not in on_host:
+                        on_host[id(h)] = [_host(x)[:, 0] for x in (h.k, h.v, h.mask)]
+                    k[:, b, :h.length], v[:, b, :h.length], m[:, b, :h.length] = on_host[id(h)]
                     batch["start"][b] = h.length
             batch["prefix"] = Prefix(k, v, m)
         if (slots >= 0).any():  # virtual tokens after the head (a prompt placed after an input field)
