@@ -114,6 +114,7 @@ def interrupt_guard(command: str):
         while True:
             data = os.read(read_fd, 1)
             if not data:  # the guard was closed
+                os.close(read_fd)
                 return
             if data[0] == signal.SIGINT:
                 os.write(2, f"{PROG} {command}: interrupted{interrupt_note['text']}\n".encode())
@@ -189,8 +190,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_abandoned_reads()
     # warm starts: compiled programs kept on disk unless --no-cache (compile_cache.py)
-    command = next(c for c in COMMANDS if c.name == args.command)
-    with interrupt_guard(args.command), compilation_cache(getattr(args, "cache", True) and command.xla_cache):
+    with interrupt_guard(args.command), compilation_cache(getattr(args, "cache", True)):
         try:
             return args.fn(args)
         except OSError as e:  # read-only or full disk, a vanished file: the environment, in one line

@@ -15,12 +15,7 @@ TOKENIZER_DIR = REPO / "checkpoints" / "tiny-gpt2-wordnet"
 def _compilation_cache(tmp_path_factory):
     """Tests rebuild the same steps as new closures; an on-disk XLA cache compiles each program once.
     The pytest-xdist workers and the subprocesses tests start share it (the workers' temp dirs sit
-    side by side under the run's), so a program compiled once is read, not compiled again.
-
-    Only the subprocesses use it. A long-lived worker crashed in each of six suite runs with a
-    segmentation fault in JAX 0.10 (four times serialising a program to this cache, once reading one
-    back, once compiling a pmap step with the cache off; each time in another test), which no single
-    command reproduced; the subprocesses never did. Not understood yet."""
+    side by side under the run's), so a program compiled once is read, not compiled again."""
     import jax
 
     root = tmp_path_factory.getbasetemp()
@@ -32,7 +27,24 @@ def _compilation_cache(tmp_path_factory):
     for name, value in settings.items():
         os.environ[name.upper()] = str(value)  # the CLI / multi-device subprocesses the tests start
         jax.config.update(name, value)
-    jax.config.update("jax_enable_compilation_cache", False)  # this process: no persistent cache
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Each test file's compiled programs are released when it ends.
+
+    XLA's CPU backend maps every compiled kernel's code and data into memory (three mappings per
+    kernel); programs jitted at module level stay in JAX's caches for the life of the process. A
+    test worker that ran half the suite held about 56,000 mappings, and the kernel's limit
+    (`vm.max_map_count`, 65,530 by default) then made the next compilation fail with a segmentation
+    fault or an abort, in whichever test came next."""
+    yield
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
 
 
 # name -> HF config kwargs. Large init std so logits are far from uniform and parity is meaningful.

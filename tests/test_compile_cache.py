@@ -59,7 +59,9 @@ def test_a_second_identical_run_reads_every_program_it_needs(tiny_model_dir, tmp
     assert kept <= _missed(first)  # what was kept is what this run compiled
     second = _jaxprompt(["train", "--model", tiny_model_dir, "--out", str(tmp_path / "b"), *FAST], xdg, tmp_path)
     assert not _missed(second) & kept  # no kept program compiled again
-    assert _kept(xdg) == kept  # and nothing new worth keeping
+    # and nothing the first run did not compile: a program kept only now is one whose compile time
+    # fell under MIN_COMPILE_SECONDS the first time (on a loaded machine, one can cross it)
+    assert _kept(xdg) - kept <= _missed(first)
     assert "jit__fun" in _hits(second)  # the training step among the programs read
     # (programs of the prompt cache's shared heads are not needed again: the heads were kept too)
 

@@ -23,15 +23,13 @@ class Command:
 
     `options`: the settings dataclasses whose leaves become flags, each a class or a
     (class, flat names) pair for some of its settings only; `arguments`: positional
-    (name, help) pairs, or (name, help, nargs) triples; `xla_cache`: whether the command keeps
-    compiled programs on disk (compile_cache.py) unless `--no-cache`."""
+    (name, help) pairs, or (name, help, nargs) triples."""
 
     name: str
     help: str
     run: Callable[[argparse.Namespace], int]
     options: tuple[type[Settings] | tuple[type[Settings], tuple[str, ...]], ...] = ()
     arguments: tuple[tuple[str, ...], ...] = ()
-    xla_cache: bool = True
 
 
 def given(args: argparse.Namespace, cls: type[Settings]) -> dict:

@@ -24,7 +24,4 @@ def cmd_serve(args) -> int:
 
 SERVE = Command("serve", "serve learned prompts of one frozen model over an OpenAI-compatible HTTP API", cmd_serve,
                 options=(ServeOptions,),
-                arguments=(("runs", "a run directory, or NAME=RUN_DIR (the name defaults to the directory's)", "*"),),
-                # a long-lived process: no persistent XLA cache (long-lived test processes crashed in JAX
-                # 0.10, mostly serialising programs to it; a server compiles its few programs once per start)
-                xla_cache=False)
+                arguments=(("runs", "a run directory, or NAME=RUN_DIR (the name defaults to the directory's)", "*"),))
