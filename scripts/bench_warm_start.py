@@ -44,11 +44,13 @@ def _command(args: list[str]) -> list[str]:
 
 
 def time_to_first_step(train_args: list[str], out: str, cache_home: str, timeout: float) -> float:
-    """Seconds from launch to the first training entry of metrics.jsonl; then stops the run."""
+    """Seconds from launch to the first training entry of metrics.jsonl; then stops the run.
+    `out` must not exist: a previous trial's metrics would read as this one's first step."""
+    if os.path.exists(out):
+        raise ValueError(f"{out} exists: each trial trains into a new directory")
     metrics = os.path.join(out, "metrics.jsonl")
     t0 = time.perf_counter()
-    proc = subprocess.Popen(_command(["train", *train_args, "--out", out, "--overwrite", "--log-every", "1",
-                                      "--no-progress"]),
+    proc = subprocess.Popen(_command(["train", *train_args, "--out", out, "--log-every", "1", "--no-progress"]),
                             env=_env(cache_home), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         while time.perf_counter() - t0 < timeout:
@@ -96,7 +98,8 @@ def main() -> None:
     whole_command(["train", *train_args, "--out", run, "--no-progress"], os.path.join(work, "setup-cache"),
                   args.timeout)
     commands = {
-        "train": lambda home: time_to_first_step(train_args, os.path.join(work, "timed-run"), home, args.timeout),
+        "train": lambda home: time_to_first_step(train_args, tempfile.mkdtemp(dir=work, prefix="timed-run-") + "/run",
+                                                 home, args.timeout),
         "eval": lambda home: whole_command(["eval", run, "--examples", str(args.examples)], home, args.timeout),
         "generate": lambda home: whole_command(["generate", run, "--text", "hot"], home, args.timeout),
     }
