@@ -98,8 +98,8 @@ def main() -> None:
     whole_command(["train", *train_args, "--out", run, "--no-progress"], os.path.join(work, "setup-cache"),
                   args.timeout)
     commands = {
-        "train": lambda home: time_to_first_step(train_args, tempfile.mkdtemp(dir=work, prefix="timed-run-") + "/run",
-                                                 home, args.timeout),
+        "train": lambda home: time_to_first_step(
+            train_args, os.path.join(tempfile.mkdtemp(dir=work, prefix="timed-run-"), "run"), home, args.timeout),
         "eval": lambda home: whole_command(["eval", run, "--examples", str(args.examples)], home, args.timeout),
         "generate": lambda home: whole_command(["generate", run, "--text", "hot"], home, args.timeout),
     }
