@@ -11,9 +11,12 @@ the input's first field are inserted per row. LLaMA-Adapter prompts read every l
 gate, not through keys/values: rows of one adaption prompt decode together, apart from others.
 
 Compiled shapes are bucketed (batch and head length to powers of two, input length to the data
-buckets, new tokens to a power of two, each row cut at its own `max_tokens`), so a new mix of
-prompts and lengths reuses a compiled step. A row's tokens depend only on its prompt, input and
-options (greedy; or its own seed, `RowSampling`), never on what shares its batch.
+buckets of at least `MIN_INPUT_TOKENS`, new tokens to a power of two of at least
+`MIN_NEW_TOKENS`; each row stops at its own `max_tokens` inside the decode loop), so a new mix of
+prompts and lengths reuses a compiled step; `Engine.warm_up` compiles the batch sizes before a
+server takes requests. A row's tokens depend
+only on its prompt, input and options (greedy; or its own seed, `RowSampling`), never on what
+shares its batch.
 """
 
 from __future__ import annotations
@@ -36,6 +39,12 @@ from jaxprompt.prompts.insert import insert_batch
 from jaxprompt.session import Session
 
 TOP_LOGPROBS = 5  # most alternatives a request can ask for per token (OpenAI's completions limit)
+# fewest new tokens a batch is compiled for: each row stops at its own max_tokens inside the decode
+# loop, so requests asking 1..16 tokens share one compiled program
+MIN_NEW_TOKENS = 16
+# fewest input positions a batch is compiled for (left padding, masked): short requests of any
+# length share one program, which `Engine.warm_up` compiles
+MIN_INPUT_TOKENS = 32
 
 
 class RequestError(ValueError):
@@ -273,6 +282,39 @@ class Engine:
             head = served.own_prefix
         return _Row(served, tokens[h:], slots[h:], head, len(tokens), request.options, request.key)
 
+    def warm_up(self, max_batch: int | None = None) -> int:
+        """Compiles the decode step before any request needs it: for each served prompt's shape
+        (kind, head length, virtual tokens), every power-of-two batch up to `max_batch`, for inputs
+        of up to `MIN_INPUT_TOKENS` after the head and up to `MIN_NEW_TOKENS` new tokens. Longer
+        inputs or completions and mixes of differently shaped prompts compile on first use.
+        Returns how many programs were compiled."""
+        seen, before = set(), _decode_batch._cache_size()
+        for served in list(self.prompts.values()):
+            try:
+                request = self._warm_up_request(served)
+                row = self._row(request, served)
+            except (ValueError, KeyError):  # no short input fits this template: compiled on first use
+                continue
+            shape = (served.name if served.kind == "adaption" else None,  # rows of one adaption prompt apart
+                     None if row.head is None else _pow2(row.head.length), max(row.slots, default=-1) >= 0)
+            if shape in seen:
+                continue
+            seen.add(shape)
+            B = 1
+            while B <= min(max_batch or self.max_batch, self.max_batch):
+                self.complete([request] * B, served=[served] * B)
+                B *= 2
+        return _decode_batch._cache_size() - before
+
+    @staticmethod
+    def _warm_up_request(served: Served) -> Request:
+        options = Options(max_tokens=1)
+        if served.session is None or served.leading_virtual is not None:
+            return Request(served.name, text="a", raw=True, options=options)
+        task = served.session.task
+        row = {f: ("" if f in task.template.target_fields else "a") for f in task.fields}
+        return Request(served.name, row=row, options=options)
+
     # ---- decoding --------------------------------------------------------------------------------
 
     def complete(self, requests: list[Request], served: list[Served] | None = None) -> list[Completion]:
@@ -293,7 +335,7 @@ class Engine:
 
     def _decode(self, rows: list[_Row]) -> list[Completion]:
         batch = self._collate(rows)
-        n_new = _pow2(max(r.options.max_tokens for r in rows))
+        n_new = max(MIN_NEW_TOKENS, _pow2(max(r.options.max_tokens for r in rows)))
         tokens, lengths = _decode_batch(self.model, self.frozen, batch, n_new, self.tokenizer.eos_token_id)
         tokens, lengths = _host(tokens), _host(lengths)
         completions = [self._finish(row, list(tokens[b, :lengths[b]])) for b, row in enumerate(rows)]
@@ -307,7 +349,7 @@ class Engine:
     def _collate(self, rows: list[_Row]) -> dict:
         """Left-padded inputs, right-padded heads and per-row settings, in bucketed shapes."""
         B = _pow2(len(rows))
-        T = bucket(max(len(r.tokens) for r in rows), LENGTH_BUCKETS)
+        T = bucket(max(MIN_INPUT_TOKENS, *(len(r.tokens) for r in rows)), LENGTH_BUCKETS)
         tokens = np.full((B, T), self.tokenizer.pad_token_id, np.int32)
         mask = np.zeros((B, T), bool)
         slots = np.full((B, T), -1, np.int32)
@@ -352,7 +394,9 @@ class Engine:
         batch["sampling"] = RowSampling(keys=jnp.stack(keys),
                                         temperature=jnp.asarray([o.temperature for o in options], jnp.float32),
                                         top_k=jnp.asarray([o.top_k for o in options], jnp.int32),
-                                        top_p=jnp.asarray([o.top_p for o in options], jnp.float32))
+                                        top_p=jnp.asarray([o.top_p for o in options], jnp.float32),
+                                        max_tokens=jnp.asarray([r.options.max_tokens for r in rows]
+                                                               + [0] * (B - len(rows)), jnp.int32))
         return batch
 
     def _finish(self, row: _Row, ids: list[int]) -> Completion:

@@ -47,6 +47,8 @@ class ServeOptions(Settings):
                                    range=AT_LEAST_0)
     max_tokens: int = setting(256, "largest max_tokens a request may ask (more: 400)", range=AT_LEAST_1)
     which: str = setting("best", "checkpoint of each run", choices=("best", "last"))
+    warmup: bool = setting(False, "compile the decode step for every batch size up to --max-batch, for each "
+                                  "kind of served prompt, before taking requests (else: on first use)")
 
 
 class BadRequest(Exception):

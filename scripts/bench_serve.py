@@ -6,9 +6,12 @@ prompt-learning adapters in a batch).
 The prompts are K PEFT prefix-tuning adapters with random keys/values on the same model, written
 here; the jaxprompt servers import the very same adapters (`--adapter`), and every request is raw
 text (prefix prompts take no input positions, so both sides read the same tokens). Requests are
-greedy, of mixed lengths. Configurations are timed in interleaved rounds (mixed, one-at-a-time,
-PEFT, repeated), and each figure is the median over rounds: requests/s, generated tokens/s, and
-the p50/p95 latency a client sees (queueing included).
+greedy, of mixed lengths. Both servers compile their batch sizes at start (`--warmup`), and one
+untimed pass of the work per configuration compiles its input lengths, so the rounds time decoding,
+not compilation (a program compiles in 5-9 s on a 2-core CPU; what a first request of a new shape
+costs is reported by the server's warm-up line). Configurations are timed in interleaved rounds
+(mixed, one-at-a-time, PEFT, repeated), and each figure is the median over rounds: requests/s,
+generated tokens/s, and the p50/p95 latency a client sees (queueing included).
 
     python scripts/bench_serve.py --clients 16 --prompts 1 4 16 --requests 64 --rounds 3
     python scripts/bench_serve.py --clients 2 --prompts 1 --requests 4 --rounds 1 --max-tokens 4   # a check
@@ -63,7 +66,7 @@ def start_server(model_dir: str, adapters: list[str], max_batch: int, wait_ms: f
 
     port = free_port()
     args = [sys.executable, "-m", "jaxprompt", "serve", "--model", model_dir, "--port", str(port),
-            "--max-batch", str(max_batch), "--batch-wait-ms", str(wait_ms), "--max-queue", "100000"]
+            "--max-batch", str(max_batch), "--batch-wait-ms", str(wait_ms), "--max-queue", "100000", "--warmup"]
     for path in adapters:
         args += ["--adapter", path]
     proc = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.DEVNULL)
@@ -163,9 +166,9 @@ def main() -> None:
             senders = {"mixed batch": server_sender(mixed[1]), "one at a time": server_sender(single[1])}
             if not args.no_peft:
                 senders["PEFT set_adapter"] = peft_sender(args.model, adapters)
-            for k in args.prompts:  # warm-up: every compiled shape of this work, every adapter once
+            for k in args.prompts:  # beyond the servers' own warm-up: this work's input lengths, every adapter
                 for send in senders.values():
-                    drive(send, jobs(k, max(k, args.clients), args.max_tokens), args.clients)
+                    drive(send, jobs(k, args.requests, args.max_tokens), args.clients)
             print("| K prompts | server | requests/s | tokens/s | p50 latency (s) | p95 latency (s) |")
             print("|---|---|---|---|---|---|")
             for k in args.prompts:

@@ -126,3 +126,22 @@ def test_the_prefill_unembeds_only_the_last_position(tiny_lm):
     seen = {shape for shape, _ in program_values(
         lambda p, e: generate(model, p, e, jnp.ones((B, T), bool), max_new_tokens=3), params, embeds)}
     assert (B, T, V) not in seen and (B, 1, V) in seen
+
+
+def test_each_row_stops_at_its_own_max_tokens(tiny_lm):
+    """`RowSampling.max_tokens`: row b gets its first max_tokens[b] greedy tokens (those of a run without
+    limits), then padding, and the loop ends when the longest row does."""
+    from jaxprompt.models.generate import RowSampling
+
+    model, params = tiny_lm
+    ids, mask = left_pad([[5, 6, 7], [9, 10, 11, 12], [3, 4]], pad_id=0)
+    embeds = model.embed(params, ids)
+    free, _ = generate(model, params, embeds, mask, max_new_tokens=8)
+    rows = RowSampling(keys=jax.random.split(jax.random.key(0), 3), temperature=jnp.zeros(3),
+                       top_k=jnp.zeros(3, jnp.int32), top_p=jnp.ones(3), max_tokens=jnp.asarray([2, 5, 0]))
+    out, lengths = generate(model, params, embeds, mask, max_new_tokens=8, pad_token_id=99, row_sampling=rows)
+    out, free = np.asarray(out), np.asarray(free)
+    assert list(np.asarray(lengths)) == [2, 5, 1]  # a row asking 0 tokens stops after the first
+    for b, n in enumerate([2, 5, 1]):
+        np.testing.assert_array_equal(out[b, :n], free[b, :n])
+        assert (out[b, n:] == 99).all()

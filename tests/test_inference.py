@@ -4,6 +4,7 @@ whatever shares the batch, and the cuts (EOS, max_tokens, stop strings)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -117,6 +118,34 @@ def test_stop_strings_and_max_tokens_cut_the_completion(engine):
     cut = _alone(engine, Request("soft", text="hot", options=Options(max_tokens=8, stop=(stop,))))
     assert cut.finish_reason == "stop" and cut.text == full.text[:full.text.index(stop)]
     assert "".join(cut.token_texts) == engine.tokenizer.decode(cut.tokens)
+
+
+def test_requests_of_any_length_up_to_the_minimum_share_one_compiled_program(engine):
+    """Rows stop at their own max_tokens inside one decode loop: asking 1..MIN_NEW_TOKENS tokens, in
+    any mix, compiles no new program for a batch and input length already seen."""
+    from jaxprompt.inference import MIN_NEW_TOKENS, _decode_batch
+
+    def batch(lengths):
+        return [Request("prefix", text="hot and cold are", raw=True, options=Options(max_tokens=n)) for n in lengths]
+
+    engine.complete(batch([MIN_NEW_TOKENS, 1]))
+    compiled = _decode_batch._cache_size()
+    for lengths in ([1, 2], [3, 4], [5, MIN_NEW_TOKENS], [7, 7]):
+        out = engine.complete(batch(lengths))
+        assert [len(c.tokens) for c in out] == lengths
+    assert _decode_batch._cache_size() == compiled
+
+
+def test_after_warm_up_short_requests_compile_nothing(engine):
+    from jaxprompt.inference import _decode_batch
+
+    engine.warm_up(2)
+    compiled = _decode_batch._cache_size()
+    for name in ("soft", "prefix", "infix", "written", "bare"):
+        request = Engine._warm_up_request(engine.prompts[name])
+        for B in (1, 2):
+            engine.complete([dataclasses.replace(request, options=Options(max_tokens=5))] * B)
+    assert _decode_batch._cache_size() == compiled
 
 
 def test_logprobs_are_the_models_log_softmax(engine, tiny_lm):

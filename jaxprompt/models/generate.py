@@ -67,6 +67,7 @@ class RowSampling:
     temperature: Float[Array, "B"]
     top_k: Int[Array, "B"]
     top_p: Float[Array, "B"]
+    max_tokens: Int[Array, "B"] | None = None  # each row stops after this many tokens (None: max_new_tokens)
 
 
 def sample_rows(logits: Float[Array, "B V"], step, rows: RowSampling) -> Int[Array, "B"]:
@@ -118,7 +119,9 @@ def generate(
 
     `start`: each row's first position (default: the prefix's length), for a batch whose rows
     attend to prefixes of different lengths (right-padded, their padding masked). `row_sampling`
-    replaces `sampling` and `rng` by settings and keys per row.
+    replaces `sampling` and `rng` by settings and keys per row, and its `max_tokens` stops each row
+    at its own length: a batch mixing short and long requests ends when its longest row does, so a
+    caller can compile one `max_new_tokens` for many requested lengths.
     """
     B, T, _ = embeds.shape
     if rng is None:
@@ -145,6 +148,8 @@ def generate(
         if eos_token_id is not None:
             done = done | (token == eos_token_id)
         done = done | (next_pos >= model.config.max_positions)  # the new token could not be read
+        if row_sampling is not None and row_sampling.max_tokens is not None:
+            done = done | (lengths >= row_sampling.max_tokens)
         return token, done, out, lengths
 
     def cond(carry):
