@@ -145,3 +145,29 @@ def test_each_row_stops_at_its_own_max_tokens(tiny_lm):
     for b, n in enumerate([2, 5, 1]):
         np.testing.assert_array_equal(out[b, :n], free[b, :n])
         assert (out[b, n:] == 99).all()
+
+
+def test_bf16_decoding_on_cpu_converts_one_layer_at_a_time():
+    """bf16 weights on a CPU decode through the stacked layers (`_scans_layers`): the same tokens as
+    one buffer per layer, without the float32 copy of every layer that XLA hoists out of that loop
+    (compiled temporaries: below the copy's size; the per-layer form's: above it)."""
+    from jaxprompt.models.generate import _scans_layers
+
+    config = tiny_config("llama", vocab_size=64, d_model=256, n_heads=4, n_kv_heads=4, d_ff=1024, n_layers=8)
+    model = Model(config)
+    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), model.init(jax.random.key(0), std=0.3))
+    copy_bytes = 2 * sum(x.nbytes for x in jax.tree.leaves(params[model.arch.stack_key]))  # in float32
+    ids, mask = left_pad([[5, 6, 7, 8], [9, 10]], pad_id=0)
+    embeds = model.embed(params, ids)
+    per_layer = model.decoding_params(params)
+    assert _scans_layers(params, model) and not _scans_layers(per_layer, model)
+
+    def run(p):
+        f = jax.jit(lambda p, e: generate(model, p, e, mask, max_new_tokens=6))
+        return f(p, embeds), f.lower(p, embeds).compile().memory_analysis().temp_size_in_bytes
+
+    (stacked_out, stacked_len), stacked_temp = run(params)
+    (layer_out, layer_len), layer_temp = run(per_layer)
+    np.testing.assert_array_equal(np.asarray(stacked_out), np.asarray(layer_out))
+    np.testing.assert_array_equal(np.asarray(stacked_len), np.asarray(layer_len))
+    assert stacked_temp < copy_bytes <= layer_temp, (stacked_temp, copy_bytes, layer_temp)

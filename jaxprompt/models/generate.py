@@ -130,8 +130,12 @@ def generate(
     dtype = jax.tree.leaves(params)[0].dtype
     if start is None:
         start = 0 if prefix is None else prefix.length
-    params = model.decoding_params(params)  # a copy of the layers, unless the caller passed this form
-    cache = model.init_cache(B, T + max_new_tokens, dtype, per_layer=True)
+    stacked = _scans_layers(params, model)
+    if stacked:  # bf16 on CPU: converted to float32 one layer at a time (`layers.as_bits`)
+        model = dataclasses.replace(model, remat=True)  # remat: only the bits; nothing is differentiated
+    else:
+        params = model.decoding_params(params)  # a copy of the layers, unless the caller passed this form
+    cache = model.init_cache(B, T + max_new_tokens, dtype, per_layer=not stacked)
     positions = positions_from_mask(attention_mask, start)
     # the prefill unembeds only the last position: the one whose logits pick the first new token
     # ([B, V], not [B, T, V] float32 logits of which all but the last are thrown away)
@@ -168,6 +172,18 @@ def generate(
     i, last_logits, next_pos, done, out, lengths, _ = jax.lax.while_loop(cond, body, carry)
     _, _, out, lengths = emit(i, last_logits, next_pos, done, out, lengths)  # stopped rows write padding
     return out, lengths
+
+
+def _scans_layers(params: dict, model: Model) -> bool:
+    """Whether decoding runs the stacked layers in a scan rather than one buffer per layer.
+
+    With bf16 weights on a CPU, XLA converts every weight to float32 for its matmuls, and in a
+    decode loop it converts all of them once, ahead: a float32 copy of the model (4.9 GB for
+    Llama-3.2-1B) beside the per-layer copy `decoding_params` makes. A scan over the stack, its
+    layers passed as raw bits, converts one layer at a time instead."""
+    key = model.arch.stack_key
+    return (jax.default_backend() == "cpu" and not isinstance(params[key], tuple)
+            and any(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params[key])))
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[Int[Array, "B T"], Bool[Array, "B T"]]:
