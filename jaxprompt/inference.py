@@ -14,9 +14,8 @@ Compiled shapes are bucketed (batch and head length to powers of two, input leng
 buckets of at least `MIN_INPUT_TOKENS`, new tokens to a power of two of at least
 `MIN_NEW_TOKENS`; each row stops at its own `max_tokens` inside the decode loop), so a new mix of
 prompts and lengths reuses a compiled step; `Engine.warm_up` compiles the batch sizes before a
-server takes requests. A row's tokens depend
-only on its prompt, input and options (greedy; or its own seed, `RowSampling`), never on what
-shares its batch.
+server takes requests. A row's tokens depend only on its prompt, input and options (greedy; or its
+own seed, `RowSampling`), never on what shares its batch.
 """
 
 from __future__ import annotations

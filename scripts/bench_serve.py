@@ -8,8 +8,8 @@ here; the jaxprompt servers import the very same adapters (`--adapter`), and eve
 text (prefix prompts take no input positions, so both sides read the same tokens). Requests are
 greedy, of mixed lengths. Both servers compile their batch sizes at start (`--warmup`), and one
 untimed pass of the work per configuration compiles its input lengths, so the rounds time decoding,
-not compilation (a program compiles in 5-9 s on a 2-core CPU; what a first request of a new shape
-costs is reported by the server's warm-up line). Configurations are timed in interleaved rounds
+not compilation (a program compiles in about 6 s on a 2-core CPU; `jaxprompt serve --warmup`
+prints how many it compiled, and in how long). Configurations are timed in interleaved rounds
 (mixed, one-at-a-time, PEFT, repeated), and each figure is the median over rounds: requests/s,
 generated tokens/s, and the p50/p95 latency a client sees (queueing included).
 

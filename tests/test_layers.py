@@ -94,7 +94,6 @@ def test_grouped_query_attention_with_window_and_cap(window, softcap):
     np.testing.assert_allclose(np.asarray(ours)[mask], ref[mask], atol=1e-5)
 
 
-
 def test_a_rematerialised_bf16_stack_converts_one_layer_at_a_time():
     """XLA's CPU backend computes bf16 matmuls in float32 and, left alone, converts the whole
     stacked weights before the scan: a float32 copy of every layer. With remat the layers cross the

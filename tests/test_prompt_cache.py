@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import ANTONYM_PAIRS
-from jaxprompt.file_hashes import TABLE_NAME
 from jaxprompt.evaluate import generate_texts, heldout_loss
+from jaxprompt.file_hashes import TABLE_NAME
 from jaxprompt.prompt_cache import ENV, PromptCache, default_cache_dir
 from jaxprompt.prompts import make_method
 from jaxprompt.session import Session
