@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchlib import MODELS, hf_model, is_bf16, load_average, matmul_peak, threads_line, time_it, torch_setup, torch_sync
+from benchlib import (MODELS, fraction_of_peak, hf_model, is_bf16, load_average, matmul_peak, threads_line,
+                      time_it, torch_setup, torch_sync)
 from jaxprompt.config import OptimizerConfig
 from jaxprompt.data import Encoded, collate, common_prefix_length
 from jaxprompt.loss import prompt_loss
@@ -156,8 +157,8 @@ def main(argv=None):
             row["unshared_ratio"] = row["jaxprompt_unshared_tok_s"] / row["peft_tok_s"]
             line += (f"; PEFT {row['peft_tok_s']:.0f} tok/s; ratio {row['ratio']:.2f}x "
                      f"(unshared {row['unshared_ratio']:.2f}x)")
-        line += (f"; {100 * row['fraction_of_peak']:.0f}% of matmul peak "
-                 f"(unshared {100 * row['unshared_fraction_of_peak']:.0f}%)")
+        line += (f"; {fraction_of_peak(shared['flops'] / shared['seconds'], peak)} of matmul peak "
+                 f"(unshared {fraction_of_peak(unshared['flops'] / unshared['seconds'], peak)})")
         print(line, flush=True)
         rows.append(row)
     if args.json:

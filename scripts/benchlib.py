@@ -84,20 +84,35 @@ def threads_line(torch) -> str:
 
 # ---- the machine ---------------------------------------------------------------------------------
 
-def matmul_peak(dtype, n: int = 2048, reps: int = 10) -> float:
-    """FLOP/s of a large square matmul: the practical peak of this device for `dtype`."""
-    a = jnp.ones((n, n), dtype)
+def on_accelerator() -> bool:
+    return jax.default_backend() != "cpu"
+
+
+def matmul_peak(dtype, n: int | None = None, reps: int = 10) -> float:
+    """FLOP/s of a large square matmul on random data, best of `reps`: the practical peak of this
+    device for `dtype`. The size must fill the device: 2048 on a CPU, 8192 on an accelerator (an
+    H200 reached 152 TFLOP/s in bf16 at 2048 and 754 at 8192, so a 2048 peak put a real step at
+    173% of it)."""
+    n = n or (8192 if on_accelerator() else 2048)
+    a, b = (jax.random.normal(k, (n, n), dtype) for k in jax.random.split(jax.random.key(0)))
     f = jax.jit(lambda a, b: a @ b)
-    f(a, a).block_until_ready()
-    best = min(_timed(lambda: f(a, a).block_until_ready()) for _ in range(reps))
+    f(a, b).block_until_ready()
+    best = min(_timed(lambda: f(a, b).block_until_ready()) for _ in range(reps))
     return 2 * n**3 / best
 
 
-def memory_bandwidth(megabytes: int = 256, reps: int = 10) -> dict[str, float]:
+def fraction_of_peak(flop_s: float, peak: float) -> str:
+    """`flop_s / peak` as a percentage; a figure above the measured peak means the count or the
+    peak is wrong, and is printed as that, never as a fraction above 100%."""
+    return f"{100 * flop_s / peak:.0f}%" if flop_s <= peak else f"above the measured peak ({flop_s / 1e12:.1f} TFLOP/s)"
+
+
+def memory_bandwidth(megabytes: int | None = None, reps: int = 10) -> dict[str, float]:
     """Bytes/s this machine moves: a copy into an existing buffer (numpy, read + write bytes
     counted) and an XLA reduction (read only, the traffic of a weight-streaming decode step). The
     larger is the ceiling a decode step works against. (An XLA `x + 1` would also time allocating
     and faulting in a fresh output buffer on every call, and understate the machine.)"""
+    megabytes = megabytes or (4096 if on_accelerator() else 256)  # an H200 read 256 MB at 1.6 TB/s of its 4.8
     a = np.ones(megabytes * 2**20 // 4, np.float32)
     b = np.empty_like(a)
     copy = min(_timed(lambda: np.copyto(b, a)) for _ in range(reps))

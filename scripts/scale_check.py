@@ -173,13 +173,46 @@ def breakdown(model_dir: str) -> dict:
         state, metrics = compiled(state, session.frozen, batch)
     jax.block_until_ready(metrics)
     times[f"steps ({STEP['steps']}, compiled)"] = time.perf_counter() - t
+    times.update(throughput(session, method, train, optimizer, step))
     eval_step = jax.jit(prompt_loss(session.model, method))
     timed("evaluation (4 examples, compile + run)",
           lambda: eval_step(state.params, session.frozen, batch, jax.random.key(0), 0))
     embeds = session.model.embed(session.frozen, jnp.ones((1, TEXT_TOKENS), jnp.int32))
-    timed("generation (8 tokens, compile + run)",
-          lambda: generate(session.model, session.frozen, embeds, jnp.ones((1, TEXT_TOKENS), bool), max_new_tokens=8))
+    decode = lambda: generate(session.model, session.frozen, embeds, jnp.ones((1, TEXT_TOKENS), bool),
+                              max_new_tokens=8)
+    timed("generation (8 tokens, compile + run)", decode)
+    timed("generation (8 tokens, compiled)", decode)
+    times["generation, compiled (tokens/s, batch 1)"] = 8 / times["generation (8 tokens, compiled)"]
     return times
+
+
+def throughput(session, method, train, optimizer, step) -> dict:
+    """Training tokens/s and MFU: model FLOPs (forward + backward to the inputs, counted as
+    `bench_train.step_flops` does) per second over a bf16 matmul's measured rate on this device.
+    On an accelerator at batch 32 (a batch the device can fill); on a CPU at the phase's batch."""
+    import jax
+
+    from bench_train import step_flops
+    from benchlib import matmul_peak, time_it
+    from jaxprompt.data import collate
+    from jaxprompt.train import TrainState
+
+    accelerator = jax.default_backend() != "cpu"
+    examples = train[:32] if accelerator else train[:STEP["batch_size"]]
+    batch = jax.device_put(collate(examples, session.pad_id))
+    prompt = method.init(jax.random.key(0), session.model, session.frozen, session.n_virtual)
+    holder = [TrainState.create(prompt, optimizer, jax.random.PRNGKey(0))]  # the step donates it
+
+    def run():
+        holder[0], metrics = step(holder[0], session.frozen, batch)
+        metrics["loss"].block_until_ready()
+
+    seconds = time_it(run, steps=5 if accelerator else STEP["steps"])
+    peak = matmul_peak(jax.numpy.bfloat16)
+    flops = step_flops(session.model, examples, 0)
+    return {f"training tokens/s (batch {len(examples)}, compiled)": sum(map(len, examples)) / seconds,
+            "bf16 matmul peak, measured (TFLOP/s)": peak / 1e12,
+            "MFU (%, model FLOPs per second over that peak)": 100 * flops / seconds / peak}
 
 
 def main() -> int:
@@ -224,7 +257,7 @@ def main() -> int:
         print(f"| {row['phase']} | {row['seconds']:.0f} s | {row['peak_rss'] / GB:.2f} GB | {ok if not row['rc'] else 'failed'} |")
     if not parts["rc"]:
         times = json.loads(parts["tail"][-1])
-        print("\nbreakdown (one process):\n" + "\n".join(f"  {k}: {v:.2f}" + ("" if "GB/s" in k else " s")
+        print("\nbreakdown (one process):\n" + "\n".join(f"  {k}: {v:.2f}" + ("" if any(u in k for u in ("/s", "MFU")) else " s")
                                                          for k, v in times.items()))
     return 0 if all(not r["rc"] and r["peak_rss"] <= budget for r in log) else 1
 

@@ -149,3 +149,17 @@ def test_whole_tensors_are_read_without_a_memory_map_and_match_safetensors(tmp_p
             ours, theirs = _read_whole(path, header, key), handle.get_tensor(key)
             assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
             np.testing.assert_array_equal(ours.view(np.uint8), np.ascontiguousarray(theirs).view(np.uint8))
+
+
+@pytest.mark.parametrize("target", ["bfloat16", "float32"])
+def test_transposed_weights_are_copied_in_tiles_exactly(target):
+    """Kernels are stored [out, in] in HF files and [in, out] here: the tiled copy (edges that are
+    not multiples of the tile included) equals numpy's plain transpose, bit for bit."""
+    import ml_dtypes
+
+    from jaxprompt.models.convert import _copy_into
+
+    x = np.random.default_rng(0).standard_normal((300, 700), np.float32).astype(ml_dtypes.bfloat16)
+    out = np.empty((700, 300), ml_dtypes.bfloat16 if target == "bfloat16" else np.float32)
+    _copy_into(out, x.T, block=128)
+    np.testing.assert_array_equal(out.view(np.uint8), np.ascontiguousarray(x.T).astype(out.dtype).view(np.uint8))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import jax
@@ -309,14 +310,38 @@ class CheckpointReader:
             return x.T if transpose else x
 
         if not layered:
-            return read(self.names[hf]).astype(_np_dtype(dtype), copy=False)
+            x = read(self.names[hf])
+            if not transpose:
+                return x.astype(_np_dtype(dtype), copy=False)
+            out = np.empty(x.shape, _np_dtype(dtype))
+            _copy_into(out, x)
+            return out
         layers = range(self.config.n_layers)[index[0]]
         first = read(self.names[hf.format(i=layers[0])]) if len(layers) else None
         # one buffer for the stack, each layer converted into its place (no list of copies to stack)
         out = np.empty((len(layers), *(first.shape if first is not None else ())), _np_dtype(dtype))
-        for j, i in enumerate(layers):
-            out[j] = first if j == 0 else read(self.names[hf.format(i=i)])
+        # the next layer is read from disk while this one is copied into place (both release the GIL)
+        with ThreadPoolExecutor(1) as pool:
+            pending = None
+            for j, i in enumerate(layers):
+                x = first if j == 0 else pending.result()
+                if j + 1 < len(layers):
+                    pending = pool.submit(read, self.names[hf.format(i=layers[j + 1])])
+                _copy_into(out[j], x)
         return out
+
+
+def _copy_into(out: np.ndarray, x: np.ndarray, block: int = 256) -> None:
+    """`out[...] = x` (with any dtype conversion). A transposed `x` (a weight read in the file's
+    [out, in] layout) is copied in 256 x 256 tiles that stay in cache: numpy's own strided copy
+    walks one of the two arrays a column at a time, about half the speed (a 2048 x 8192 bf16
+    kernel: 0.12 s against 0.06), and slower than reading the same bytes from disk."""
+    if x.ndim != 2 or x.flags.c_contiguous:
+        out[...] = x
+        return
+    for i in range(0, x.shape[0], block):
+        for j in range(0, x.shape[1], block):
+            out[i:i + block, j:j + block] = x[i:i + block, j:j + block]
 
 
 def load_params(config: ModelConfig, source: TensorSource, dtype=jnp.float32, shardings=None) -> dict:
