@@ -93,12 +93,13 @@ class DataParallel:
         step = make_train_step(loss_fn, optimizer, reduce=partial(jax.lax.psum, axis_name=AXIS),
                                micro_batches=micro_batches)
         step = vmap_train_step(step) if population else step
-        return jax.pmap(step, axis_name=AXIS, devices=self.devices, donate_argnums=(0,))
+        return jax.pmap(step, axis_name=AXIS, devices=self.devices, donate_argnums=(0,),
+                        in_axes=(0, self._frozen_axis, 0))
 
     def eval_step(self, loss_fn: LossFn, population: bool = False):
         step = make_eval_step(loss_fn, reduce=partial(jax.lax.psum, axis_name=AXIS))
         step = vmap_eval_step(step) if population else step
-        return jax.pmap(step, axis_name=AXIS, devices=self.devices)
+        return jax.pmap(step, axis_name=AXIS, devices=self.devices, in_axes=(0, self._frozen_axis, 0, 0))
 
     def _stacked(self, per_device: list) -> jax.Array:
         """An array with a leading device axis from one [1, ...] piece per local device (no host-side copies)."""
@@ -121,7 +122,17 @@ class DataParallel:
         return jax.tree.map(one, tree)
 
     put_state = replicate
-    put_frozen = replicate
+
+    @property
+    def _frozen_axis(self) -> int | None:
+        """The frozen weights' axis in the pmapped step: on one device, none (pmap broadcasts them,
+        and they stay the buffers they are); on several, the device axis of `replicate`."""
+        return None if len(self.devices) == 1 else 0
+
+    def put_frozen(self, frozen):
+        """One copy per device. On one device, the weights as they are: `replicate` builds its
+        [1, ...] stack by copying, a second copy of the model beside the session's."""
+        return frozen if self._frozen_axis is None else self.replicate(frozen)
 
     def shard(self, local_batch: dict) -> dict:
         """This process's rows [b, ...] -> [local devices, b / local devices, ...], a slice per device."""

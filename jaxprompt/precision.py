@@ -3,7 +3,9 @@
 - frozen LM weights are stored and computed in `compute_dtype` (fp32 or bf16);
 - the prompt's master copy is always fp32 and is cast to `compute_dtype` where it enters the model;
 - layer norms and attention softmax accumulate in fp32;
-- logits and losses are fp32.
+- logits and losses are fp32;
+- bf16 weights on a CPU cross the layer scan as raw bits and are converted one layer at a time,
+  which needs each block rematerialised in training (`converts_layer_by_layer`).
 """
 
 from __future__ import annotations
@@ -50,3 +52,13 @@ def policy_of(params) -> Policy:
     """The policy implied by the frozen weights' dtype."""
     leaves = [x for x in jax.tree.leaves(params) if jnp.issubdtype(x.dtype, jnp.floating)]
     return Policy(compute_dtype=jnp.dtype(leaves[0].dtype) if leaves else jnp.dtype(jnp.float32))
+
+
+def converts_layer_by_layer(dtype) -> bool:
+    """Whether frozen weights of `dtype` run through the layer scan as raw bits, rematerialised
+    (`Model.remat`, `layers.as_bits`): bf16 on a CPU, whose XLA backend computes bf16 matmuls in
+    float32 and otherwise converts every layer ahead of the scan, a float32 copy of the model. On
+    Llama-3.2-1B (batch 2, 2-core CPU) a training step then holds 3.24 GB of temporaries instead of
+    5.19 and runs in 6.3 s instead of 9.9; an evaluation or decoding pass (nothing differentiated,
+    so nothing is recomputed) keeps one layer's float32 weights instead of all of them."""
+    return as_dtype(dtype) == jnp.bfloat16 and jax.default_backend() == "cpu"

@@ -14,9 +14,10 @@ import numpy as np
 from jaxprompt.data import Encoded, check_positions, common_prefix_length, encode
 from jaxprompt.file_hashes import TABLE_NAME, directory_digest
 from jaxprompt.models import Model
+from jaxprompt.models.layers import bits_in_place
 from jaxprompt.models.config import ConfigError, ModelConfig
 from jaxprompt.models.convert import load_pretrained, resolve
-from jaxprompt.precision import as_dtype
+from jaxprompt.precision import as_dtype, converts_layer_by_layer
 from jaxprompt.prompt_cache import PromptCache, default_cache_dir
 from jaxprompt.prompts import PromptMethod
 from jaxprompt.settings import one_line
@@ -86,7 +87,10 @@ class Session:
             # weights spread over several processes give heads spread over them: no process holds
             # one whole to write, so heads are kept in memory only
             directory_cache = None
-        return cls(Model(config, remat=remat), frozen, tokenizer, task, method, model_id,
+        model = Model(config, remat=remat or converts_layer_by_layer(dtype))
+        if converts_layer_by_layer(dtype):  # the layers as the scan takes them, in the same memory
+            frozen = {**frozen, model.arch.stack_key: bits_in_place(frozen[model.arch.stack_key])}
+        return cls(model, frozen, tokenizer, task, method, model_id,
                    PromptCache(directory_cache), tuple(tasks), weights_dir=directory, loaded_frozen=frozen)
 
     @property

@@ -246,7 +246,7 @@ def main(argv=None):
             next(rows_for(step))
     state = dp.replicate(state)
     step_fn = dp.train_step(lm_loss, optimizer)
-    frozen = dp.replicate(jnp.zeros(()))
+    frozen = dp.put_frozen(jnp.zeros(()))
     n_params = model.num_params()
     print(f"model: {n_params / 1e6:.1f}M params, {config.n_layers} layers, d_model {config.d_model}; "
           f"{dp.n} device(s); {len(unseen)} held-out antonym pairs, {len(gloss)} held-out gloss sentences",

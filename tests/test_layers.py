@@ -125,3 +125,30 @@ def test_a_rematerialised_bf16_stack_converts_one_layer_at_a_time():
         compiled.memory_analysis().temp_size_in_bytes, layer_bytes)
     np.testing.assert_array_equal(np.asarray(gradient(True)(embeds, params), np.float32),
                                   np.asarray(gradient(False)(embeds, params), np.float32))
+
+
+def test_bf16_layers_held_as_bits_share_memory_and_copy_nothing_in_a_forward_pass():
+    """`bits_in_place` views bf16 layers as raw bits in the same buffers (no copy). A forward pass
+    over them then holds less than one layer's float32 weights of temporaries: `as_bits` inside the
+    program copies every layer first (about the stack's bf16 bytes), and without bits XLA's CPU
+    backend converts every layer to float32 ahead of the scan (twice them). Its output equals the
+    forward pass over the bf16 weights, bit for bit."""
+    import jax
+
+    from conftest import tiny_config
+    from jaxprompt.models import Model, positions_from_mask
+    from jaxprompt.models.layers import bits_in_place
+
+    config = tiny_config("llama", vocab_size=64, d_model=256, n_heads=4, n_kv_heads=4, d_ff=1024, n_layers=8)
+    model = Model(config, remat=True)
+    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), model.init(jax.random.key(0)))
+    key = model.arch.stack_key
+    bits = {**params, key: bits_in_place(params[key])}
+    for a, b in zip(jax.tree.leaves(params[key]), jax.tree.leaves(bits[key])):
+        assert b.dtype == jnp.uint16 and b.unsafe_buffer_pointer() == a.unsafe_buffer_pointer()
+    layer_f32 = 2 * sum(x.nbytes for x in jax.tree.leaves(params[key])) // config.n_layers
+    embeds, mask = jnp.ones((2, 16, 256), jnp.bfloat16) * 0.1, jnp.ones((2, 16), bool)
+    forward = jax.jit(lambda p: model.transformer(p, embeds, positions_from_mask(mask), mask)[0])
+    temp = lambda p: forward.lower(p).compile().memory_analysis().temp_size_in_bytes
+    assert temp(bits) < 2 * layer_f32 < temp(params), (temp(bits), layer_f32, temp(params))
+    np.testing.assert_array_equal(np.asarray(forward(bits), np.float32), np.asarray(forward(params), np.float32))

@@ -166,3 +166,35 @@ def test_one_device_mesh_places_and_reads_back():
     assert mp.put_frozen(frozen)["w"] is frozen["w"]  # already placed: kept
     batch = mp.put_batch({"tokens": np.arange(8).reshape(4, 2)})
     np.testing.assert_array_equal(mp.get(batch)["tokens"], np.arange(8).reshape(4, 2))
+
+
+def test_one_device_pmap_takes_the_frozen_weights_without_a_copy():
+    """On one device the pmapped step broadcasts the frozen weights (`put_frozen` returns the very
+    arrays: `replicate` would copy the whole model into a [1, ...] stack beside the session's), and
+    gives the plain jitted step's state and loss."""
+    from conftest import tiny_config
+    from jaxprompt.config import OptimizerConfig
+    from jaxprompt.data import Encoded, collate
+    from jaxprompt.loss import prompt_loss
+    from jaxprompt.models import Model
+    from jaxprompt.optim import make_optimizer
+    from jaxprompt.parallel import DataParallel
+    from jaxprompt.prompts import make_method
+    from jaxprompt.train import TrainState, make_train_step
+
+    model, method = Model(tiny_config()), make_method("soft", length=2)
+    frozen = model.init(jax.random.key(0), std=0.2)
+    prompt = method.init(jax.random.key(1), model, frozen, 2)
+    optimizer = make_optimizer(OptimizerConfig(lr=0.1), prompt)
+    batch = collate([Encoded([5, 0, 0, 7, 9, 11], [-1, 0, 1, -1, -1, -1], 2)] * 2, 0)
+    dp = DataParallel(jax.devices()[:1])
+    placed = dp.put_frozen(frozen)
+    assert all(a is b for a, b in zip(jax.tree.leaves(placed), jax.tree.leaves(frozen)))
+    loss_fn = prompt_loss(model, method)
+    state, metrics = dp.train_step(loss_fn, optimizer)(dp.put_state(TrainState.create(prompt, optimizer,
+                                                       jax.random.PRNGKey(0))), placed, dp.put_batch(batch))
+    ref_state, ref_metrics = jax.jit(make_train_step(loss_fn, optimizer))(
+        TrainState.create(prompt, optimizer, jax.random.PRNGKey(0)), frozen, batch)
+    np.testing.assert_allclose(dp.get(metrics)["loss"], ref_metrics["loss"], rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), dp.get(state.params),
+                 jax.tree.map(np.asarray, ref_state.params))

@@ -42,7 +42,7 @@ def test_plan_agrees_with_the_real_training_step():
     dp = DataParallel(jax.devices()[:1])
     step = dp.train_step(prompt_loss(model, method, 8), optimizer)
     state = dp.replicate(TrainState.create(prompt, optimizer, jax.random.PRNGKey(0)))
-    analysis = step.lower(state, dp.replicate(frozen), dp.shard(collate(examples, 0, shared_len=8))).compile() \
+    analysis = step.lower(state, dp.put_frozen(frozen), dp.shard(collate(examples, 0, shared_len=8))).compile() \
         .memory_analysis()
     real = (analysis.argument_size_in_bytes + analysis.temp_size_in_bytes + analysis.output_size_in_bytes
             - analysis.alias_size_in_bytes)

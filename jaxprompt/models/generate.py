@@ -17,6 +17,7 @@ from jaxtyping import Array, Bool, Float, Int
 from jaxprompt.models.config import ConfigError
 from jaxprompt.models.layers import Adapter, Prefix
 from jaxprompt.models.model import Model, positions_from_mask
+from jaxprompt.precision import converts_layer_by_layer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,8 +183,8 @@ def _scans_layers(params: dict, model: Model) -> bool:
     Llama-3.2-1B) beside the per-layer copy `decoding_params` makes. A scan over the stack, its
     layers passed as raw bits, converts one layer at a time instead."""
     key = model.arch.stack_key
-    return (jax.default_backend() == "cpu" and not isinstance(params[key], tuple)
-            and any(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params[key])))
+    return (not isinstance(params[key], tuple)  # bf16, or bf16 held as bits (`layers.bits_in_place`)
+            and any(converts_layer_by_layer(x.dtype) or x.dtype == jnp.uint16 for x in jax.tree.leaves(params[key])))
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[Int[Array, "B T"], Bool[Array, "B T"]]:

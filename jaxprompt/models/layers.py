@@ -389,6 +389,19 @@ def as_bits(layers: dict) -> dict:
                         layers)
 
 
+def bits_in_place(layers: dict) -> dict:
+    """`as_bits` outside a compiled program and without a copy, for weights that every program then
+    takes as bits: a numpy view of each single-device CPU buffer, placed back as an array of the
+    same memory (`jax.device_put` of host memory on a CPU aliases it). Inside a program, `as_bits`
+    of bf16 weights is a copy of every layer (2.1 GB of temporaries for Llama-3.2-1B)."""
+    def one(w):
+        if w.dtype != jnp.bfloat16 or len(w.devices()) != 1 or next(iter(w.devices())).platform != "cpu":
+            return w
+        return jax.device_put(np.asarray(w).view(np.uint16), next(iter(w.devices())))
+
+    return jax.tree.map(one, layers)
+
+
 def from_bits(layer: dict) -> dict:
     """One layer's weights back from `as_bits` (frozen weights hold no integers of their own)."""
     return jax.tree.map(lambda w: jax.lax.bitcast_convert_type(w, jnp.bfloat16) if w.dtype == jnp.uint16 else w,
