@@ -394,8 +394,17 @@ def seeds_run(tiny_model_dir, tmp_path_factory):
 SLOW_FILES = {"test_distributed.py", "test_embedded_model.py", "test_sweep.py"}
 
 
+# the longest files, in the order they start: pytest-xdist (`--dist loadfile`) hands out the first
+# files in turn to its two workers, so these start at once and on alternate workers (embedded model
+# and README on different ones); started late, one of them ran alone for minutes at the end of a run
+LONGEST_FIRST = ("test_embedded_model.py", "test_readme.py", "test_distributed.py", "test_lm_eval_backend.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """`slow`: a test of an end-to-end file, or one that reads a trained run (`-m "not slow"` skips them)."""
+    """`slow`: a test of an end-to-end file, or one that reads a trained run (`-m "not slow"` skips them).
+    The longest files first (`LONGEST_FIRST`); the rest keep their order."""
     for item in items:
         if item.path.name in SLOW_FILES or {"trained_run", "seeds_run"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))
