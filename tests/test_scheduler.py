@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
 
-from test_inference import WORDS, engine  # noqa: F401  (the module fixture: soft, prefix, infix, written, bare)
+from test_inference import engine  # noqa: F401  (the module fixture: soft, prefix, infix, written, bare)
 from jaxprompt.inference import Engine, Options, Request
 from jaxprompt.scheduler import Scheduler, compiled_programs
 
