@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 
-
 from test_inference import engine  # noqa: F401  (the module fixture: soft, prefix, infix, written, bare)
 from jaxprompt.inference import Engine, Options, Request
 from jaxprompt.scheduler import Scheduler, compiled_programs
