@@ -1,6 +1,8 @@
 """One inference path: requests (a served prompt's name, an input, sampling options) -> completions.
 
-`jaxprompt generate`, evaluation's generation and `jaxprompt serve` all call `Engine.complete`.
+`jaxprompt generate`, evaluation's generation and lm-eval's generate_until call `Engine.complete`
+(static batches: `models.generate`); `jaxprompt serve` steps the engine's rows through
+`scheduler.Scheduler` (continuous batching), made of the same prefill and decode steps.
 
 Requests for different prompts decode together in one compiled batch (Lester et al. 2021,
 "mixed-task inference"): each row attends to its own prompt's head, the keys/values of every
@@ -281,14 +283,18 @@ class Engine:
             head = served.own_prefix
         return _Row(served, tokens[h:], slots[h:], head, len(tokens), request.options, request.key)
 
-    def warm_up(self, max_batch: int | None = None) -> int:
-        """Compiles the decode step before any request needs it: for each served prompt's shape
-        (kind, head length, virtual tokens), every power-of-two batch up to `max_batch`, for inputs
-        of up to `MIN_INPUT_TOKENS` after the head and up to `MIN_NEW_TOKENS` new tokens. Longer
-        inputs or completions and mixes of differently shaped prompts compile on first use.
-        Returns how many programs were compiled."""
+    def warm_up(self, max_batch: int | None = None, scheduler=None) -> int:
+        """Compiles the decode programs before any request needs them. `complete`'s: for each served
+        prompt's shape (kind, head length, virtual tokens), every power-of-two batch up to
+        `max_batch`, for inputs of up to `MIN_INPUT_TOKENS` after the head and up to `MIN_NEW_TOKENS`
+        new tokens. With a `scheduler` (the server's continuous batching): every program it can run
+        on such requests (`Scheduler.warm_up`), and `complete`'s for adaption prompts only (their
+        rows keep static batches). Longer inputs or completions, and mixes of differently shaped
+        prompts in `complete`, compile on first use. Returns how many programs were compiled."""
         seen, before = set(), _decode_batch._cache_size()
         for served in list(self.prompts.values()):
+            if scheduler is not None and served.kind != "adaption":
+                continue
             try:
                 request = self._warm_up_request(served)
                 row = self._row(request, served)
@@ -303,7 +309,7 @@ class Engine:
             while B <= min(max_batch or self.max_batch, self.max_batch):
                 self.complete([request] * B, served=[served] * B)
                 B *= 2
-        return _decode_batch._cache_size() - before
+        return _decode_batch._cache_size() - before + (0 if scheduler is None else scheduler.warm_up())
 
     @staticmethod
     def _warm_up_request(served: Served) -> Request:
@@ -337,16 +343,22 @@ class Engine:
         n_new = max(MIN_NEW_TOKENS, _pow2(max(r.options.max_tokens for r in rows)))
         tokens, lengths = _decode_batch(self.model, self.frozen, batch, n_new, self.tokenizer.eos_token_id)
         tokens, lengths = _host(tokens), _host(lengths)
-        completions = [self._finish(row, list(tokens[b, :lengths[b]])) for b, row in enumerate(rows)]
+        return self._completions(rows, [list(tokens[b, :lengths[b]]) for b in range(len(rows))], batch)
+
+    def _completions(self, rows: list[_Row], ids: list[list[int]], batch: dict | None = None) -> list[Completion]:
+        """Each row's generated ids (EOS included) cut into its completion, with log-probabilities
+        where asked (`batch`: the rows' collated inputs, if at hand)."""
+        completions = [self._finish(row, list(i)) for row, i in zip(rows, ids)]
         wanted = [b for b, r in enumerate(rows) if r.options.logprobs is not None]
         if wanted:
-            scores = self._logprobs(rows, batch, completions)
+            scores = self._logprobs(rows, batch or self._collate(rows), completions)
             for b in wanted:
                 completions[b].logprobs, completions[b].top_logprobs = scores[b]
         return completions
 
-    def _collate(self, rows: list[_Row]) -> dict:
-        """Left-padded inputs, right-padded heads and per-row settings, in bucketed shapes."""
+    def _collate(self, rows: list[_Row], heads: int | None = None) -> dict:
+        """Left-padded inputs, right-padded heads and per-row settings, in bucketed shapes. `heads`:
+        the head positions P (default: the longest head's power of two; given, even if no row has one)."""
         B = _pow2(len(rows))
         T = bucket(max(MIN_INPUT_TOKENS, *(len(r.tokens) for r in rows)), LENGTH_BUCKETS)
         tokens = np.full((B, T), self.tokenizer.pad_token_id, np.int32)
@@ -355,15 +367,17 @@ class Engine:
         for b, r in enumerate(rows):
             n = len(r.tokens)
             tokens[b, T - n:], mask[b, T - n:], slots[b, T - n:] = r.tokens, True, r.slots
-        heads = [r.head for r in rows]
+        heads, P = [r.head for r in rows], heads
         batch = {"tokens": tokens, "mask": mask, "slots": slots, "start": np.zeros(B, np.int32),
                  "prefix": None, "virtual": None, "adapter": None}
-        if any(h is not None for h in heads):
-            P = _pow2(max(h.length for h in heads if h is not None))
-            like = next(h for h in heads if h is not None)
-            L, _, _, G, K = like.k.shape
-            k = np.zeros((L, B, P, G, K), like.k.dtype)
-            v = np.zeros((L, B, P, G, K), like.v.dtype)
+        if any(h is not None for h in heads) or P:
+            P = P or _pow2(max(h.length for h in heads if h is not None))
+            like = next((h.k for h in heads if h is not None), None)
+            c = self.config
+            L, G, K = c.n_layers, c.n_kv_heads, c.head_dim
+            dtype = np.float32 if like is None else like.dtype
+            k = np.zeros((L, B, P, G, K), dtype)
+            v = np.zeros((L, B, P, G, K), dtype)
             m = np.zeros((L, B, P), bool)
             on_host = {}  # rows of one prompt share its head: copied to this host once
             for b, h in enumerate(heads):

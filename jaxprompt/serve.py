@@ -6,11 +6,12 @@
     POST /v1/prompts            {"name", "path"}: load a run (or a PEFT adapter) while serving
     DELETE /v1/prompts/{name}
 
-Requests wait in a bounded queue; one worker thread takes what has arrived within `--batch-wait-ms`
-of the first (at most `--max-batch` rows) and decodes it as one mixed batch through
-`inference.Engine` (dynamic batching). The engine is used from that thread only (JAX calls are
-serialised by a lock), so prompts are loaded and unloaded between batches: a request keeps the
-prompt it was admitted with. Bad requests get OpenAI's error shape ({"error": {"message", "type",
+Requests wait in a bounded queue; one worker thread steps the engine's rows through
+`scheduler.Scheduler` (continuous batching: at most `--max-batch` rows decode together, a finished
+row's slot taken by a waiting request at the next step; an idle server waits `--batch-wait-ms` for
+a burst to arrive). The engine is used from that thread only (JAX calls are serialised by a lock),
+so prompts are loaded and unloaded between decode steps: a request keeps the prompt it was
+admitted with. Bad requests get OpenAI's error shape ({"error": {"message", "type",
 "param", "code"}}) with a 4xx status and never stop the server.
 """
 
@@ -43,11 +44,11 @@ class ServeOptions(Settings):
     api_key: str | None = setting(None, "require 'Authorization: Bearer KEY' on /v1", shown_default="no key")
     max_queue: int = setting(64, "requests waiting at most (more: 429)", range=AT_LEAST_1)
     max_batch: int = setting(32, "rows decoded together at most", range=AT_LEAST_1)
-    batch_wait_ms: float = setting(5.0, "how long the first request of a batch waits for others (ms)",
+    batch_wait_ms: float = setting(5.0, "how long the first request to an idle server waits for others (ms)",
                                    range=AT_LEAST_0)
     max_tokens: int = setting(256, "largest max_tokens a request may ask (more: 400)", range=AT_LEAST_1)
     which: str = setting("best", "checkpoint of each run", choices=("best", "last"))
-    warmup: bool = setting(False, "compile the decode step for every batch size up to --max-batch, for each "
+    warmup: bool = setting(False, "compile the decode programs for every batch size up to --max-batch, for each "
                                   "kind of served prompt, before taking requests (else: on first use)")
 
 
@@ -166,15 +167,21 @@ class Pending:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     cancelled: bool = False
+    tickets: list = dataclasses.field(default_factory=list)  # its rows in the scheduler, once admitted
 
 
 class Batcher:
-    """A bounded queue and one thread that decodes what has arrived as one batch."""
+    """A bounded queue and one thread stepping the engine's continuous scheduler (Orca, Yu et al.
+    2022): queued requests join the running rows at the next decode step that has room for them."""
 
     def __init__(self, engine, max_queue: int, max_batch: int, wait_s: float):
+        from jaxprompt.scheduler import Scheduler
+
         self.engine, self.max_queue, self.max_batch, self.wait_s = engine, max_queue, max_batch, wait_s
+        self.scheduler = Scheduler(engine, max_batch)
         self.lock = threading.Lock()  # the engine (JAX) is used by one thread at a time
         self._queue: list[Pending] = []
+        self._active: list[Pending] = []  # admitted into the scheduler, not answered yet
         self._cv = threading.Condition()
         self._stop = False
         self.thread = threading.Thread(target=self._run, name="jaxprompt-batcher", daemon=True)
@@ -194,52 +201,44 @@ class Batcher:
             self._cv.notify()
         self.thread.join(timeout=30)
 
-    def _take(self) -> list[Pending]:
+    def _take(self) -> bool:
+        """Moves queued requests into the scheduler while it has room; False when stopping and idle.
+        An idle scheduler first waits `wait_s` for more requests (admitted by one prefill)."""
         with self._cv:
-            while not self._queue and not self._stop:
+            while not self._queue and not self._active and not self._stop:
                 self._cv.wait()
-            if self._stop and not self._queue:
-                return []
-            deadline = time.monotonic() + self.wait_s
-            while sum(len(p.requests) for p in self._queue) < self.max_batch and time.monotonic() < deadline:
-                self._cv.wait(max(0.0, deadline - time.monotonic()))
-            taken, rows = [], 0
-            while self._queue and (not taken or rows + len(self._queue[0].requests) <= self.max_batch):
+            if self._stop and not self._queue and not self._active:
+                return False
+            if not self._active:
+                deadline = time.monotonic() + self.wait_s
+                while sum(len(p.requests) for p in self._queue) < self.max_batch and time.monotonic() < deadline:
+                    self._cv.wait(max(0.0, deadline - time.monotonic()))
+            while self._queue and (not self._active
+                                   or self.scheduler.load + len(self._queue[0].requests) <= self.max_batch):
                 p = self._queue.pop(0)
                 if not p.cancelled:  # a client that went away frees its place before decoding
-                    taken.append(p)
-                    rows += len(p.requests)
-            return taken
+                    p.tickets = [self.scheduler.submit(r, p.served) for r in p.requests]
+                    self._active.append(p)
+            return True
 
     def _run(self) -> None:
-        while True:
-            taken = self._take()
-            if not taken:
-                if self._stop:
-                    return
-                continue
-            self._decode(taken)
-
-    def _decode(self, taken: list[Pending]) -> None:
-        requests = [(r, p.served) for p in taken for r in p.requests]
-        try:
-            with self.lock:
-                results = self.engine.complete([r for r, _ in requests], served=[s for _, s in requests])
-        except Exception:  # one bad row must not fail the others: decode each request alone
-            for p in taken:
-                self._answer(p, self._alone(p))
-            return
-        i = 0
-        for p in taken:
-            self._answer(p, results[i:i + len(p.requests)])
-            i += len(p.requests)
-
-    def _alone(self, p: Pending):
-        try:
-            with self.lock:
-                return self.engine.complete(p.requests, served=[p.served] * len(p.requests))
-        except Exception as e:
-            return e
+        while self._take():
+            for p in self._active:
+                if p.cancelled:  # a client that went away frees its slots at the next step
+                    for t in p.tickets:
+                        self.scheduler.cancel(t)
+            self._active = [p for p in self._active if not p.cancelled]
+            try:
+                with self.lock:
+                    self.scheduler.step()
+            except Exception as e:  # never expected (the scheduler fails rows, not itself): answer, go on
+                for p in self._active:
+                    self._answer(p, e)
+                self._active = []
+            for p in [p for p in self._active if all(t.finished for t in p.tickets)]:
+                self._active.remove(p)
+                error = next((t.error for t in p.tickets if t.error is not None), None)
+                self._answer(p, error if error is not None else [t.completion for t in p.tickets])
 
     @staticmethod
     def _answer(p: Pending, result) -> None:

@@ -13,13 +13,13 @@ def cmd_serve(args) -> int:
 
     options = settings(args, ServeOptions)
     engine, base = load_engine(list(args.runs), list(options.adapter), options)
-    if options.warmup:
+    batcher = Batcher(engine, options.max_queue, options.max_batch, options.batch_wait_ms / 1000)
+    if options.warmup:  # the worker is idle until the server takes requests
         import time
 
         start = time.perf_counter()
-        n = engine.warm_up(options.max_batch)
+        n = engine.warm_up(options.max_batch, scheduler=batcher.scheduler)
         print(f"warm-up: {n} programs compiled in {time.perf_counter() - start:.1f} s", flush=True)
-    batcher = Batcher(engine, options.max_queue, options.max_batch, options.batch_wait_ms / 1000)
     app = build_app(engine, base, options, batcher)
     print(f"serving {', '.join(sorted(engine.prompts))} on http://{options.host}:{options.port}/v1", flush=True)
     # uvicorn's SIGTERM: stop accepting, finish the requests in flight, then return

@@ -15,7 +15,7 @@ from flax import struct
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxprompt.models.config import ConfigError
-from jaxprompt.models.layers import Adapter, Prefix
+from jaxprompt.models.layers import Adapter, KVCache, Prefix
 from jaxprompt.models.model import Model, positions_from_mask
 from jaxprompt.precision import converts_layer_by_layer
 
@@ -71,8 +71,10 @@ class RowSampling:
     max_tokens: Int[Array, "B"] | None = None  # each row stops after this many tokens (None: max_new_tokens)
 
 
-def sample_rows(logits: Float[Array, "B V"], step, rows: RowSampling) -> Int[Array, "B"]:
-    """Token `step` of every row under its own settings (greedy rows: the argmax, as `sample_token`)."""
+def sample_rows(logits: Float[Array, "B V"], step: Int[Array, ""] | Int[Array, "B"], rows: RowSampling
+                ) -> Int[Array, "B"]:
+    """Token `step` of every row (one step for all, or each row's own) under its own settings
+    (greedy rows: the argmax, as `sample_token`). Row b's draw depends on its key and step only."""
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
     def sample():
@@ -85,11 +87,69 @@ def sample_rows(logits: Float[Array, "B V"], step, rows: RowSampling) -> Int[Arr
         keep = jnp.cumsum(probs, axis=-1) - probs < rows.top_p[:, None]  # the top token always stays
         threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
         scaled = jnp.where(scaled < threshold, -jnp.inf, scaled)
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(rows.keys, step)
+        keys = jax.vmap(jax.random.fold_in)(rows.keys, jnp.broadcast_to(step, rows.temperature.shape))
         drawn = jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
         return jnp.where(rows.temperature > 0, drawn, greedy)
 
     return jax.lax.cond(jnp.any(rows.temperature > 0), sample, lambda: greedy)
+
+
+# ---- the decoding steps: `generate`'s loop and the server's scheduler are both made of these -----
+
+@struct.dataclass
+class Decoding:
+    """Rows between two decode steps: what `generate`'s loop carries, and what the server's
+    scheduler (`jaxprompt.scheduler`) keeps for each of its slots."""
+
+    logits: Float[Array, "B V"]  # pick each row's next token
+    next_pos: Int[Array, "B"]  # the position that token takes
+    length: Int[Array, "B"]  # tokens each row has emitted (its step counter)
+    done: Bool[Array, "B"]
+    cache: KVCache
+
+
+def decoding_form(model: Model, params: dict) -> tuple[Model, dict, bool]:
+    """(model, params, per-layer cache) as the decode steps run them: one buffer per layer, or the
+    stacked layers as bits (bf16 on CPU, `_scans_layers`)."""
+    if _scans_layers(params, model):  # bf16 on CPU: converted to float32 one layer at a time (`layers.as_bits`)
+        return dataclasses.replace(model, remat=True), params, False  # remat: only the bits; nothing is differentiated
+    return model, model.decoding_params(params), True  # a copy of the layers, unless already in this form
+
+
+def prefill(model: Model, params: dict, embeds: Float[Array, "B T E"], attention_mask: Bool[Array, "B T"],
+            cache: KVCache, start: Int[Array, "B"] | int, prefix: Prefix | None, adapter: Adapter | None
+            ) -> Decoding:
+    """The inputs read into `cache`; the logits of each row's first new token."""
+    B = embeds.shape[0]
+    positions = positions_from_mask(attention_mask, start)
+    # the prefill unembeds only the last position: the one whose logits pick the first new token
+    # ([B, V], not [B, T, V] float32 logits of which all but the last are thrown away)
+    hidden, cache = model.transformer(params, embeds, positions, attention_mask, cache, prefix, adapter)
+    logits = model.unembed(params, hidden[:, -1:])[:, -1]
+    return Decoding(logits, positions[:, -1] + 1, jnp.zeros(B, jnp.int32), jnp.zeros(B, bool), cache)
+
+
+def emit(state: Decoding, drawn: Int[Array, "B"], *, max_positions: int, eos_token_id: int | None, pad: int,
+         max_tokens: Int[Array, "B"] | None = None) -> tuple[Int[Array, "B"], Decoding]:
+    """The drawn token of every running row (padding for rows that stopped); rows stop at EOS, the
+    position limit (the new token could not be read) or their own `max_tokens`."""
+    token = jnp.where(state.done, pad, drawn)
+    length = state.length + (~state.done).astype(jnp.int32)
+    done = state.done | (state.next_pos >= max_positions)
+    if eos_token_id is not None:
+        done = done | (token == eos_token_id)
+    if max_tokens is not None:
+        done = done | (length >= max_tokens)
+    return token, state.replace(length=length, done=done)
+
+
+def read(model: Model, params: dict, state: Decoding, token: Int[Array, "B"], prefix: Prefix | None,
+         adapter: Adapter | None) -> Decoding:
+    """One decode step: every row reads its token at its own next position and cache slot."""
+    B = token.shape[0]
+    logits, cache = model.forward(params, model.embed(params, token[:, None]), state.next_pos[:, None],
+                                  jnp.ones((B, 1), bool), state.cache, prefix, adapter)
+    return state.replace(logits=logits[:, -1], next_pos=state.next_pos + 1, cache=cache)
 
 
 @partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "eos_token_id", "pad_token_id"))
@@ -131,48 +191,31 @@ def generate(
     dtype = jax.tree.leaves(params)[0].dtype
     if start is None:
         start = 0 if prefix is None else prefix.length
-    stacked = _scans_layers(params, model)
-    if stacked:  # bf16 on CPU: converted to float32 one layer at a time (`layers.as_bits`)
-        model = dataclasses.replace(model, remat=True)  # remat: only the bits; nothing is differentiated
-    else:
-        params = model.decoding_params(params)  # a copy of the layers, unless the caller passed this form
-    cache = model.init_cache(B, T + max_new_tokens, dtype, per_layer=not stacked)
-    positions = positions_from_mask(attention_mask, start)
-    # the prefill unembeds only the last position: the one whose logits pick the first new token
-    # ([B, V], not [B, T, V] float32 logits of which all but the last are thrown away)
-    hidden, cache = model.transformer(params, embeds, positions, attention_mask, cache, prefix, adapter)
-    logits = model.unembed(params, hidden[:, -1:])
+    model, params, per_layer = decoding_form(model, params)
+    cache = model.init_cache(B, T + max_new_tokens, dtype, per_layer=per_layer)
+    state = prefill(model, params, embeds, attention_mask, cache, start, prefix, adapter)
+    max_tokens = None if row_sampling is None else row_sampling.max_tokens
 
-    def emit(i, last_logits, next_pos, done, out, lengths):
-        """Token i of every row (padding for rows that stopped); rows stop at EOS or the position limit."""
-        drawn = (sample_token(last_logits, jax.random.fold_in(rng, i), sampling) if row_sampling is None
-                 else sample_rows(last_logits, i, row_sampling))
-        token = jnp.where(done, pad, drawn)
-        out = out.at[:, i].set(token)
-        lengths = lengths + (~done).astype(jnp.int32)
-        if eos_token_id is not None:
-            done = done | (token == eos_token_id)
-        done = done | (next_pos >= model.config.max_positions)  # the new token could not be read
-        if row_sampling is not None and row_sampling.max_tokens is not None:
-            done = done | (lengths >= row_sampling.max_tokens)
-        return token, done, out, lengths
+    def step(i, state, out):
+        """Token i of every row, written to `out`."""
+        drawn = (sample_token(state.logits, jax.random.fold_in(rng, i), sampling) if row_sampling is None
+                 else sample_rows(state.logits, state.length, row_sampling))
+        token, state = emit(state, drawn, max_positions=model.config.max_positions, eos_token_id=eos_token_id,
+                            pad=pad, max_tokens=max_tokens)
+        return token, state, out.at[:, i].set(token)
 
     def cond(carry):
-        i, _, _, done, _, _, _ = carry
-        return (i < max_new_tokens - 1) & ~jnp.all(done)
+        i, state, _ = carry
+        return (i < max_new_tokens - 1) & ~jnp.all(state.done)
 
     def body(carry):  # emit a token, then read it (the last token is emitted after the loop, never read)
-        i, last_logits, next_pos, done, out, lengths, cache = carry
-        token, done, out, lengths = emit(i, last_logits, next_pos, done, out, lengths)
-        step_logits, cache = model.forward(params, model.embed(params, token[:, None]), next_pos[:, None],
-                                           jnp.ones((B, 1), bool), cache, prefix, adapter)
-        return i + 1, step_logits[:, -1], next_pos + 1, done, out, lengths, cache
+        i, state, out = carry
+        token, state, out = step(i, state, out)
+        return i + 1, read(model, params, state, token, prefix, adapter), out
 
-    carry = (jnp.int32(0), logits[:, -1], positions[:, -1] + 1, jnp.zeros(B, bool),
-             jnp.full((B, max_new_tokens), pad, jnp.int32), jnp.zeros(B, jnp.int32), cache)
-    i, last_logits, next_pos, done, out, lengths, _ = jax.lax.while_loop(cond, body, carry)
-    _, _, out, lengths = emit(i, last_logits, next_pos, done, out, lengths)  # stopped rows write padding
-    return out, lengths
+    i, state, out = jax.lax.while_loop(cond, body, (jnp.int32(0), state, jnp.full((B, max_new_tokens), pad, jnp.int32)))
+    _, state, out = step(i, state, out)  # stopped rows write padding
+    return out, state.length
 
 
 def _scans_layers(params: dict, model: Model) -> bool:

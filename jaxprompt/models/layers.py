@@ -161,12 +161,13 @@ class KVCache:
     v: Float[Array, "L B S G K"]
     mask: Bool[Array, "B S"]
     positions: Int[Array, "B S"]
-    index: Int[Array, ""]  # next slot to write
+    index: Int[Array, ""] | Int[Array, "B"]  # next slot to write: one for the batch, or each row's own
 
     @classmethod
     def empty(cls, n_layers: int, batch: int, slots: int, n_kv_heads: int, head_dim: int, dtype,
-              per_layer: bool = False) -> "KVCache":
-        """`per_layer`: k and v as tuples of L separate [B, S, G, K] buffers (for unstacked layers)."""
+              per_layer: bool = False, per_row: bool = False) -> "KVCache":
+        """`per_layer`: k and v as tuples of L separate [B, S, G, K] buffers (for unstacked layers).
+        `per_row`: each row writes at its own index (rows admitted at different steps, `scheduler`)."""
         shape = (batch, slots, n_kv_heads, head_dim)
         if per_layer:
             k = tuple(jnp.zeros(shape, dtype) for _ in range(n_layers))
@@ -174,11 +175,20 @@ class KVCache:
         else:
             k, v = jnp.zeros((n_layers, *shape), dtype), jnp.zeros((n_layers, *shape), dtype)
         return cls(k=k, v=v, mask=jnp.zeros((batch, slots), bool), positions=jnp.zeros((batch, slots), jnp.int32),
-                   index=jnp.zeros((), jnp.int32))
+                   index=jnp.zeros((batch,) if per_row else (), jnp.int32))
 
     @property
     def slots(self) -> int:
         return self.mask.shape[1]
+
+
+def write_slots(buffer: Float[Array, "B S ..."], new: Float[Array, "B T ..."],
+                index: Int[Array, ""] | Int[Array, "B"]) -> Float[Array, "B S ..."]:
+    """`new` written into slots index..index+T-1 of every row (a per-row index: each row at its own)."""
+    new = new.astype(buffer.dtype)
+    if jnp.ndim(index) == 0:
+        return jax.lax.dynamic_update_slice_in_dim(buffer, new, index, axis=1)
+    return jax.vmap(lambda b, n, i: jax.lax.dynamic_update_slice_in_dim(b, n, i, axis=0))(buffer, new, index)
 
 
 @struct.dataclass
@@ -239,7 +249,7 @@ class LayerInputs(NamedTuple):
     key_mask: Bool[Array, "B T S"]
     cache_k: Float[Array, "B S G K"] | None
     cache_v: Float[Array, "B S G K"] | None
-    cache_index: Int[Array, ""] | None
+    cache_index: Int[Array, ""] | Int[Array, "B"] | None
     prefix_k: Float[Array, "Bp P G K"] | None
     prefix_v: Float[Array, "Bp P G K"] | None
     prefix_mask: Bool[Array, "B T P"] | None
@@ -270,8 +280,8 @@ def attend(
     q = (q * jnp.asarray(spec.scale, q.dtype)).reshape(B, T, G, H // G, K)
     new_kv = None
     if ctx.cache_k is not None:
-        k = jax.lax.dynamic_update_slice_in_dim(ctx.cache_k, k.astype(ctx.cache_k.dtype), ctx.cache_index, axis=1)
-        v = jax.lax.dynamic_update_slice_in_dim(ctx.cache_v, v.astype(ctx.cache_v.dtype), ctx.cache_index, axis=1)
+        k = write_slots(ctx.cache_k, k, ctx.cache_index)
+        v = write_slots(ctx.cache_v, v, ctx.cache_index)
         new_kv = (k, v)
     scores = jnp.where(ctx.key_mask[:, None, None], _scores(q, k, spec), _MASKED)
     if ctx.prefix_k is None:
@@ -353,12 +363,11 @@ def key_masks(
         full = causal[None] & attention_mask[:, None, :]
         slot_mask, key_positions = None, positions
     else:
-        slot_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, attention_mask, cache.index, axis=1)
-        key_positions = jax.lax.dynamic_update_slice_in_dim(cache.positions, positions.astype(jnp.int32),
-                                                            cache.index, axis=1)
-        query_slot = cache.index + jnp.arange(T)
-        causal = jnp.arange(cache.slots)[None, :] <= query_slot[:, None]
-        full = causal[None] & slot_mask[:, None, :]
+        slot_mask = write_slots(cache.mask, attention_mask, cache.index)
+        key_positions = write_slots(cache.positions, positions.astype(jnp.int32), cache.index)
+        query_slot = jnp.reshape(cache.index, (-1, 1)) + jnp.arange(T)  # [1 or B, T]
+        causal = jnp.arange(cache.slots) <= query_slot[..., None]  # [1 or B, T, S]
+        full = causal & slot_mask[:, None, :]
     prefix_full = jnp.ones((*positions.shape, prefix_length), bool) if prefix_length else None
     windowed = prefix_windowed = None
     if window is not None:

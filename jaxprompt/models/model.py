@@ -167,9 +167,10 @@ class Model:
             attention_mask = jnp.ones(tokens.shape, bool)
         return self.forward(params, self.embed(params, tokens), positions_from_mask(attention_mask), attention_mask)[0]
 
-    def init_cache(self, batch: int, slots: int, dtype=jnp.float32, per_layer: bool = False) -> KVCache:
+    def init_cache(self, batch: int, slots: int, dtype=jnp.float32, per_layer: bool = False,
+                   per_row: bool = False) -> KVCache:
         c = self.config
-        return KVCache.empty(c.n_layers, batch, slots, c.n_kv_heads, c.head_dim, dtype, per_layer)
+        return KVCache.empty(c.n_layers, batch, slots, c.n_kv_heads, c.head_dim, dtype, per_layer, per_row)
 
     def decoding_params(self, params: dict) -> dict:
         """The same weights with the layer stack split into one tree per layer, for decoding.
