@@ -396,7 +396,9 @@ SLOW_FILES = {"test_distributed.py", "test_embedded_model.py", "test_sweep.py"}
 
 # the longest files, in the order they start: pytest-xdist (`--dist loadfile`) hands out the first
 # files in turn to its two workers, so these start at once and on alternate workers (embedded model
-# and README on different ones); started late, one of them ran alone for minutes at the end of a run
+# and README on different ones). Left to itself, xdist sorts files by their number of tests
+# (pyproject.toml turns that off, `--no-loadscope-reorder`): the README's one long test then
+# started last and ran alone for minutes at the end of a run
 LONGEST_FIRST = ("test_embedded_model.py", "test_readme.py", "test_distributed.py", "test_lm_eval_backend.py")
 
 
