@@ -189,7 +189,7 @@ def breakdown(model_dir: str) -> dict:
 def throughput(session, method, train, optimizer, step) -> dict:
     """Training tokens/s and MFU: model FLOPs (forward + backward to the inputs, counted as
     `bench_train.step_flops` does) per second over a bf16 matmul's measured rate on this device.
-    On an accelerator at batch 32 (a batch the device can fill); on a CPU at the phase's batch."""
+    On an accelerator at every encoded training row (16) in one batch; on a CPU at the phase's batch."""
     import jax
 
     from bench_train import step_flops
@@ -198,7 +198,7 @@ def throughput(session, method, train, optimizer, step) -> dict:
     from jaxprompt.train import TrainState
 
     accelerator = jax.default_backend() != "cpu"
-    examples = train[:32] if accelerator else train[:STEP["batch_size"]]
+    examples = train if accelerator else train[:STEP["batch_size"]]
     batch = jax.device_put(collate(examples, session.pad_id))
     prompt = method.init(jax.random.key(0), session.model, session.frozen, session.n_virtual)
     holder = [TrainState.create(prompt, optimizer, jax.random.PRNGKey(0))]  # the step donates it
