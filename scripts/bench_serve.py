@@ -69,7 +69,8 @@ def start_server(model_dir: str, adapters: list[str], max_batch: int, wait_ms: f
             "--max-batch", str(max_batch), "--batch-wait-ms", str(wait_ms), "--max-queue", "100000", "--warmup"]
     for path in adapters:
         args += ["--adapter", path]
-    proc = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.DEVNULL)
+    path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))  # keep the caller's packages
+    proc = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": path}, stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     while True:
         try:
