@@ -30,6 +30,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Int, UInt32
 
 from jaxprompt.data import LENGTH_BUCKETS, Encoded, bucket
 from jaxprompt.models import Prefix, positions_from_mask
@@ -402,14 +403,14 @@ class Engine:
                                              {"tokens": jnp.asarray(tokens[:1, :1]),
                                               "task_id": jnp.zeros((1,), jnp.int32)}).adapter
         options = [r.options for r in rows] + [Options()] * (B - len(rows))
-        keys = [jax.random.fold_in(jax.random.key(o.seed), r.key) for o, r in zip(options, rows)]
-        keys += [jax.random.key(0)] * (B - len(rows))
-        batch["sampling"] = RowSampling(keys=jnp.stack(keys),
-                                        temperature=jnp.asarray([o.temperature for o in options], jnp.float32),
-                                        top_k=jnp.asarray([o.top_k for o in options], jnp.int32),
-                                        top_p=jnp.asarray([o.top_p for o in options], jnp.float32),
-                                        max_tokens=jnp.asarray([r.options.max_tokens for r in rows]
-                                                               + [0] * (B - len(rows)), jnp.int32))
+        folds = [r.key for r in rows] + [0] * (B - len(rows))
+        # host arrays: each program that takes them moves them to the device with its other inputs
+        batch["sampling"] = RowSampling(keys=_row_keys([o.seed for o in options], folds),
+                                        temperature=np.asarray([o.temperature for o in options], np.float32),
+                                        top_k=np.asarray([o.top_k for o in options], np.int32),
+                                        top_p=np.asarray([o.top_p for o in options], np.float32),
+                                        max_tokens=np.asarray([r.options.max_tokens for r in rows]
+                                                              + [0] * (B - len(rows)), np.int32))
         return batch
 
     def _finish(self, row: _Row, ids: list[int]) -> Completion:
@@ -478,6 +479,19 @@ def prompt_comes_first(task, length: int) -> bool:
     """Whether the task's template has one prompt slot, before any text (`{prompt} ...`)."""
     pieces = task.template.pieces({f: "" for f in task.fields}, length)
     return isinstance(pieces[0], int) and sum(isinstance(p, int) for p in pieces) == 1
+
+
+def _row_keys(seeds: list[int], folds: list[int]) -> jax.Array:
+    """Row b's sampling key `fold_in(key(seeds[b]), folds[b])`, the batch's in one program (one
+    dispatch per row cost milliseconds per admitted batch on a GPU host)."""
+    if max(seeds) >= 2 ** 32:  # a seed past 32 bits: keyed as the scalar API keys it
+        return jnp.stack([jax.random.fold_in(jax.random.key(s), f) for s, f in zip(seeds, folds)])
+    return _fold_keys(np.asarray(seeds, np.uint32), np.asarray(folds, np.int32))
+
+
+@jax.jit
+def _fold_keys(seeds: UInt32[Array, "B"], folds: Int[Array, "B"]) -> jax.Array:
+    return jax.vmap(lambda s, f: jax.random.fold_in(jax.random.key(s), f))(seeds, folds)
 
 
 def _host(x) -> np.ndarray:

@@ -351,12 +351,8 @@ def build_app(engine, base, options: ServeOptions, batcher: Batcher):
     async def invalid(_, e: RequestValidationError):
         return fail(400, "; ".join(str(x.get("msg")) for x in e.errors()))
 
-    @app.middleware("http")
-    async def api_key(request: HTTPRequest, call_next):
-        if options.api_key is not None and request.url.path.startswith("/v1"):
-            if request.headers.get("authorization", "") != f"Bearer {options.api_key}":
-                return fail(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", "authentication_error")
-        return await call_next(request)
+    if options.api_key is not None:
+        app.add_middleware(BearerKey, key=options.api_key)
 
     async def json_body(request: HTTPRequest):
         raw = await request.body()
@@ -445,6 +441,24 @@ def build_app(engine, base, options: ServeOptions, batcher: Batcher):
         return StreamingResponse(events(), media_type="text/event-stream")
 
     return app
+
+
+class BearerKey:
+    """`Authorization: Bearer KEY` required on /v1 (401 otherwise), as plain ASGI: Starlette's
+    `@app.middleware("http")` runs every request through a task and a stream of its own."""
+
+    def __init__(self, app, key: str):
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1") \
+                and dict(scope["headers"]).get(b"authorization", b"") != self.expected:
+            from fastapi.responses import JSONResponse
+
+            body = error_body("missing or wrong API key (send 'Authorization: Bearer KEY')", "authentication_error")
+            await JSONResponse(body, status_code=401)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _chunk(head: dict, index: int, text: str, finish_reason: str | None = None) -> str:

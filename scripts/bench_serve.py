@@ -128,14 +128,15 @@ def peft_sender(model_dir: str, adapters: list[str]):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # PEFT on the GPU where the servers have one
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapters[0], adapter_name="p0")
     for i, path in enumerate(adapters[1:], 1):
         model.load_adapter(path, adapter_name=f"p{i}")
-    model.eval()
+    model.to(device).eval()
     lock = threading.Lock()
 
     def send(name, text, n):
-        ids = tokenizer(text, return_tensors="pt")
+        ids = tokenizer(text, return_tensors="pt").to(device)
         with lock, torch.no_grad():
             model.set_adapter(name)
             out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tokenizer.eos_token_id)
