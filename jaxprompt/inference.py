@@ -433,6 +433,20 @@ class Engine:
         token_texts = [b[len(a):] if b.startswith(a) else b for a, b in zip([""] + pieces, pieces)]
         return Completion(ids, text, reason, row.prompt_tokens, token_texts=token_texts)
 
+    def streamable(self, options: Options, ids: list[int]) -> str:
+        """The text of a row's first tokens that its completion will begin with, whatever comes
+        next: `_finish`'s cuts (EOS, `max_tokens`, a stop string), less a character still being
+        spelled (bytes of it in later tokens) and any end that may be the start of a stop string."""
+        eos = self.tokenizer.eos_token_id
+        if eos is not None and eos in ids:
+            ids = ids[:ids.index(eos)]
+        text = self.tokenizer.decode(ids[:options.max_tokens]).rstrip("\ufffd")
+        cuts = [text.index(s) for s in options.stop if s and s in text]
+        if cuts:
+            return text[:min(cuts)]
+        held = max((k for s in options.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        return text[:len(text) - held]
+
     def _logprobs(self, rows: list[_Row], batch: dict, completions: list[Completion]):
         """Log-probabilities of each row's completion tokens (and the most likely alternatives), by
         one teacher-forced pass over input + completion."""

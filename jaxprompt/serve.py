@@ -168,6 +168,8 @@ class Pending:
     loop: asyncio.AbstractEventLoop
     cancelled: bool = False
     tickets: list = dataclasses.field(default_factory=list)  # its rows in the scheduler, once admitted
+    updates: asyncio.Queue | None = None  # streamed: (row, its tokens so far) after each step, then None
+    sent: list = dataclasses.field(default_factory=list)  # streamed: tokens of each row pushed so far
 
 
 class Batcher:
@@ -235,16 +237,31 @@ class Batcher:
                 for p in self._active:
                     self._answer(p, e)
                 self._active = []
+            for p in self._active:
+                self._push(p)
             for p in [p for p in self._active if all(t.finished for t in p.tickets)]:
                 self._active.remove(p)
                 error = next((t.error for t in p.tickets if t.error is not None), None)
                 self._answer(p, error if error is not None else [t.completion for t in p.tickets])
 
     @staticmethod
+    def _push(p: Pending) -> None:
+        """A streamed request's rows that decoded a token this step: their tokens so far."""
+        if p.updates is None:
+            return
+        p.sent = p.sent or [0] * len(p.tickets)
+        for j, t in enumerate(p.tickets):
+            if len(t.tokens) > p.sent[j]:
+                p.sent[j] = len(t.tokens)
+                p.loop.call_soon_threadsafe(p.updates.put_nowait, (j, list(t.tokens)))
+
+    @staticmethod
     def _answer(p: Pending, result) -> None:
         def set_result():
             if not p.future.done():
                 (p.future.set_exception if isinstance(result, Exception) else p.future.set_result)(result)
+            if p.updates is not None:
+                p.updates.put_nowait(None)
 
         p.loop.call_soon_threadsafe(set_result)
 
@@ -407,7 +424,9 @@ def build_app(engine, base, options: ServeOptions, batcher: Batcher):
         body = await json_body(request)
         requests, served, echo, stream = parse_completion(body, engine, options)
         loop = asyncio.get_running_loop()
-        pending = Pending(requests, served, loop.create_future(), loop)
+        # streamed token by token, unless log-probabilities are asked (they come with the completion)
+        live = stream and all(r.options.logprobs is None for r in requests)
+        pending = Pending(requests, served, loop.create_future(), loop, updates=asyncio.Queue() if live else None)
         batcher.submit(pending)
         ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         head = {"id": ident, "object": "text_completion", "created": created, "model": served.name}
@@ -419,7 +438,26 @@ def build_app(engine, base, options: ServeOptions, batcher: Batcher):
                     "usage": _usage(results)}
 
         async def events():
+            sent = [""] * len(requests)  # each row's text streamed so far
             try:
+                if echo:
+                    for j, text in enumerate(echo):
+                        yield _chunk(head, j, text)
+                while pending.updates is not None:
+                    try:
+                        update = await asyncio.wait_for(pending.updates.get(), 0.1)
+                    except asyncio.TimeoutError:
+                        if await request.is_disconnected():
+                            pending.cancelled = True
+                            return
+                        continue
+                    if update is None:  # answered
+                        break
+                    j, tokens = update
+                    text = engine.streamable(requests[j].options, tokens)
+                    if len(text) > len(sent[j]) and text.startswith(sent[j]):
+                        yield _chunk(head, j, text[len(sent[j]):])
+                        sent[j] = text
                 results = await _until_done(pending, request)
             except asyncio.CancelledError:  # the client went away
                 pending.cancelled = True
@@ -430,10 +468,11 @@ def build_app(engine, base, options: ServeOptions, batcher: Batcher):
             if results is None:
                 return
             for j, c in enumerate(results):
-                if echo:
-                    yield _chunk(head, j, echo[j])
-                for piece in c.pieces():
-                    yield _chunk(head, j, piece)
+                if pending.updates is None:  # token by token, now that the log-probabilities are known
+                    for piece in c.pieces():
+                        yield _chunk(head, j, piece)
+                elif c.text.startswith(sent[j]) and len(c.text) > len(sent[j]):
+                    yield _chunk(head, j, c.text[len(sent[j]):])  # what was held back
                 yield _chunk(head, j, "", c.finish_reason)
             yield f"data: {json.dumps({**head, 'choices': [], 'usage': _usage(results)})}\n\n"
             yield "data: [DONE]\n\n"

@@ -170,3 +170,28 @@ def test_bad_requests_are_one_line(engine):
         engine.check(Request("soft", text="  "))
     with pytest.raises(ValueError, match="needs .* positions; the model has 96"):
         engine.check(Request("soft", text="hot", options=Options(max_tokens=200)))
+
+
+def test_streamed_text_is_always_a_prefix_of_the_completion(engine):
+    """What a stream sends after each token is a prefix of the completion `_finish` makes of all of
+    them: a stop string split over tokens is held back until it is known, a character whose bytes
+    span tokens is sent whole; text that can be neither is sent at once."""
+    tok = engine.tokenizer
+    cases = [(" hot and cold, big and small", ("and c",)), (" café 😀 and more", ()), (" up, down", ("n!",)),
+             (" plain words here", ())]
+    for text, stop in cases:
+        ids = tok.encode(text) + [tok.eos_token_id, 11]
+        options = Options(max_tokens=len(ids), stop=stop)
+        final = engine._finish(engine._row(Request("bare", text="x", options=options, raw=True)), ids).text
+        sent = ""
+        for n in range(1, len(ids) + 1):
+            now = engine.streamable(options, ids[:n])
+            assert now.startswith(sent) and final.startswith(now), (text, n, now, final)
+            sent = now
+        if not stop and "😀" not in text:  # nothing to hold back: every token's text goes out at once
+            assert all(engine.streamable(options, ids[:n]) == tok.decode(ids[:n]) for n in range(1, len(ids) - 1))
+    # the held-back cases hold back: mid-stop-string and mid-character
+    ids = tok.encode(" hot and cold")
+    assert engine.streamable(Options(stop=("and c",)), ids[:2]) == " hot "
+    emoji = tok.encode(" 😀")
+    assert len(emoji) > 1 and engine.streamable(Options(), emoji[:-1]) == " "

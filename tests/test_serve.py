@@ -122,6 +122,21 @@ def test_greedy_completions_equal_generate_of_each_run_alone(client, runs):
         assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
+def test_a_stream_sends_each_token_as_it_is_decoded(server, client):
+    """The chunks of a streamed completion arrive while it decodes, not at its end: the first text
+    arrives long before the last (40 decode steps apart), and they add up to the completion."""
+    whole = client.completions.create(model="soft", prompt="hot", max_tokens=40, temperature=0).choices[0].text
+    start, arrivals, text = time.perf_counter(), [], ""
+    for chunk in client.completions.create(model="soft", prompt="hot", max_tokens=40, temperature=0, stream=True):
+        piece = "".join(c.text for c in chunk.choices)
+        if piece:
+            arrivals.append(time.perf_counter() - start)
+            text += piece
+    assert text == whole and len(arrivals) >= 10
+    # sent at the end, every chunk arrives within a millisecond or two of the first
+    assert arrivals[-1] - arrivals[0] > 0.5 * arrivals[-1], arrivals
+
+
 def test_a_list_prompt_echo_and_logprobs(client):
     r = client.completions.create(model="soft", prompt=["hot", "big"], max_tokens=2, temperature=0, echo=True,
                                   logprobs=2)
