@@ -15,6 +15,7 @@ generated tokens/s, and the p50/p95 latency a client sees (queueing included).
 
     python scripts/bench_serve.py --clients 16 --prompts 1 4 16 --requests 64 --rounds 3
     python scripts/bench_serve.py --clients 2 --prompts 1 --requests 4 --rounds 1 --max-tokens 4   # a check
+    python scripts/bench_serve.py --scheduler --prompts 1 16   # the scheduler alone, without HTTP
 """
 
 from __future__ import annotations
@@ -146,6 +147,36 @@ def peft_sender(model_dir: str, adapters: list[str]):
     return send
 
 
+def scheduler_alone(model_dir: str, adapters: list[str], ks: list[int], n: int, max_tokens: int, slots: int,
+                    rounds: int) -> None:
+    """The engine's scheduler without HTTP, in this process: `Scheduler.run` of the whole work
+    (mixed in up to `slots` slots) against one request at a time, interleaved rounds."""
+    from jaxprompt.inference import Options, Request
+    from jaxprompt.scheduler import Scheduler
+    from jaxprompt.serve import ServeOptions, load_engine
+
+    engine, _ = load_engine([], [f"p{i}={path}" for i, path in enumerate(adapters)], ServeOptions(max_batch=slots))
+    scheduler = Scheduler(engine, slots)
+    start = time.perf_counter()
+    print(f"warm-up: {scheduler.warm_up()} programs in {time.perf_counter() - start:.1f} s", flush=True)
+    print("| K prompts | scheduler alone | requests/s | tokens/s |\n|---|---|---|---|")
+    for k in ks:
+        work = [Request(name, text=text, options=Options(max_tokens=m), raw=True) for name, text, m in jobs(k, n, max_tokens)]
+        ways = {"mixed": lambda: scheduler.run(work), "one at a time": lambda: [scheduler.run([w])[0] for w in work]}
+        for way in ways.values():  # this work's input lengths compiled
+            way()
+        results = {name: [] for name in ways}
+        for _ in range(rounds):
+            for name, way in ways.items():
+                t = time.perf_counter()
+                done = way()
+                wall = time.perf_counter() - t
+                results[name].append((len(work) / wall, sum(c.completion_tokens for c in done) / wall))
+        for name, runs in results.items():
+            print(f"| {k} | {name} | {statistics.median(r[0] for r in runs):.2f} | "
+                  f"{statistics.median(r[1] for r in runs):.1f} |", flush=True)
+
+
 def main() -> None:
     from jaxprompt.config import DEFAULT_MODEL
 
@@ -159,9 +190,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batch-wait-ms", type=float, default=5.0)
     p.add_argument("--no-peft", action="store_true")
+    p.add_argument("--scheduler", action="store_true",
+                   help="time the engine's scheduler alone (no HTTP, no clients): mixed against one at a time")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         adapters = write_adapters(args.model, max(args.prompts), args.prefix_length, tmp)
+        if args.scheduler:
+            return scheduler_alone(args.model, adapters, args.prompts, args.requests, args.max_tokens,
+                                   max(args.clients, 1), args.rounds)
         mixed = start_server(args.model, adapters, max(args.clients, 1), args.batch_wait_ms)
         single = start_server(args.model, adapters, 1, 0.0)
         try:

@@ -188,6 +188,10 @@ FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_
 
 def pytest_configure(config):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
+    # PyTorch's (and numpy's BLAS) OpenMP threads, one per core by default, wait for work by
+    # spinning: beside the other worker's XLA they took its cores (the embedded model's
+    # transformers generation ran 8.7 s alone and 80 s in the suite). One each per worker.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Weights & Biases (--log wandb) never reaches the network from a test

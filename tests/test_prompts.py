@@ -245,6 +245,21 @@ def test_prefix_init_makes_no_float32_copy_of_the_model():
     assert kv.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(kv)))
 
 
+def test_soft_init_reads_column_statistics_without_a_float32_table():
+    """The default init's per-dimension mean and std of a bf16 table: those of float64 numpy, with
+    no program holding a float32 table (a Llama-3.2-1B-sized one compiled on abstract arrays)."""
+    from jaxprompt.prompts.init import _column_mean, _column_stats, _column_std
+
+    table = (jax.random.normal(jax.random.key(0), (5000, 64)) * 0.02 + 0.01).astype(jnp.bfloat16)
+    mean, std = _column_stats(table)
+    reference = np.asarray(table, np.float64)
+    np.testing.assert_allclose(mean, reference.mean(0), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(std, reference.std(0), rtol=1e-5)
+    big = jax.ShapeDtypeStruct((128256, 2048), jnp.bfloat16)
+    programs = (_column_mean.lower(big), _column_std.lower(big, jax.ShapeDtypeStruct((2048,), jnp.float32)))
+    assert all(p.compile().memory_analysis().temp_size_in_bytes < 1e6 for p in programs)
+
+
 @pytest.mark.parametrize("name", ["relaxed", "pez"])
 def test_vocabulary_prompts_make_no_float32_table(name):
     """A relaxed or PEZ step (forward and backward) reads the embedding table in its own dtype:

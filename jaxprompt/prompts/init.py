@@ -13,11 +13,22 @@ from jaxtyping import Array, Float
 Initializer = Callable[[jax.Array, tuple[int, ...]], Float[Array, "..."]]
 
 
-@jax.jit
 def _column_stats(table: Float[Array, "V E"]) -> tuple[Float[Array, "E"], Float[Array, "E"]]:
-    """Per-dimension mean and std in float32; jitted, so the casts fuse into the reductions."""
-    table = table.astype(jnp.float32)
-    return table.mean(0), table.std(0)
+    """Per-dimension mean and std, accumulated in float32 without a float32 copy of the table: two
+    programs, each casting inside its one reduction. (In one program XLA's CPU backend computed
+    the cast table once for both reductions: a 1.05 GB buffer for Llama-3.2-1B's in bf16.)"""
+    mean = _column_mean(table)
+    return mean, _column_std(table, mean)
+
+
+@jax.jit
+def _column_mean(table: Float[Array, "V E"]) -> Float[Array, "E"]:
+    return jnp.mean(table.astype(jnp.float32), 0)
+
+
+@jax.jit
+def _column_std(table: Float[Array, "V E"], mean: Float[Array, "E"]) -> Float[Array, "E"]:
+    return jnp.sqrt(jnp.mean(jnp.square(table.astype(jnp.float32) - mean), 0))
 
 
 def vocab_normal(table: Float[Array, "V E"]) -> Initializer:
