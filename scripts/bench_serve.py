@@ -147,6 +147,29 @@ def peft_sender(model_dir: str, adapters: list[str]):
     return send
 
 
+def decode_step_ms(scheduler, b: int, steps: int = 30) -> float:
+    """Median wall time of the scheduler's decode step over b running rows (the bare model)."""
+    from jaxprompt.inference import Options, Request
+    from jaxprompt.scheduler import _step
+
+    engine = scheduler.engine
+    room = engine.config.max_positions - 16
+    for _ in range(b):
+        scheduler.submit(Request(engine.model_id, text=TEXTS[0], options=Options(max_tokens=room), raw=True))
+    scheduler._admit()
+    model, params = scheduler._params()
+    eos, pad = engine.tokenizer.eos_token_id, scheduler._pad()
+    slots, times = scheduler.slots, []
+    for _ in range(steps):
+        t = time.perf_counter()
+        tokens, _, slots = _step(model, params, slots, eos, pad)
+        tokens.block_until_ready()
+        times.append(time.perf_counter() - t)
+    scheduler.running.clear()
+    scheduler.slots = None
+    return 1e3 * statistics.median(times[1:])
+
+
 def scheduler_alone(model_dir: str, adapters: list[str], ks: list[int], n: int, max_tokens: int, slots: int,
                     rounds: int) -> None:
     """The engine's scheduler without HTTP, in this process: `Scheduler.run` of the whole work
@@ -159,6 +182,8 @@ def scheduler_alone(model_dir: str, adapters: list[str], ks: list[int], n: int, 
     scheduler = Scheduler(engine, slots)
     start = time.perf_counter()
     print(f"warm-up: {scheduler.warm_up()} programs in {time.perf_counter() - start:.1f} s", flush=True)
+    for b in (1, slots):  # what one decode step costs for b rows (slots kept full: rows never end)
+        print(f"decode step at batch {b}: {decode_step_ms(scheduler, b):.2f} ms", flush=True)
     print("| K prompts | scheduler alone | requests/s | tokens/s |\n|---|---|---|---|")
     for k in ks:
         work = [Request(name, text=text, options=Options(max_tokens=m), raw=True) for name, text, m in jobs(k, n, max_tokens)]
