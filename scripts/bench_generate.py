@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchlib import (MODELS, bytes_of, hf_model, memory_bandwidth, load_average, threads_line, time_it, torch_setup,
-                      torch_sync)
+from benchlib import (MODELS, bytes_of, hf_model, interleaved, load_average, memory_bandwidth, ratios, threads_line,
+                      torch_setup, torch_sync)
 from jaxprompt.data import Encoded, collate
 from jaxprompt.models import Model, preset
 from jaxprompt.models.generate import generate
@@ -74,15 +75,14 @@ class JaxGeneration:
         text_only = collate([Encoded(t, [-1] * len(t), 0) for t in rows], 0, "left", buckets=(len(rows[0]),))
         return with_prompt, text_only
 
-    def time(self, rows, new_tokens: int, reps: int) -> dict[str, float]:
+    def sides(self, rows, new_tokens: int) -> dict:
+        """Calls to time, each blocking until its tokens exist: `cold` and `warm` generation of
+        `new_tokens`, and `warm` of one token (generating n tokens is a prefill and n - 1 decode
+        steps, so the two warm times give a decode step's)."""
         with_prompt, text_only = self.batches(rows)
         cold = lambda n: self.cold(self.frozen, self.prompt, with_prompt, new_tokens=n).block_until_ready()
         warm = lambda n: self.warm(self.frozen, self.head_kv, text_only, new_tokens=n).block_until_ready()
-        out = {"cold": time_it(lambda: cold(new_tokens), reps, warmup=1),
-               "warm": time_it(lambda: warm(new_tokens), reps, warmup=1)}
-        # generating n tokens is a prefill and n - 1 decode steps
-        out["decode_step"] = (out["warm"] - time_it(lambda: warm(1), reps, warmup=1)) / (new_tokens - 1)
-        return out
+        return {"cold": lambda: cold(new_tokens), "warm": lambda: warm(new_tokens), "warm_one": lambda: warm(1)}
 
     def step_bytes(self, batch: int, slots: int) -> int:
         """Bytes a decode step must read: every weight, and the keys/values of `slots` positions."""
@@ -91,8 +91,8 @@ class JaxGeneration:
         return bytes_of(self.frozen) + kv
 
 
-def time_peft(name: str, rows, prompt_len: int, new_tokens: int, dtype: str, reps: int) -> float | None:
-    """Seconds per PEFT `generate` call, or None (with a line saying why) when its cached generation
+def peft_side(name: str, rows, prompt_len: int, new_tokens: int, dtype: str):
+    """A PEFT `generate` call to time, or None (with a line saying why) when its cached generation
     departs from its own forward pass: then it does other work than greedy decoding, and no ratio is fair."""
     import peft
     import transformers
@@ -126,7 +126,7 @@ def time_peft(name: str, rows, prompt_len: int, new_tokens: int, dtype: str, rep
         print(f"{name}: PEFT {peft.__version__} with transformers {transformers.__version__}: cached generate "
               f"departs from PEFT's own forward pass, so its time is not reported ({why})", flush=True)
         return None
-    return time_it(run, reps, warmup=0)
+    return run
 
 
 def main(argv=None):
@@ -154,7 +154,13 @@ def main(argv=None):
         for batch in (int(b) for b in args.batches.split(",")):
             inputs = texts(batch)
             produced = batch * args.new_tokens
-            ours = bench.time(inputs, args.new_tokens, args.reps)
+            sides = bench.sides(inputs, args.new_tokens)
+            theirs = None if args.no_peft else peft_side(name, inputs, args.prompt_length, args.new_tokens, args.dtype)
+            if theirs is not None:
+                sides["peft"] = theirs
+            times = interleaved(sides, args.reps, warmup=1)  # every side once per round, in turn
+            ours = {side: statistics.median(t) for side, t in times.items()}
+            ours["decode_step"] = (ours["warm"] - ours["warm_one"]) / (args.new_tokens - 1)
             slots = len(inputs[0]) + args.new_tokens
             limit = bench.step_bytes(batch, args.prompt_length + slots) / bandwidth
             row = {"model": name, "batch": batch, "cold_tok_s": produced / ours["cold"],
@@ -163,12 +169,12 @@ def main(argv=None):
             line = (f"{name} batch {batch}: jaxprompt cold {row['cold_tok_s']:.1f}, warm {row['warm_tok_s']:.1f} new "
                     f"tok/s; decode step {row['decode_step_ms']:.1f} ms = {100 * row['fraction_of_bandwidth']:.0f}% "
                     f"of the bandwidth limit ({row['bandwidth_limit_ms']:.1f} ms)")
-            theirs = None if args.no_peft else time_peft(name, inputs, args.prompt_length, args.new_tokens,
-                                                         args.dtype, args.reps)
             if theirs is not None:
-                row.update(peft_tok_s=produced / theirs, cold_ratio=theirs / ours["cold"], warm_ratio=theirs / ours["warm"])
-                line += (f"; PEFT {row['peft_tok_s']:.1f} new tok/s; ratio cold {row['cold_ratio']:.2f}x, "
-                         f"warm {row['warm_ratio']:.2f}x")
+                (cold, clow, chigh), (warm, wlow, whigh) = (ratios(times["peft"], times[side]) for side in ("cold", "warm"))
+                row.update(peft_tok_s=produced / ours["peft"], cold_ratio=cold, cold_ratio_range=[clow, chigh],
+                           warm_ratio=warm, warm_ratio_range=[wlow, whigh])
+                line += (f"; PEFT {row['peft_tok_s']:.1f} new tok/s; ratio cold {cold:.2f}x ({clow:.2f}-{chigh:.2f}), "
+                         f"warm {warm:.2f}x ({wlow:.2f}-{whigh:.2f})")
             print(line, flush=True)
             rows.append(row)
         if args.profile:

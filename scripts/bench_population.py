@@ -17,6 +17,7 @@ the ratio here is near 1.
 from __future__ import annotations
 
 import argparse
+import statistics
 import json
 
 import jax
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench_train import step_flops, workload
-from benchlib import bytes_of, load_average, matmul_peak, memory_bandwidth, time_it
+from benchlib import bytes_of, interleaved, load_average, matmul_peak, memory_bandwidth, ratios
 from jaxprompt.config import DEFAULT_MODEL, OptimizerConfig
 from jaxprompt.data import collate, common_prefix_length
 from jaxprompt.loss import prompt_loss
@@ -72,9 +73,11 @@ def bench(model: Model, frozen, examples, prompt_len: int, sizes: list[int], ste
                 states[k], metrics = single(states[k], frozen, single_batch)
             metrics["loss"].block_until_ready()
 
-        t_pop, t_seq = time_it(population, steps), time_it(sequential, steps)
+        times = interleaved({"population": population, "sequential": sequential}, steps)  # in turn
+        t_pop, t_seq = (statistics.median(times[side]) for side in ("population", "sequential"))
+        ratio, low, high = ratios(times["sequential"], times["population"])
         rows.append({"K": K, "population_tok_s": K * tokens / t_pop, "sequential_tok_s": K * tokens / t_seq,
-                     "ratio": t_seq / t_pop, "population_flop_s": K * flops / t_pop,
+                     "ratio": ratio, "ratio_range": [low, high], "population_flop_s": K * flops / t_pop,
                      "sequential_flop_s": K * flops / t_seq, "flops_per_prompt_step": flops,
                      "weight_bytes": int(bytes_of(frozen))})
     return rows

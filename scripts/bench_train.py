@@ -2,7 +2,8 @@
 
 Antonym-shaped workload: prompt length 20, 16 text tokens per example (3 fixed template tokens
 before the prompt, 11 input tokens, 2 target tokens). Random weights of the real architectures
-(speed does not depend on the values). Prints tokens/s of both and their ratio, with jaxprompt's
+(speed does not depend on the values). Prints tokens/s of both and their ratio (the sides' steps
+take turns, and the ratio is the median of the per-round ratios, with its range), with jaxprompt's
 shared head (the prompt and fixed template text computed once per batch) and without it, and
 jaxprompt's achieved model FLOP/s (counted analytically, `step_flops`) as a fraction of a matmul
 peak measured on the same device. See benchlib.py for what makes the comparison fair.
@@ -18,14 +19,16 @@ targets are (PEFT's model computes all of them).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import statistics
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchlib import (MODELS, fraction_of_peak, hf_model, is_bf16, load_average, matmul_peak, threads_line,
-                      time_it, torch_setup, torch_sync)
+from benchlib import (MODELS, fraction_of_peak, hf_model, interleaved, is_bf16, load_average, matmul_peak, ratios,
+                      threads_line, torch_setup, torch_sync)
 from jaxprompt.config import OptimizerConfig
 from jaxprompt.data import Encoded, collate, common_prefix_length
 from jaxprompt.loss import prompt_loss
@@ -80,9 +83,16 @@ def step_flops(model: Model, examples, shared_len: int) -> float:
     return 2 * (head + body + logits)
 
 
-def bench_jax(name: str, examples, prompt_len: int, dtype: str, steps: int, shared: bool) -> dict:
+@functools.cache
+def frozen_model(name: str, dtype: str):
+    """The model and its random frozen weights, made once: the timed sides share them."""
     model = Model(preset(MODELS[name]))
-    frozen = Policy.of(dtype).cast_frozen(model.init(jax.random.key(0)))
+    return model, Policy.of(dtype).cast_frozen(model.init(jax.random.key(0)))
+
+
+def bench_jax(name: str, examples, prompt_len: int, dtype: str, shared: bool):
+    """A jaxprompt training step to time (`run()` blocks until it is done), and its model FLOPs."""
+    model, frozen = frozen_model(name, dtype)
     method = make_method("soft", length=prompt_len)
     prompt = method.init(jax.random.key(1), model, frozen, prompt_len)
     optimizer = make_optimizer(OptimizerConfig(lr=0.1), prompt, total_steps=1000)
@@ -96,10 +106,11 @@ def bench_jax(name: str, examples, prompt_len: int, dtype: str, steps: int, shar
         metrics["loss"].block_until_ready()
 
     # XLA's cost analysis counts a scanned layer once, so model FLOPs are counted analytically
-    return {"seconds": time_it(run, steps), "flops": step_flops(model, examples, S)}
+    return run, step_flops(model, examples, S)
 
 
-def bench_peft(name: str, examples, prompt_len: int, dtype: str, steps: int) -> dict:
+def bench_peft(name: str, examples, prompt_len: int, dtype: str):
+    """PEFT's prompt-tuning training step on the same examples, to time."""
     from peft import PromptTuningConfig, get_peft_model
 
     torch, device = torch_setup()
@@ -118,7 +129,7 @@ def bench_peft(name: str, examples, prompt_len: int, dtype: str, steps: int) -> 
         optimizer.step()
         torch_sync(torch, device)
 
-    return {"seconds": time_it(run, steps)}
+    return run
 
 
 def main(argv=None):
@@ -127,7 +138,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=None, help="examples per step (default 32; Llama-3.2-1B 4)")
     p.add_argument("--prompt-length", type=int, default=20)
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=5, help="timed rounds: each side one step per round, in turn")
     p.add_argument("--no-peft", action="store_true", help="skip the PyTorch side (e.g. no torch on this machine)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -142,25 +153,32 @@ def main(argv=None):
         batch = args.batch if args.batch is not None else BATCH.get(name, DEFAULT_BATCH)
         examples = workload(batch, args.prompt_length, preset(MODELS[name]).vocab_size)
         tokens = sum(len(e) for e in examples)  # prompt + text tokens per step (the same count for PEFT)
-        shared = bench_jax(name, examples, args.prompt_length, args.dtype, args.steps, shared=True)
-        unshared = bench_jax(name, examples, args.prompt_length, args.dtype, args.steps, shared=False)
+        (shared, flops), (unshared, unshared_flops) = (
+            bench_jax(name, examples, args.prompt_length, args.dtype, shared=s) for s in (True, False))
+        sides = {"shared": shared, "unshared": unshared}
+        if not args.no_peft:
+            sides["peft"] = bench_peft(name, examples, args.prompt_length, args.dtype)
+        times = interleaved(sides, args.steps)  # jaxprompt, jaxprompt unshared, PEFT, in turn
+        seconds = {side: statistics.median(t) for side, t in times.items()}
         row = {"model": name, "batch": batch, "tokens_per_step": tokens,
-               "jaxprompt_tok_s": tokens / shared["seconds"], "jaxprompt_unshared_tok_s": tokens / unshared["seconds"],
-               "fraction_of_peak": shared["flops"] / shared["seconds"] / peak,
-               "unshared_fraction_of_peak": unshared["flops"] / unshared["seconds"] / peak}
+               "jaxprompt_tok_s": tokens / seconds["shared"], "jaxprompt_unshared_tok_s": tokens / seconds["unshared"],
+               "fraction_of_peak": flops / seconds["shared"] / peak,
+               "unshared_fraction_of_peak": unshared_flops / seconds["unshared"] / peak}
         line = (f"{name} (batch {batch}): jaxprompt {row['jaxprompt_tok_s']:.0f} tok/s, without the shared head "
                 f"{row['jaxprompt_unshared_tok_s']:.0f} tok/s")
         if not args.no_peft:
-            theirs = bench_peft(name, examples, args.prompt_length, args.dtype, args.steps)
-            row["peft_tok_s"] = tokens / theirs["seconds"]
-            row["ratio"] = row["jaxprompt_tok_s"] / row["peft_tok_s"]
-            row["unshared_ratio"] = row["jaxprompt_unshared_tok_s"] / row["peft_tok_s"]
-            line += (f"; PEFT {row['peft_tok_s']:.0f} tok/s; ratio {row['ratio']:.2f}x "
-                     f"(unshared {row['unshared_ratio']:.2f}x)")
-        line += (f"; {fraction_of_peak(shared['flops'] / shared['seconds'], peak)} of matmul peak "
-                 f"(unshared {fraction_of_peak(unshared['flops'] / unshared['seconds'], peak)})")
+            row["peft_tok_s"] = tokens / seconds["peft"]
+            row["ratio"], low, high = ratios(times["peft"], times["shared"])
+            row["ratio_range"] = [low, high]
+            row["unshared_ratio"], ulow, uhigh = ratios(times["peft"], times["unshared"])
+            line += (f"; PEFT {row['peft_tok_s']:.0f} tok/s; ratio {row['ratio']:.2f}x ({low:.2f}-{high:.2f}) "
+                     f"(unshared {row['unshared_ratio']:.2f}x, {ulow:.2f}-{uhigh:.2f})")
+        line += (f"; {fraction_of_peak(flops / seconds['shared'], peak)} of matmul peak "
+                 f"(unshared {fraction_of_peak(unshared_flops / seconds['unshared'], peak)})")
         print(line, flush=True)
         rows.append(row)
+        del sides, shared, unshared
+        frozen_model.cache_clear()  # the next model's weights replace these
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"peak_flop_s": peak, "dtype": args.dtype, "rows": rows}, f, indent=2)

@@ -3,7 +3,9 @@
 Fairness, on both sides: the same random-weight architecture (from the same preset), the same
 inputs, the same device (on a GPU machine both run on the GPU, and every timing waits for the device
 to finish), the same number of CPU threads, PEFT in eval mode (no dropout; gradients still flow),
-warm-up runs before timing, and the median of several timed runs.
+warm-up runs before timing, and the median of several timed runs; where two sides are compared,
+their runs take turns (`interleaved`) and the ratio is the median of the per-round ratios, with
+its range.
 """
 
 from __future__ import annotations
@@ -31,6 +33,26 @@ def time_it(fn, steps: int, warmup: int = 2) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def interleaved(sides: dict, rounds: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds of each side's `fn()` per round, the sides taking turns (A B C A B C ...) so that a
+    host whose speed drifts within the run slows every side alike; `warmup` untimed calls each
+    first. Read a comparison as the median and range of its per-round ratios (`ratios`)."""
+    for fn in sides.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in sides}
+    for _ in range(rounds):
+        for name, fn in sides.items():
+            times[name].append(_timed(fn))
+    return times
+
+
+def ratios(slow: list[float], fast: list[float]) -> tuple[float, float, float]:
+    """Median, lowest and highest of the per-round ratios slow / fast (how many times faster)."""
+    r = sorted(a / b for a, b in zip(slow, fast))
+    return statistics.median(r), r[0], r[-1]
 
 
 def is_bf16(dtype: str) -> bool:
