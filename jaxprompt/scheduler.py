@@ -35,7 +35,7 @@ from flax import struct
 from jaxprompt.inference import (MIN_INPUT_TOKENS, MIN_NEW_TOKENS, Completion, Engine, Request, Served, _host,
                                  _inputs, _pow2, _Row)
 from jaxprompt.models import Prefix
-from jaxprompt.models.generate import Decoding, RowSampling, decoding_form, emit, prefill, read, sample_rows
+from jaxprompt.models.generate import Decoding, RowSampling, decoding_form, emit, filler, prefill, read, sample_rows
 
 BASE_SLOTS = MIN_INPUT_TOKENS + MIN_NEW_TOKENS  # cache slots of a short request: input bucket + new tokens
 
@@ -353,8 +353,8 @@ class Scheduler:
         return self._decoding
 
     def _pad(self) -> int:
-        tok = self.engine.tokenizer
-        return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        """What a finished row reads: as `Engine.complete`'s `generate` (EOS; no pad token given)."""
+        return filler(self.engine.tokenizer.eos_token_id)
 
     # ---- warm-up -------------------------------------------------------------------------------
 

@@ -152,6 +152,11 @@ def read(model: Model, params: dict, state: Decoding, token: Int[Array, "B"], pr
     return state.replace(logits=logits[:, -1], next_pos=state.next_pos + 1, cache=cache)
 
 
+def filler(eos_token_id: int | None, pad_token_id: int | None = None) -> int:
+    """The token a finished row emits (and reads) from then on: `pad_token_id`, else EOS, else 0."""
+    return pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
+
+
 @partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "eos_token_id", "pad_token_id"))
 def generate(
     model: Model,
@@ -187,7 +192,7 @@ def generate(
     B, T, _ = embeds.shape
     if rng is None:
         rng = jax.random.key(0)
-    pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
+    pad = filler(eos_token_id, pad_token_id)
     dtype = jax.tree.leaves(params)[0].dtype
     if start is None:
         start = 0 if prefix is None else prefix.length

@@ -404,9 +404,10 @@ def bits_in_place(layers: dict) -> dict:
     same memory (`jax.device_put` of host memory on a CPU aliases it). Inside a program, `as_bits`
     of bf16 weights is a copy of every layer (2.1 GB of temporaries for Llama-3.2-1B)."""
     def one(w):
-        if w.dtype != jnp.bfloat16 or len(w.devices()) != 1 or next(iter(w.devices())).platform != "cpu":
+        if w.dtype != jnp.bfloat16:
             return w
-        return jax.device_put(np.asarray(w).view(np.uint16), next(iter(w.devices())))
+        device, *others = w.devices()
+        return w if others or device.platform != "cpu" else jax.device_put(np.asarray(w).view(np.uint16), device)
 
     return jax.tree.map(one, layers)
 
