@@ -162,7 +162,9 @@ class Served:
 
 
 @dataclasses.dataclass
-class _Row:
+class Row:
+    """One request ready to decode: its prompt, its input after the cached head, and the head."""
+
     served: Served
     tokens: list[int]  # the part after the head, left-padded into the batch
     slots: list[int]
@@ -273,7 +275,7 @@ class Engine:
         h = min(_common(encoded, served.probes[0]), _common(served.probes[0], served.probes[1]), len(encoded) - 1)
         return encoded.tokens, encoded.slots, h if self.share_heads else 0
 
-    def _row(self, request: Request, served: Served | None = None) -> _Row:
+    def _row(self, request: Request, served: Served | None = None) -> Row:
         served = served or self._served(request)
         tokens, slots, h = self._tokens(request, served)
         if h > 0:
@@ -282,7 +284,7 @@ class Engine:
                                           tokens[:h], slots[:h])
         else:
             head = served.own_prefix
-        return _Row(served, tokens[h:], slots[h:], head, len(tokens), request.options, request.key)
+        return Row(served, tokens[h:], slots[h:], head, len(tokens), request.options, request.key)
 
     def warm_up(self, max_batch: int | None = None, scheduler=None) -> int:
         """Compiles the decode programs before any request needs them. `complete`'s: for each served
@@ -302,7 +304,7 @@ class Engine:
             except (ValueError, KeyError):  # no short input fits this template: compiled on first use
                 continue
             shape = (served.name if served.kind == "adaption" else None,  # rows of one adaption prompt apart
-                     None if row.head is None else _pow2(row.head.length), max(row.slots, default=-1) >= 0)
+                     None if row.head is None else pow2(row.head.length), max(row.slots, default=-1) >= 0)
             if shape in seen:
                 continue
             seen.add(shape)
@@ -339,14 +341,14 @@ class Engine:
                     out[i] = completion
         return out
 
-    def _decode(self, rows: list[_Row]) -> list[Completion]:
+    def _decode(self, rows: list[Row]) -> list[Completion]:
         batch = self._collate(rows)
-        n_new = max(MIN_NEW_TOKENS, _pow2(max(r.options.max_tokens for r in rows)))
+        n_new = max(MIN_NEW_TOKENS, pow2(max(r.options.max_tokens for r in rows)))
         tokens, lengths = _decode_batch(self.model, self.frozen, batch, n_new, self.tokenizer.eos_token_id)
-        tokens, lengths = _host(tokens), _host(lengths)
+        tokens, lengths = to_host(tokens), to_host(lengths)
         return self._completions(rows, [list(tokens[b, :lengths[b]]) for b in range(len(rows))], batch)
 
-    def _completions(self, rows: list[_Row], ids: list[list[int]], batch: dict | None = None) -> list[Completion]:
+    def _completions(self, rows: list[Row], ids: list[list[int]], batch: dict | None = None) -> list[Completion]:
         """Each row's generated ids (EOS included) cut into its completion, with log-probabilities
         where asked (`batch`: the rows' collated inputs, if at hand)."""
         completions = [self._finish(row, list(i)) for row, i in zip(rows, ids)]
@@ -357,10 +359,10 @@ class Engine:
                 completions[b].logprobs, completions[b].top_logprobs = scores[b]
         return completions
 
-    def _collate(self, rows: list[_Row], heads: int | None = None) -> dict:
+    def _collate(self, rows: list[Row], heads: int | None = None) -> dict:
         """Left-padded inputs, right-padded heads and per-row settings, in bucketed shapes. `heads`:
         the head positions P (default: the longest head's power of two; given, even if no row has one)."""
-        B = _pow2(len(rows))
+        B = pow2(len(rows))
         T = bucket(max(MIN_INPUT_TOKENS, *(len(r.tokens) for r in rows)), LENGTH_BUCKETS)
         tokens = np.full((B, T), self.tokenizer.pad_token_id, np.int32)
         mask = np.zeros((B, T), bool)
@@ -372,7 +374,7 @@ class Engine:
         batch = {"tokens": tokens, "mask": mask, "slots": slots, "start": np.zeros(B, np.int32),
                  "prefix": None, "virtual": None, "adapter": None}
         if any(h is not None for h in heads) or P:
-            P = P or _pow2(max(h.length for h in heads if h is not None))
+            P = P or pow2(max(h.length for h in heads if h is not None))
             like = next((h.k for h in heads if h is not None), None)
             c = self.config
             L, G, K = c.n_layers, c.n_kv_heads, c.head_dim
@@ -384,17 +386,17 @@ class Engine:
             for b, h in enumerate(heads):
                 if h is not None:
                     if id(h) not in on_host:
-                        on_host[id(h)] = [_host(x)[:, 0] for x in (h.k, h.v, h.mask)]
+                        on_host[id(h)] = [to_host(x)[:, 0] for x in (h.k, h.v, h.mask)]
                     k[:, b, :h.length], v[:, b, :h.length], m[:, b, :h.length] = on_host[id(h)]
                     batch["start"][b] = h.length
             batch["prefix"] = Prefix(k, v, m)
         if (slots >= 0).any():  # virtual tokens after the head (a prompt placed after an input field)
             E = self.model.embedding_table(self.frozen).shape[-1]
-            N = _pow2(int(slots.max()) + 1)
+            N = pow2(int(slots.max()) + 1)
             virtual = np.zeros((B, N, E), np.float32)
             for b, r in enumerate(rows):
                 if max(r.slots) >= 0:
-                    vt = _host(r.served.method.virtual_tokens(r.served.prompt, self.model, self.frozen, 0))
+                    vt = to_host(r.served.method.virtual_tokens(r.served.prompt, self.model, self.frozen, 0))
                     virtual[b, :len(vt)] = vt
             batch["virtual"] = virtual
         if rows[0].served.kind == "adaption":
@@ -413,7 +415,7 @@ class Engine:
                                                               + [0] * (B - len(rows)), np.int32))
         return batch
 
-    def _finish(self, row: _Row, ids: list[int]) -> Completion:
+    def _finish(self, row: Row, ids: list[int]) -> Completion:
         """EOS, the request's own max_tokens and stop strings cut the row's tokens."""
         eos = self.tokenizer.eos_token_id
         reason = "length"
@@ -447,11 +449,11 @@ class Engine:
         held = max((k for s in options.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
         return text[:len(text) - held]
 
-    def _logprobs(self, rows: list[_Row], batch: dict, completions: list[Completion]):
+    def _logprobs(self, rows: list[Row], batch: dict, completions: list[Completion]):
         """Log-probabilities of each row's completion tokens (and the most likely alternatives), by
         one teacher-forced pass over input + completion."""
         B, T = batch["tokens"].shape
-        N = _pow2(max(max(len(c.tokens) for c in completions), 1))
+        N = pow2(max(max(len(c.tokens) for c in completions), 1))
         tokens = np.concatenate([batch["tokens"], np.full((B, N), self.tokenizer.pad_token_id, np.int32)], 1)
         mask = np.concatenate([batch["mask"], np.zeros((B, N), bool)], 1)
         slots = np.concatenate([batch["slots"], np.full((B, N), -1, np.int32)], 1)
@@ -464,7 +466,7 @@ class Engine:
             tokens[b, T + N - n:], mask[b, T + N - n:] = c.tokens, True
         chosen, top_values, top_ids = _score_batch(self.model, self.frozen, {**batch, "tokens": tokens, "mask": mask,
                                                                               "slots": slots}, N)
-        chosen, top_values, top_ids = map(_host, (chosen, top_values, top_ids))
+        chosen, top_values, top_ids = map(to_host, (chosen, top_values, top_ids))
         out = []
         for b, (row, c) in enumerate(zip(rows, completions)):
             n, k = len(c.tokens), row.options.logprobs or 0
@@ -508,7 +510,7 @@ def _fold_keys(seeds: UInt32[Array, "B"], folds: Int[Array, "B"]) -> jax.Array:
     return jax.vmap(lambda s, f: jax.random.fold_in(jax.random.key(s), f))(seeds, folds)
 
 
-def _host(x) -> np.ndarray:
+def to_host(x) -> np.ndarray:
     """A value on this host. One held across several processes' devices (weights sharded over
     processes) is gathered: every process decodes the same requests, so each makes this call."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
@@ -518,11 +520,12 @@ def _host(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def _pow2(n: int) -> int:
+def pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1): the buckets of batch, cache and head sizes."""
     return 1 << max(0, n - 1).bit_length()
 
 
-def _inputs(model, frozen, batch):
+def input_embeds(model, frozen, batch):
     """Embeddings with per-row virtual tokens in place, and each row's positions."""
     embeds = model.embed(frozen, batch["tokens"])
     if batch["virtual"] is not None:
@@ -532,7 +535,7 @@ def _inputs(model, frozen, batch):
 
 @partial(jax.jit, static_argnames=("model", "max_new_tokens", "eos_token_id"))
 def _decode_batch(model, frozen, batch, max_new_tokens, eos_token_id):
-    return generate(model, frozen, _inputs(model, frozen, batch), batch["mask"], max_new_tokens=max_new_tokens,
+    return generate(model, frozen, input_embeds(model, frozen, batch), batch["mask"], max_new_tokens=max_new_tokens,
                     eos_token_id=eos_token_id, prefix=batch["prefix"], adapter=batch["adapter"],
                     start=batch["start"], row_sampling=batch["sampling"])
 
@@ -541,7 +544,7 @@ def _decode_batch(model, frozen, batch, max_new_tokens, eos_token_id):
 def _score_batch(model, frozen, batch, n_last):
     """Log-probabilities of the last `n_last` tokens of each row (and the top alternatives there)."""
     positions = positions_from_mask(batch["mask"], batch["start"])
-    hidden, _ = model.transformer(frozen, _inputs(model, frozen, batch), positions, batch["mask"],
+    hidden, _ = model.transformer(frozen, input_embeds(model, frozen, batch), positions, batch["mask"],
                                   prefix=batch["prefix"], adapter=batch["adapter"])
     logp = jax.nn.log_softmax(model.unembed(frozen, hidden[:, -n_last - 1:-1]), axis=-1)
     chosen = jnp.take_along_axis(logp, batch["tokens"][:, -n_last:, None], axis=-1)[..., 0]

@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxprompt.inference import (MIN_INPUT_TOKENS, MIN_NEW_TOKENS, Completion, Engine, Request, Served, _host,
-                                 _inputs, _pow2, _Row)
+from jaxprompt.inference import (MIN_INPUT_TOKENS, MIN_NEW_TOKENS, Completion, Engine, Request, Row, Served,
+                                 input_embeds, pow2, to_host)
 from jaxprompt.models import Prefix
 from jaxprompt.models.generate import Decoding, RowSampling, decoding_form, emit, filler, prefill, read, sample_rows
 
@@ -55,7 +55,7 @@ class Ticket:
 
     request: Request
     served: Served | None = None
-    row: _Row | None = None
+    row: Row | None = None
     tokens: list[int] = dataclasses.field(default_factory=list)
     completion: Completion | None = None
     error: Exception | None = None
@@ -134,7 +134,7 @@ def _prefill(model, params: dict, batch: dict, S: int) -> Decoding:
     n = batch["tokens"].shape[0]
     per_layer = isinstance(params[model.arch.stack_key], tuple)
     cache = model.init_cache(n, S, jax.tree.leaves(params)[0].dtype, per_layer=per_layer)
-    rows = prefill(model, params, _inputs(model, params, batch), batch["mask"], cache, batch["start"],
+    rows = prefill(model, params, input_embeds(model, params, batch), batch["mask"], cache, batch["start"],
                    batch["prefix"], None)
     return rows.replace(cache=rows.cache.replace(index=jnp.full(n, rows.cache.index)))
 
@@ -286,13 +286,13 @@ class Scheduler:
         self._admitting = taken
         model, params = self._params()
         B, S, P = self._shape()
-        P = max([P] + [_pow2(t.row.head.length) for t in taken if t.row.head is not None])
+        P = max([P] + [pow2(t.row.head.length) for t in taken if t.row.head is not None])
         groups: dict[int, list[Ticket]] = {}  # by virtual-token bucket: each prefill one compiled shape
         for t in taken:
             groups.setdefault(_virtual_bucket(t.row), []).append(t)
         batches = [(g, self.engine._collate([t.row for t in g], heads=P or None)) for g in groups.values()]
         S = max([S] + [_cache_slots(batch, [t.row for t in g]) for g, batch in batches])
-        self._reshape(max(B, _pow2(len(self.running) + len(taken))), S, P)
+        self._reshape(max(B, pow2(len(self.running) + len(taken))), S, P)
         B = self._shape()[0]
         free = iter(b for b in range(B) if b not in self.running)
         for group, batch in batches:
@@ -307,7 +307,7 @@ class Scheduler:
     def _decode(self) -> list[Ticket]:
         model, params = self._params()
         tokens, done, self.slots = _step(model, params, self.slots, self.engine.tokenizer.eos_token_id, self._pad())
-        tokens, done = _host(tokens), _host(done)
+        tokens, done = to_host(tokens), to_host(done)
         ended = []
         for b, t in list(self.running.items()):
             t.tokens.append(int(tokens[b]))
@@ -374,10 +374,10 @@ class Scheduler:
                 continue
             rows.setdefault(_virtual_bucket(row), row)
             if row.head is not None:
-                self.base_heads = max(self.base_heads, _pow2(row.head.length))
+                self.base_heads = max(self.base_heads, pow2(row.head.length))
         model, params = self._params()
         B = 1
-        while B <= _pow2(self.max_batch):
+        while B <= pow2(self.max_batch):
             self.slots = None
             self._reshape(B, BASE_SLOTS, self.base_heads)
             n = 1
@@ -388,7 +388,7 @@ class Scheduler:
                     self.slots = _place(self.slots, fresh, batch["prefix"], batch["sampling"], np.arange(n, dtype=np.int32))
                 n *= 2
             _, _, self.slots = _step(model, params, self.slots, self.engine.tokenizer.eos_token_id, self._pad())
-            if 2 * B <= _pow2(self.max_batch):
+            if 2 * B <= pow2(self.max_batch):
                 self.slots = _resize(_resize(self.slots, 2 * B, BASE_SLOTS, self.base_heads), B, BASE_SLOTS,
                                      self.base_heads)
             B *= 2
@@ -396,11 +396,11 @@ class Scheduler:
         return compiled_programs() - before
 
 
-def _virtual_bucket(row: _Row) -> int:
+def _virtual_bucket(row: Row) -> int:
     """The virtual-token width a prefill of this row is compiled for (0: none)."""
-    return _pow2(max(row.slots) + 1) if max(row.slots, default=-1) >= 0 else 0
+    return pow2(max(row.slots) + 1) if max(row.slots, default=-1) >= 0 else 0
 
 
-def _cache_slots(batch: dict, rows: list[_Row]) -> int:
+def _cache_slots(batch: dict, rows: list[Row]) -> int:
     """Cache slots the rows need: their input bucket and a new-token bucket (as `Engine.complete`)."""
-    return batch["tokens"].shape[1] + max(MIN_NEW_TOKENS, _pow2(max(r.options.max_tokens for r in rows)))
+    return batch["tokens"].shape[1] + max(MIN_NEW_TOKENS, pow2(max(r.options.max_tokens for r in rows)))
