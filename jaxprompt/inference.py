@@ -415,18 +415,25 @@ class Engine:
                                                               + [0] * (B - len(rows)), np.int32))
         return batch
 
-    def _finish(self, row: Row, ids: list[int]) -> Completion:
-        """EOS, the request's own max_tokens and stop strings cut the row's tokens."""
+    def _cut(self, options: Options, ids: list[int]) -> tuple[list[int], str, str, bool]:
+        """The cuts a completion makes of a row's tokens: at EOS, at the request's `max_tokens`, and
+        its text at the first stop string. (ids, text, finish reason, whether a stop string cut)."""
         eos = self.tokenizer.eos_token_id
         reason = "length"
         if eos is not None and eos in ids:
             ids, reason = ids[:ids.index(eos)], "stop"
-        if len(ids) > row.options.max_tokens:
-            ids, reason = ids[:row.options.max_tokens], "length"
+        if len(ids) > options.max_tokens:
+            ids, reason = ids[:options.max_tokens], "length"
         text = self.tokenizer.decode(ids)
-        cuts = [text.index(s) for s in row.options.stop if s and s in text]
+        cuts = [text.index(s) for s in options.stop if s and s in text]
         if cuts:
-            text, reason = text[:min(cuts)], "stop"
+            return ids, text[:min(cuts)], "stop", True
+        return ids, text, reason, False
+
+    def _finish(self, row: Row, ids: list[int]) -> Completion:
+        """EOS, the request's own max_tokens and stop strings cut the row's tokens."""
+        ids, text, reason, stopped = self._cut(row.options, ids)
+        if stopped:
             n = 0  # the tokens whose text lies before the stop string
             while n < len(ids) and len(self.tokenizer.decode(ids[:n + 1])) <= len(text):
                 n += 1
@@ -437,15 +444,12 @@ class Engine:
 
     def streamable(self, options: Options, ids: list[int]) -> str:
         """The text of a row's first tokens that its completion will begin with, whatever comes
-        next: `_finish`'s cuts (EOS, `max_tokens`, a stop string), less a character still being
-        spelled (bytes of it in later tokens) and any end that may be the start of a stop string."""
-        eos = self.tokenizer.eos_token_id
-        if eos is not None and eos in ids:
-            ids = ids[:ids.index(eos)]
-        text = self.tokenizer.decode(ids[:options.max_tokens]).rstrip("\ufffd")
-        cuts = [text.index(s) for s in options.stop if s and s in text]
-        if cuts:
-            return text[:min(cuts)]
+        next: `_cut`'s text, less a character still being spelled (bytes of it in later tokens)
+        and any end that may be the start of a stop string."""
+        _, text, _, stopped = self._cut(options, ids)
+        if stopped:
+            return text
+        text = text.rstrip("\ufffd")
         held = max((k for s in options.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
         return text[:len(text) - held]
 

@@ -169,7 +169,7 @@ class Pending:
     cancelled: bool = False
     tickets: list = dataclasses.field(default_factory=list)  # its rows in the scheduler, once admitted
     updates: asyncio.Queue | None = None  # streamed: (row, its tokens so far) after each step, then None
-    sent: list = dataclasses.field(default_factory=list)  # streamed: tokens of each row pushed so far
+    pushed: list = dataclasses.field(default_factory=list)  # streamed: how many tokens of each row were pushed
 
 
 class Batcher:
@@ -249,10 +249,10 @@ class Batcher:
         """A streamed request's rows that decoded a token this step: their tokens so far."""
         if p.updates is None:
             return
-        p.sent = p.sent or [0] * len(p.tickets)
+        p.pushed = p.pushed or [0] * len(p.tickets)
         for j, t in enumerate(p.tickets):
-            if len(t.tokens) > p.sent[j]:
-                p.sent[j] = len(t.tokens)
+            if len(t.tokens) > p.pushed[j]:
+                p.pushed[j] = len(t.tokens)
                 p.loop.call_soon_threadsafe(p.updates.put_nowait, (j, list(t.tokens)))
 
     @staticmethod
