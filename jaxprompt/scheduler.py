@@ -329,10 +329,18 @@ class Scheduler:
         return B, S, 0 if self.slots.prefix is None else self.slots.prefix.length
 
     def _reshape(self, B: int, S: int, P: int) -> None:
+        """The slots in shape (B, S, P). B moves by factors of two, one `_resize` each, so that
+        every resize a stream of short requests can take is one `warm_up` compiled (B to 2B and
+        back): a jump from 1 to 4 slots, or 16 down to 2, would otherwise compile mid-serving."""
         if self.slots is None:
             self.slots = _empty(self._params()[0], self._params()[1], B, S, P)
-        elif (B, S, P) != self._shape():
-            self.slots = _resize(self.slots, B, S, P)
+            return
+        b, s, p = self._shape()
+        if (S, P) != (s, p):
+            self.slots = _resize(self.slots, b, S, P)
+        while b != B:
+            b = 2 * b if b < B else b // 2
+            self.slots = _resize(self.slots, b, S, P)
 
     def _shrink(self) -> None:
         """Idle: the state is dropped (the next request starts from the base shape); otherwise the
@@ -343,8 +351,7 @@ class Scheduler:
         B, S, P = self._shape()
         while not self.waiting and B > 1 and all(b < B // 2 for b in self.running):
             B //= 2
-        if B != self._shape()[0]:
-            self.slots = _resize(self.slots, B, S, P)
+        self._reshape(B, S, P)
 
     def _params(self):
         if self._decoding is None:

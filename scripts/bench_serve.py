@@ -11,9 +11,12 @@ untimed pass of the work per configuration compiles its input lengths, so the ro
 not compilation (a program compiles in about 6 s on a 2-core CPU; `jaxprompt serve --warmup`
 prints how many it compiled, and in how long). Configurations are timed in interleaved rounds
 (mixed, one-at-a-time, PEFT, repeated), and each figure is the median over rounds: requests/s,
-generated tokens/s, and the p50/p95 latency a client sees (queueing included).
+generated tokens/s, the p50/p95 latency a client sees (queueing included), and the CPU time the
+server process spent per request. The clients are threads of this process, or of several
+(`--client-processes`: on a GPU, 16 client threads in one interpreter can limit the mixed server).
 
     python scripts/bench_serve.py --clients 16 --prompts 1 4 16 --requests 64 --rounds 3
+    python scripts/bench_serve.py --clients 16 --prompts 1 4 16 --requests 64 --rounds 2 --client-processes 4  # GPU
     python scripts/bench_serve.py --clients 2 --prompts 1 --requests 4 --rounds 1 --max-tokens 4   # a check
     python scripts/bench_serve.py --scheduler --prompts 1 16   # the scheduler alone, without HTTP
 """
@@ -30,6 +33,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -91,23 +95,71 @@ def jobs(k: int, n: int, max_tokens: int) -> list[tuple[str, str, int]]:
 
 def drive(send, work, clients: int) -> dict:
     """N clients (threads) working through `work`; per-request latency, wall time, tokens."""
+    start = time.monotonic()
+    latencies, tokens, end = _client_share(send, work, clients, start)
+    return _summary(len(work), latencies, tokens, end - start)
+
+
+def _client_share(send, work, threads: int, start: float) -> tuple[list, list, float]:
+    """`threads` clients working through `work` from time `start` (`time.monotonic`, the same
+    clock in every process): per-request latencies and tokens, and when the last one ended."""
+    if isinstance(send, str):  # a server's address: this process's own client of it
+        send = _senders.setdefault(send, server_sender(send))
+    time.sleep(max(0.0, start - time.monotonic()))
     latencies, tokens = [], []
     lock = threading.Lock()
 
     def one(job):
-        t = time.perf_counter()
+        t = time.monotonic()
         n = send(*job)
         with lock:
-            latencies.append(time.perf_counter() - t)
+            latencies.append(time.monotonic() - t)
             tokens.append(n)
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
+    with ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, work))
-    wall = time.perf_counter() - start
-    latencies.sort()
-    return {"rps": len(work) / wall, "tps": sum(tokens) / wall, "p50": statistics.median(latencies),
+    return latencies, tokens, time.monotonic()
+
+
+_senders: dict = {}  # in a client process: one openai client per server address
+
+
+def _summary(n: int, latencies: list, tokens: list, wall: float) -> dict:
+    latencies = sorted(latencies)
+    return {"rps": n / wall, "tps": sum(tokens) / wall, "p50": statistics.median(latencies),
             "p95": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]}
+
+
+class ClientProcesses:
+    """N clients spread over P processes, each with its own openai client and interpreter lock, as
+    clients on other machines would be: 16 client threads in one Python process share one core's
+    worth of interpreter, which a fast server can outrun."""
+
+    def __init__(self, base: str, processes: int):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.base, self.processes = base, processes
+        self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+
+    def __call__(self, work, clients: int) -> dict:
+        start = time.monotonic() + 0.5  # every process waiting for the same start
+        shares = [work[i::self.processes] for i in range(self.processes)]
+        threads = max(1, clients // self.processes)
+        results = [f.result() for f in [self.pool.submit(_client_share, self.base, share, threads, start)
+                                        for share in shares]]
+        return _summary(len(work), [x for r in results for x in r[0]], [x for r in results for x in r[1]],
+                        max(r[2] for r in results) - start)
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+def process_seconds(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def server_sender(base: str):
@@ -214,6 +266,8 @@ def main() -> None:
     p.add_argument("--prefix-length", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batch-wait-ms", type=float, default=5.0)
+    p.add_argument("--client-processes", type=int, default=1,
+                   help="spread the clients over this many processes (each its own interpreter lock)")
     p.add_argument("--no-peft", action="store_true")
     p.add_argument("--scheduler", action="store_true",
                    help="time the engine's scheduler alone (no HTTP, no clients): mixed against one at a time")
@@ -225,29 +279,44 @@ def main() -> None:
                                    max(args.clients, 1), args.rounds)
         mixed = start_server(args.model, adapters, max(args.clients, 1), args.batch_wait_ms)
         single = start_server(args.model, adapters, 1, 0.0)
+        clients = []
         try:
-            senders = {"mixed batch": server_sender(mixed[1]), "one at a time": server_sender(single[1])}
+            runs = {}  # name -> (work, clients -> figures; server process or None)
+            for name, (proc, base) in (("mixed batch", mixed), ("one at a time", single)):
+                if args.client_processes > 1:
+                    clients.append(ClientProcesses(base, args.client_processes))
+                    runs[name] = (clients[-1], proc)
+                else:
+                    runs[name] = (partial(drive, server_sender(base)), proc)
             if not args.no_peft:
-                senders["PEFT set_adapter"] = peft_sender(args.model, adapters)
+                runs["PEFT set_adapter"] = (partial(drive, peft_sender(args.model, adapters)), None)
             for k in args.prompts:  # beyond the servers' own warm-up: this work's input lengths, every adapter
-                for send in senders.values():
-                    drive(send, jobs(k, args.requests, args.max_tokens), args.clients)
-            print("| K prompts | server | requests/s | tokens/s | p50 latency (s) | p95 latency (s) |")
-            print("|---|---|---|---|---|---|")
+                for run, _ in runs.values():
+                    run(jobs(k, args.requests, args.max_tokens), args.clients)
+            print("| K prompts | server | requests/s | tokens/s | p50 latency (s) | p95 latency (s) | "
+                  "server CPU (ms/request) |")
+            print("|---|---|---|---|---|---|---|")
             for k in args.prompts:
                 work = jobs(k, args.requests, args.max_tokens)
-                results = {name: [] for name in senders}
+                results = {name: [] for name in runs}
                 for _ in range(args.rounds):  # interleaved: every configuration once per round
-                    for name, send in senders.items():
-                        results[name].append(drive(send, work, args.clients))
-                for name, runs in results.items():
-                    m = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-                    print(f"| {k} | {name} | {m['rps']:.2f} | {m['tps']:.1f} | {m['p50']:.3f} | {m['p95']:.3f} |",
-                          flush=True)
-            print(f"\n{args.clients} clients, {args.requests} requests per round, max_tokens {args.max_tokens} (mixed "
-                  f"lengths), prefix length {args.prefix_length}, median of {args.rounds} interleaved rounds; "
-                  f"model {args.model}")
+                    for name, (run, proc) in runs.items():
+                        cpu = process_seconds(proc.pid) if proc else None
+                        figures = run(work, args.clients)
+                        if proc:
+                            figures["cpu"] = 1e3 * (process_seconds(proc.pid) - cpu) / len(work)
+                        results[name].append(figures)
+                for name, rounds in results.items():
+                    m = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+                    cpu = f"{m['cpu']:.2f}" if "cpu" in m else "-"
+                    print(f"| {k} | {name} | {m['rps']:.2f} | {m['tps']:.1f} | {m['p50']:.3f} | {m['p95']:.3f} | "
+                          f"{cpu} |", flush=True)
+            print(f"\n{args.clients} clients in {args.client_processes} process(es), {args.requests} requests per "
+                  f"round, max_tokens {args.max_tokens} (mixed lengths), prefix length {args.prefix_length}, median "
+                  f"of {args.rounds} interleaved rounds; model {args.model}")
         finally:
+            for c in clients:
+                c.close()
             for proc, _ in (mixed, single):
                 proc.terminate()
                 proc.wait()

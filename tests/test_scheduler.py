@@ -103,19 +103,22 @@ def test_errors_are_the_requests_own(engine):
 
 
 def test_after_warm_up_a_mixed_stream_compiles_nothing(engine):
-    s = Scheduler(engine, max_batch=2)
-    assert engine.warm_up(2, scheduler=s) > 0
+    s = Scheduler(engine, max_batch=4)
+    assert engine.warm_up(4, scheduler=s) > 0
     compiled = compiled_programs()
     names = ["soft", "prefix", "infix", "written", "bare"]
     stream = [Engine._warm_up_request(engine.prompts[n]) for n in names]
-    stream = [dataclasses.replace(r, options=Options(max_tokens=1 + (3 * i) % 16, temperature=0.5 * (i % 2), seed=i))
-              for i, r in enumerate(stream * 3)]
-    tickets = []
-    for i, request in enumerate(stream):  # arrivals between steps: 0, 1 or 2 at a time
-        tickets.append(s.submit(request))
-        if i % 3 != 1:
-            s.step()
-    while s.busy:
+    lengths = [16, 2, 2, 2] + [1 + (3 * i) % 16 for i in range(11)]
+    stream = [dataclasses.replace(r, options=Options(max_tokens=m, temperature=0.5 * (i % 2), seed=i))
+              for i, (r, m) in enumerate(zip(stream * 3, lengths))]
+    # arrivals between steps: a long request, then three short ones at once (1 slot grows to 4);
+    # they end while the long one runs on in slot 0 (4 slots shrink to 1); then bursts and lulls
+    arrivals, tickets, slots = iter([1, 3, 0, 0, 0, 0, 2, 0, 1, 3, 0, 2, 1, 1, 1]), [], [0]
+    while len(tickets) < len(stream) or s.busy:
+        for request in stream[len(tickets):len(tickets) + next(arrivals, 1)]:
+            tickets.append(s.submit(request))
         s.step()
+        slots.append(s._shape()[0])
     assert all(t.completion is not None for t in tickets)
+    assert {(1, 4), (4, 1)} <= set(zip(slots, slots[1:])), slots  # the jumps this stream is for
     assert compiled_programs() == compiled
