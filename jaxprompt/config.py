@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from jaxprompt.settings import AT_LEAST_0, AT_LEAST_1, POSITIVE, Range, Settings, SettingError, label, setting
 
@@ -172,19 +172,40 @@ class TrainConfig(Settings):
             raise SettingError(f"--task {','.join(self.tasks)}: a task is named twice")
 
 
-def parse_mesh(spec: str) -> dict[str, int]:
-    """`"data=2,model=4"` -> {"data": 2, "model": 4}; an axis left out has size 1."""
-    sizes = {"data": 1, "model": 1}
-    parts = [p.strip() for p in spec.split(",") if p.strip()]
-    names = [p.partition("=")[0].strip() for p in parts]
-    for part in parts:
+class MeshSpec(NamedTuple):
+    """A device mesh as `--mesh` gives it: `data=A,model=B` or `data=A,fsdp=B` (parallel.py)."""
+
+    data: int
+    model: int  # the second axis: each frozen weight matrix stored split this many ways
+    fsdp: bool  # named `fsdp`: layers gathered where they run, the batch split over every device
+
+    @property
+    def devices(self) -> int:
+        return self.data * self.model
+
+    @property
+    def batch_split(self) -> int:
+        """How many ways the batch is split."""
+        return self.devices if self.fsdp else self.data
+
+    def __str__(self) -> str:
+        return f"data={self.data},{'fsdp' if self.fsdp else 'model'}={self.model}"
+
+
+def parse_mesh(spec: str) -> MeshSpec:
+    """`"data=2,model=4"` -> MeshSpec(2, 4, fsdp=False), `"fsdp=8"` -> MeshSpec(1, 8, fsdp=True); an
+    axis left out has size 1."""
+    bad = ValueError(f"mesh {spec!r} is not data=A,model=B or data=A,fsdp=B with positive integers "
+                     "(e.g. data=2,model=4)")
+    sizes = {}
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
         name, _, value = (x.strip() for x in part.partition("="))
-        if name not in sizes or not value.isdigit() or int(value) < 1 or names.count(name) > 1:
-            raise ValueError(f"mesh {spec!r} is not data=A,model=B with positive integers (e.g. data=2,model=4)")
+        if name not in ("data", "model", "fsdp") or not value.isdigit() or int(value) < 1 or name in sizes:
+            raise bad
         sizes[name] = int(value)
-    if not parts:
-        raise ValueError(f"mesh {spec!r} is not data=A,model=B with positive integers (e.g. data=2,model=4)")
-    return sizes
+    if not sizes or ("model" in sizes and "fsdp" in sizes):
+        raise bad
+    return MeshSpec(sizes.get("data", 1), sizes.get("model", sizes.get("fsdp", 1)), "fsdp" in sizes)
 
 
 def check_mesh(spec: str | None, flag: str = "--mesh") -> None:
@@ -206,8 +227,10 @@ class RunOptions(Settings):
     resume: bool = setting(False, "continue the run in --out from its last checkpoint, with its stored settings")
     overwrite: bool = setting(False, "replace the run in --out as a whole")
     devices: int | None = setting(None, "devices of each process that take part (default: all)", range=AT_LEAST_1)
-    mesh: str | None = setting(None, "shard the frozen weights over a device mesh data=A,model=B: the batch split "
-                                     "A ways, each weight matrix B ways (A x B = every device of every process)",
+    mesh: str | None = setting(None, "shard the frozen weights over a device mesh data=A,model=B (the batch split A "
+                                     "ways, each weight matrix B ways, computed with where it lies) or data=A,fsdp=B "
+                                     "(each layer's weights gathered where it runs, the batch split A x B ways); A x "
+                                     "B = every device of every process",
                                shown_default="data parallel (pmap), the whole model on every device")
     coordinator: str | None = setting(None, "multi-process run: HOST:PORT of process 0, with --num-processes and "
                                             "--process-id",

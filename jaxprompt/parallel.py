@@ -5,10 +5,17 @@ driven by the loop (loop.py). The step itself (train.py) knows nothing of device
   the batch is split, and the gradients are summed by a `psum` passed to the step as its
   `reduce`. The default, and the right choice whenever the frozen model fits one device beside
   its activations.
-- `MeshParallel`: `jax.jit` over a `Mesh(data, model)`. The frozen weights are sharded FSDP-style
-  along `model` (each large matrix split along one axis; XLA gathers a layer's weights when the
-  layer runs), the batch along `data`, the prompt and optimizer state replicated. For models
-  that do not fit one device.
+- `MeshParallel`: `jax.jit` over a `Mesh(data, model)`. The frozen weights are stored split along
+  `model` (each large matrix along one axis), the prompt and optimizer state replicated. For models
+  that do not fit one device, in two layouts:
+  - `data=A,model=B`: the batch split along `data`; XLA's SPMD partitioner computes with the weight
+    shards where they lie and moves activations (all-reduces, all-to-alls), tensor-parallel style.
+  - `data=A,fsdp=B`: each layer's weights gathered where the layer runs and again for the backward
+    pass (FSDP, `models.layers.gathered_layers`), the batch split over every device.
+  Prompt tuning has no weight gradients to scatter, so FSDP's cost is the gathers alone: twice the
+  layers' bytes per step at least, whatever the batch. For a Llama-3.1-8B step on 8 devices the
+  first layout sends 3.3–88 times less at batch 8 and 64 (README, "Scaling out"); `jaxprompt plan`
+  counts both for any step.
 
 Both run across processes after `jax.distributed.initialize()` (distributed.py): every process
 computes the same global batch and places only its own rows (`put_batch`), and reads the
@@ -25,6 +32,7 @@ import numpy as np
 
 from jaxprompt.config import parse_mesh
 from jaxprompt.distributed import host, process_rows
+from jaxprompt.models.layers import gathered_layers
 from jaxprompt.train import LossFn, make_eval_step, make_train_step, vmap_eval_step, vmap_train_step
 
 AXIS = "data"
@@ -62,11 +70,12 @@ class Strategy(Protocol):
 
 
 def make_strategy(mesh: str | None, devices: list, n_layers: int) -> Strategy:
-    """`DataParallel` over `devices`, or with `mesh` ("data=A,model=B") `MeshParallel` over them."""
+    """`DataParallel` over `devices`, or with `mesh` ("data=A,model=B" or "data=A,fsdp=B")
+    `MeshParallel` over them."""
     if mesh is None:
         return DataParallel(devices)
-    sizes = parse_mesh(mesh)
-    return MeshParallel(sizes["data"], sizes["model"], devices, n_layers=n_layers)
+    spec = parse_mesh(mesh)
+    return MeshParallel(spec.data, spec.model, devices, n_layers=n_layers, fsdp=spec.fsdp)
 
 
 # ---- data parallel: pmap ------------------------------------------------------------------------
@@ -178,22 +187,25 @@ def fsdp_spec(shape: tuple[int, ...], model_size: int, n_layers: int) -> jax.sha
 
 
 class MeshParallel:
-    """`jax.jit` over a `Mesh(data, model)`: frozen weights sharded along `model` (FSDP), the batch
-    along `data`, the prompt and optimizer state replicated. The step is the same pure function as
-    on one device; XLA inserts the collectives (gathers of weight shards, sums over the batch).
+    """`jax.jit` over a `Mesh(data, model)`: frozen weights stored split along `model`, the batch
+    along `data` (with `fsdp`, along both, each layer gathered where it runs), the prompt and
+    optimizer state replicated. The step is the same pure function as on one device; XLA inserts
+    the collectives.
 
     The mesh is `devices` in order, `model` the fast axis: a process's devices hold neighbouring
     weight shards (on a GPU node, the gathers stay on its links) and the data axis spans hosts.
     Across processes each process places, and reads, only what its own devices hold.
     """
 
-    def __init__(self, data: int = 1, model: int = 1, devices=None, n_layers: int | None = None):
+    def __init__(self, data: int = 1, model: int = 1, devices=None, n_layers: int | None = None,
+                 fsdp: bool = False):
         devices = list(devices) if devices is not None else jax.devices()
         if data * model != len(devices):
             raise ValueError(f"mesh data={data},model={model} needs {data * model} devices; there are {len(devices)}")
         self.mesh = jax.sharding.Mesh(np.array(devices).reshape(data, model), MESH_AXES)
         self.data, self.model = data, model
         self.n_layers = n_layers
+        self.fsdp = fsdp  # the `model` axis as FSDP: layers gathered where they run, the batch over every device
 
     @property
     def n(self) -> int:
@@ -201,7 +213,23 @@ class MeshParallel:
 
     @property
     def batch_split(self) -> int:
-        return self.data
+        return self.data * self.model if self.fsdp else self.data
+
+    @property
+    def batch_sharding(self) -> jax.sharding.NamedSharding:
+        """Rows split along `data` (and along `model` too under FSDP)."""
+        return self.sharding(MESH_AXES if self.fsdp else "data")
+
+    def _traced(self, step: Callable) -> Callable:
+        """`step`, traced under FSDP with each layer's weights gathered where it runs (`gathered_layers`)."""
+        if not self.fsdp:
+            return step
+
+        def traced(*args):
+            with gathered_layers(self.replicated):
+                return step(*args)
+
+        return traced
 
     def sharding(self, *spec) -> jax.sharding.NamedSharding:
         return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(*spec))
@@ -229,13 +257,13 @@ class MeshParallel:
         along its rows, like one prompt's)."""
         step = make_train_step(loss_fn, optimizer, micro_batches=micro_batches)
         step = vmap_train_step(step) if population else step
-        return jax.jit(step, in_shardings=(self.replicated, None, self.sharding("data")),
+        return jax.jit(self._traced(step), in_shardings=(self.replicated, None, self.batch_sharding),
                        out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
 
     def eval_step(self, loss_fn: LossFn, population: bool = False):
         step = vmap_eval_step(make_eval_step(loss_fn)) if population else make_eval_step(loss_fn)
-        return jax.jit(step, in_shardings=(self.replicated, None, self.sharding("data"),
-                                                              self.replicated), out_shardings=self.replicated)
+        return jax.jit(self._traced(step), in_shardings=(self.replicated, None, self.batch_sharding, self.replicated),
+                       out_shardings=self.replicated)
 
     def put_replicated(self, tree):
         """The same value on every device (every process passes the same value)."""
@@ -256,15 +284,16 @@ class MeshParallel:
     def local_rows(self, batch: dict) -> dict:
         """This process's rows of a global batch: those of the data shards its devices hold, in order."""
         rows = len(next(iter(batch.values())))
-        if rows % self.data:
-            raise ValueError(f"batch size {rows} is not divisible by the data axis ({self.data})")
+        if rows % self.batch_split:
+            raise ValueError(f"batch size {rows} is not divisible by the {'devices' if self.fsdp else 'data axis'} "
+                             f"({self.batch_split})")
         held = sorted({(index[0].start or 0, index[0].stop or rows) for index in
-                       self.sharding("data").addressable_devices_indices_map((rows,)).values()})
+                       self.batch_sharding.addressable_devices_indices_map((rows,)).values()})
         return {k: np.concatenate([np.asarray(v)[a:b] for a, b in held]) for k, v in batch.items()}
 
     def put_batch(self, batch: dict) -> dict:
         local = self.local_rows(batch)
-        return {k: jax.make_array_from_process_local_data(self.sharding("data"), v, np.shape(batch[k]))
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding, v, np.shape(batch[k]))
                 for k, v in local.items()}
 
     @staticmethod

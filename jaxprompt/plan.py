@@ -10,7 +10,11 @@ the plan runs in a subprocess with N virtual CPU devices.
 Temporaries are those of XLA's CPU compiler. For bfloat16 the CPU compiler converts weights to
 float32 around every matmul, which a GPU or TPU does not; a bf16 plan therefore compiles the step in
 float32 and reports those temporaries as an upper bound (activations and gathered weights are at
-most twice their bf16 size).
+most twice their bf16 size), and the bytes its collectives send likewise.
+
+Two layouts of a mesh are planned: `data=A,model=B`, where XLA's partitioner computes with the
+weight shards where they lie, and `data=A,fsdp=B`, each layer gathered where it runs
+(`parallel.MeshParallel`); `sent/step` says which moves less for this step.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import os
 import re
 import subprocess
 import sys
+
+from jaxprompt.config import MeshSpec
 
 UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
          "TIB": 2**40}
@@ -75,6 +81,11 @@ class MemoryPlan:
     method: str = "soft"
     flops: float = 0.0  # this device's FLOPs per step (XLA's cost analysis of the partitioned step)
     collectives: dict = dataclasses.field(default_factory=dict)  # kind -> bytes this device sends per step
+    fsdp: bool = False  # the second axis as FSDP (`fsdp=`), not as XLA chooses (`model=`)
+
+    @property
+    def mesh(self) -> str:
+        return f"data={self.data},{'fsdp' if self.fsdp else 'model'}={self.model_axis}"
 
     def fits(self, device_memory: int | None) -> bool | None:
         return None if device_memory is None else self.total_bytes <= device_memory
@@ -83,14 +94,15 @@ class MemoryPlan:
         temp = human(self.temp_bytes) + (" (upper bound: float32 proxy compile)" if self.temp_upper_bound else "")
         rows = [
             ("model", f"{self.model} ({self.dtype}, frozen weights {human(self.frozen_total_bytes)} in all)"),
-            ("mesh", f"{self.devices} devices: data={self.data}, model={self.model_axis}"),
+            ("mesh", f"{self.devices} devices: {self.mesh}"),
             ("step", self.step_text()),
             ("frozen weights / device", human(self.frozen_bytes)),
             ("prompt + optimizer / device", human(self.prompt_bytes)),
             ("batch / device", human(self.batch_bytes)),
             ("temporaries / device", temp),
             ("total / device", human(self.total_bytes)),
-            ("sent / device / step", self.communication_text()),
+            ("sent / device / step", self.communication_text() + (" (upper bound: float32 proxy compile)"
+                                                                   if self.temp_upper_bound and self.collectives else "")),
             ("how", MEASURED_VS_ESTIMATED),
         ]
         if device_memory is not None:
@@ -122,7 +134,7 @@ def comparison(plans: list[MemoryPlan], device_memory: int | None = None, memory
         header.append(f"fits {memory_label or human(device_memory)}")
     rows = []
     for p in plans:
-        row = [f"data={p.data},model={p.model_axis}", human(p.frozen_bytes), human(p.prompt_bytes),
+        row = [p.mesh, human(p.frozen_bytes), human(p.prompt_bytes),
                human(p.batch_bytes), human(p.temp_bytes), human(p.total_bytes),
                human(sum(p.collectives.values())), f"{p.flops / 1e9:.1f}"]
         if device_memory is not None:
@@ -135,7 +147,8 @@ def comparison(plans: list[MemoryPlan], device_memory: int | None = None, memory
              "device's collectives send per step, counted from the compiled HLO):"]
     notes.append(MEASURED_VS_ESTIMATED)
     if first.temp_upper_bound:
-        notes.append("temporaries are an upper bound (float32 proxy compile, see `jaxprompt.plan`)")
+        notes.append("temporaries and sent/step are upper bounds (float32 proxy compile, see `jaxprompt.plan`): "
+                     "bfloat16 weights and activations move in half the bytes")
     return "\n".join(notes + [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
@@ -176,7 +189,7 @@ def _leaf_bytes(x) -> int:
 
 def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: int, prompt_length: int,
               text_tokens: int, dtype: str, micro_batches: int = 1, remat: bool = False,
-              method: str = "soft") -> MemoryPlan:
+              method: str = "soft", fsdp: bool = False) -> MemoryPlan:
     """The plan of one step of `method` (any of prompts.METHODS), compiled in this process (needs
     `devices` devices)."""
     import jax
@@ -195,9 +208,9 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
     net = Model(config, remat=remat)
     weights_dtype = as_dtype(dtype)
     proxy = weights_dtype == jnp.bfloat16  # see the module docstring
-    mp = MeshParallel(data, model_axis, jax.devices()[:devices], n_layers=config.n_layers)
-    if batch_size % (data * micro_batches):
-        raise ValueError(f"batch size {batch_size} is not divisible by the data axis ({data}) x {micro_batches} "
+    mp = MeshParallel(data, model_axis, jax.devices()[:devices], n_layers=config.n_layers, fsdp=fsdp)
+    if batch_size % (mp.batch_split * micro_batches):
+        raise ValueError(f"batch size {batch_size} is not divisible by {mp.batch_split} ways x {micro_batches} "
                          "micro-batches")
 
     def abstract_frozen(dtype):
@@ -217,7 +230,7 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
     examples = [Encoded([0] * virtual + [1] * text_tokens, list(range(virtual)) + [-1] * text_tokens,
                         min(4, text_tokens)) for _ in range(batch_size)]
     batch = collate(examples, 0, shared_len=virtual)
-    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=mp.sharding("data")), batch)
+    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=mp.batch_sharding), batch)
 
     def compiled(frozen):  # the frozen weights' shardings are those of their shape structs
         step = mp.train_step(prompt_loss(net, method, virtual), optimizer, micro_batches)
@@ -239,7 +252,7 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
                       frozen_bytes, prompt_bytes, batch_bytes, temp, proxy, total,
                       sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(frozen)),
                       micro_batches=micro_batches, remat=remat, method=method_name,
-                      flops=float(cost.get("flops", 0.0)), collectives=collectives)
+                      flops=float(cost.get("flops", 0.0)), collectives=collectives, fsdp=fsdp)
 
 
 # ---- communication, counted from the compiled step's HLO -------------------------------------------
@@ -250,6 +263,9 @@ _SHAPE = re.compile(r"(pred|s8|u8|s16|u16|bf16|f16|s32|u32|f32|s64|u64|f64)\[([0
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
           "s64": 8, "u64": 8, "f64": 8}
 _GROUPS = re.compile(r"replica_groups=\{\{([0-9,]*)\}|replica_groups=\[(\d+),(\d+)\]")
+# newer XLA: `replica_groups=mesh['axis_0'=2,'axis_1'=4], device_ids=(...) {'axis_1'}`, a group
+# being the devices along the braced axes
+_MESH_GROUPS = re.compile(r"replica_groups=mesh\[([^\]]*)\][^{]*\{([^}]*)\}")
 
 
 def _shape_bytes(text: str) -> int:
@@ -295,8 +311,11 @@ def collective_bytes(hlo: str, devices: int) -> dict:
             if not match or name not in runs:
                 continue
             kind, size = match.group(2), _shape_bytes(match.group(1))
-            groups = _GROUPS.search(line)
-            if groups and groups.group(1) is not None:
+            groups, mesh = _GROUPS.search(line), _MESH_GROUPS.search(line)
+            if mesh:
+                axes = {name: int(size) for name, size in re.findall(r"'(\w+)'=(\d+)", mesh.group(1))}
+                n = math.prod(axes[name] for name in re.findall(r"'(\w+)'", mesh.group(2)))
+            elif groups and groups.group(1) is not None:
                 n = len([g for g in groups.group(1).split(",") if g])
             elif groups:
                 n = int(groups.group(3))
@@ -310,17 +329,18 @@ def collective_bytes(hlo: str, devices: int) -> dict:
     return out
 
 
-def plans(model: str, devices: int, meshes: list[tuple[int, int]], batch_size: int, prompt_length: int = 20,
+def plans(model: str, devices: int, meshes: list, batch_size: int, prompt_length: int = 20,
           text_tokens: int = 64, dtype: str = "bfloat16", micro_batches: int = 1, remat: bool = False,
           method: str = "soft") -> list[MemoryPlan]:
-    """One plan per `(data, model)` mesh, compiled on `devices` virtual CPU devices in one subprocess
-    when this process has fewer devices (or another backend)."""
+    """One plan per mesh (a `config.MeshSpec`, or `(data, model)`), compiled on `devices` virtual CPU
+    devices in one subprocess when this process has fewer devices (or another backend)."""
     import jax
 
+    meshes = [MeshSpec(*m, False) if len(m) == 2 else MeshSpec(*m) for m in meshes]
     common = dict(model=model, devices=devices, batch_size=batch_size, prompt_length=prompt_length,
                   text_tokens=text_tokens, dtype=dtype, micro_batches=micro_batches, remat=remat, method=method)
     if jax.default_backend() == "cpu" and jax.device_count() >= devices:
-        return [plan_here(data=d, model_axis=m, **common) for d, m in meshes]
+        return [plan_here(data=m.data, model_axis=m.model, fsdp=m.fsdp, **common) for m in meshes]
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"}
     request = json.dumps({"common": common, "meshes": meshes})
@@ -331,21 +351,28 @@ def plans(model: str, devices: int, meshes: list[tuple[int, int]], batch_size: i
     return [MemoryPlan(**p) for p in json.loads(proc.stdout.strip().splitlines()[-1])]
 
 
-def plan(model: str, devices: int, data: int, model_axis: int, batch_size: int, **options) -> MemoryPlan:
-    return plans(model, devices, [(data, model_axis)], batch_size, **options)[0]
+def plan(model: str, devices: int, data: int, model_axis: int, batch_size: int, fsdp: bool = False,
+         **options) -> MemoryPlan:
+    return plans(model, devices, [MeshSpec(data, model_axis, fsdp)], batch_size, **options)[0]
 
 
-def candidate_meshes(devices: int, batch_size: int) -> list[tuple[int, int]]:
-    """Every (data, model) mesh over all `devices` whose data axis divides the batch, model axis ascending."""
-    return [(devices // m, m) for m in range(1, devices + 1) if devices % m == 0 and batch_size % (devices // m) == 0]
+def candidate_meshes(devices: int, batch_size: int) -> list[MeshSpec]:
+    """Every mesh over all `devices` whose batch split divides the batch: `data=A,model=B`, model
+    axis ascending, then `data=A,fsdp=B` (B > 1) where the batch splits over every device."""
+    divisors = [m for m in range(1, devices + 1) if devices % m == 0]
+    tensor = [MeshSpec(devices // m, m, False) for m in divisors if batch_size % (devices // m) == 0]
+    fsdp = [MeshSpec(devices // m, m, True) for m in divisors if m > 1 and batch_size % devices == 0]
+    return tensor + fsdp
 
 
 def smallest_model_axis(candidates: list[MemoryPlan], device_memory: int) -> MemoryPlan | None:
-    """The plan with the smallest model axis whose step fits `device_memory`."""
-    return next((p for p in sorted(candidates, key=lambda p: p.model_axis) if p.fits(device_memory)), None)
+    """The plan with the smallest model axis whose step fits `device_memory` (of two layouts with
+    that axis, the one that sends less)."""
+    fitting = [p for p in candidates if p.fits(device_memory)]
+    return min(fitting, key=lambda p: (p.model_axis, sum(p.collectives.values())), default=None)
 
 
 if __name__ == "__main__":  # the subprocess side of `plans`
     request = json.loads(sys.argv[1])
-    print(json.dumps([dataclasses.asdict(plan_here(data=d, model_axis=m, **request["common"]))
-                      for d, m in request["meshes"]]))
+    print(json.dumps([dataclasses.asdict(plan_here(data=d, model_axis=m, fsdp=f, **request["common"]))
+                      for d, m, f in request["meshes"]]))

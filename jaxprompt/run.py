@@ -103,12 +103,11 @@ def _devices(options: RunOptions, data: DataConfig) -> list:
     have = f"{len(devices)} device(s)" + (f" ({processes} processes x {len(devices) // processes})"
                                           if processes > 1 else "")
     if options.mesh is not None:
-        sizes = parse_mesh(options.mesh)
-        if sizes["data"] * sizes["model"] != len(devices):
-            raise SettingError(f"--mesh {options.mesh} needs {sizes['data'] * sizes['model']} devices; this run "
-                               f"has {have}")
-        split = sizes["data"]
-        ways = f"the data axis ({split})"
+        mesh = parse_mesh(options.mesh)
+        if mesh.devices != len(devices):
+            raise SettingError(f"--mesh {options.mesh} needs {mesh.devices} devices; this run has {have}")
+        split = mesh.batch_split
+        ways = f"the devices ({split})" if mesh.fsdp else f"the data axis ({split})"
     else:
         split, ways = len(devices), have
     if data.batch_size % (split * data.accumulate):

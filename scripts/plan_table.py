@@ -3,6 +3,7 @@ device and on every mesh of 8 devices, against 80 GB and 16 GB devices.
 
     python scripts/plan_table.py                    # the README's table (about 5 minutes on a 2-core CPU)
     python scripts/plan_table.py --every-preset     # every preset on 8 devices, model=8 (a check that all plan)
+    python scripts/plan_table.py --layouts          # Llama-3.1-8B: XLA's layout against FSDP, batch 8 and 64
 
 Nothing is allocated: each step is compiled on abstract arrays (jaxprompt/plan.py), for 8 devices
 on 8 virtual CPU devices. The markdown goes to stdout (and to --markdown); how long each model's
@@ -34,16 +35,16 @@ def readme_table() -> str:
     for name in MODELS:
         t0 = time.perf_counter()
         one = plans(name, 1, [(1, 1)], **STEP)
-        eight = plans(name, 8, candidate_meshes(8, STEP["batch_size"]), **STEP)
+        eight = plans(name, 8, [m for m in candidate_meshes(8, STEP["batch_size"]) if not m.fsdp], **STEP)
         print(f"{name}: {len(one) + len(eight)} plans in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         for p in one + eight:
-            rows.append([f"`{name}`", str(p.devices), f"data={p.data},model={p.model_axis}", human(p.frozen_bytes),
+            rows.append([f"`{name}`", str(p.devices), p.mesh, human(p.frozen_bytes),
                          human(p.prompt_bytes), human(p.temp_bytes), f"**{human(p.total_bytes)}**",
                          *["yes" if p.fits(m) else "no" for m in MEMORY.values()]])
         for label, memory in MEMORY.items():
             best = smallest_model_axis(eight, memory)
             smallest.append(f"- `{name}`, 8 devices of {label}: " +
-                            (f"`--mesh data={best.data},model={best.model_axis}`" if best else "no mesh fits"))
+                            (f"`--mesh {best.mesh}`" if best else "no mesh fits"))
     note = (f"Batch {STEP['batch_size']}, a soft prompt of {STEP['prompt_length']} vectors, {STEP['text_tokens']} "
             f"text tokens per example, weights in {STEP['dtype']}; bytes per device. Temporaries are an upper bound "
             "(compiled in float32, see `jaxprompt/plan.py`).")
@@ -64,12 +65,39 @@ def every_preset() -> str:
                       *map(_row, rows)])
 
 
+def layouts(model: str = "meta-llama/Llama-3.1-8B", batches=(8, 64)) -> str:
+    """The two layouts of each 8-device mesh (`model=`: XLA computes with the shards where they lie,
+    also with --remat; `fsdp=`: each layer gathered where it runs), by the bytes each device sends."""
+    header = ["batch", "mesh", "remat", "sent / device / step", "by collective", "GFLOP / device", "temporaries",
+              "total / device"]
+    rows = []
+    step = {**STEP, "batch_size": None}
+    for batch in batches:
+        step["batch_size"] = batch
+        for data, axis in ((4, 2), (2, 4), (1, 8)):
+            t0 = time.perf_counter()
+            found = [*plans(model, 8, [(data, axis, False)], **step), *plans(model, 8, [(data, axis, False)],
+                                                                          remat=True, **step),
+                     *plans(model, 8, [(data, axis, True)], **step)]
+            print(f"batch {batch}, {data}x{axis}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+            for p in found:
+                kinds = ", ".join(f"{kind} {human(n)}" for kind, n in sorted(p.collectives.items()))
+                rows.append([str(batch), f"`{p.mesh}`", "yes" if p.remat or p.fsdp else "no",
+                             f"**{human(sum(p.collectives.values()))}**", kinds, f"{p.flops / 1e9:.0f}",
+                             human(p.temp_bytes), human(p.total_bytes)])
+    note = (f"`{model}`, a soft prompt of {STEP['prompt_length']} vectors, {STEP['text_tokens']} text tokens per "
+            f"example, weights in {STEP['dtype']}, 8 devices. Bytes and temporaries are upper bounds (compiled in "
+            "float32, see `jaxprompt/plan.py`): bfloat16 moves half the bytes.")
+    return "\n".join([note, "", _row(header), _row(["---"] * len(header)), *map(_row, rows)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--every-preset", action="store_true", help="every preset on 8 devices, model=8")
+    parser.add_argument("--layouts", action="store_true", help="Llama-3.1-8B: XLA's layout against FSDP")
     parser.add_argument("--markdown", help="also write the markdown here")
     args = parser.parse_args()
-    text = every_preset() if args.every_preset else readme_table()
+    text = every_preset() if args.every_preset else layouts() if args.layouts else readme_table()
     print(text)
     if args.markdown:
         with open(args.markdown, "w") as f:

@@ -288,7 +288,8 @@ def bad_inputs(trained_run, tiny_model_dir, tmp_path_factory):
          "--lr 0.2 differs from the stored 0.05"),
         ("resume nothing", ["--resume"], "nothing to resume in"),
         ("resume overwrite", ["--resume", "--overwrite"], "--resume and --overwrite exclude each other"),
-        ("mesh text", ["--mesh", "data=two"], "--mesh: mesh 'data=two' is not data=A,model=B with positive integers"),
+        ("mesh text", ["--mesh", "data=two"],
+         "--mesh: mesh 'data=two' is not data=A,model=B or data=A,fsdp=B with positive integers"),
         ("mesh size", ["--mesh", "data=2,model=4"], "--mesh data=2,model=4 needs 8 devices; this run has 1 device(s)"),
         ("coordinator alone", ["--coordinator", "127.0.0.1:1234"], "a multi-process run needs all of --coordinator"),
         ("coordinator port", ["--coordinator", "node0", "--num-processes", "2", "--process-id", "0"],
@@ -306,6 +307,8 @@ def bad_inputs(trained_run, tiny_model_dir, tmp_path_factory):
         ("devices 0", ["--devices", "0"], "--devices 0: must be an integer in [1, 1024]"),
         ("batch", ["--devices", "4", "--mesh", "data=4", "--batch-size", "6"],
          "--batch-size 6 is not divisible by the data axis (4) x --accumulate 1"),
+        ("fsdp batch", ["--devices", "4", "--mesh", "data=2,fsdp=2", "--batch-size", "6"],
+         "--batch-size 6 is not divisible by the devices (4) x --accumulate 1"),
         ("dtype", ["--dtype", "int8"], "--dtype 'int8': must be one of float32, bfloat16, float16"),
         ("missing model", ["--model", str(d / "nothing")], "is not a checkpoint directory"),
         ("unknown model", ["--model", "no-such-org/no-such-model"],
@@ -395,7 +398,7 @@ BAD_INPUTS = [
     "generate bad JSON", "inspect top -1", "eval examples 0",
     "eval json dir", "eval json full", "export to a file", "not a run", "sweep trial fails",
     "mesh text", "mesh size", "coordinator alone", "coordinator port", "process-id", "plan mesh devices",
-    "plan mesh text", "plan device-memory", "plan devices 0", "plan batch", "plan dtype", "plan missing model",
+    "plan mesh text", "plan device-memory", "plan devices 0", "plan batch", "plan fsdp batch", "plan dtype", "plan missing model",
     "plan unknown model",
 ]
 
@@ -471,7 +474,8 @@ def test_plan_on_a_preset_over_eight_devices(capsys):
                  "--batch-size", "8", "--dtype", "bfloat16"]) == 0
     out = capsys.readouterr().out
     assert f"frozen weights {human(8_030_261_248 * 2)} in all" in _row(out, "model")
-    assert _row(out, "mesh").endswith("8 devices: data=2, model=4")
+    assert _row(out, "mesh").endswith("8 devices: data=2,model=4")
+    assert _row(out, "sent / device / step").endswith("(upper bound: float32 proxy compile)")
     assert _row(out, "frozen weights / device").split()[-2:] == human(8_030_261_248 * 2 / 4).split()
     assert "upper bound" in _row(out, "temporaries / device")
 

@@ -1,6 +1,6 @@
 """Both strategies train, through `fit`, the prompt one device trains: pmap over 1, 2, 4 and 8
 devices (with or without micro-batches), and frozen weights sharded over meshes 1x8, 2x4 and 8x1,
-loaded straight into shards. One subprocess with 8 forced CPU devices."""
+loaded straight into shards, computed with where they lie or gathered layer by layer (FSDP). One subprocess with 8 forced CPU devices."""
 
 from __future__ import annotations
 
@@ -85,12 +85,13 @@ SCRIPT = textwrap.dedent("""
     TensorSource.get = counting_get
 
     results = {{}}
-    for data, model_axis, micro in ((1, 8, 1), (2, 4, 1), (8, 1, 1), (2, 4, 2)):
-        mp = MeshParallel(data, model_axis, n_layers=config.n_layers)
+    for data, model_axis, micro, fsdp in ((1, 8, 1, False), (2, 4, 1, False), (8, 1, 1, False), (2, 4, 2, False),
+                                          (1, 8, 1, True), (2, 4, 1, True)):
+        mp = MeshParallel(data, model_axis, n_layers=config.n_layers, fsdp=fsdp)
         read.clear()
         _, frozen_m = load_pretrained(checkpoint, shardings=mp.frozen_shardings)
         jax.tree.map(np.testing.assert_array_equal, frozen_m, frozen)
-        if model_axis == 8:  # 8 slices per sharded tensor, each an eighth of it
+        if model_axis == 8 and not fsdp:  # 8 slices per sharded tensor, each an eighth of it
             biggest = max(n for _, n in read)
             assert biggest <= frozen["wte"]["embedding"].nbytes // 8, biggest
             total = sum(x.nbytes for x in jax.tree.leaves(frozen))
@@ -99,7 +100,9 @@ SCRIPT = textwrap.dedent("""
                            if sh.device == device)
                 assert abs(held / total - 1 / 8) < 0.01 / 8, (device, held / total)
             print("frozen bytes per device", held, "of", total, f"= 1/{{total / held:.4f}}")
-        results[f"mesh {{data}}x{{model_axis}}, {{micro}} micro-batch(es)"] = train(frozen_m, micro, strategy=mp)
+        layout = "fsdp" if fsdp else "model"
+        results[f"mesh data={{data}},{{layout}}={{model_axis}}, {{micro}} micro-batch(es)"] = train(frozen_m, micro,
+                                                                                                  strategy=mp)
     results["pmap 8"] = train(frozen, devices=jax.devices())
     for name, (losses, prompt_after) in results.items():
         print(name, "max loss diff", float(np.abs(losses - ref_losses).max()),
@@ -114,7 +117,7 @@ SCRIPT = textwrap.dedent("""
 
 def test_every_strategy_trains_like_one_device():
     """pmap over 2 and 4 devices (and micro-batches) equals 1 device for soft and prefix prompts
-    under Adam; meshes 1x8, 2x4 (also with micro-batches), 8x1 and pmap over 8 give the same
+    under Adam; meshes 1x8, 2x4 (also with micro-batches), 8x1, FSDP over 1x8 and 2x4, and pmap over 8 give the same
     losses and prompt after 5 SGD steps as one device; with model=8 every device holds 1/8 of the
     frozen bytes, loaded by slices."""
     env = {**os.environ, "XLA_FLAGS": f"{FAST_COMPILE} --xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
@@ -149,9 +152,11 @@ def test_every_preset_splits_evenly_over_eight_model_shards():
 
 
 def test_mesh_settings_are_checked():
-    assert parse_mesh("data=2,model=4") == {"data": 2, "model": 4} and parse_mesh("model=8") == {"data": 1, "model": 8}
-    for bad in ("data=0", "data=2,data=2", "pipeline=2", "data=two", ""):
-        with pytest.raises(ValueError, match="is not data=A,model=B"):
+    assert parse_mesh("data=2,model=4") == (2, 4, False) and parse_mesh("model=8") == (1, 8, False)
+    assert parse_mesh("data=2,fsdp=4") == (2, 4, True) and str(parse_mesh("fsdp=8")) == "data=1,fsdp=8"
+    assert parse_mesh("data=2,fsdp=4").batch_split == 8 and parse_mesh("data=2,model=4").batch_split == 2
+    for bad in ("data=0", "data=2,data=2", "pipeline=2", "data=two", "", "model=2,fsdp=2"):
+        with pytest.raises(ValueError, match="is not data=A,model=B or data=A,fsdp=B"):
             parse_mesh(bad)
     with pytest.raises(ValueError, match="mesh data=2,model=1 needs 2 devices; there are 1"):
         MeshParallel(2, 1)

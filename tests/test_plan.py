@@ -11,7 +11,10 @@ import sys
 import jax
 import pytest
 
-from jaxprompt.plan import candidate_meshes, model_config, parse_bytes, plan, plans, smallest_model_axis
+from conftest import tiny_config
+from jaxprompt.models import Model
+from jaxprompt.plan import (candidate_meshes, collective_bytes, model_config, parse_bytes, plan, plans,
+                            smallest_model_axis)
 
 
 def test_parse_bytes():
@@ -72,7 +75,9 @@ def test_smallest_model_axis_that_fits():
     """Pythia-70m (weights dominate a short batch) on 4 devices: each doubling of the model axis saves
     memory; the search returns the smallest axis within budget, or none."""
     meshes = candidate_meshes(4, batch_size=8)
-    assert meshes == [(4, 1), (2, 2), (1, 4)]
+    assert meshes == [(4, 1, False), (2, 2, False), (1, 4, False), (2, 2, True), (1, 4, True)]
+    assert candidate_meshes(4, batch_size=2) == [(2, 2, False), (1, 4, False)]  # FSDP splits the batch 4 ways
+    meshes = [m for m in meshes if not m.fsdp]
     found = plans("EleutherAI/pythia-70m", 4, meshes, batch_size=8, prompt_length=4, text_tokens=8, dtype="float32")
     by_axis = {p.model_axis: p for p in found}
     assert by_axis[1].total_bytes > by_axis[2].total_bytes > by_axis[4].total_bytes
@@ -98,7 +103,8 @@ def test_every_method_is_planned(tiny_model_dir, method, prompt_floats):
 
 def test_flops_are_an_even_share_and_data_parallel_sends_the_gradient(tiny_model_dir):
     """On 8 (virtual) devices every mesh gives each device about 1/8 of the one-device step's FLOPs
-    (within 1.3x), and with the batch split 8 ways (weights replicated) the only traffic is
+    (within 1.3x; FSDP's of the rematerialised step, each layer's weights gathered at least forward
+    and backward), and with the batch split 8 ways (weights replicated) the only traffic is
     all-reduces, counted by hand at 2 x (n-1)/n x their bytes per device: the prompt's gradient, the
     loss and the token count (P x E + 2 float32), and the shared head, which the step computes once
     from the batch's first row (one device holds it) and sends to every device: its keys and values
@@ -106,12 +112,46 @@ def test_flops_are_an_even_share_and_data_parallel_sends_the_gradient(tiny_model
     common = dict(batch_size=16, prompt_length=4, text_tokens=8, dtype="float32")
     one = plan(tiny_model_dir, 1, 1, 1, **common)
     meshes = [(8, 1), (4, 2), (2, 4), (1, 8)]
-    found = plans(tiny_model_dir, 8, meshes, **common)
+    found = plans(tiny_model_dir, 8, meshes + [(2, 4, True), (1, 8, True)], **common)
+    fsdp, found = found[len(meshes):], found[:len(meshes)]
     for p in found:
         assert p.flops * 8 / one.flops < 1.3, (p.data, p.model_axis, p.flops * 8 / one.flops)
+    # FSDP rematerialises each layer (its weights gathered again for the backward pass): an even
+    # share of the rematerialised step, and every layer's weight shards gathered at least twice
+    one_remat = plan(tiny_model_dir, 1, 1, 1, remat=True, **common)
+    model = Model(tiny_config())
+    layers = sum(x.size * 4 for x in jax.tree.leaves(model.param_shapes()[model.arch.stack_key]))
+    for p in fsdp:
+        n = p.model_axis
+        assert p.flops * 8 / one_remat.flops < 1.3, (p.mesh, p.flops * 8 / one_remat.flops)
+        assert p.collectives["all-gather"] >= 2 * (n - 1) / n * layers, (p.mesh, p.collectives, layers)
     data_parallel = found[0]
     P, E, L, H, K = 4, 32, 2, 4, 8  # tiny_config(): the prompt, the model's width, layers, heads, head width
     gradient, head = P * E * 4 + 2 * 4, 2 * L * P * H * K * 4 + P + 2 * P * 4
     assert set(data_parallel.collectives) == {"all-reduce"}, data_parallel.collectives
     sent, expected = data_parallel.collectives["all-reduce"], 2 * 7 / 8 * (gradient + head)
     assert expected - 2 <= sent <= expected + 2 * 7 / 8 * 4 * 4, (sent, expected)  # rounding, <= 4 more scalars
+
+
+HLO = """HloModule step
+
+%layer (p: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %ag = f32[1,4096,1024]{2,0,1} all-gather(%x), channel_id=2, replica_groups=mesh['axis_0'=1,'axis_1'=2,'axis_2'=1,'axis_3'=4], device_ids=([4,2]T(1,0)) {'axis_1'}, dimensions={1}, use_global_device_ids=true
+}
+
+ENTRY %main (a: f32[4]) -> f32[4] {
+  %w = (s32[], f32[4]) while(%t), condition=%cond, body=%layer, backend_config={"known_trip_count":{"n":"32"}}
+  %ar = f32[20,4096]{1,0} all-reduce(%g), channel_id=5, replica_groups=mesh['axis_0'=8,'axis_1'=1] {'axis_0'}, use_global_device_ids=true, to_apply=%add
+  %ar2 = f32[8]{0} all-reduce(%h), replica_groups=[4,2]<=[8], to_apply=%add
+  %ag2 = f32[16]{0} all-gather(%k), replica_groups={{0,1,2,3}}, dimensions={0}
+}
+"""
+
+
+def test_collective_bytes_reads_each_way_xla_writes_its_groups():
+    """Groups as device lists, as iota shapes, and as named mesh axes (newer XLA: a group is the
+    devices along the braced axes, here 2 of 8): each op's bytes by hand, a loop's by its trips.
+    Reading the mesh form as all 8 devices once counted an FSDP gather over 2 devices at 7/8."""
+    found = collective_bytes(HLO, 8)
+    assert found == {"all-gather": int(4096 * 1024 * 4 * (1 / 2) * 32) + int(16 * 4 * 3 / 4),
+                     "all-reduce": int(20 * 4096 * 4 * 2 * 7 / 8) + int(8 * 4 * 2 * 1 / 2)}, found

@@ -17,7 +17,7 @@ class PlanOptions(Settings):
 
     devices: int = setting(1, "devices to plan for (the step is compiled for as many virtual CPU devices: they "
                               "need not exist here)", range=Range(1, 1024))
-    mesh: str | None = setting(None, "the mesh data=A,model=B to plan (A x B = --devices)",
+    mesh: str | None = setting(None, "the mesh data=A,model=B or data=A,fsdp=B to plan (A x B = --devices)",
                                shown_default="every mesh whose data axis divides the batch")
     device_memory: str | None = setting(None, "memory of one device, e.g. 80GB or 16GiB: whether the step fits, and "
                                               "the smallest model axis that does")
@@ -25,11 +25,9 @@ class PlanOptions(Settings):
 
     def check(self) -> None:
         check_mesh(self.mesh)
-        if self.mesh is not None:
-            sizes = parse_mesh(self.mesh)
-            if sizes["data"] * sizes["model"] != self.devices:
-                raise SettingError(f"--mesh {self.mesh} has {sizes['data'] * sizes['model']} devices; --devices is "
-                                   f"{self.devices}")
+        if self.mesh is not None and parse_mesh(self.mesh).devices != self.devices:
+            raise SettingError(f"--mesh {self.mesh} has {parse_mesh(self.mesh).devices} devices; --devices is "
+                               f"{self.devices}")
         if self.device_memory is not None:
             try:
                 parse_bytes(self.device_memory)
@@ -51,11 +49,10 @@ def cmd_plan(args) -> int:
     memory = parse_bytes(opts.device_memory) if opts.device_memory is not None else None
     meshes = candidate_meshes(opts.devices, batch // micro)  # data axes that split every micro-batch evenly
     if opts.mesh is not None:
-        sizes = parse_mesh(opts.mesh)
-        chosen = (sizes["data"], sizes["model"])
-        if chosen not in meshes:
-            raise CLIError(f"--batch-size {batch} is not divisible by the data axis ({chosen[0]}) x --accumulate "
-                           f"{micro}")
+        chosen = parse_mesh(opts.mesh)
+        if batch % (chosen.batch_split * micro):
+            raise CLIError(f"--batch-size {batch} is not divisible by the {'devices' if chosen.fsdp else 'data axis'} "
+                           f"({chosen.batch_split}) x --accumulate {micro}")
         wanted = [chosen] + ([m for m in meshes if m != chosen] if memory is not None else [])
     else:
         wanted = meshes
@@ -68,10 +65,10 @@ def cmd_plan(args) -> int:
         if best is None:
             least = min(found, key=lambda p: p.total_bytes)
             print(f"\nno mesh over {opts.devices} device(s) fits {opts.device_memory} per device; the least memory, "
-                  f"{human(least.total_bytes)}, is data={least.data},model={least.model_axis}")
+                  f"{human(least.total_bytes)}, is {least.mesh}")
         else:
-            print(f"\nsmallest model axis that fits {opts.device_memory} per device: --mesh data={best.data},"
-                  f"model={best.model_axis} ({human(best.total_bytes)} per device)")
+            print(f"\nsmallest model axis that fits {opts.device_memory} per device: --mesh {best.mesh} "
+                  f"({human(best.total_bytes)} per device)")
     return 0
 
 
