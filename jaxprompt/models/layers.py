@@ -429,9 +429,10 @@ def gathered_layers(sharding):
     """While a step is traced inside this context, each layer's weights are constrained to
     `sharding` (whole on every device) where the scan runs the layer: fully sharded data parallel
     (ZeRO-3, Rajbhandari et al. 2020), each layer gathered just before it runs and, in the backward
-    pass, gathered again rather than kept: the layer is rematerialised. Without remat, whatever the
-    backward pass keeps of a gathered layer (a cast, a transpose) is kept for every layer: 57 GiB of
-    temporaries per device for a Llama-3.1-8B step on 8 devices, against 4.6 GiB with it
+    pass, gathered again rather than kept: the layer is rematerialised. Recomputing the gathered
+    weights alone (a checkpoint policy) was not enough: what the backward pass derives from them (a
+    cast, a transpose) was then kept for every layer, 57 GiB of temporaries per device for a
+    Llama-3.1-8B step on 8 devices, against 4.6 GiB with the whole layer rematerialised
     (`jaxprompt plan`, float32 proxy). Without this context, XLA's partitioner computes with the
     weight shards where they lie and moves activations instead. A context read at trace time, as
     Flax's logical axis rules are: the model's functions take no device arguments."""
