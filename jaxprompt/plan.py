@@ -336,7 +336,7 @@ def plans(model: str, devices: int, meshes: list, batch_size: int, prompt_length
     devices in one subprocess when this process has fewer devices (or another backend)."""
     import jax
 
-    meshes = [MeshSpec(*m, False) if len(m) == 2 else MeshSpec(*m) for m in meshes]
+    meshes = [_mesh_spec(m) for m in meshes]
     common = dict(model=model, devices=devices, batch_size=batch_size, prompt_length=prompt_length,
                   text_tokens=text_tokens, dtype=dtype, micro_batches=micro_batches, remat=remat, method=method)
     if jax.default_backend() == "cpu" and jax.device_count() >= devices:
@@ -349,6 +349,11 @@ def plans(model: str, devices: int, meshes: list, batch_size: int, prompt_length
         lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
         raise RuntimeError(f"planning failed: {lines[-1] if lines else 'no output'}")
     return [MemoryPlan(**p) for p in json.loads(proc.stdout.strip().splitlines()[-1])]
+
+
+def _mesh_spec(mesh) -> MeshSpec:
+    """A `MeshSpec` from itself, `(data, model)` or `(data, model, fsdp)`."""
+    return MeshSpec(*mesh, False) if len(mesh) == 2 else MeshSpec(*mesh)
 
 
 def plan(model: str, devices: int, data: int, model_axis: int, batch_size: int, fsdp: bool = False,
@@ -374,5 +379,5 @@ def smallest_model_axis(candidates: list[MemoryPlan], device_memory: int) -> Mem
 
 if __name__ == "__main__":  # the subprocess side of `plans`
     request = json.loads(sys.argv[1])
-    print(json.dumps([dataclasses.asdict(plan_here(data=d, model_axis=m, fsdp=f, **request["common"]))
-                      for d, m, f in request["meshes"]]))
+    print(json.dumps([dataclasses.asdict(plan_here(data=m.data, model_axis=m.model, fsdp=m.fsdp, **request["common"]))
+                      for m in map(_mesh_spec, request["meshes"])]))

@@ -14,9 +14,12 @@ shrinks the layers (for developing this script).
 Each phase runs `jaxprompt ...` as a subprocess; its peak RSS is the child's own (os.wait4). The
 budget of a phase is
 
-    bf16 weight bytes + 1.5 GB + plan's total for the step (`jaxprompt.plan`, soft prompt)
+    bf16 weight bytes + 1.5 GB + plan's step beyond the weights (`jaxprompt.plan`, soft prompt)
 
-(the weights once, the runtime and loader, and what XLA's buffer assignment says one step needs).
+(the weights once, the runtime and loader, and what XLA's buffer assignment says one step needs
+besides the weights: prompt and optimizer state, batch, temporaries). The plan's total holds the
+weights too; an earlier version added that total, counting the weights twice (6.83 GB instead of
+4.36 for the 1B shape).
 The breakdown phase times, in one process: load (GB/s, against a plain read of the same shard
 files), fingerprint (first and remembered), compile, steps, evaluation and generation. It runs
 unchanged on a GPU (the budget is then for host memory only).
@@ -144,14 +147,16 @@ def jaxprompt(*args) -> list[str]:
     return [sys.executable, "-m", "jaxprompt", *map(str, args)]
 
 
-def plan_total(model_dir: str) -> int:
-    """Bytes `jaxprompt.plan` predicts for one soft-prompt step on one device."""
+def plan_step_bytes(model_dir: str) -> int:
+    """Bytes `jaxprompt.plan` predicts one soft-prompt step needs on one device beside the frozen
+    weights (its total less the weights)."""
     request = {"common": dict(model=model_dir, devices=1, batch_size=STEP["batch_size"],
                               prompt_length=STEP["prompt_length"], text_tokens=TEXT_TOKENS, dtype="bfloat16",
                               method="soft"), "meshes": [[1, 1]]}
     out = subprocess.run([sys.executable, "-m", "jaxprompt.plan", json.dumps(request)], capture_output=True,
                          text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])[0]["total_bytes"]
+    found = json.loads(out.strip().splitlines()[-1])[0]
+    return found["total_bytes"] - found["frozen_bytes"]
 
 
 def breakdown(model_dir: str) -> dict:
@@ -263,9 +268,10 @@ def main() -> int:
     weight_bytes = (json.load(open(os.path.join(model_dir, "model.safetensors.index.json")))["metadata"]["total_size"]
                     if os.path.isfile(os.path.join(model_dir, "config.json")) else build_checkpoint(model_dir, args.shape))
     print(f"checkpoint {model_dir}: {weight_bytes / GB:.2f} GB bf16 ({time.perf_counter() - t:.0f} s to build or read)")
-    step_bytes = plan_total(model_dir)
+    step_bytes = plan_step_bytes(model_dir)
     budget = weight_bytes + 1.5 * GB + step_bytes
-    print(f"budget per phase: bf16 weights {weight_bytes / GB:.2f} GB + 1.5 GB + plan's step {step_bytes / GB:.2f} GB "
+    print(f"budget per phase: bf16 weights {weight_bytes / GB:.2f} GB + 1.5 GB + plan's step beyond the weights "
+          f"{step_bytes / GB:.2f} GB "
           f"= {budget / GB:.2f} GB", flush=True)
     log: list = []
     common = ["--model", model_dir, "--dtype", "bfloat16", "--steps", STEP["steps"], "--batch-size",
