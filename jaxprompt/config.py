@@ -188,6 +188,11 @@ class MeshSpec(NamedTuple):
         """How many ways the batch is split."""
         return self.devices if self.fsdp else self.data
 
+    @property
+    def split_text(self) -> str:
+        """What splits the batch, for messages: "the data axis (2)", "the devices (8)"."""
+        return f"the {'devices' if self.fsdp else 'data axis'} ({self.batch_split})"
+
     def __str__(self) -> str:
         return f"data={self.data},{'fsdp' if self.fsdp else 'model'}={self.model}"
 

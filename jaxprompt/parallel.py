@@ -30,7 +30,7 @@ from typing import Callable, Protocol
 import jax
 import numpy as np
 
-from jaxprompt.config import parse_mesh
+from jaxprompt.config import MeshSpec, parse_mesh
 from jaxprompt.distributed import host, process_rows
 from jaxprompt.models.layers import gathered_layers
 from jaxprompt.train import LossFn, make_eval_step, make_train_step, vmap_eval_step, vmap_train_step
@@ -205,7 +205,7 @@ class MeshParallel:
         self.mesh = jax.sharding.Mesh(np.array(devices).reshape(data, model), MESH_AXES)
         self.data, self.model = data, model
         self.n_layers = n_layers
-        self.fsdp = fsdp  # the `model` axis as FSDP: layers gathered where they run, the batch over every device
+        self.spec = MeshSpec(data, model, fsdp)  # with fsdp, layers gathered where they run, the batch over every device
 
     @property
     def n(self) -> int:
@@ -213,16 +213,16 @@ class MeshParallel:
 
     @property
     def batch_split(self) -> int:
-        return self.data * self.model if self.fsdp else self.data
+        return self.spec.batch_split
 
     @property
     def batch_sharding(self) -> jax.sharding.NamedSharding:
         """Rows split along `data` (and along `model` too under FSDP)."""
-        return self.sharding(MESH_AXES if self.fsdp else "data")
+        return self.sharding(MESH_AXES if self.spec.fsdp else "data")
 
     def _traced(self, step: Callable) -> Callable:
         """`step`, traced under FSDP with each layer's weights gathered where it runs (`gathered_layers`)."""
-        if not self.fsdp:
+        if not self.spec.fsdp:
             return step
 
         def traced(*args):
@@ -285,8 +285,7 @@ class MeshParallel:
         """This process's rows of a global batch: those of the data shards its devices hold, in order."""
         rows = len(next(iter(batch.values())))
         if rows % self.batch_split:
-            raise ValueError(f"batch size {rows} is not divisible by the {'devices' if self.fsdp else 'data axis'} "
-                             f"({self.batch_split})")
+            raise ValueError(f"batch size {rows} is not divisible by {self.spec.split_text}")
         held = sorted({(index[0].start or 0, index[0].stop or rows) for index in
                        self.batch_sharding.addressable_devices_indices_map((rows,)).values()})
         return {k: np.concatenate([np.asarray(v)[a:b] for a, b in held]) for k, v in batch.items()}

@@ -85,7 +85,7 @@ class MemoryPlan:
 
     @property
     def mesh(self) -> str:
-        return f"data={self.data},{'fsdp' if self.fsdp else 'model'}={self.model_axis}"
+        return str(MeshSpec(self.data, self.model_axis, self.fsdp))
 
     def fits(self, device_memory: int | None) -> bool | None:
         return None if device_memory is None else self.total_bytes <= device_memory
@@ -210,7 +210,7 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
     proxy = weights_dtype == jnp.bfloat16  # see the module docstring
     mp = MeshParallel(data, model_axis, jax.devices()[:devices], n_layers=config.n_layers, fsdp=fsdp)
     if batch_size % (mp.batch_split * micro_batches):
-        raise ValueError(f"batch size {batch_size} is not divisible by {mp.batch_split} ways x {micro_batches} "
+        raise ValueError(f"batch size {batch_size} is not divisible by {mp.spec.split_text} x {micro_batches} "
                          "micro-batches")
 
     def abstract_frozen(dtype):

@@ -106,8 +106,7 @@ def _devices(options: RunOptions, data: DataConfig) -> list:
         mesh = parse_mesh(options.mesh)
         if mesh.devices != len(devices):
             raise SettingError(f"--mesh {options.mesh} needs {mesh.devices} devices; this run has {have}")
-        split = mesh.batch_split
-        ways = f"the devices ({split})" if mesh.fsdp else f"the data axis ({split})"
+        split, ways = mesh.batch_split, mesh.split_text
     else:
         split, ways = len(devices), have
     if data.batch_size % (split * data.accumulate):

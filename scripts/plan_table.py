@@ -74,13 +74,13 @@ def layouts(model: str = "meta-llama/Llama-3.1-8B", batches=(8, 64)) -> str:
     step = {**STEP, "batch_size": None}
     for batch in batches:
         step["batch_size"] = batch
-        for data, axis in ((4, 2), (2, 4), (1, 8)):
-            t0 = time.perf_counter()
-            found = [*plans(model, 8, [(data, axis, False)], **step), *plans(model, 8, [(data, axis, False)],
-                                                                          remat=True, **step),
-                     *plans(model, 8, [(data, axis, True)], **step)]
-            print(f"batch {batch}, {data}x{axis}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-            for p in found:
+        meshes = ((4, 2), (2, 4), (1, 8))
+        t0 = time.perf_counter()  # two compiling subprocesses per batch: without remat (both layouts), with it
+        plain = plans(model, 8, [(d, a, False) for d, a in meshes] + [(d, a, True) for d, a in meshes], **step)
+        remat = plans(model, 8, list(meshes), remat=True, **step)
+        print(f"batch {batch}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        for i in range(len(meshes)):  # each mesh: model= without and with remat, then fsdp=
+            for p in (plain[i], remat[i], plain[len(meshes) + i]):
                 kinds = ", ".join(f"{kind} {human(n)}" for kind, n in sorted(p.collectives.items()))
                 rows.append([str(batch), f"`{p.mesh}`", "yes" if p.remat or p.fsdp else "no",
                              f"**{human(sum(p.collectives.values()))}**", kinds, f"{p.flops / 1e9:.0f}",

@@ -51,8 +51,7 @@ def cmd_plan(args) -> int:
     if opts.mesh is not None:
         chosen = parse_mesh(opts.mesh)
         if batch % (chosen.batch_split * micro):
-            raise CLIError(f"--batch-size {batch} is not divisible by the {'devices' if chosen.fsdp else 'data axis'} "
-                           f"({chosen.batch_split}) x --accumulate {micro}")
+            raise CLIError(f"--batch-size {batch} is not divisible by {chosen.split_text} x --accumulate {micro}")
         wanted = [chosen] + ([m for m in meshes if m != chosen] if memory is not None else [])
     else:
         wanted = meshes
