@@ -12,6 +12,11 @@ float32 around every matmul, which a GPU or TPU does not; a bf16 plan therefore 
 float32 and reports those temporaries as an upper bound (activations and gathered weights are at
 most twice their bf16 size), and the bytes its collectives send likewise.
 
+`--target cpu` plans a run on this machine's CPU instead (one device): the step compiled exactly as
+such a run compiles it (bf16 weights held as raw bits, layers rematerialised, no proxy), and the
+host memory a process needs beside it, measured: this process's resident memory after compiling
+the step (Python, JAX, jaxprompt, XLA's compiler and the program).
+
 Two layouts of a mesh are planned: `data=A,model=B`, where XLA's partitioner computes with the
 weight shards where they lie, and `data=A,fsdp=B`, each layer gathered where it runs
 (`parallel.MeshParallel`); `sent/step` says which moves less for this step.
@@ -36,6 +41,12 @@ UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**1
 MEASURED_VS_ESTIMATED = ("exact from shapes and shardings: frozen, prompt + optimizer, batch; measured by XLA's "
                          "buffer assignment of the compiled step: temporaries (on this machine's CPU compiler); "
                          "estimated: nothing else (host memory, the loader and the runtime are not counted)")
+MEASURED_ON_CPU = ("exact from shapes: frozen, prompt + optimizer, batch; measured: the temporaries of the step as "
+                   "this CPU runs it (XLA's buffer assignment; bf16 weights held as bits, layers rematerialised, as "
+                   "a run here holds them), and the host: this process's resident memory after compiling it "
+                   "(Python, JAX, jaxprompt, XLA's compiler and the program); not counted: the loader's "
+                   "transient buffers, other programs a run compiles (evaluation, generation)")
+TARGETS = ("accelerator", "cpu")
 
 
 def parse_bytes(text: str) -> int:
@@ -82,6 +93,12 @@ class MemoryPlan:
     flops: float = 0.0  # this device's FLOPs per step (XLA's cost analysis of the partitioned step)
     collectives: dict = dataclasses.field(default_factory=dict)  # kind -> bytes this device sends per step
     fsdp: bool = False  # the second axis as FSDP (`fsdp=`), not as XLA chooses (`model=`)
+    target: str = "accelerator"  # what runs the step: "accelerator" (GPU/TPU) or "cpu" (this machine's)
+    host_bytes: int = 0  # "cpu": this process's resident memory after compiling the step (in the total)
+
+    @property
+    def how(self) -> str:
+        return MEASURED_ON_CPU if self.target == "cpu" else MEASURED_VS_ESTIMATED
 
     @property
     def mesh(self) -> str:
@@ -100,10 +117,11 @@ class MemoryPlan:
             ("prompt + optimizer / device", human(self.prompt_bytes)),
             ("batch / device", human(self.batch_bytes)),
             ("temporaries / device", temp),
+            *([("host (measured)", human(self.host_bytes))] if self.target == "cpu" else []),
             ("total / device", human(self.total_bytes)),
             ("sent / device / step", self.communication_text() + (" (upper bound: float32 proxy compile)"
                                                                    if self.temp_upper_bound and self.collectives else "")),
-            ("how", MEASURED_VS_ESTIMATED),
+            ("how", self.how),
         ]
         if device_memory is not None:
             verdict = "fits" if self.fits(device_memory) else "does NOT fit"
@@ -145,7 +163,7 @@ def comparison(plans: list[MemoryPlan], device_memory: int | None = None, memory
     notes = [f"{first.model} ({first.dtype}, frozen weights {human(first.frozen_total_bytes)} in all) on "
              f"{first.devices} device(s); {first.step_text()}; bytes per device (sent/step: what each "
              "device's collectives send per step, counted from the compiled HLO):"]
-    notes.append(MEASURED_VS_ESTIMATED)
+    notes.append(first.how + (f"; the total holds the host, {human(first.host_bytes)}" if first.target == "cpu" else ""))
     if first.temp_upper_bound:
         notes.append("temporaries and sent/step are upper bounds (float32 proxy compile, see `jaxprompt.plan`): "
                      "bfloat16 weights and activations move in half the bytes")
@@ -189,25 +207,32 @@ def _leaf_bytes(x) -> int:
 
 def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: int, prompt_length: int,
               text_tokens: int, dtype: str, micro_batches: int = 1, remat: bool = False,
-              method: str = "soft", fsdp: bool = False) -> MemoryPlan:
+              method: str = "soft", fsdp: bool = False, target: str = "accelerator") -> MemoryPlan:
     """The plan of one step of `method` (any of prompts.METHODS), compiled in this process (needs
-    `devices` devices)."""
+    `devices` devices). `target="cpu"`: the step as a run on this CPU compiles it (one device), and
+    this process's own resident memory after compiling it."""
     import jax
     import jax.numpy as jnp
 
     from jaxprompt.data import Encoded, collate
     from jaxprompt.loss import prompt_loss
     from jaxprompt.models import Model
+    from jaxprompt.models.architecture import leaf_at, with_leaf
     from jaxprompt.optim import OptimizerConfig, make_optimizer
     from jaxprompt.parallel import MeshParallel
-    from jaxprompt.precision import as_dtype
+    from jaxprompt.precision import as_dtype, converts_layer_by_layer
     from jaxprompt.prompts import make_method
     from jaxprompt.train import TrainState
 
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
+    if target == "cpu" and devices != 1:
+        raise ValueError(f"target cpu plans this machine's CPU as one device; devices is {devices}")
     config = model_config(model)
-    net = Model(config, remat=remat)
     weights_dtype = as_dtype(dtype)
-    proxy = weights_dtype == jnp.bfloat16  # see the module docstring
+    held = target == "cpu" and converts_layer_by_layer(weights_dtype)  # as `Session.load` holds them
+    net = Model(config, remat=remat or held)
+    proxy = weights_dtype == jnp.bfloat16 and target != "cpu"  # see the module docstring
     mp = MeshParallel(data, model_axis, jax.devices()[:devices], n_layers=config.n_layers, fsdp=fsdp)
     if batch_size % (mp.batch_split * micro_batches):
         raise ValueError(f"batch size {batch_size} is not divisible by {mp.spec.split_text} x {micro_batches} "
@@ -219,6 +244,11 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
         return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
     frozen = abstract_frozen(weights_dtype)
+    if held:  # the layer stack and the vocabulary tables as raw bits (`Model.hold_as_bits`)
+        bits = lambda x: jax.ShapeDtypeStruct(x.shape, jnp.uint16, sharding=x.sharding)
+        frozen = {**frozen, net.arch.stack_key: jax.tree.map(bits, frozen[net.arch.stack_key])}
+        for path, _ in net.arch.vocabulary_leaves(config).values():
+            frozen = with_leaf(frozen, path, bits(leaf_at(frozen, path)))
     method_name, method = method, make_method(method, length=prompt_length)
     # embedding prompts take token positions (a shared head before the text); prefix and adaption
     # prompts take none
@@ -245,14 +275,25 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
     prompt_bytes = sum(_leaf_bytes(x) for x in jax.tree.leaves(state))
     batch_bytes = sum(_leaf_bytes(x) for x in jax.tree.leaves(batch))
     temp = int(analysis.temp_size_in_bytes)
+    host = resident_bytes() if target == "cpu" else 0
     # arguments (weights, state, batch) + temporaries; the updated state reuses the donated one
-    total = frozen_bytes + prompt_bytes + batch_bytes + temp + int(analysis.output_size_in_bytes
-                                                                   - analysis.alias_size_in_bytes)
+    total = host + frozen_bytes + prompt_bytes + batch_bytes + temp + int(analysis.output_size_in_bytes
+                                                                          - analysis.alias_size_in_bytes)
     return MemoryPlan(model, devices, data, model_axis, batch_size, prompt_length, text_tokens, str(weights_dtype),
                       frozen_bytes, prompt_bytes, batch_bytes, temp, proxy, total,
                       sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(frozen)),
-                      micro_batches=micro_batches, remat=remat, method=method_name,
-                      flops=float(cost.get("flops", 0.0)), collectives=collectives, fsdp=fsdp)
+                      micro_batches=micro_batches, remat=net.remat, method=method_name,
+                      flops=float(cost.get("flops", 0.0)), collectives=collectives, fsdp=fsdp, target=target,
+                      host_bytes=host)
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (Linux `/proc/self/status`; 0 where there is none)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0
 
 
 # ---- communication, counted from the compiled step's HLO -------------------------------------------
@@ -331,14 +372,15 @@ def collective_bytes(hlo: str, devices: int) -> dict:
 
 def plans(model: str, devices: int, meshes: list, batch_size: int, prompt_length: int = 20,
           text_tokens: int = 64, dtype: str = "bfloat16", micro_batches: int = 1, remat: bool = False,
-          method: str = "soft") -> list[MemoryPlan]:
+          method: str = "soft", target: str = "accelerator") -> list[MemoryPlan]:
     """One plan per mesh (a `config.MeshSpec`, or `(data, model)`), compiled on `devices` virtual CPU
     devices in one subprocess when this process has fewer devices (or another backend)."""
     import jax
 
     meshes = [_mesh_spec(m) for m in meshes]
     common = dict(model=model, devices=devices, batch_size=batch_size, prompt_length=prompt_length,
-                  text_tokens=text_tokens, dtype=dtype, micro_batches=micro_batches, remat=remat, method=method)
+                  text_tokens=text_tokens, dtype=dtype, micro_batches=micro_batches, remat=remat, method=method,
+                  target=target)
     if jax.default_backend() == "cpu" and jax.device_count() >= devices:
         return [plan_here(data=m.data, model_axis=m.model, fsdp=m.fsdp, **common) for m in meshes]
     env = {**os.environ, "JAX_PLATFORMS": "cpu",

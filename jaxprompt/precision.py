@@ -5,7 +5,8 @@
 - layer norms and attention softmax accumulate in fp32;
 - logits and losses are fp32;
 - bf16 weights on a CPU cross the layer scan as raw bits and are converted one layer at a time,
-  which needs each block rematerialised in training (`converts_layer_by_layer`).
+  which needs each block rematerialised in training (`converts_layer_by_layer`); the vocabulary
+  tables are held as bits too, and converted a block of rows at a time (`Model.over_vocabulary`).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class Policy:
 
 
 def policy_of(params) -> Policy:
-    """The policy implied by the frozen weights' dtype."""
+    """The policy implied by the frozen weights' dtype (floating leaves: weights held as bits,
+    `Model.hold_as_bits`, are integers and say nothing)."""
     leaves = [x for x in jax.tree.leaves(params) if jnp.issubdtype(x.dtype, jnp.floating)]
     return Policy(compute_dtype=jnp.dtype(leaves[0].dtype) if leaves else jnp.dtype(jnp.float32))
 

@@ -36,6 +36,7 @@ from jaxprompt.inference import (MIN_INPUT_TOKENS, MIN_NEW_TOKENS, Completion, E
                                  input_embeds, pow2, to_host)
 from jaxprompt.models import Prefix
 from jaxprompt.models.generate import Decoding, RowSampling, decoding_form, emit, filler, prefill, read, sample_rows
+from jaxprompt.precision import policy_of
 
 BASE_SLOTS = MIN_INPUT_TOKENS + MIN_NEW_TOKENS  # cache slots of a short request: input bucket + new tokens
 
@@ -112,7 +113,7 @@ def empty_slots(model, params: dict, B: int, S: int, P: int) -> Slots:
     """B free slots of S cache slots (per-row index) and P head positions."""
     c = model.config
     per_layer = isinstance(params[model.arch.stack_key], tuple)
-    dtype = jax.tree.leaves(params)[0].dtype
+    dtype = policy_of(params).compute_dtype
     cache = model.init_cache(B, S, dtype, per_layer=per_layer, per_row=True)
     rows = Decoding(jnp.zeros((B, c.vocab_size), jnp.float32), jnp.zeros(B, jnp.int32), jnp.zeros(B, jnp.int32),
                     jnp.ones(B, bool), cache)
@@ -133,7 +134,7 @@ def _prefill(model, params: dict, batch: dict, S: int) -> Decoding:
     """n new rows read into a fresh cache of S slots, each row's index after its input."""
     n = batch["tokens"].shape[0]
     per_layer = isinstance(params[model.arch.stack_key], tuple)
-    cache = model.init_cache(n, S, jax.tree.leaves(params)[0].dtype, per_layer=per_layer)
+    cache = model.init_cache(n, S, policy_of(params).compute_dtype, per_layer=per_layer)
     rows = prefill(model, params, input_embeds(model, params, batch), batch["mask"], cache, batch["start"],
                    batch["prefix"], None)
     return rows.replace(cache=rows.cache.replace(index=jnp.full(n, rows.cache.index)))

@@ -8,16 +8,14 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxprompt.data import Encoded, check_positions, common_prefix_length, encode
 from jaxprompt.file_hashes import TABLE_NAME, directory_digest
 from jaxprompt.models import Model
-from jaxprompt.models.layers import bits_in_place
 from jaxprompt.models.config import ConfigError, ModelConfig
 from jaxprompt.models.convert import load_pretrained, resolve
-from jaxprompt.precision import as_dtype, converts_layer_by_layer
+from jaxprompt.precision import as_dtype, converts_layer_by_layer, policy_of
 from jaxprompt.prompt_cache import PromptCache, default_cache_dir
 from jaxprompt.prompts import PromptMethod
 from jaxprompt.settings import one_line
@@ -88,8 +86,7 @@ class Session:
             # one whole to write, so heads are kept in memory only
             directory_cache = None
         model = Model(config, remat=remat or converts_layer_by_layer(dtype))
-        if converts_layer_by_layer(dtype):  # the layers as the scan takes them, in the same memory
-            frozen = {**frozen, model.arch.stack_key: bits_in_place(frozen[model.arch.stack_key])}
+        frozen = model.hold_as_bits(frozen)  # bf16 on a CPU: layers and tables as programs take them
         return cls(model, frozen, tokenizer, task, method, model_id,
                    PromptCache(directory_cache), tuple(tasks), weights_dir=directory, loaded_frozen=frozen)
 
@@ -191,4 +188,4 @@ class Session:
 
     @property
     def compute_dtype(self):
-        return jnp.dtype(jax.tree.leaves(self.frozen)[0].dtype)
+        return policy_of(self.frozen).compute_dtype

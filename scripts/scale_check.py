@@ -21,7 +21,9 @@ besides the weights: prompt and optimizer state, batch, temporaries). The plan's
 weights too; an earlier version added that total, counting the weights twice (6.83 GB instead of
 4.36 for the 1B shape).
 The breakdown phase times, in one process: load (GB/s, against a plain read of the same shard
-files), fingerprint (first and remembered), compile, steps, evaluation and generation. It runs
+files), fingerprint (first and remembered), compile, steps, evaluation and generation, with the
+process's resident memory after each. `jaxprompt plan --target cpu` (the step as this CPU runs it,
+and the host memory it measures) is compared with the soft phase's measured peak. It runs
 unchanged on a GPU (the budget is then for host memory only).
 """
 
@@ -147,15 +149,21 @@ def jaxprompt(*args) -> list[str]:
     return [sys.executable, "-m", "jaxprompt", *map(str, args)]
 
 
+def soft_plan(model_dir: str, target: str = "accelerator") -> dict:
+    """`jaxprompt.plan`'s plan of one soft-prompt step of the phases' shape on one device (its own
+    process, as `jaxprompt plan` runs it)."""
+    request = {"common": dict(model=model_dir, devices=1, batch_size=STEP["batch_size"],
+                              prompt_length=STEP["prompt_length"], text_tokens=TEXT_TOKENS, dtype="bfloat16",
+                              method="soft", target=target), "meshes": [[1, 1]]}
+    out = subprocess.run([sys.executable, "-m", "jaxprompt.plan", json.dumps(request)], capture_output=True,
+                         text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])[0]
+
+
 def plan_step_bytes(model_dir: str) -> int:
     """Bytes `jaxprompt.plan` predicts one soft-prompt step needs on one device beside the frozen
     weights (its total less the weights)."""
-    request = {"common": dict(model=model_dir, devices=1, batch_size=STEP["batch_size"],
-                              prompt_length=STEP["prompt_length"], text_tokens=TEXT_TOKENS, dtype="bfloat16",
-                              method="soft"), "meshes": [[1, 1]]}
-    out = subprocess.run([sys.executable, "-m", "jaxprompt.plan", json.dumps(request)], capture_output=True,
-                         text=True, check=True).stdout
-    found = json.loads(out.strip().splitlines()[-1])[0]
+    found = soft_plan(model_dir)
     return found["total_bytes"] - found["frozen_bytes"]
 
 
@@ -181,7 +189,8 @@ def breakdown(model_dir: str) -> dict:
             while handle.read(1 << 26):
                 pass
     read_s = time.perf_counter() - t
-    times = {"plain read of the shards (GB/s)": size / GB / read_s}
+    times = {"plain read of the shards (GB/s)": size / GB / read_s,
+             "Python, JAX and jaxprompt: memory, RSS / peak so far (GB)": tuple(m / GB for m in _memory_now())}
     task, method = BUILTIN["antonyms"], make_method("soft", length=STEP["prompt_length"])
 
     def timed(name, fn):
@@ -189,6 +198,8 @@ def breakdown(model_dir: str) -> dict:
         out = fn()
         jax.block_until_ready(out)
         times[name] = time.perf_counter() - t
+        rss, peak = _memory_now()
+        times[f"{name}: memory after it, RSS / peak so far (GB)"] = (rss / GB, peak / GB)
         return out
 
     session = timed("load", lambda: Session.load(model_dir, task, method, dtype="bfloat16", cache=False))
@@ -222,6 +233,18 @@ def breakdown(model_dir: str) -> dict:
     timed("generation (8 tokens, compiled)", decode)
     times["generation, compiled (tokens/s, batch 1)"] = 8 / times["generation (8 tokens, compiled)"]
     return times
+
+
+def _figure(name: str, value) -> str:
+    if isinstance(value, (list, tuple)):  # memory: RSS / peak so far
+        return " / ".join(f"{v:.2f}" for v in value)
+    return f"{value:.2f}" + ("" if any(u in name for u in ("/s", "MFU")) else " s")
+
+
+def _memory_now() -> tuple[int, int]:
+    """This process's resident set and its high-water mark, in bytes (Linux `/proc/self/status`)."""
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status") if line.startswith(("VmRSS", "VmHWM")))
+    return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
 
 
 def throughput(session, method, train, optimizer, step) -> dict:
@@ -289,15 +312,21 @@ def main() -> int:
     run_phase("plan", jaxprompt("plan", "--model", model_dir, "--dtype", "bfloat16", "--batch-size",
                                 STEP["batch_size"], "--prompt-length", STEP["prompt_length"],
                                 "--text-tokens", TEXT_TOKENS), log)
+    run_phase("plan --target cpu", jaxprompt("plan", "--model", model_dir, "--dtype", "bfloat16", "--batch-size",
+                                             STEP["batch_size"], "--prompt-length", STEP["prompt_length"],
+                                             "--text-tokens", TEXT_TOKENS, "--target", "cpu"), log)
     parts = run_phase("breakdown", [sys.executable, os.path.abspath(__file__), "--breakdown", model_dir], log)
     print(f"\n| phase | wall time | peak RSS | within {budget / GB:.2f} GB |\n|---|---|---|---|")
     for row in log:
         ok = "unknown" if row["peak_rss"] is None else "yes" if row["peak_rss"] <= budget else "**no**"
         print(f"| {row['phase']} | {row['seconds']:.0f} s | {_gb(row['peak_rss'])} | {ok if not row['rc'] else 'failed'} |")
+    planned, soft_peak = soft_plan(model_dir, target="cpu")["total_bytes"], log[0]["peak_rss"]
+    if soft_peak:
+        print(f"\n`jaxprompt plan --target cpu` for the soft step: {planned / GB:.2f} GB, against train soft's "
+              f"measured peak {soft_peak / GB:.2f} GB: {100 * (planned - soft_peak) / soft_peak:+.0f}%")
     if not parts["rc"]:
         times = json.loads(parts["tail"][-1])
-        print("\nbreakdown (one process):\n" + "\n".join(f"  {k}: {v:.2f}" + ("" if any(u in k for u in ("/s", "MFU")) else " s")
-                                                         for k, v in times.items()))
+        print("\nbreakdown (one process):\n" + "\n".join(f"  {k}: {_figure(k, v)}" for k, v in times.items()))
     return 0 if all(not r["rc"] and (r["peak_rss"] or 0) <= budget for r in log) else 1
 
 

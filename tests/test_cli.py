@@ -310,6 +310,9 @@ def bad_inputs(trained_run, tiny_model_dir, tmp_path_factory):
         ("fsdp batch", ["--devices", "4", "--mesh", "data=2,fsdp=2", "--batch-size", "6"],
          "--batch-size 6 is not divisible by the devices (4) x --accumulate 1"),
         ("dtype", ["--dtype", "int8"], "--dtype 'int8': must be one of float32, bfloat16, float16"),
+        ("target", ["--target", "tpu"], "--target 'tpu': must be one of accelerator, cpu"),
+        ("target cpu devices", ["--target", "cpu", "--devices", "2"],
+         "--target cpu plans this machine's CPU as one device; --devices is 2"),
         ("missing model", ["--model", str(d / "nothing")], "is not a checkpoint directory"),
         ("unknown model", ["--model", "no-such-org/no-such-model"],
          "model 'no-such-org/no-such-model' is not a preset, a local checkpoint directory or in the Hugging Face"),
@@ -398,7 +401,8 @@ BAD_INPUTS = [
     "generate bad JSON", "inspect top -1", "eval examples 0",
     "eval json dir", "eval json full", "export to a file", "not a run", "sweep trial fails",
     "mesh text", "mesh size", "coordinator alone", "coordinator port", "process-id", "plan mesh devices",
-    "plan mesh text", "plan device-memory", "plan devices 0", "plan batch", "plan fsdp batch", "plan dtype", "plan missing model",
+    "plan mesh text", "plan device-memory", "plan devices 0", "plan batch", "plan fsdp batch", "plan dtype",
+    "plan target", "plan target cpu devices", "plan missing model",
     "plan unknown model",
 ]
 

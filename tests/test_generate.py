@@ -171,3 +171,21 @@ def test_bf16_decoding_on_cpu_converts_one_layer_at_a_time():
     np.testing.assert_array_equal(np.asarray(stacked_out), np.asarray(layer_out))
     np.testing.assert_array_equal(np.asarray(stacked_len), np.asarray(layer_len))
     assert stacked_temp < copy_bytes <= layer_temp, (stacked_temp, copy_bytes, layer_temp)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_bf16_weights_held_as_bits_generate_what_the_bf16_weights_generate(family):
+    """A CPU session holds bf16 layers and vocabulary tables as raw bits (`Model.hold_as_bits`).
+    The KV cache takes the weights' floating dtype, never the bits' integers: GPT-2's first leaf is
+    its layer stack, and a cache built in its dtype (uint16) once turned every key and value into
+    integers and decoded garbage. Greedy tokens equal those of the bf16 weights."""
+    config = tiny_config(family)
+    model = Model(config, remat=True)
+    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), model.init(jax.random.key(0)))
+    held = model.hold_as_bits(params)
+    assert jax.tree.leaves(held)[0].dtype == jnp.uint16  # the case a first-leaf dtype gets wrong
+    ids, mask = left_pad([[5, 6, 7, 8], [9, 10]], pad_id=0)
+    embeds = model.embed(params, ids)
+    want, _ = generate(Model(config), params, embeds, mask, max_new_tokens=6)
+    got, _ = generate(model, held, embeds, mask, max_new_tokens=6)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

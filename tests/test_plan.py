@@ -53,6 +53,44 @@ def test_plan_agrees_with_the_real_training_step():
     assert predicted.frozen_bytes == sum(x.nbytes for x in jax.tree.leaves(frozen))
 
 
+def test_the_cpu_target_plans_the_step_a_bf16_run_on_this_cpu_compiles():
+    """`--target cpu` compiles the step as a bf16 run here holds its weights (`Session.load`: layers
+    and vocabulary tables as bits, layers rematerialised), not the float32 proxy: its temporaries
+    are within 10% of those of the step compiled on the session's own arrays, and below the
+    float32 copy of the vocabulary table every program would hold without the bits; its total
+    adds this process's resident memory, measured."""
+    from jaxprompt.config import DEFAULT_MODEL
+    from jaxprompt.data import Encoded, collate
+    from jaxprompt.loss import prompt_loss
+    from jaxprompt.optim import OptimizerConfig, make_optimizer
+    from jaxprompt.parallel import DataParallel
+    from jaxprompt.plan import resident_bytes
+    from jaxprompt.prompts import make_method
+    from jaxprompt.session import Session
+    from jaxprompt.tasks import BUILTIN
+    from jaxprompt.train import TrainState
+
+    shape = dict(batch_size=4, prompt_length=8, text_tokens=24, dtype="bfloat16")
+    cpu = plan(DEFAULT_MODEL, 1, 1, 1, target="cpu", **shape)
+    accelerator = plan(DEFAULT_MODEL, 1, 1, 1, **shape)
+    assert accelerator.temp_upper_bound and not cpu.temp_upper_bound and cpu.remat and cpu.target == "cpu"
+    method = make_method("soft", length=8)
+    session = Session.load(DEFAULT_MODEL, BUILTIN["antonyms"], method, dtype="bfloat16", cache=False)
+    prompt = method.init(jax.random.key(0), session.model, session.frozen, 8)
+    optimizer = make_optimizer(OptimizerConfig(), prompt)
+    examples = [Encoded([0] * 8 + list(range(100, 124)), list(range(8)) + [-1] * 24, 4) for _ in range(4)]
+    dp = DataParallel(jax.devices()[:1])
+    step = dp.train_step(prompt_loss(session.model, method, 8), optimizer)
+    state = dp.replicate(TrainState.create(prompt, optimizer, jax.random.PRNGKey(0)))
+    real = step.lower(state, dp.put_frozen(session.frozen), dp.shard(collate(examples, 0, shared_len=8))).compile() \
+        .memory_analysis().temp_size_in_bytes
+    table_f32 = 4 * session.config.vocab_size * session.config.d_embed
+    assert abs(cpu.temp_bytes / real - 1) < 0.10 and cpu.temp_bytes < table_f32, (cpu.temp_bytes, real, table_f32)
+    assert 100e6 < cpu.host_bytes <= resident_bytes() + 100e6, cpu.host_bytes  # Python and JAX are 0.2 GB
+    assert cpu.total_bytes >= cpu.host_bytes + cpu.frozen_bytes + cpu.prompt_bytes + cpu.batch_bytes + cpu.temp_bytes
+    assert "host (measured)" in cpu.table() and "resident memory" in cpu.table()
+
+
 def test_the_model_comes_from_a_preset_a_directory_or_the_hugging_face_cache(tiny_model_dir, tmp_path):
     """Only the configuration is read: a preset needs nothing, a directory its config.json, a HF id
     the config.json in the HF cache layout (models--org--name/snapshots/<hash>/) under HF_HOME."""

@@ -6,7 +6,7 @@ import dataclasses
 
 from jaxprompt.commands.base import CLIError, Command, settings
 from jaxprompt.config import TrainConfig, check_mesh, parse_mesh
-from jaxprompt.plan import parse_bytes  # plan.py loads JAX only where it compiles
+from jaxprompt.plan import TARGETS, parse_bytes  # plan.py loads JAX only where it compiles
 from jaxprompt.settings import AT_LEAST_1, Range, Settings, SettingError, setting
 
 
@@ -22,9 +22,15 @@ class PlanOptions(Settings):
     device_memory: str | None = setting(None, "memory of one device, e.g. 80GB or 16GiB: whether the step fits, and "
                                               "the smallest model axis that does")
     text_tokens: int = setting(64, "tokens of text per example beside the prompt", range=AT_LEAST_1)
+    target: str = setting("accelerator", "what runs the step: accelerator (GPU/TPU memory per device; bf16 "
+                                         "temporaries as a float32 upper bound) or cpu (a run on this machine's "
+                                         "CPU, one device: the step as it compiles there, and the process's own "
+                                         "memory, measured)", choices=TARGETS)
 
     def check(self) -> None:
         check_mesh(self.mesh)
+        if self.target == "cpu" and self.devices != 1:
+            raise SettingError(f"--target cpu plans this machine's CPU as one device; --devices is {self.devices}")
         if self.mesh is not None and parse_mesh(self.mesh).devices != self.devices:
             raise SettingError(f"--mesh {self.mesh} has {parse_mesh(self.mesh).devices} devices; --devices is "
                                f"{self.devices}")
@@ -57,7 +63,7 @@ def cmd_plan(args) -> int:
         wanted = meshes
     found = plans(config.model, opts.devices, wanted, batch, prompt_length=config.method.length,
                   text_tokens=opts.text_tokens, dtype=config.dtype, micro_batches=micro, remat=config.remat,
-                  method=config.method.name)
+                  method=config.method.name, target=opts.target)
     print(found[0].table(memory) if opts.mesh is not None else comparison(found, memory, opts.device_memory))
     if memory is not None:
         best = smallest_model_axis(found, memory)

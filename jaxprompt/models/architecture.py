@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 from jaxtyping import Array, Float, Int
 
 from jaxprompt.models.config import ModelConfig
-from jaxprompt.models.layers import KVCache, StackInputs
+from jaxprompt.models.layers import KVCache, StackInputs, from_bits
 
 # (HF state-dict key, params path, transpose). `{i}` in a key is the layer index; its params leaf is
 # stacked over layers. nn.Linear weights are (out, in) and are transposed; GPT-2's Conv1D is not.
@@ -72,10 +72,21 @@ class Architecture:
 
     def token_table(self, params: dict, c: ModelConfig) -> Float[Array, "V E"]:
         """The token-embedding table as stored (the key table's first row)."""
-        return _at(params, self.key_table(c)[0][1])
+        return from_bits(leaf_at(params, self.key_table(c)[0][1]))
+
+    def vocabulary_leaves(self, c: ModelConfig) -> dict[str, tuple[tuple[str, ...], int]]:
+        """Where the input table and the output head are stored, and their vocabulary axis:
+        {"input": (path, 0), "output": (path, axis)}; a tied head is the input table's leaf."""
+        token = self.key_table(c)[0][1]
+        row = self.head_row(c)
+        return {"input": (token, 0), "output": (token, 0) if row is None else (row[1], 1 if row[2] else 0)}
 
     def embed_tokens(self, params: dict, tokens: Int[Array, "B T"], c: ModelConfig) -> Float[Array, "B T E"]:
-        return self.embed(params, tokens, c) if self.embed else self.token_table(params, c)[tokens]
+        # rows gathered before a table held as bits is read as bf16: inside a decode loop, XLA would
+        # convert the whole (loop-invariant) table ahead of the loop
+        if self.embed:
+            return self.embed(params, tokens, c)
+        return from_bits(leaf_at(params, self.key_table(c)[0][1])[tokens])
 
     def input_embeddings(self, params: dict, c: ModelConfig) -> Float[Array, "V E"]:
         """Input token embeddings as the transformer sees them: the space prompts live in."""
@@ -88,11 +99,18 @@ class Architecture:
         row = self.head_row(c)
         if row is None:
             return self.token_table(params, c)
-        head = _at(params, row[1])
+        head = from_bits(leaf_at(params, row[1]))
         return head.T if row[2] else head  # a transposed row is stored (E, V), HF's (V, E) weight
 
 
-def _at(tree: dict, path: tuple[str, ...]):
+def leaf_at(tree: dict, path: tuple[str, ...]):
     for name in path:
         tree = tree[name]
     return tree
+
+
+def with_leaf(tree: dict, path: tuple[str, ...], value) -> dict:
+    """`tree` with the leaf at `path` replaced (new dicts along the path, the rest shared)."""
+    if not path:
+        return value
+    return {**tree, path[0]: with_leaf(tree[path[0]], path[1:], value)}

@@ -17,7 +17,7 @@ from jaxtyping import Array, Bool, Float, Int
 from jaxprompt.models.config import ConfigError
 from jaxprompt.models.layers import Adapter, KVCache, Prefix
 from jaxprompt.models.model import Model, positions_from_mask
-from jaxprompt.precision import converts_layer_by_layer
+from jaxprompt.precision import converts_layer_by_layer, policy_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,7 +193,7 @@ def generate(
     if rng is None:
         rng = jax.random.key(0)
     pad = filler(eos_token_id, pad_token_id)
-    dtype = jax.tree.leaves(params)[0].dtype
+    dtype = policy_of(params).compute_dtype
     if start is None:
         start = 0 if prefix is None else prefix.length
     model, params, per_layer = decoding_form(model, params)

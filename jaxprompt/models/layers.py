@@ -400,7 +400,7 @@ def as_bits(layers: dict) -> dict:
                         layers)
 
 
-def bits_in_place(layers: dict) -> dict:
+def bits_in_place(layers):
     """`as_bits` outside a compiled program and without a copy, for weights that every program then
     takes as bits: a numpy view of each single-device CPU buffer, placed back as an array of the
     same memory (`jax.device_put` of host memory on a CPU aliases it). Inside a program, `as_bits`
@@ -414,10 +414,19 @@ def bits_in_place(layers: dict) -> dict:
     return jax.tree.map(one, layers)
 
 
-def from_bits(layer: dict) -> dict:
-    """One layer's weights back from `as_bits` (frozen weights hold no integers of their own)."""
-    return jax.tree.map(lambda w: jax.lax.bitcast_convert_type(w, jnp.bfloat16) if w.dtype == jnp.uint16 else w,
-                        layer)
+def from_bits(weights):
+    """Weights (one array or a tree) back from `as_bits` (frozen weights hold no integers of their own).
+
+    Inside a program a bitcast; outside one, a single-device CPU array is viewed back in its own
+    memory, as `bits_in_place` made it (an eager bitcast would copy it)."""
+    def one(w):
+        if w.dtype != jnp.uint16:
+            return w
+        if isinstance(w, jax.core.Tracer) or len(w.devices()) != 1 or next(iter(w.devices())).platform != "cpu":
+            return jax.lax.bitcast_convert_type(w, jnp.bfloat16)
+        return jax.device_put(np.asarray(w).view(jnp.bfloat16), next(iter(w.devices())))
+
+    return jax.tree.map(one, weights)
 
 
 # Set while a step is traced under an FSDP layout (`parallel.MeshParallel`); read by `decoder_stack`.

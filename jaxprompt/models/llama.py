@@ -20,8 +20,8 @@ from jaxtyping import Array, Float, Int
 from jaxprompt.models.architecture import Architecture, KeyRow, TokenizerConventions
 from jaxprompt.models.config import ModelConfig, read_fields, refuse, rope_from_hf, rope_to_hf, write_fields
 from jaxprompt.models.layers import (AttentionSpec, KVCache, LayerInputs, StackInputs, activation, apply_rotary, attend,
-                                     attention_output, decoder_stack, dense, gated_mlp, rms_norm, rotary_angles,
-                                     rotary_inv_freq)
+                                     attention_output, decoder_stack, dense, from_bits, gated_mlp, rms_norm,
+                                     rotary_angles, rotary_inv_freq)
 
 
 class Variant(NamedTuple):
@@ -169,13 +169,13 @@ def embed_scale(c: ModelConfig, v: Variant, dtype) -> Array | None:
 
 
 def embed(params: dict, tokens: Int[Array, "B T"], c: ModelConfig, v: Variant = LLAMA) -> Float[Array, "B T D"]:
-    table = params["embed_tokens"]["embedding"]
-    scale = embed_scale(c, v, table.dtype)
-    return table[tokens] if scale is None else table[tokens] * scale
+    rows = from_bits(params["embed_tokens"]["embedding"][tokens])  # gathered, then read (`Architecture.embed_tokens`)
+    scale = embed_scale(c, v, rows.dtype)
+    return rows if scale is None else rows * scale
 
 
 def embedding_table(params: dict, c: ModelConfig, v: Variant = LLAMA) -> Float[Array, "V D"]:
-    table = params["embed_tokens"]["embedding"]
+    table = from_bits(params["embed_tokens"]["embedding"])
     scale = embed_scale(c, v, table.dtype)
     return table if scale is None else table * scale
 

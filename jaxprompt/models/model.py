@@ -14,11 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxprompt.models.architecture import Architecture
+from jaxprompt.models.architecture import Architecture, leaf_at, with_leaf
 from jaxprompt.models.config import ConfigError, ModelConfig
-from jaxprompt.models.layers import Adapter, KVCache, Prefix, StackInputs
+from jaxprompt.models.layers import Adapter, KVCache, Prefix, StackInputs, bits_in_place
 from jaxprompt.models.registry import architecture, require_adaption_prompts
-from jaxprompt.precision import LOGITS_DTYPE
+from jaxprompt.precision import LOGITS_DTYPE, converts_layer_by_layer
+
+# blocks of vocabulary rows a table held as bits is converted in (`Model.over_vocabulary`)
+VOCABULARY_BLOCKS = 8
 
 
 def positions_from_mask(attention_mask: Bool[Array, "B T"], start: Int[Array, "B"] | int = 0) -> Int[Array, "B T"]:
@@ -143,10 +146,64 @@ class Model:
 
     def unembed(self, params: dict, hidden: Float[Array, "... E"]) -> Float[Array, "... V"]:
         """Logits in fp32, whatever the compute dtype (soft-capped where the architecture caps them)."""
-        table = self.arch.output_table(params, self.config)
-        logits = jnp.einsum("...e,ve->...v", hidden, table.astype(hidden.dtype), preferred_element_type=LOGITS_DTYPE)
+        if self.held_as_bits(params, "output"):
+            # a CPU, which multiplies bf16 in float32 anyway: the same products, and the hidden
+            # states' gradient summed over the table's blocks in float32, rounded once
+            hidden = hidden.astype(LOGITS_DTYPE)
+        logits = self.over_vocabulary(params, lambda rows, _: jnp.einsum(
+            "...e,ve->...v", hidden, rows.astype(hidden.dtype), preferred_element_type=LOGITS_DTYPE), "output")
         cap = self.config.final_softcap
         return logits if cap is None else cap * jnp.tanh(logits / cap)
+
+    def over_vocabulary(self, params: dict, fn, table: str = "input", combine: str = "concatenate",
+                        blocks: int = VOCABULARY_BLOCKS) -> Array:
+        """`fn(rows [v, E], ids [v])` over the whole vocabulary: the input embeddings as the
+        transformer sees them (`table="input"`) or the output head (`"output"`). `combine`:
+        "concatenate" joins results `[..., v]` along the last axis into `[..., V]`; "sum" adds
+        results up, and then a row seen twice comes with the id -1 (`fn` masks it).
+
+        A table held as bits (bf16 on a CPU, `hold_as_bits`) goes to `fn` in `blocks` blocks of
+        rows, each converted where it is used and recomputed in the backward pass: XLA's CPU
+        backend multiplies bf16 in float32, and a program that converts the whole table holds a
+        float32 copy of it (1.05 GB at Llama-3.2-1B's 128,256 x 2,048). Any other table goes whole."""
+        path, axis = self.arch.vocabulary_leaves(self.config)[table]
+        stored = leaf_at(params, path)
+        rows_of = self.embedding_table if table == "input" else lambda p: self.arch.output_table(p, self.config)
+        V = stored.shape[axis]
+        if not self.held_as_bits(params, table) or blocks <= 1 or V <= blocks * blocks:
+            return fn(rows_of(params), jnp.arange(V))  # (blocks of a tiny table could start twice at V - size)
+        size = -(-V // blocks)
+        # the last block ends at V: it starts early and repeats rows of the one before
+        starts = jnp.minimum(jnp.arange(blocks) * size, V - size)
+        seen = (blocks - 1) * size  # rows before the last block's new ones
+
+        @jax.checkpoint
+        def block(start):
+            ids = start + jnp.arange(size)
+            ids = jnp.where((start == V - size) & (ids < seen), -1, ids) if combine == "sum" else ids
+            return fn(rows_of(with_leaf(params, path, jax.lax.dynamic_slice_in_dim(stored, start, size, axis))), ids)
+
+        if combine == "sum":
+            return jax.lax.scan(lambda total, start: (total + block(start), None),
+                                jnp.zeros_like(jax.eval_shape(block, starts[0])), starts)[0]
+        out = jax.lax.map(block, starts)  # [blocks, ..., size]
+        whole = jnp.moveaxis(out[:-1], 0, -2).reshape(*out.shape[1:-1], seen)
+        return jnp.concatenate([whole, out[-1][..., seen - (V - size):]], axis=-1)
+
+    def held_as_bits(self, params: dict, table: str) -> bool:
+        """Whether the vocabulary table `table` ("input" or "output") is held as bits (`hold_as_bits`)."""
+        return leaf_at(params, self.arch.vocabulary_leaves(self.config)[table][0]).dtype == jnp.uint16
+
+    def hold_as_bits(self, params: dict) -> dict:
+        """The frozen weights as this backend's programs take them, in the same memory: bf16 on a CPU
+        holds the layer stack (`layers.as_bits`) and the vocabulary tables (`over_vocabulary`) as raw
+        16-bit integers, so no program converts the whole of either to float32 ahead of its use."""
+        if not any(converts_layer_by_layer(x.dtype) for x in jax.tree.leaves(params)):
+            return params
+        held = {**params, self.arch.stack_key: bits_in_place(params[self.arch.stack_key])}
+        for path, _ in self.arch.vocabulary_leaves(self.config).values():
+            held = with_leaf(held, path, bits_in_place(leaf_at(held, path)))
+        return held
 
     def forward(
         self,

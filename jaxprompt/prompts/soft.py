@@ -54,9 +54,16 @@ class RelaxedPrompt(PromptMethod, EmbeddingInit):
 
     def _mixture(self, prompt, model, frozen, tau) -> Float[Array, "N E"]:
         weights = jax.nn.softmax(prompt["logits"] / tau, axis=-1)
-        table = model.embedding_table(frozen)
-        # in the table's dtype with float32 accumulation (the precision policy), never a float32 table
-        return jnp.einsum("nv,ve->ne", weights.astype(table.dtype), table, preferred_element_type=jnp.float32)
+        # in the table's dtype with float32 accumulation (the precision policy), never a float32
+        # table; a table held as bits is a CPU's, which multiplies in float32: a block at a time
+        held = model.held_as_bits(frozen, "input")
+
+        def part(rows, ids):  # the weights of these rows (none for a row counted already)
+            w = jnp.where(ids >= 0, jnp.take(weights, jnp.maximum(ids, 0), axis=-1), 0.0)
+            dtype = jnp.float32 if held else rows.dtype
+            return jnp.einsum("nv,ve->ne", w.astype(dtype), rows.astype(dtype), preferred_element_type=jnp.float32)
+
+        return model.over_vocabulary(frozen, part, combine="sum")
 
     def inference_prompt(self, prompt, model, frozen):
         """The mixture at the final temperature, as a plain soft prompt: what training ends on."""
@@ -108,15 +115,16 @@ class ProjectedPrompt(PromptMethod, EmbeddingInit):
         return {"embeddings": self.initializer(model, frozen)(key, (n_virtual, model.config.d_embed))}
 
     def virtual_tokens(self, prompt, model, frozen, step) -> Float[Array, "N E"]:
-        table = model.embedding_table(frozen)
         e = prompt["embeddings"]
-        projected = table[nearest_tokens(e, table, self.metric)].astype(jnp.float32)  # N rows only
+        projected = model.embed(frozen, self.tokens(prompt, model, frozen)).astype(jnp.float32)  # N rows
         return e + jax.lax.stop_gradient(projected - e)
 
     def tokens(self, prompt, model: Model, frozen: dict) -> Int[Array, "N"]:
-        return nearest_tokens(prompt["embeddings"], model.embedding_table(frozen), self.metric)
+        """The nearest vocabulary token of each vector (the table in blocks where it is held as bits)."""
+        scores = model.over_vocabulary(frozen, lambda rows, _: similarity(prompt["embeddings"], rows, self.metric))
+        return jnp.argmax(scores, axis=-1)
 
     def inference_prompt(self, prompt, model, frozen):
         """The tokens' own embeddings: the hard prompt the forward pass already uses."""
-        table = model.embedding_table(frozen)
-        return SoftPrompt(length=self.length), {"embeddings": table[self.tokens(prompt, model, frozen)].astype(jnp.float32)}
+        return SoftPrompt(length=self.length), {"embeddings": model.embed(frozen, self.tokens(prompt, model, frozen))
+                                                .astype(jnp.float32)}
