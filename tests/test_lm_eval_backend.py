@@ -74,7 +74,8 @@ def _hf(directory, include, **extra):
     args = ",".join([f"pretrained={directory}", "dtype=float32", "device=cpu", "batch_size=4",
                      *(f"{k}={v}" for k, v in extra.items())])
     return lm_eval.simple_evaluate(model="hf", model_args=args, tasks=["jp_opposites"],
-                                   task_manager=lm_eval.tasks.TaskManager(include_path=include), log_samples=True)
+                                   task_manager=lm_eval.tasks.TaskManager(include_path=include, include_defaults=False),
+                                   log_samples=True)
 
 
 def test_learned_soft_prompt_matches_lm_evals_hf_backend_on_its_peft_export(tiny_hf, tmp_path):
@@ -136,7 +137,8 @@ def test_generate_until_equals_hf_backend_and_a_torch_greedy_loop_with_the_promp
                                     log_samples=True))
     theirs = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={directory},dtype=float32,device=cpu,"
                                      "batch_size=4", tasks=["jp_complete"],
-                                     task_manager=lm_eval.tasks.TaskManager(include_path=include), log_samples=True)
+                                     task_manager=lm_eval.tasks.TaskManager(include_path=include, include_defaults=False),
+                                   log_samples=True)
     assert bare == _generations(theirs) and len(set(bare)) > 1
 
     task = Task(name="t", template=Template("{prompt} {word1} is the opposite of", " {word2}"), data="unused")
@@ -177,3 +179,13 @@ def test_an_unknown_lm_eval_task_is_one_line(tiny_lm, gpt2_tokenizer, tmp_path):
     with pytest.raises(TemplateError, match="lm-eval has no task 'no_such_task_anywhere'") as e:
         run_lm_eval(JaxPromptLM(session, None, learned=False), ["no_such_task_anywhere"], str(tmp_path))
     assert "\n" not in str(e.value)
+
+
+def test_tasks_all_in_the_include_path_skip_indexing_lm_evals_own(tmp_path):
+    """Tasks the include path defines are looked up there alone (lm-eval's own index takes 7-12 s
+    to build); a name it lacks falls back to lm-eval's index (above: an unknown task is searched
+    for there too, and named)."""
+    from jaxprompt.lm_eval_backend import task_manager
+
+    include = _lm_eval_task(tmp_path)
+    assert task_manager(["jp_opposites"], include).all_tasks == ["jp_opposites"]
