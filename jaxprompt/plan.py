@@ -163,7 +163,8 @@ def comparison(plans: list[MemoryPlan], device_memory: int | None = None, memory
     notes = [f"{first.model} ({first.dtype}, frozen weights {human(first.frozen_total_bytes)} in all) on "
              f"{first.devices} device(s); {first.step_text()}; bytes per device (sent/step: what each "
              "device's collectives send per step, counted from the compiled HLO):"]
-    notes.append(first.how + (f"; the total holds the host, {human(first.host_bytes)}" if first.target == "cpu" else ""))
+    host = f"; the total holds the host, {human(first.host_bytes)}" if first.target == "cpu" else ""
+    notes.append(first.how + host)
     if first.temp_upper_bound:
         notes.append("temporaries and sent/step are upper bounds (float32 proxy compile, see `jaxprompt.plan`): "
                      "bfloat16 weights and activations move in half the bytes")
@@ -217,7 +218,6 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
     from jaxprompt.data import Encoded, collate
     from jaxprompt.loss import prompt_loss
     from jaxprompt.models import Model
-    from jaxprompt.models.architecture import leaf_at, with_leaf
     from jaxprompt.optim import OptimizerConfig, make_optimizer
     from jaxprompt.parallel import MeshParallel
     from jaxprompt.precision import as_dtype, converts_layer_by_layer
@@ -244,11 +244,10 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
         return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
     frozen = abstract_frozen(weights_dtype)
-    if held:  # the layer stack and the vocabulary tables as raw bits (`Model.hold_as_bits`)
+    if held:  # the layer stack and the vocabulary tables as raw bits, as `Session.load` holds them
         bits = lambda x: jax.ShapeDtypeStruct(x.shape, jnp.uint16, sharding=x.sharding)
-        frozen = {**frozen, net.arch.stack_key: jax.tree.map(bits, frozen[net.arch.stack_key])}
-        for path, _ in net.arch.vocabulary_leaves(config).values():
-            frozen = with_leaf(frozen, path, bits(leaf_at(frozen, path)))
+        frozen = net.hold_as_bits(frozen, hold=lambda tree: jax.tree.map(
+            lambda x: bits(x) if x.dtype == jnp.bfloat16 else x, tree))
     method_name, method = method, make_method(method, length=prompt_length)
     # embedding prompts take token positions (a shared head before the text); prefix and adaption
     # prompts take none

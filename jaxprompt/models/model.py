@@ -194,15 +194,16 @@ class Model:
         """Whether the vocabulary table `table` ("input" or "output") is held as bits (`hold_as_bits`)."""
         return leaf_at(params, self.arch.vocabulary_leaves(self.config)[table][0]).dtype == jnp.uint16
 
-    def hold_as_bits(self, params: dict) -> dict:
+    def hold_as_bits(self, params: dict, hold=bits_in_place) -> dict:
         """The frozen weights as this backend's programs take them, in the same memory: bf16 on a CPU
         holds the layer stack (`layers.as_bits`) and the vocabulary tables (`over_vocabulary`) as raw
-        16-bit integers, so no program converts the whole of either to float32 ahead of its use."""
+        16-bit integers, so no program converts the whole of either to float32 ahead of its use.
+        `hold` turns a tree of bf16 weights into bits (`jaxprompt.plan` passes shapes)."""
         if not any(converts_layer_by_layer(x.dtype) for x in jax.tree.leaves(params)):
             return params
-        held = {**params, self.arch.stack_key: bits_in_place(params[self.arch.stack_key])}
+        held = {**params, self.arch.stack_key: hold(params[self.arch.stack_key])}
         for path, _ in self.arch.vocabulary_leaves(self.config).values():
-            held = with_leaf(held, path, bits_in_place(leaf_at(held, path)))
+            held = with_leaf(held, path, hold(leaf_at(held, path)))
         return held
 
     def forward(
