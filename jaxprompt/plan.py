@@ -274,7 +274,7 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
     prompt_bytes = sum(_leaf_bytes(x) for x in jax.tree.leaves(state))
     batch_bytes = sum(_leaf_bytes(x) for x in jax.tree.leaves(batch))
     temp = int(analysis.temp_size_in_bytes)
-    host = resident_bytes() if target == "cpu" else 0
+    host = process_memory()["rss"] if target == "cpu" else 0
     # arguments (weights, state, batch) + temporaries; the updated state reuses the donated one
     total = host + frozen_bytes + prompt_bytes + batch_bytes + temp + int(analysis.output_size_in_bytes
                                                                           - analysis.alias_size_in_bytes)
@@ -286,13 +286,20 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
                       host_bytes=host)
 
 
-def resident_bytes() -> int:
-    """This process's resident memory (Linux `/proc/self/status`; 0 where there is none)."""
+def process_memory(pid: int | str = "self") -> dict[str, int]:
+    """A process's resident memory and its high-water mark in bytes, {"rss": ..., "peak": ...}
+    (Linux `/proc/PID/status`; 0 where there is none)."""
+    names = {"VmRSS": "rss", "VmHWM": "peak"}
+    found = dict.fromkeys(names.values(), 0)
     try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-    except (OSError, StopIteration):
-        return 0
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in names:
+                    found[names[key]] = int(value.split()[0]) * 1024
+    except (OSError, ValueError):
+        pass
+    return found
 
 
 # ---- communication, counted from the compiled step's HLO -------------------------------------------

@@ -41,6 +41,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from jaxprompt.plan import process_memory  # noqa: E402  (no JAX: plan.py loads it only where it compiles)
 
 GB = 1e9
 STEP = dict(steps=2, batch_size=2, prompt_length=8)
@@ -131,13 +132,7 @@ def run_phase(name: str, argv: list[str], log: list) -> dict:
 def _watch_peak(pid: int, stop: threading.Event, peak: list) -> None:
     """The highest `VmHWM` of process `pid` until `stop` (read every 0.1 s)."""
     while not stop.is_set():
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        peak[0] = max(peak[0], int(line.split()[1]) * 1024)
-        except (OSError, ValueError):
-            pass
+        peak[0] = max(peak[0], process_memory(pid)["peak"])
         stop.wait(0.1)
 
 
@@ -190,7 +185,8 @@ def breakdown(model_dir: str) -> dict:
                 pass
     read_s = time.perf_counter() - t
     times = {"plain read of the shards (GB/s)": size / GB / read_s,
-             "Python, JAX and jaxprompt: memory, RSS / peak so far (GB)": tuple(m / GB for m in _memory_now())}
+             "Python, JAX and jaxprompt: memory, RSS / peak so far (GB)":
+                 tuple(m / GB for m in process_memory().values())}
     task, method = BUILTIN["antonyms"], make_method("soft", length=STEP["prompt_length"])
 
     def timed(name, fn):
@@ -198,8 +194,7 @@ def breakdown(model_dir: str) -> dict:
         out = fn()
         jax.block_until_ready(out)
         times[name] = time.perf_counter() - t
-        rss, peak = _memory_now()
-        times[f"{name}: memory after it, RSS / peak so far (GB)"] = (rss / GB, peak / GB)
+        times[f"{name}: memory after it, RSS / peak so far (GB)"] = tuple(m / GB for m in process_memory().values())
         return out
 
     session = timed("load", lambda: Session.load(model_dir, task, method, dtype="bfloat16", cache=False))
@@ -239,12 +234,6 @@ def _figure(name: str, value) -> str:
     if isinstance(value, (list, tuple)):  # memory: RSS / peak so far
         return " / ".join(f"{v:.2f}" for v in value)
     return f"{value:.2f}" + ("" if any(u in name for u in ("/s", "MFU")) else " s")
-
-
-def _memory_now() -> tuple[int, int]:
-    """This process's resident set and its high-water mark, in bytes (Linux `/proc/self/status`)."""
-    fields = dict(line.split(":", 1) for line in open("/proc/self/status") if line.startswith(("VmRSS", "VmHWM")))
-    return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
 
 
 def throughput(session, method, train, optimizer, step) -> dict:

@@ -64,7 +64,7 @@ def test_the_cpu_target_plans_the_step_a_bf16_run_on_this_cpu_compiles():
     from jaxprompt.loss import prompt_loss
     from jaxprompt.optim import OptimizerConfig, make_optimizer
     from jaxprompt.parallel import DataParallel
-    from jaxprompt.plan import resident_bytes
+    from jaxprompt.plan import process_memory
     from jaxprompt.prompts import make_method
     from jaxprompt.session import Session
     from jaxprompt.tasks import BUILTIN
@@ -86,7 +86,7 @@ def test_the_cpu_target_plans_the_step_a_bf16_run_on_this_cpu_compiles():
         .memory_analysis().temp_size_in_bytes
     table_f32 = 4 * session.config.vocab_size * session.config.d_embed
     assert abs(cpu.temp_bytes / real - 1) < 0.10 and cpu.temp_bytes < table_f32, (cpu.temp_bytes, real, table_f32)
-    assert 100e6 < cpu.host_bytes <= resident_bytes() + 100e6, cpu.host_bytes  # Python and JAX are 0.2 GB
+    assert 100e6 < cpu.host_bytes <= process_memory()["rss"] + 100e6, cpu.host_bytes  # Python and JAX are 0.2 GB
     assert cpu.total_bytes >= cpu.host_bytes + cpu.frozen_bytes + cpu.prompt_bytes + cpu.batch_bytes + cpu.temp_bytes
     assert "host (measured)" in cpu.table() and "resident memory" in cpu.table()
 

@@ -400,16 +400,23 @@ def as_bits(layers: dict) -> dict:
                         layers)
 
 
+def _viewed_in_place(w: Array, dtype) -> Array | None:
+    """A single-device CPU array's buffer as `dtype` of the same width, without a copy: a numpy view
+    placed back as an array of the same memory (`jax.device_put` of host memory on a CPU aliases
+    it). None for any other array (a tracer, another platform, several devices)."""
+    if isinstance(w, jax.core.Tracer):
+        return None
+    device, *others = w.devices()
+    return None if others or device.platform != "cpu" else jax.device_put(np.asarray(w).view(dtype), device)
+
+
 def bits_in_place(layers):
     """`as_bits` outside a compiled program and without a copy, for weights that every program then
-    takes as bits: a numpy view of each single-device CPU buffer, placed back as an array of the
-    same memory (`jax.device_put` of host memory on a CPU aliases it). Inside a program, `as_bits`
-    of bf16 weights is a copy of every layer (2.1 GB of temporaries for Llama-3.2-1B)."""
+    takes as bits (`_viewed_in_place`; other arrays are left as they are). Inside a program,
+    `as_bits` of bf16 weights is a copy of every layer (2.1 GB of temporaries for Llama-3.2-1B)."""
     def one(w):
-        if w.dtype != jnp.bfloat16:
-            return w
-        device, *others = w.devices()
-        return w if others or device.platform != "cpu" else jax.device_put(np.asarray(w).view(np.uint16), device)
+        viewed = _viewed_in_place(w, np.uint16) if w.dtype == jnp.bfloat16 else None
+        return w if viewed is None else viewed
 
     return jax.tree.map(one, layers)
 
@@ -422,9 +429,8 @@ def from_bits(weights):
     def one(w):
         if w.dtype != jnp.uint16:
             return w
-        if isinstance(w, jax.core.Tracer) or len(w.devices()) != 1 or next(iter(w.devices())).platform != "cpu":
-            return jax.lax.bitcast_convert_type(w, jnp.bfloat16)
-        return jax.device_put(np.asarray(w).view(jnp.bfloat16), next(iter(w.devices())))
+        viewed = _viewed_in_place(w, jnp.bfloat16)
+        return jax.lax.bitcast_convert_type(w, jnp.bfloat16) if viewed is None else viewed
 
     return jax.tree.map(one, weights)
 

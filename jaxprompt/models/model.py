@@ -157,10 +157,11 @@ class Model:
 
     def over_vocabulary(self, params: dict, fn, table: str = "input", combine: str = "concatenate",
                         blocks: int = VOCABULARY_BLOCKS) -> Array:
-        """`fn(rows [v, E], ids [v])` over the whole vocabulary: the input embeddings as the
+        """`fn(rows [v, E], ids [v] | None)` over the whole vocabulary: the input embeddings as the
         transformer sees them (`table="input"`) or the output head (`"output"`). `combine`:
         "concatenate" joins results `[..., v]` along the last axis into `[..., V]`; "sum" adds
-        results up, and then a row seen twice comes with the id -1 (`fn` masks it).
+        results up, and then a row seen twice comes with the id -1 (`fn` masks it). `ids` is None
+        when `rows` is the whole table, in order.
 
         A table held as bits (bf16 on a CPU, `hold_as_bits`) goes to `fn` in `blocks` blocks of
         rows, each converted where it is used and recomputed in the backward pass: XLA's CPU
@@ -171,7 +172,7 @@ class Model:
         rows_of = self.embedding_table if table == "input" else lambda p: self.arch.output_table(p, self.config)
         V = stored.shape[axis]
         if not self.held_as_bits(params, table) or blocks <= 1 or V <= blocks * blocks:
-            return fn(rows_of(params), jnp.arange(V))  # (blocks of a tiny table could start twice at V - size)
+            return fn(rows_of(params), None)  # (blocks of a tiny table could start twice at V - size)
         size = -(-V // blocks)
         # the last block ends at V: it starts early and repeats rows of the one before
         starts = jnp.minimum(jnp.arange(blocks) * size, V - size)

@@ -59,7 +59,7 @@ class RelaxedPrompt(PromptMethod, EmbeddingInit):
         held = model.held_as_bits(frozen, "input")
 
         def part(rows, ids):  # the weights of these rows (none for a row counted already)
-            w = jnp.where(ids >= 0, jnp.take(weights, jnp.maximum(ids, 0), axis=-1), 0.0)
+            w = weights if ids is None else jnp.where(ids >= 0, jnp.take(weights, jnp.maximum(ids, 0), axis=-1), 0.0)
             dtype = jnp.float32 if held else rows.dtype
             return jnp.einsum("nv,ve->ne", w.astype(dtype), rows.astype(dtype), preferred_element_type=jnp.float32)
 
