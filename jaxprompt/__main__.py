@@ -2,6 +2,6 @@
 
 import sys
 
-from jaxprompt.cli import main
+from jaxprompt.cli.main import main
 
 sys.exit(main())

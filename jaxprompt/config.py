@@ -20,7 +20,7 @@ import math
 import os
 from typing import ClassVar, NamedTuple
 
-from jaxprompt.settings import AT_LEAST_0, AT_LEAST_1, POSITIVE, Range, Settings, SettingError, label, setting
+from jaxprompt.settings import AT_LEAST_0, AT_LEAST_1, POSITIVE, Range, SettingError, Settings, label, setting
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODEL = os.path.join(REPO_ROOT, "checkpoints", "tiny-gpt2-wordnet")

@@ -10,17 +10,17 @@ import os
 import jax
 import numpy as np
 
-from jaxprompt.data import Encoded, check_positions, common_prefix_length, encode
-from jaxprompt.file_hashes import TABLE_NAME, directory_digest
+from jaxprompt.data.tasks import Task
+from jaxprompt.data.templates import Encoded, check_positions, common_prefix_length, encode
+from jaxprompt.data.tokenizer import Tokenizer, TokenizerError, check_tokenizer
+from jaxprompt.inference.prompt_cache import PromptCache, default_cache_dir
 from jaxprompt.models import Model
-from jaxprompt.models.config import ConfigError, ModelConfig
-from jaxprompt.models.convert import load_pretrained, resolve
+from jaxprompt.models.file_hashes import TABLE_NAME, directory_digest
+from jaxprompt.models.loading import load_pretrained, resolve
+from jaxprompt.models.model_config import ConfigError, ModelConfig
 from jaxprompt.precision import as_dtype, converts_layer_by_layer, policy_of
-from jaxprompt.prompt_cache import PromptCache, default_cache_dir
 from jaxprompt.prompts import PromptMethod
 from jaxprompt.settings import one_line
-from jaxprompt.tasks import Task
-from jaxprompt.tokenizer import Tokenizer, TokenizerError, check_tokenizer
 
 
 def _check_config_json(directory: str) -> None:

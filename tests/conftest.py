@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOKENIZER_DIR = REPO / "checkpoints" / "tiny-gpt2-wordnet"
+sys.path.insert(0, str(REPO / "scripts" / "tools"))  # the pretraining tools (corpus, WordNet) are not installed
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -152,7 +154,7 @@ def build_hf_model(name: str, directory, seed: int = 0, **overrides):
                 param.add_(0.2 * torch.randn_like(param))
     model.save_pretrained(directory)
     if model.config.vocab_size >= 50257:
-        from jaxprompt.tokenizer import Tokenizer
+        from jaxprompt.data.tokenizer import Tokenizer
 
         Tokenizer.load(str(TOKENIZER_DIR)).save(str(directory))
     return model
@@ -175,7 +177,7 @@ def tiny_hf(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def gpt2_tokenizer():
-    from jaxprompt.tokenizer import Tokenizer
+    from jaxprompt.data.tokenizer import Tokenizer
 
     return Tokenizer.load(str(TOKENIZER_DIR))
 
@@ -234,9 +236,9 @@ def tiny_model_dir(tmp_path_factory):
     with GPT-2's vocabulary, written by jaxprompt itself (no torch needed)."""
     import jax
 
+    from jaxprompt.data.tokenizer import Tokenizer
     from jaxprompt.models import Model
     from jaxprompt.models.convert import save_pretrained
-    from jaxprompt.tokenizer import Tokenizer
 
     directory = tmp_path_factory.mktemp("tiny-model")
     model = Model(tiny_config())
@@ -362,7 +364,7 @@ def built_once(tmp_path_factory, name: str, build) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def trained_run(tiny_model_dir, tmp_path_factory):
     """`jaxprompt train` of a soft prompt (P=3, 4 steps) on the antonyms task: the run directory."""
-    from jaxprompt.cli import main
+    from jaxprompt.cli.main import main
 
     def build(directory):
         assert main(["train", "--model", tiny_model_dir, "--out", str(directory / "run"), *FAST_RUN]) == 0
@@ -377,7 +379,7 @@ def seeds_run(tiny_model_dir, tmp_path_factory):
     import subprocess
     import sys
 
-    from jaxprompt.cli import main
+    from jaxprompt.cli.main import main
 
     def build(directory):
         common = ["train", "--model", tiny_model_dir, *FAST_RUN]

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprompt.inference.decode import generate, left_pad
 from jaxprompt.models import Model, load_pretrained, positions_from_mask, save_pretrained
 from jaxprompt.models.convert import tied_head_key, to_hf_state_dict
-from jaxprompt.models.generate import generate, left_pad
 from jaxprompt.models.registry import architecture
 
 LENGTHS = (10, 7, 4)  # longer than the test windows (4), so sliding windows are exercised
@@ -148,7 +148,7 @@ def check_adapter_against_peft(pt_model, directory: str, adapter_len: int = 3, a
     import peft
     import torch
 
-    from jaxprompt.models.layers import Adapter
+    from jaxprompt.models.layers.attention import Adapter
 
     config, params = load_pretrained(directory)
     model = Model(config)

@@ -11,8 +11,8 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxprompt.checkpoint import RECORD, CheckpointError, Checkpointer
-from jaxprompt.train import TrainState
+from jaxprompt.runs.checkpoint import RECORD, Checkpointer, CheckpointError
+from jaxprompt.training.step import TrainState
 
 
 def _state(step: int, value: float = 0.0) -> TrainState:

@@ -10,15 +10,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import ANTONYM_PAIRS
-from jaxprompt.choices import (ChoiceBatches, choice_cross_entropy, choice_logprobs, choice_loss, choice_metrics,
-                               collate_choices, encode_choices)
-from jaxprompt.data import Template, TemplateError
-from jaxprompt.evaluate import evaluate
+
+from jaxprompt.data.choices import ChoiceBatches, collate_choices, encode_choices
+from jaxprompt.data.tasks import Task
+from jaxprompt.data.templates import Template, TemplateError
+from jaxprompt.evaluation.choices import choice_cross_entropy, choice_logprobs, choice_loss, choice_metrics
+from jaxprompt.evaluation.evaluate import evaluate
 from jaxprompt.prompts import make_method
 from jaxprompt.session import Session
-from jaxprompt.tasks import Task
 
 torch = pytest.importorskip("torch")
 
@@ -198,8 +198,9 @@ def test_loss_choices_raises_validation_accuracy_on_supersense(tmp_path):
     """`train --task supersense --loss choices` with the embedded model: the learned prompt ranks the
     gold category first more often on validation than the prompt it started from."""
     from jaxprompt.config import RunOptions, TrainConfig
-    from jaxprompt.run import load_run, train_prompt
-    from jaxprompt.tasks import BUILTIN
+    from jaxprompt.data.tasks import BUILTIN
+    from jaxprompt.runs.load import load_run
+    from jaxprompt.training.run import train_prompt
 
     config = TrainConfig.from_flags(tasks=("supersense",), loss="choices", prompt_length=4, steps=40, batch_size=16,
                                     lr=0.1, eval_every=20, eval_examples=64, baseline=False)
@@ -224,7 +225,8 @@ def test_loss_choices_raises_validation_accuracy_on_supersense(tmp_path):
 ])
 def test_bad_choice_input_is_one_line_and_exit_2(tmp_path, capsys, rows, keys, message):
     from conftest import write_task
-    from jaxprompt.cli import main
+
+    from jaxprompt.cli.main import main
 
     keys = dict(keys)
     plain = keys.pop("loss", "x") is None

@@ -17,19 +17,19 @@ import time
 import jax
 import numpy as np
 import pytest
-
 from conftest import ANTONYM_PAIRS, FAST_RUN, snapshot, write_task
-from jaxprompt.cli import build_parser, main
-from jaxprompt.commands.eval import EvalOptions
-from jaxprompt.commands.export import ExportOptions, ImportOptions
-from jaxprompt.commands.generate import GenerateOptions
-from jaxprompt.commands.inspect import InspectOptions
-from jaxprompt.commands.lm_eval import LmEvalOptions
-from jaxprompt.commands.plan import PlanOptions
-from jaxprompt.commands.sweep import SweepOptions
-from jaxprompt.commands.trained import LoadOptions
+
+from jaxprompt.cli.eval import EvalOptions
+from jaxprompt.cli.export import ExportOptions, ImportOptions
+from jaxprompt.cli.generate import GenerateOptions
+from jaxprompt.cli.inspect import InspectOptions
+from jaxprompt.cli.lm_eval import LmEvalOptions
+from jaxprompt.cli.main import build_parser, main
+from jaxprompt.cli.plan import PlanOptions
+from jaxprompt.cli.sweep import SweepOptions
+from jaxprompt.cli.trained import LoadOptions
 from jaxprompt.config import RunOptions, TrainConfig
-from jaxprompt.serve import ServeOptions
+from jaxprompt.serving.options import ServeOptions
 from jaxprompt.settings import SettingError
 
 _SETTINGS = (TrainConfig, RunOptions, LoadOptions, EvalOptions, GenerateOptions, InspectOptions, ExportOptions,
@@ -112,7 +112,7 @@ POSITIONALS = {"eval": ["RUN"], "generate": ["RUN"], "inspect": ["RUN"], "export
 
 def _settings_of(sub, argv) -> dict:
     """Every settings object a command builds from `argv` (what it would run with)."""
-    from jaxprompt.commands.base import settings
+    from jaxprompt.cli.base import settings
 
     args = sub.parse_args(argv)
     return {cls.__name__: settings(args, cls) for cls in COMMAND_SETTINGS[sub.prog.split()[-1]]}
@@ -184,7 +184,7 @@ def test_every_flag_states_a_true_default_and_its_allowed_values(capsys):
 def test_multi_task_training_with_per_part_learning_rates_from_the_cli(tiny_model_dir, tmp_path, capsys):
     """`--task a,b`: one prompt per task trained in shared batches, evaluated per task; and
     `--part-lr encoder=0`: the p-tuning encoders stay at their initial values, their inputs train."""
-    from jaxprompt.run import load_run
+    from jaxprompt.runs.load import load_run
 
     rows = PAIRS * 2
     first = write_task(tmp_path, rows, name="opposites", hard_prompt="opposites:")
@@ -453,7 +453,7 @@ def test_plan_on_the_embedded_model(capsys):
     from safetensors import safe_open
 
     from jaxprompt.config import DEFAULT_MODEL
-    from jaxprompt.plan import human
+    from jaxprompt.parallel.plan import human
 
     with safe_open(os.path.join(DEFAULT_MODEL, "model.safetensors"), "np") as f:
         params = sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())
@@ -472,7 +472,7 @@ def test_plan_on_the_embedded_model(capsys):
 def test_plan_on_a_preset_over_eight_devices(capsys):
     """Llama-3.1-8B (8,030,261,248 parameters) in bf16 on 8 virtual devices, model=4: a quarter of
     its weights per device, compiled without allocating any."""
-    from jaxprompt.plan import human
+    from jaxprompt.parallel.plan import human
 
     assert main(["plan", "--model", "meta-llama/Llama-3.1-8B", "--devices", "8", "--mesh", "data=2,model=4",
                  "--batch-size", "8", "--dtype", "bfloat16"]) == 0

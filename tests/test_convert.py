@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from jaxprompt.models import ConfigError, Model, load_pretrained
-from jaxprompt.models.convert import CheckpointError, CheckpointReader, TensorSource
+from jaxprompt.models.convert import CheckpointError
+from jaxprompt.models.loading import CheckpointReader, TensorSource
 
 torch = pytest.importorskip("torch")
 
@@ -136,7 +137,7 @@ def test_whole_tensors_are_read_without_a_memory_map_and_match_safetensors(tmp_p
     from safetensors import safe_open
     from safetensors.numpy import save_file
 
-    from jaxprompt.models.convert import _read_whole, _safetensors_header
+    from jaxprompt.models.loading import _read_whole, _safetensors_header
 
     rng = np.random.default_rng(0)
     tensors = {"a": rng.standard_normal((3, 5)).astype(ml_dtypes.bfloat16), "b": rng.standard_normal(7).astype(np.float32),
@@ -157,7 +158,7 @@ def test_transposed_weights_are_copied_in_tiles_exactly(target):
     not multiples of the tile included) equals numpy's plain transpose, bit for bit."""
     import ml_dtypes
 
-    from jaxprompt.models.convert import _copy_into
+    from jaxprompt.models.loading import _copy_into
 
     x = np.random.default_rng(0).standard_normal((300, 700), np.float32).astype(ml_dtypes.bfloat16)
     out = np.empty((700, 300), ml_dtypes.bfloat16 if target == "bfloat16" else np.float32)

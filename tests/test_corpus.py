@@ -6,9 +6,10 @@ import os
 import re
 from collections import defaultdict
 
+import corpus  # scripts/tools/, on the path from conftest.py
 import pytest
+import wordnet
 
-from jaxprompt import corpus, wordnet
 from jaxprompt.config import DEFAULT_MODEL
 
 pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(wordnet.DEFAULT_DIR, "data.noun")),
@@ -27,7 +28,7 @@ def widest_corpus(synsets):
 
 
 def test_antonym_pairs_match_the_shipped_file(synsets):
-    from jaxprompt.tasks import DATA_DIR
+    from jaxprompt.data.tasks import DATA_DIR
 
     pairs = wordnet.antonym_pairs(synsets)
     assert 6000 < len(pairs) < 7000
@@ -50,7 +51,7 @@ def test_corpus_never_shows_the_evaluation_template(synsets, widest_corpus):
 
 
 def test_heldout_pairs_are_a_fixed_share_apart_from_the_task_split(synsets):
-    from jaxprompt.tasks import get_task
+    from jaxprompt.data.tasks import get_task
 
     pairs = wordnet.antonym_pairs(synsets)
     held = corpus.heldout_pairs(synsets)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jaxprompt.data import (Batches, Encoded, Template, TemplateError, check_positions, collate, common_prefix_length,
-                            encode, eval_batches)
+from jaxprompt.data.batches import Batches, collate, eval_batches
+from jaxprompt.data.templates import Encoded, Template, TemplateError, check_positions, common_prefix_length, encode
 
 
 def test_template_errors():

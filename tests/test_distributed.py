@@ -16,12 +16,12 @@ import time
 import jax
 import numpy as np
 import pytest
-
 from conftest import ANTONYM_PAIRS, FAST_COMPILE, REPO, write_task
-from jaxprompt.checkpoint import Checkpointer
-from jaxprompt.cli import main
-from jaxprompt.distributed import decided_by_writer, host, process_rows, run_devices
-from jaxprompt.run import load_run
+
+from jaxprompt.cli.main import main
+from jaxprompt.parallel.distributed import decided_by_writer, host, process_rows, run_devices
+from jaxprompt.runs.checkpoint import Checkpointer
+from jaxprompt.runs.load import load_run
 
 STEPS = 12
 # plain SGD: its update is linear in the gradient, so two processes differ from one only by float

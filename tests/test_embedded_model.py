@@ -22,7 +22,7 @@ EM_BAR = 0.30
 SHORT_JOB = dict(steps=80, prompt_length=20, lr=0.5, batch_size=32, eval_examples=200, eval_every=80)
 
 pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(DEFAULT_MODEL, "model.safetensors")),
-                                reason="embedded model not built (scripts/pretrain_tiny.py)")
+                                reason="embedded model not built (scripts/tools/pretrain_tiny.py)")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def learned_run(tmp_path_factory):
     """A soft prompt trained as the main job trains it (`SHORT_JOB`), with the written prompt's
     figures beside it: the run's result."""
     from jaxprompt.config import RunOptions, TrainConfig
-    from jaxprompt.run import train_prompt
+    from jaxprompt.training.run import train_prompt
 
     out = tmp_path_factory.mktemp("embedded") / "learned"
     return train_prompt(TrainConfig.from_flags(**SHORT_JOB), RunOptions(out=str(out), progress=False),
@@ -55,7 +55,7 @@ def learned_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def test_pairs():
     """The antonyms task's test rows, split into pairs seen and unseen in pretraining."""
-    from jaxprompt.tasks import get_task
+    from jaxprompt.data.tasks import get_task
 
     heldout = _heldout_pairs()
     test = get_task("antonyms").load(seed=0)["test"]
@@ -67,9 +67,9 @@ def test_pairs():
 def test_embedded_checkpoint_is_a_standard_hf_gpt2(hf_model):
     import torch
 
+    from jaxprompt.data.tokenizer import Tokenizer
     from jaxprompt.models import Model
-    from jaxprompt.models.convert import load_pretrained
-    from jaxprompt.tokenizer import Tokenizer
+    from jaxprompt.models.loading import load_pretrained
 
     assert os.path.getsize(os.path.join(DEFAULT_MODEL, "model.safetensors")) < 40e6
     tokenizer = Tokenizer.load(DEFAULT_MODEL)
@@ -118,7 +118,7 @@ def test_knows_the_pairs_it_was_shown_better_than_the_held_out_ones(hf_model, hf
 
     import torch
 
-    from jaxprompt.tasks import get_task
+    from jaxprompt.data.tasks import get_task
 
     heldout = _heldout_pairs()
     every_pair = sorted({(r["word1"], r["word2"]) for rows in get_task("antonyms").load(seed=0).values() for r in rows})
@@ -151,7 +151,7 @@ def test_knows_the_pairs_it_was_shown_better_than_the_held_out_ones(hf_model, hf
 
 
 def _heldout_pairs() -> set[tuple[str, str]]:
-    from jaxprompt.corpus import read_heldout_pairs
+    from corpus import read_heldout_pairs
 
     return set(read_heldout_pairs(DEFAULT_MODEL))
 
@@ -161,11 +161,13 @@ def test_learned_prompt_beats_written_prompt_and_needs_pretraining(tmp_path, lea
     than on held-out ones (it draws on what pretraining put there); on a randomly initialised model
     of the same shape the same training finds nothing."""
     from jaxprompt.config import RunOptions, TrainConfig
-    from jaxprompt.evaluate import heldout_loss
+    from jaxprompt.data.tokenizer import Tokenizer
+    from jaxprompt.evaluation.evaluate import heldout_loss
     from jaxprompt.models import Model
-    from jaxprompt.models.convert import load_pretrained, save_pretrained
-    from jaxprompt.run import load_run, train_prompt
-    from jaxprompt.tokenizer import Tokenizer
+    from jaxprompt.models.convert import save_pretrained
+    from jaxprompt.models.loading import load_pretrained
+    from jaxprompt.runs.load import load_run
+    from jaxprompt.training.run import train_prompt
 
     written, learned = learned_run.results
     # the main job's figures for this model are in the README
@@ -199,11 +201,11 @@ def test_exact_match_of_a_learned_prompt_recomputed_by_transformers(learned_run,
     clears the bar the embedded model was pretrained for."""
     import torch
 
-    from jaxprompt.data import collate
-    from jaxprompt.evaluate import answer_of, evaluate, inference_form
-    from jaxprompt.prompts.apply import prompt_inputs
-    from jaxprompt.run import load_run
-    from jaxprompt.tasks import get_task
+    from jaxprompt.data.batches import collate
+    from jaxprompt.data.tasks import get_task
+    from jaxprompt.evaluation.evaluate import answer_of, evaluate, inference_form
+    from jaxprompt.prompts.forward import prompt_inputs
+    from jaxprompt.runs.load import load_run
 
     session, prompt, _ = load_run(learned_run.run_dir)
     rows = get_task("antonyms").load(seed=0)["test"][:EM_ROWS]

@@ -6,13 +6,13 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-
 from conftest import ANTONYM_PAIRS
-from jaxprompt.data import Template, TemplateError
-from jaxprompt.evaluate import evaluate, generate_texts, heldout_loss, shown_samples
+
+from jaxprompt.data.tasks import BUILTIN, Task
+from jaxprompt.data.templates import Template, TemplateError
+from jaxprompt.evaluation.evaluate import evaluate, generate_texts, heldout_loss, shown_samples
 from jaxprompt.prompts import MultiTask, make_method
 from jaxprompt.session import Session
-from jaxprompt.tasks import BUILTIN, Task
 
 ROWS = [{"word1": a, "word2": b} for a, b in ANTONYM_PAIRS]
 

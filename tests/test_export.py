@@ -10,17 +10,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import ANTONYM_PAIRS, write_task
 
-from jaxprompt.data import Template, collate
-from jaxprompt.export import ExportError, export_peft, export_plain, import_peft, peft_incompatibility
+from jaxprompt.data.batches import collate
+from jaxprompt.data.tasks import Task
+from jaxprompt.data.templates import Template
+from jaxprompt.inference.decode import generate
 from jaxprompt.models import positions_from_mask
-from jaxprompt.models.generate import generate
 from jaxprompt.prompts import make_method
-from jaxprompt.prompts.apply import prompt_inputs
+from jaxprompt.prompts.forward import prompt_inputs
+from jaxprompt.runs.export import ExportError, export_peft, export_plain, peft_incompatibility
+from jaxprompt.runs.peft_import import import_peft
 from jaxprompt.session import Session
-from jaxprompt.tasks import Task
 
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
@@ -135,7 +136,8 @@ def test_peft_adapter_matches_jax(tiny_hf, tmp_path, variant, name, options):
 
     # and back: the imported prompt is the identical pytree (p-tuning/reparam: the baked one)
     from jaxprompt.prompts import method_from_spec
-    from jaxprompt.run import load_prompt, read_run_info
+    from jaxprompt.runs.load import load_prompt
+    from jaxprompt.training.run import read_run_info
 
     run = import_peft(out, str(tmp_path / "imported"), task=_task_file(tmp_path), model=directory)
     imported_method = method_from_spec(read_run_info(run)["method"])
@@ -244,7 +246,7 @@ def test_import_rejects_bad_adapters_in_one_line(tiny_hf, tmp_path):
 
 
 def test_import_never_replaces_a_run_unless_asked(tiny_hf, tmp_path):
-    from jaxprompt.run import RunError, read_run_info
+    from jaxprompt.training.run import RunError, read_run_info
 
     _, directory = tiny_hf("gpt2-50k")
     task = _task_file(tmp_path)

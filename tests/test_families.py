@@ -14,9 +14,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
-
 import parity
+import pytest
 from conftest import TINY
 
 torch = pytest.importorskip("torch")
@@ -73,7 +72,7 @@ def test_zero_gate_is_the_frozen_model(variant):
     checkpoints: the output projection's bias must enter once); a nonzero gate changes them (the
     family's blocks read the adapter)."""
     from jaxprompt.models import Model, positions_from_mask
-    from jaxprompt.models.layers import Adapter
+    from jaxprompt.models.layers.attention import Adapter
     from jaxprompt.models.registry import config_from_hf
 
     model = Model(config_from_hf(ADAPTION[variant]))
@@ -124,7 +123,7 @@ def test_unsupported_gpt2_options_are_refused():
 
 @pytest.mark.parametrize("scaling", [{"rope_type": "yarn", "factor": 4.0}, {"type": "dynamic", "factor": 2.0}])
 def test_llama_rope_scaling_it_does_not_compute_is_refused_at_load(scaling):
-    from jaxprompt.models.config import ConfigError
+    from jaxprompt.models.model_config import ConfigError
     from jaxprompt.models.registry import config_from_hf
 
     hf = {**TINY["llama"], "rope_scaling": scaling}

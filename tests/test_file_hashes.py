@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from jaxprompt import file_hashes
-from jaxprompt.file_hashes import directory_digest
+from jaxprompt.models import file_hashes
+from jaxprompt.models.file_hashes import directory_digest
 
 PAST = 1_600_000_000  # a modification time well outside the "racy" window
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
-
 import parity
+import pytest
 from conftest import program_values, tiny_config
+
+from jaxprompt.inference.decode import generate, left_pad
+from jaxprompt.inference.sampling import Sampling
 from jaxprompt.models import Model, load_pretrained
-from jaxprompt.models.generate import Sampling, generate, left_pad
 
 torch = pytest.importorskip("torch")
 
@@ -131,7 +132,7 @@ def test_the_prefill_unembeds_only_the_last_position(tiny_lm):
 def test_each_row_stops_at_its_own_max_tokens(tiny_lm):
     """`RowSampling.max_tokens`: row b gets its first max_tokens[b] greedy tokens (those of a run without
     limits), then padding, and the loop ends when the longest row does."""
-    from jaxprompt.models.generate import RowSampling
+    from jaxprompt.inference.sampling import RowSampling
 
     model, params = tiny_lm
     ids, mask = left_pad([[5, 6, 7], [9, 10, 11, 12], [3, 4]], pad_id=0)
@@ -151,7 +152,7 @@ def test_bf16_decoding_on_cpu_converts_one_layer_at_a_time():
     """bf16 weights on a CPU decode through the stacked layers (`_scans_layers`): the same tokens as
     one buffer per layer, without the float32 copy of every layer that XLA hoists out of that loop
     (compiled temporaries: below the copy's size; the per-layer form's: above it)."""
-    from jaxprompt.models.generate import _scans_layers
+    from jaxprompt.inference.decode import _scans_layers
 
     config = tiny_config("llama", vocab_size=64, d_model=256, n_heads=4, n_kv_heads=4, d_ff=1024, n_layers=8)
     model = Model(config)

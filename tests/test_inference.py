@@ -10,14 +10,15 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
-
 from conftest import ANTONYM_PAIRS
-from jaxprompt.data import Template
-from jaxprompt.inference import Engine, Options, Request, RequestError
-from jaxprompt.models.generate import generate, left_pad
+
+from jaxprompt.data.tasks import BUILTIN, Task
+from jaxprompt.data.templates import Template
+from jaxprompt.inference.decode import generate, left_pad
+from jaxprompt.inference.engine import Engine
+from jaxprompt.inference.requests import Options, Request, RequestError
 from jaxprompt.prompts import make_method
 from jaxprompt.session import Session
-from jaxprompt.tasks import BUILTIN, Task
 
 WORDS = [a for a, _ in ANTONYM_PAIRS]
 
@@ -109,7 +110,8 @@ def test_stop_strings_and_max_tokens_cut_the_completion(engine):
 def test_requests_of_any_length_up_to_the_minimum_share_one_compiled_program(engine):
     """Rows stop at their own max_tokens inside one decode loop: asking 1..MIN_NEW_TOKENS tokens, in
     any mix, compiles no new program for a batch and input length already seen."""
-    from jaxprompt.inference import MIN_NEW_TOKENS, _decode_batch
+    from jaxprompt.inference.engine import _decode_batch
+    from jaxprompt.inference.requests import MIN_NEW_TOKENS
 
     def batch(lengths):
         return [Request("prefix", text="hot and cold are", raw=True, options=Options(max_tokens=n)) for n in lengths]
@@ -123,7 +125,7 @@ def test_requests_of_any_length_up_to_the_minimum_share_one_compiled_program(eng
 
 
 def test_after_warm_up_short_requests_compile_nothing(engine):
-    from jaxprompt.inference import _decode_batch
+    from jaxprompt.inference.engine import _decode_batch
 
     engine.warm_up(2)
     compiled = _decode_batch._cache_size()

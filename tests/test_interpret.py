@@ -7,14 +7,14 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from conftest import ANTONYM_PAIRS
-from jaxprompt.evaluate import evaluate
-from jaxprompt.interpret import nearest_vocabulary, plot_embedding_space, projected_prompt
-from jaxprompt.prompt_cache import PromptCache
+
+from jaxprompt.data.tasks import BUILTIN
+from jaxprompt.evaluation.evaluate import evaluate
+from jaxprompt.evaluation.interpret import nearest_vocabulary, plot_embedding_space, projected_prompt
+from jaxprompt.inference.prompt_cache import PromptCache
 from jaxprompt.prompts import make_method
 from jaxprompt.session import Session
-from jaxprompt.tasks import BUILTIN
 
 ROWS = [{"word1": a, "word2": b} for a, b in ANTONYM_PAIRS]
 
@@ -46,8 +46,9 @@ def test_projected_prompt_is_the_hard_prompt(tiny_lm, gpt2_tokenizer):
     assert len(ids) == 3 and text == gpt2_tokenizer.decode(ids)
     projected = evaluate(dataclasses.replace(session, method=soft), hard, ROWS[:6], n_samples=0)
     # the same tokens as text: "Here are two" + tokens + " hot and" (encode per piece, as the template does)
-    from jaxprompt.data import Encoded, collate
-    from jaxprompt.loss import prompt_loss
+    from jaxprompt.data.batches import collate
+    from jaxprompt.data.templates import Encoded
+    from jaxprompt.prompts.loss import prompt_loss
     encoded = [session.encode([r])[0] for r in ROWS[:6]]
     as_text = [Encoded([ids[s] if s >= 0 else t for t, s in zip(e.tokens, e.slots)], [-1] * len(e), e.n_target)
                for e in encoded]

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxprompt.models.layers import (AttentionSpec, LayerInputs, apply_rotary, attend, key_masks, rms_norm,
-                                     rotary_angles, rotary_inv_freq)
+from jaxprompt.models.layers.attention import AttentionSpec, LayerInputs, attend, key_masks
+from jaxprompt.models.layers.basic import rms_norm
+from jaxprompt.models.layers.rotary import apply_rotary, rotary_angles, rotary_inv_freq
 
 torch = pytest.importorskip("torch")
 
@@ -101,8 +102,8 @@ def test_a_rematerialised_bf16_stack_converts_one_layer_at_a_time():
     with temporaries smaller than that copy (measured: 21.5 MB, against 38.3 MB without `as_bits`
     and a 33.6 MB copy), and equals the gradient without remat."""
     import jax
-
     from conftest import tiny_config
+
     from jaxprompt.models import Model, positions_from_mask
 
     config = tiny_config("llama", vocab_size=64, d_model=256, n_heads=4, n_kv_heads=4, d_ff=1024, n_layers=8)
@@ -134,10 +135,10 @@ def test_bf16_layers_held_as_bits_share_memory_and_copy_nothing_in_a_forward_pas
     backend converts every layer to float32 ahead of the scan (twice them). Its output equals the
     forward pass over the bf16 weights, bit for bit."""
     import jax
-
     from conftest import tiny_config
+
     from jaxprompt.models import Model, positions_from_mask
-    from jaxprompt.models.layers import bits_in_place
+    from jaxprompt.models.layers.bits import bits_in_place
 
     config = tiny_config("llama", vocab_size=64, d_model=256, n_heads=4, n_kv_heads=4, d_ff=1024, n_layers=8)
     model = Model(config, remat=True)

@@ -10,19 +10,20 @@ import json
 import jax
 import numpy as np
 import pytest
-
 from conftest import ANTONYM_PAIRS, write_task
-from jaxprompt.data import Template, TemplateError
-from jaxprompt.export import export_peft, import_peft
+
+from jaxprompt.data.tasks import Task
+from jaxprompt.data.templates import Template, TemplateError
 from jaxprompt.prompts import make_method
+from jaxprompt.runs.export import export_peft
+from jaxprompt.runs.peft_import import import_peft
 from jaxprompt.session import Session
-from jaxprompt.tasks import Task
 
 lm_eval = pytest.importorskip("lm_eval")
 pytest.importorskip("peft")
 torch = pytest.importorskip("torch")
 
-from jaxprompt.lm_eval_backend import JaxPromptLM, run_lm_eval  # noqa: E402
+from jaxprompt.evaluation.lm_eval import JaxPromptLM, run_lm_eval  # noqa: E402
 
 WORDS = [b for _, b in ANTONYM_PAIRS]
 DOCS = [{"word1": a, "options": [b, WORDS[(i + 3) % len(WORDS)], "unbelievably " + WORDS[(i + 5) % len(WORDS)]],
@@ -82,7 +83,7 @@ def test_learned_soft_prompt_matches_lm_evals_hf_backend_on_its_peft_export(tiny
     _, directory = tiny_hf("gpt2-50k")
     task_file = write_task(tmp_path, [{"word1": a, "word2": b} for a, b in ANTONYM_PAIRS], name="opposites",
                            template="{prompt} {word1} is the opposite of", target=" {word2}")
-    from jaxprompt.tasks import get_task
+    from jaxprompt.data.tasks import get_task
 
     method = make_method("soft", length=4)
     session = Session.load(directory, get_task(task_file), method, cache=False)
@@ -96,7 +97,7 @@ def test_learned_soft_prompt_matches_lm_evals_hf_backend_on_its_peft_export(tiny
     _compare(ours, _hf(directory, include, peft=adapter))
 
     # the command: lm-eval's results JSON in the run directory; an unknown task is one line, exit 2
-    from jaxprompt.cli import main
+    from jaxprompt.cli.main import main
 
     assert main(["lm-eval", run_dir, "--tasks", "jp_opposites", "--include-path", include, "--limit", "4"]) == 0
     stored = json.load(open(f"{run_dir}/lm_eval.json"))["results"]["jp_opposites"]
@@ -185,7 +186,7 @@ def test_tasks_all_in_the_include_path_skip_indexing_lm_evals_own(tmp_path):
     """Tasks the include path defines are looked up there alone (lm-eval's own index takes 7-12 s
     to build); a name it lacks falls back to lm-eval's index (above: an unknown task is searched
     for there too, and named)."""
-    from jaxprompt.lm_eval_backend import task_manager
+    from jaxprompt.evaluation.lm_eval import task_manager
 
     include = _lm_eval_task(tmp_path)
     assert task_manager(["jp_opposites"], include).all_tasks == ["jp_opposites"]

@@ -11,18 +11,19 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-
 from conftest import ANTONYM_PAIRS, tiny_config
-from jaxprompt import checkpoint
-from jaxprompt.checkpoint import CheckpointError, Checkpointer
+
 from jaxprompt.config import LoopConfig, OptimizerConfig
-from jaxprompt.data import Batches, Template, common_prefix_length, encode, eval_batches
-from jaxprompt.loop import NonFiniteLossError, fit
-from jaxprompt.loss import prompt_loss
+from jaxprompt.data.batches import Batches, eval_batches
+from jaxprompt.data.templates import Template, common_prefix_length, encode
 from jaxprompt.models import Model
-from jaxprompt.optim import make_optimizer
 from jaxprompt.prompts import make_method
-from jaxprompt.train import TrainState
+from jaxprompt.prompts.loss import prompt_loss
+from jaxprompt.runs import checkpoint
+from jaxprompt.runs.checkpoint import Checkpointer, CheckpointError
+from jaxprompt.training.loop import NonFiniteLossError, fit
+from jaxprompt.training.optim import make_optimizer
+from jaxprompt.training.step import TrainState
 
 TEMPLATE = Template("Here are two {prompt} {word1} and", " {word2}")
 P = 4

@@ -13,13 +13,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import ANTONYM_PAIRS, REPO, TOKENIZER_DIR
-from jaxprompt.data import Batches, Encoded, Template, collate, common_prefix_length, encode
-from jaxprompt.loss import nll_sum, prompt_loss
+
+from jaxprompt.data.batches import Batches, collate
+from jaxprompt.data.templates import Encoded, Template, common_prefix_length, encode
 from jaxprompt.models import Model
 from jaxprompt.prompts import make_method
-from jaxprompt.prompts.apply import prompted_hidden
+from jaxprompt.prompts.forward import prompted_hidden
+from jaxprompt.prompts.loss import nll_sum, prompt_loss
 
 TEMPLATE = Template("Here are two {prompt} {word1} and", " {word2}")
 P = 4
@@ -156,7 +157,7 @@ def test_prompt_gradient_matches_peft(tiny_hf, variant):
     """Loss and prompt gradient equal PEFT prompt tuning on the same tiny model (PyTorch)."""
     torch = pytest.importorskip("torch")
     peft = pytest.importorskip("peft")
-    from jaxprompt.models.convert import load_pretrained
+    from jaxprompt.models.loading import load_pretrained
 
     pt_model, directory = tiny_hf(variant)
     config, frozen = load_pretrained(directory)

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import TINY
+
 from jaxprompt.models import Model, PositionError, Prefix, positions_from_mask
 from jaxprompt.models.registry import config_from_hf
 
@@ -55,7 +55,8 @@ def test_bf16_vocabulary_tables_held_as_bits_are_converted_in_blocks(family):
     equal those of the bf16 table to float32 rounding, as do relaxed prompts' mixtures of its rows
     and their gradient; the embedding lookup and PEZ's nearest tokens exactly."""
     from conftest import tiny_config
-    from jaxprompt.models.layers import from_bits
+
+    from jaxprompt.models.layers.bits import from_bits
     from jaxprompt.prompts import make_method
 
     config = tiny_config(family, vocab_size=4099, d_model=256, d_embed=256, n_heads=4, n_kv_heads=4, d_ff=256,

@@ -6,15 +6,16 @@ import jax
 import numpy as np
 import optax
 import pytest
-
 from conftest import ANTONYM_PAIRS
+
 from jaxprompt.config import OptimizerConfig
-from jaxprompt.data import Template, collate, encode
-from jaxprompt.loss import prompt_loss
-from jaxprompt.optim import make_optimizer
+from jaxprompt.data.batches import collate
+from jaxprompt.data.templates import Template, encode
 from jaxprompt.prompts import make_method
+from jaxprompt.prompts.loss import prompt_loss
 from jaxprompt.settings import SettingError
-from jaxprompt.train import TrainState, make_train_step
+from jaxprompt.training.optim import make_optimizer
+from jaxprompt.training.step import TrainState, make_train_step
 
 
 def test_parts_can_be_frozen_or_given_their_own_rate(tiny_lm, gpt2_tokenizer):
@@ -56,7 +57,7 @@ def test_a_decaying_schedule_spans_the_run():
 def test_clipping_sees_only_the_trained_parts():
     """A frozen part's huge gradient neither shrinks the trained part's update (the reference: the
     same optimizer over the trained part alone) nor enters the step's logged grad_norm."""
-    from jaxprompt.optim import trained_only
+    from jaxprompt.training.optim import trained_only
 
     prompt = {"inputs": np.ones((2, 3), np.float32), "encoder": {"w": np.ones((3, 3), np.float32)}}
     target = {"inputs": np.zeros((2, 3), np.float32), "encoder": {"w": 1e3 * np.ones((3, 3), np.float32)}}

@@ -12,9 +12,9 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-
 from conftest import FAST_COMPILE, REPO, TOKENIZER_DIR
-from jaxprompt.parallel import MeshParallel, fsdp_spec, parse_mesh
+
+from jaxprompt.parallel.strategies import MeshParallel, fsdp_spec, parse_mesh
 
 SCRIPT = textwrap.dedent("""
     import functools, sys, tempfile, jax, numpy as np
@@ -178,14 +178,16 @@ def test_one_device_pmap_takes_the_frozen_weights_without_a_copy():
     arrays: `replicate` would copy the whole model into a [1, ...] stack beside the session's), and
     gives the plain jitted step's state and loss."""
     from conftest import tiny_config
+
     from jaxprompt.config import OptimizerConfig
-    from jaxprompt.data import Encoded, collate
-    from jaxprompt.loss import prompt_loss
+    from jaxprompt.data.batches import collate
+    from jaxprompt.data.templates import Encoded
     from jaxprompt.models import Model
-    from jaxprompt.optim import make_optimizer
-    from jaxprompt.parallel import DataParallel
+    from jaxprompt.parallel.strategies import DataParallel
     from jaxprompt.prompts import make_method
-    from jaxprompt.train import TrainState, make_train_step
+    from jaxprompt.prompts.loss import prompt_loss
+    from jaxprompt.training.optim import make_optimizer
+    from jaxprompt.training.step import TrainState, make_train_step
 
     model, method = Model(tiny_config()), make_method("soft", length=2)
     frozen = model.init(jax.random.key(0), std=0.2)

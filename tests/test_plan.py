@@ -10,11 +10,11 @@ import sys
 
 import jax
 import pytest
-
 from conftest import tiny_config
+
 from jaxprompt.models import Model
-from jaxprompt.plan import (candidate_meshes, collective_bytes, model_config, parse_bytes, plan, plans,
-                            smallest_model_axis)
+from jaxprompt.parallel.collectives import collective_bytes
+from jaxprompt.parallel.plan import candidate_meshes, model_config, parse_bytes, plan, plans, smallest_model_axis
 
 
 def test_parse_bytes():
@@ -28,13 +28,14 @@ def test_plan_agrees_with_the_real_training_step():
     """The plan of the embedded model on one device vs the memory XLA assigns to the step `fit`
     really runs (pmap, real arrays): within 10% (measured: 0.002%)."""
     from jaxprompt.config import DEFAULT_MODEL
-    from jaxprompt.data import Encoded, collate
-    from jaxprompt.loss import prompt_loss
+    from jaxprompt.data.batches import collate
+    from jaxprompt.data.templates import Encoded
     from jaxprompt.models import Model, load_pretrained
-    from jaxprompt.optim import OptimizerConfig, make_optimizer
-    from jaxprompt.parallel import DataParallel
+    from jaxprompt.parallel.strategies import DataParallel
     from jaxprompt.prompts import make_method
-    from jaxprompt.train import TrainState
+    from jaxprompt.prompts.loss import prompt_loss
+    from jaxprompt.training.optim import OptimizerConfig, make_optimizer
+    from jaxprompt.training.step import TrainState
 
     predicted = plan(DEFAULT_MODEL, 1, 1, 1, batch_size=16, prompt_length=8, text_tokens=24, dtype="float32")
     config, frozen = load_pretrained(DEFAULT_MODEL)
@@ -60,15 +61,16 @@ def test_the_cpu_target_plans_the_step_a_bf16_run_on_this_cpu_compiles():
     float32 copy of the vocabulary table every program would hold without the bits; its total
     adds this process's resident memory, measured."""
     from jaxprompt.config import DEFAULT_MODEL
-    from jaxprompt.data import Encoded, collate
-    from jaxprompt.loss import prompt_loss
-    from jaxprompt.optim import OptimizerConfig, make_optimizer
-    from jaxprompt.parallel import DataParallel
-    from jaxprompt.plan import process_memory
+    from jaxprompt.data.batches import collate
+    from jaxprompt.data.tasks import BUILTIN
+    from jaxprompt.data.templates import Encoded
+    from jaxprompt.parallel.plan import process_memory
+    from jaxprompt.parallel.strategies import DataParallel
     from jaxprompt.prompts import make_method
+    from jaxprompt.prompts.loss import prompt_loss
     from jaxprompt.session import Session
-    from jaxprompt.tasks import BUILTIN
-    from jaxprompt.train import TrainState
+    from jaxprompt.training.optim import OptimizerConfig, make_optimizer
+    from jaxprompt.training.step import TrainState
 
     shape = dict(batch_size=4, prompt_length=8, text_tokens=24, dtype="bfloat16")
     cpu = plan(DEFAULT_MODEL, 1, 1, 1, target="cpu", **shape)
@@ -104,7 +106,7 @@ def test_the_model_comes_from_a_preset_a_directory_or_the_hugging_face_cache(tin
     (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
     env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     env.pop("HF_HUB_CACHE", None)
-    script = "from jaxprompt.plan import model_config; print(model_config('jaxprompt-test/tiny-gpt2').d_model)"
+    script = "from jaxprompt.parallel.plan import model_config; print(model_config('jaxprompt-test/tiny-gpt2').d_model)"
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.split() == ["32"], proc.stdout + proc.stderr[-2000:]
 

@@ -8,14 +8,14 @@ import os
 import jax
 import numpy as np
 import pytest
-
 from conftest import ANTONYM_PAIRS
-from jaxprompt.evaluate import generate_texts, heldout_loss
-from jaxprompt.file_hashes import TABLE_NAME
-from jaxprompt.prompt_cache import ENV, PromptCache, default_cache_dir
+
+from jaxprompt.data.tasks import BUILTIN
+from jaxprompt.evaluation.evaluate import generate_texts, heldout_loss
+from jaxprompt.inference.prompt_cache import ENV, PromptCache, default_cache_dir
+from jaxprompt.models.file_hashes import TABLE_NAME
 from jaxprompt.prompts import make_method
 from jaxprompt.session import Session
-from jaxprompt.tasks import BUILTIN
 
 ROWS = [{"word1": a, "word2": b} for a, b in ANTONYM_PAIRS]
 

@@ -7,16 +7,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import ANTONYM_PAIRS, program_values
+
 from jaxprompt.config import INIT_NAMES, METHOD_NAMES, LoopConfig, OptimizerConfig
-from jaxprompt.data import Batches, Template, collate, common_prefix_length, encode, eval_batches
-from jaxprompt.loop import fit
-from jaxprompt.loss import prompt_loss
-from jaxprompt.optim import make_optimizer
+from jaxprompt.data.batches import Batches, collate, eval_batches
+from jaxprompt.data.templates import Template, common_prefix_length, encode
 from jaxprompt.prompts import METHODS, MultiTask, SoftPrompt, make_method, method_from_spec, method_spec
-from jaxprompt.prompts.apply import prompt_inputs
+from jaxprompt.prompts.forward import prompt_inputs
 from jaxprompt.prompts.init import INITIALIZERS
+from jaxprompt.prompts.loss import prompt_loss
+from jaxprompt.training.loop import fit
+from jaxprompt.training.optim import make_optimizer
 
 TEMPLATE = Template("Here are two {prompt} {word1} and", " {word2}")
 P = 4
@@ -221,6 +222,7 @@ def test_method_specs_round_trip():
 
 def _bf16_llama(vocab_size=50257, **overrides):
     from conftest import tiny_config
+
     from jaxprompt.models import Model
 
     model = Model(tiny_config("llama", vocab_size=vocab_size, d_model=256, d_embed=256, d_ff=1024, n_layers=4,
@@ -291,9 +293,10 @@ def test_pez_projection_matches_a_float32_reference(tiny_lm):
 def _sentencepiece_style(specials: list[str], unused: int, words: list[str]):
     """A byte-fallback BPE tokenizer laid out as Llama-2's (specials, 256 byte tokens, pieces) or
     Gemma's (specials, control and unused slots, byte tokens, pieces), built offline."""
-    from tokenizers import Tokenizer as HFTokenizer, decoders, models, normalizers
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, normalizers
 
-    from jaxprompt.tokenizer import Tokenizer
+    from jaxprompt.data.tokenizer import Tokenizer
 
     vocab = {}
     for t in specials + [f"<unused{i}>" for i in range(unused)] + [f"<0x{b:02X}>" for b in range(256)]:
@@ -329,10 +332,11 @@ def test_random_token_inits_draw_only_ordinary_words(style, name):
     """Sampled-vocabulary and random-token prefix inits never pick a byte, special, control or
     unused token: the ids they draw are checked against the tokenizer's own pieces."""
     from conftest import tiny_config
+
     from jaxprompt.config import MethodConfig
+    from jaxprompt.data.tasks import BUILTIN
     from jaxprompt.models import Model
-    from jaxprompt.run import build_method
-    from jaxprompt.tasks import BUILTIN
+    from jaxprompt.training.run import build_method
 
     tokenizer = _sentencepiece_style(**style)
     V = tokenizer.vocab_size

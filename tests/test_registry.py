@@ -163,7 +163,8 @@ def test_adaption_prompts_are_refused_where_the_architecture_lacks_them(monkeypa
     import dataclasses
 
     from conftest import TINY
-    from jaxprompt.models.layers import Adapter
+
+    from jaxprompt.models.layers.attention import Adapter
 
     assert all(arch.adaption_prompts for arch in ARCHITECTURES.values())  # every family today
     monkeypatch.setitem(ARCHITECTURES, "gpt2", dataclasses.replace(ARCHITECTURES["gpt2"], adaption_prompts=False))

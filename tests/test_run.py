@@ -10,13 +10,14 @@ import shutil
 import jax
 import numpy as np
 import pytest
-
 from conftest import snapshot
+
 from jaxprompt.config import RunOptions, TrainConfig
+from jaxprompt.data.tasks import BUILTIN
 from jaxprompt.files import DirectoryLock, LockedError
-from jaxprompt.run import RunError, load_run, read_run_info, train_prompt
+from jaxprompt.runs.load import load_run
 from jaxprompt.settings import SettingError
-from jaxprompt.tasks import BUILTIN
+from jaxprompt.training.run import RunError, read_run_info, train_prompt
 
 SMALL = dict(steps=6, prompt_length=3, batch_size=8, eval_examples=8, eval_every=3, lr=0.05)
 
@@ -137,7 +138,7 @@ def test_settings_out_of_range_never_start_a_run(run, tmp_path):
 def test_every_method_setting_reaches_the_method_under_its_own_name(gpt2_tokenizer):
     """What each method gets from the settings (as the hand-written mapping before gave it)."""
     from jaxprompt.prompts import AdaptionPrompt, PrefixTuning, ProjectedPrompt, PTuning, RelaxedPrompt, SoftPrompt
-    from jaxprompt.run import build_method
+    from jaxprompt.training.run import build_method
 
     task = BUILTIN["antonyms"]
     common = dict(prompt_length=4, init="uniform")
@@ -209,7 +210,7 @@ def test_the_curve_draws_the_written_prompt_beside_every_member(tmp_path, monkey
     import matplotlib.image
     import matplotlib.pyplot as plt
 
-    from jaxprompt.plot import plot_curve
+    from jaxprompt.training.curve import plot_curve
 
     figures = []
     close = plt.close

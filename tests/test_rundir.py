@@ -12,7 +12,7 @@ import pytest
 
 from jaxprompt.config import TrainConfig
 from jaxprompt.prompts import AdaptionPrompt
-from jaxprompt.rundir import FORMAT, RunError, read_run_info, run_info
+from jaxprompt.runs.layout import FORMAT, RunError, read_run_info, run_info
 
 FORMAT_1 = {
     "config": {"tasks": ["antonyms"], "model": "gpt2", "dtype": "float32", "seed": 0, "split_seed": None, "seeds": 1,

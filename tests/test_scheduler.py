@@ -9,8 +9,11 @@ from __future__ import annotations
 import dataclasses
 
 from test_inference import engine  # noqa: F401  (the module fixture: soft, prefix, infix, written, bare)
-from jaxprompt.inference import Engine, Options, Request
-from jaxprompt.scheduler import Scheduler, compiled_programs
+
+from jaxprompt.inference.engine import Engine
+from jaxprompt.inference.requests import Options, Request
+from jaxprompt.inference.scheduler import Scheduler
+from jaxprompt.inference.slots import compiled_programs
 
 
 def _alone(engine, request):

@@ -17,9 +17,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from conftest import ANTONYM_PAIRS, REPO
-from jaxprompt.cli import main
+
+from jaxprompt.cli.main import main
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")

@@ -13,12 +13,12 @@ import jax
 import numpy as np
 import pytest
 
-from jaxprompt.data import TemplateError
-from jaxprompt.models.config import ConfigError
+from jaxprompt.data.tasks import BUILTIN
+from jaxprompt.data.templates import TemplateError
+from jaxprompt.data.tokenizer import TokenizerError
+from jaxprompt.models.model_config import ConfigError
 from jaxprompt.prompts import make_method
 from jaxprompt.session import Session
-from jaxprompt.tasks import BUILTIN
-from jaxprompt.tokenizer import TokenizerError
 
 HF_CACHE_SCRIPT = textwrap.dedent("""
     import sys, jax, numpy as np
@@ -93,7 +93,7 @@ def test_a_loaded_checkpoint_is_keyed_by_its_files_read_once(tiny_model_dir, tmp
     with one byte of the weights (or the dtype they are loaded in)."""
     import builtins
 
-    from jaxprompt import file_hashes
+    from jaxprompt.models import file_hashes
 
     directory, cache = tmp_path / "model", str(tmp_path / "cache")
     shutil.copytree(tiny_model_dir, directory)

@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from jaxprompt.config import RunOptions, TrainConfig
-from jaxprompt.sweep import sweep_prompt_length
+from jaxprompt.training.sweep import sweep_prompt_length
 
 
 def test_the_sweep_reports_the_length_whose_run_validated_best(tiny_model_dir, tmp_path):

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from jaxprompt.data import Template, TemplateError
+from jaxprompt.data.tasks import BUILTIN, Task, get_task, load_records, split_examples, task_from_dict
+from jaxprompt.data.templates import Template, TemplateError
 from jaxprompt.settings import SettingError
-from jaxprompt.tasks import BUILTIN, Task, get_task, load_records, split_examples, task_from_dict
 
 
 def test_antonym_splits_are_deterministic_and_keep_pairs_together():
@@ -139,7 +139,8 @@ def test_builtin_choice_tasks_are_what_wordnet_says(tmp_path):
     import sys
 
     from conftest import REPO
-    from jaxprompt.tasks import BUILTIN
+
+    from jaxprompt.data.tasks import BUILTIN
 
     wordnet = "/usr/share/wordnet"
     if not os.path.isfile(f"{wordnet}/index.noun"):

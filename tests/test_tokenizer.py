@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import TOKENIZER_DIR
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import processors
 
-from conftest import TOKENIZER_DIR
+from jaxprompt.data.tokenizer import Tokenizer, TokenizerError, check_tokenizer
 from jaxprompt.models import config_from_hf, load_pretrained
-from jaxprompt.tokenizer import Tokenizer, TokenizerError, check_tokenizer
 
 TEXT = "Here are two antonyms hot and"
 

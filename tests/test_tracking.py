@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from jaxprompt.settings import SettingError
-from jaxprompt.tracking import Trackers
+from jaxprompt.training.tracking import Trackers
+
 
 def _metrics(run_dir) -> list[dict]:
     return [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
@@ -141,7 +142,7 @@ def test_a_missing_tracker_is_one_line_before_anything_runs(monkeypatch, tmp_pat
 
 
 def test_names_of_a_single_prompts_and_a_populations_values():
-    from jaxprompt.tracking import result_scalars, scalars, written_scalars
+    from jaxprompt.training.tracking import result_scalars, scalars, written_scalars
 
     assert scalars({"step": 3, "train_loss": 2.5, "grad_norm": 0.5, "lr": {"embeddings": 0.1, "encoder": 0.0},
                     "tokens_per_s": 100.0}) == {"train/loss": 2.5, "train/grad_norm": 0.5, "train/lr/embeddings": 0.1,

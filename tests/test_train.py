@@ -7,12 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from conftest import ANTONYM_PAIRS
-from jaxprompt.data import Template, collate, encode
-from jaxprompt.loss import prompt_loss
+
+from jaxprompt.data.batches import collate
+from jaxprompt.data.templates import Template, encode
 from jaxprompt.prompts import make_method
-from jaxprompt.train import TrainState, make_train_step, summed_loss_and_grads
+from jaxprompt.prompts.loss import prompt_loss
+from jaxprompt.training.step import TrainState, make_train_step, summed_loss_and_grads
 
 TEMPLATE = Template("Here are two {prompt} {word1} and", " {word2}")
 P = 4

@@ -9,10 +9,11 @@ One module per architecture (gpt2, opt, llama, mistral, qwen2, qwen3, gemma, gem
 `registry.py` maps `model_type` to it, `layers.py` holds the shared pieces.
 """
 
-from jaxprompt.models.config import ConfigError, ModelConfig
-from jaxprompt.models.convert import CheckpointError, load_pretrained, save_pretrained
-from jaxprompt.models.layers import KVCache, Prefix
+from jaxprompt.models.convert import CheckpointError, save_pretrained
+from jaxprompt.models.layers.attention import KVCache, Prefix
+from jaxprompt.models.loading import load_pretrained
 from jaxprompt.models.model import Model, PositionError, positions_from_mask
+from jaxprompt.models.model_config import ConfigError, ModelConfig
 from jaxprompt.models.registry import ARCHITECTURES, PRESETS, config_from_hf, config_to_hf, preset
 
 __all__ = ["Model", "ModelConfig", "ConfigError", "PositionError", "CheckpointError", "KVCache", "Prefix", "positions_from_mask",

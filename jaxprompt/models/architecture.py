@@ -12,8 +12,10 @@ from typing import Any, Callable, Mapping
 
 from jaxtyping import Array, Float, Int
 
-from jaxprompt.models.config import ModelConfig
-from jaxprompt.models.layers import KVCache, StackInputs, from_bits
+from jaxprompt.models.layers.attention import KVCache
+from jaxprompt.models.layers.bits import from_bits
+from jaxprompt.models.layers.stack import StackInputs
+from jaxprompt.models.model_config import ModelConfig
 
 # (HF state-dict key, params path, transpose). `{i}` in a key is the layer index; its params leaf is
 # stacked over layers. nn.Linear weights are (out, in) and are transposed; GPT-2's Conv1D is not.

@@ -12,8 +12,9 @@ from jaxtyping import Array, Float
 
 from jaxprompt.models import gemma, llama
 from jaxprompt.models.architecture import KeyRow
-from jaxprompt.models.config import ModelConfig
-from jaxprompt.models.layers import LayerInputs, activation, gated_mlp
+from jaxprompt.models.layers.attention import LayerInputs
+from jaxprompt.models.layers.basic import activation, gated_mlp
+from jaxprompt.models.model_config import ModelConfig
 
 HF_FIELDS = {**{k: v for k, v in gemma.HF_FIELDS.items() if k != "activation"},
              "activation": "hidden_activation", "query_pre_attn_scalar": "query_pre_attn_scalar",

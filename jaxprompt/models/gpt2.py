@@ -13,9 +13,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from jaxprompt.models.architecture import Architecture, KeyRow, TokenizerConventions
-from jaxprompt.models.config import ModelConfig, read_fields, refuse, write_fields
-from jaxprompt.models.layers import (AttentionSpec, KVCache, LayerInputs, StackInputs, activation, attend,
-                                     attention_output, decoder_stack, dense, layer_norm)
+from jaxprompt.models.layers.attention import AttentionSpec, KVCache, LayerInputs, attend, attention_output
+from jaxprompt.models.layers.basic import activation, dense, layer_norm
+from jaxprompt.models.layers.stack import StackInputs, decoder_stack
+from jaxprompt.models.model_config import ModelConfig, read_fields, refuse, write_fields
 
 # ours -> config.json name: the one table that reads and writes config.json
 HF_FIELDS = {

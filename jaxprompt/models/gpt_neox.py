@@ -12,9 +12,11 @@ from jaxtyping import Array, Float
 
 from jaxprompt.models import llama
 from jaxprompt.models.architecture import Architecture, KeyRow, TokenizerConventions
-from jaxprompt.models.config import ModelConfig, read_fields, rope_from_hf, rope_to_hf, write_fields
-from jaxprompt.models.layers import (AttentionSpec, KVCache, LayerInputs, StackInputs, activation, apply_rotary, attend,
-                                     attention_output, dense, layer_norm)
+from jaxprompt.models.layers.attention import AttentionSpec, KVCache, LayerInputs, attend, attention_output
+from jaxprompt.models.layers.basic import activation, dense, layer_norm
+from jaxprompt.models.layers.rotary import apply_rotary
+from jaxprompt.models.layers.stack import StackInputs
+from jaxprompt.models.model_config import ModelConfig, read_fields, rope_from_hf, rope_to_hf, write_fields
 
 HF_FIELDS = {
     "vocab_size": "vocab_size", "max_positions": "max_position_embeddings", "d_model": "hidden_size",

@@ -18,10 +18,12 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from jaxprompt.models.architecture import Architecture, KeyRow, TokenizerConventions
-from jaxprompt.models.config import ModelConfig, read_fields, refuse, rope_from_hf, rope_to_hf, write_fields
-from jaxprompt.models.layers import (AttentionSpec, KVCache, LayerInputs, StackInputs, activation, apply_rotary, attend,
-                                     attention_output, decoder_stack, dense, from_bits, gated_mlp, rms_norm,
-                                     rotary_angles, rotary_inv_freq)
+from jaxprompt.models.layers.attention import AttentionSpec, KVCache, LayerInputs, attend, attention_output
+from jaxprompt.models.layers.basic import activation, dense, gated_mlp, rms_norm
+from jaxprompt.models.layers.bits import from_bits
+from jaxprompt.models.layers.rotary import apply_rotary, rotary_angles, rotary_inv_freq
+from jaxprompt.models.layers.stack import StackInputs, decoder_stack
+from jaxprompt.models.model_config import ModelConfig, read_fields, refuse, rope_from_hf, rope_to_hf, write_fields
 
 
 class Variant(NamedTuple):

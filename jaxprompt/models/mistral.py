@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from jaxprompt.models import llama
 from jaxprompt.models.architecture import TokenizerConventions
-from jaxprompt.models.config import ModelConfig
+from jaxprompt.models.model_config import ModelConfig
 
 HF_FIELDS = {k: v for k, v in llama.HF_FIELDS.items() if k not in ("attention_bias", "mlp_bias")} \
     | {"sliding_window": "sliding_window"}

@@ -15,8 +15,10 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxprompt.models.architecture import Architecture, leaf_at, with_leaf
-from jaxprompt.models.config import ConfigError, ModelConfig
-from jaxprompt.models.layers import Adapter, KVCache, Prefix, StackInputs, bits_in_place
+from jaxprompt.models.layers.attention import Adapter, KVCache, Prefix
+from jaxprompt.models.layers.bits import bits_in_place
+from jaxprompt.models.layers.stack import StackInputs
+from jaxprompt.models.model_config import ConfigError, ModelConfig
 from jaxprompt.models.registry import architecture, require_adaption_prompts
 from jaxprompt.precision import LOGITS_DTYPE, converts_layer_by_layer
 

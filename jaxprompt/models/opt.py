@@ -15,9 +15,10 @@ from typing import Any, Mapping
 from jaxtyping import Array, Float
 
 from jaxprompt.models.architecture import Architecture, KeyRow, TokenizerConventions
-from jaxprompt.models.config import ModelConfig, read_fields, write_fields
-from jaxprompt.models.layers import (AttentionSpec, KVCache, LayerInputs, StackInputs, activation, attend,
-                                     attention_output, decoder_stack, dense, layer_norm)
+from jaxprompt.models.layers.attention import AttentionSpec, KVCache, LayerInputs, attend, attention_output
+from jaxprompt.models.layers.basic import activation, dense, layer_norm
+from jaxprompt.models.layers.stack import StackInputs, decoder_stack
+from jaxprompt.models.model_config import ModelConfig, read_fields, write_fields
 
 POSITION_OFFSET = 2
 

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from jaxprompt.models import llama, qwen2
 from jaxprompt.models.architecture import TokenizerConventions
-from jaxprompt.models.config import ModelConfig
+from jaxprompt.models.model_config import ModelConfig
 
 HF_FIELDS = {k: v for k, v in llama.HF_FIELDS.items() if k != "mlp_bias"}
 HF_DEFAULTS = {**qwen2.HF_DEFAULTS, "head_dim": 128}

@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 from jaxprompt.models import gemma, gemma2, gpt2, gpt_neox, llama, mistral, opt, qwen2, qwen3
 from jaxprompt.models.architecture import Architecture
-from jaxprompt.models.config import ConfigError, ModelConfig, as_dict
+from jaxprompt.models.model_config import ConfigError, ModelConfig, as_dict
 
 ARCHITECTURES: dict[str, Architecture] = {
     module.ARCHITECTURE.model_type: module.ARCHITECTURE

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from jaxprompt.models import Model
-from jaxprompt.models.layers import Adapter
+from jaxprompt.models.layers.attention import Adapter
 from jaxprompt.prompts.base import PromptMethod
 
 

@@ -19,7 +19,7 @@ from typing import ClassVar
 import jax
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxprompt.data import Template
+from jaxprompt.data.templates import Template
 from jaxprompt.models import Model
 from jaxprompt.prompts import init as inits
 

@@ -1,0 +1,207 @@
+"""`jaxprompt train | eval | generate | inspect | export | import | tasks | sweep | plan`: the parser
+and the one way a command ends.
+
+Each command is a module of jaxprompt/commands/ (its options beside the function that runs it),
+registered in `COMMANDS` below. Every option is generated from a settings dataclass (its default,
+help text and allowed values: settings.py), so the CLI and the Python API cannot drift apart, and
+every value is checked before anything runs. Bad input ends in one line on stderr and exit code 2, never a traceback;
+Ctrl-C in one line and exit code 130, with the run's last committed checkpoint kept.
+
+Commands import what they use when they run: `--help`, `jaxprompt tasks` and a refused flag
+answer without loading JAX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import threading
+import typing
+
+from jaxprompt.cli.base import CLIError, Command, interrupt_note
+from jaxprompt.cli.compile_cache import compilation_cache
+from jaxprompt.cli.eval import EVAL
+from jaxprompt.cli.export import EXPORT, IMPORT
+from jaxprompt.cli.generate import GENERATE
+from jaxprompt.cli.inspect import INSPECT
+from jaxprompt.cli.lm_eval import LM_EVAL
+from jaxprompt.cli.plan import PLAN
+from jaxprompt.cli.serve import SERVE
+from jaxprompt.cli.sweep import SWEEP
+from jaxprompt.cli.tasks import TASKS
+from jaxprompt.cli.train import TRAIN
+from jaxprompt.settings import SettingError, Settings, allowed, get, leaves, parse_text
+
+PROG = "jaxprompt"
+
+# `jaxprompt --help` lists them in this order; a new command is a module of commands/ and a line here
+COMMANDS: tuple[Command, ...] = (TRAIN, EVAL, GENERATE, INSPECT, EXPORT, IMPORT, TASKS, SWEEP, PLAN, SERVE, LM_EVAL)
+
+__all__ = ["CLIError", "COMMANDS", "build_parser", "main"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (exit 2) like every other bad input."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+
+
+# ---- options generated from the settings dataclasses ---------------------------------------------
+
+def _converter(flag: str, hint, meta):
+    def convert(text: str):
+        try:
+            return parse_text(text, hint)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {allowed(hint, meta)}") from None
+
+    convert.__name__ = flag  # argparse names the converter in some messages
+    return convert
+
+
+def add_settings(parser: argparse.ArgumentParser, cls: type[Settings], only: tuple[str, ...] | None = None) -> None:
+    """A flag per leaf setting of `cls` (or of those named in `only`, by flat name); its help states
+    meaning, default and allowed values.
+
+    Defaults are left out of the namespace (SUPPRESS), so a command knows which flags were given."""
+    for path, flat, f, hint, owner in leaves(cls):
+        if only is not None and flat not in only:
+            continue
+        meta = f.metadata
+        flag = "--" + flat.replace("_", "-")
+        names = [flag, *("--" + a.replace("_", "-") for a in meta.get("aliases", ()))]
+        default = meta.get("shown_default") or _shown(get(cls(), path))
+        text = f"{meta['help']} (default: {default}; {allowed(hint, meta)})".replace("%", "%%")
+        common = dict(dest=flat, default=argparse.SUPPRESS, help=text)
+        if hint is bool:
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction, **common)
+        elif meta.get("repeat"):
+            element = typing.get_args(hint)[0]
+            parser.add_argument(*names, action="append", type=_converter(flag, element, meta), metavar="TEXT",
+                                **common)
+        else:
+            parser.add_argument(*names, type=_converter(flag, hint, meta), metavar=flat.upper(), **common)
+
+
+def _shown(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(_shown(v) if not isinstance(v, tuple) else "=".join(map(str, v)) for v in value) or "none"
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+# ---- Ctrl-C ------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def interrupt_guard(command: str):
+    """Ctrl-C prints one line and exits 130 at once, even inside a long compilation or load.
+
+    The signal's wake-up byte is read by a watcher thread, which does not wait for the main thread
+    to return to Python (it may be inside XLA for minutes). Every file jaxprompt writes is atomic
+    and checkpoints are committed by one rename, so stopping anywhere keeps the last commit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: None)  # the watcher acts
+
+    def watch():
+        while True:
+            data = os.read(read_fd, 1)
+            if not data:  # the guard was closed
+                os.close(read_fd)
+                return
+            if data[0] == signal.SIGINT:
+                os.write(2, f"{PROG} {command}: interrupted{interrupt_note['text']}\n".encode())
+                os._exit(130)
+
+    threading.Thread(target=watch, name="jaxprompt-interrupt", daemon=True).start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGINT, previous_handler)
+        os.close(write_fd)  # ends the watcher
+        interrupt_note["text"] = ""
+
+
+# ---- the parser ------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog=PROG, description="Learn prompts by backpropagation against frozen LMs.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for command in COMMANDS:
+        q = sub.add_parser(command.name, help=command.help)
+        for name, help, *nargs in command.arguments:
+            q.add_argument(name, help=help, **({"nargs": nargs[0], "metavar": name.upper()[:-1]} if nargs else {}))
+        for options in command.options:
+            cls, only = options if isinstance(options, tuple) else (options, None)
+            add_settings(q, cls, only)
+        q.set_defaults(fn=command.run)
+    return p
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    """What bad input raises: reported in one line. Anything else is a bug and keeps its traceback."""
+    from jaxprompt.data.templates import TemplateError
+    from jaxprompt.data.tokenizer import TokenizerError
+    from jaxprompt.files import LockedError
+    from jaxprompt.inference.requests import RequestError
+    from jaxprompt.models.convert import CheckpointError
+    from jaxprompt.models.model_config import ConfigError
+    from jaxprompt.parallel.distributed import DistributedError
+    from jaxprompt.runs.export import ExportError
+    from jaxprompt.runs.layout import RunError
+    from jaxprompt.training.loop import NonFiniteLossError
+
+    return (CLIError, SettingError, TemplateError, ConfigError, CheckpointError, TokenizerError,
+            NonFiniteLossError, RunError, ExportError, LockedError, DistributedError, RequestError)
+
+
+def _quiet_abandoned_reads() -> None:
+    """Orbax's background reads of a checkpoint that cannot be read finish later against its closed
+    event loop, each reported as an unraisable 'Event loop is closed': noise after the one line that
+    says what failed. Every other unraisable error is reported as before."""
+    previous = sys.unraisablehook
+    if getattr(previous, "jaxprompt", False):
+        return
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.jaxprompt = True
+    sys.unraisablehook = hook
+
+
+def _os_error(e: OSError) -> str:
+    where = f" ({e.filename})" if e.filename else ""
+    return f"{e.strerror or type(e).__name__}{where}"
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_abandoned_reads()
+    # warm starts: compiled programs kept on disk unless --no-cache (compile_cache.py)
+    with interrupt_guard(args.command), compilation_cache(getattr(args, "cache", True)):
+        try:
+            return args.fn(args)
+        except OSError as e:  # read-only or full disk, a vanished file: the environment, in one line
+            print(f"{PROG} {args.command}: error: {_os_error(e)}", file=sys.stderr)
+            return 2
+        except Exception as e:
+            if not isinstance(e, _errors()):
+                raise
+            print(f"{PROG} {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)  # our own text
+            return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

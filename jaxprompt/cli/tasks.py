@@ -1,0 +1,17 @@
+"""`jaxprompt tasks`: the built-in tasks (tasks.py)."""
+
+from __future__ import annotations
+
+from jaxprompt.cli.base import Command
+
+
+def cmd_tasks(args) -> int:
+    from jaxprompt.data.tasks import BUILTIN
+
+    for name, task in BUILTIN.items():
+        print(f"{name:<12} {task.template.text!r} -> {task.template.target!r}  written prompt: {task.hard_prompt!r}")
+        print(f"{'':<12} {task.description}")
+    return 0
+
+
+TASKS = Command("tasks", "list the built-in tasks", cmd_tasks)

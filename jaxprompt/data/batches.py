@@ -1,0 +1,110 @@
+"""Templates -> token ids with prompt slots and a target mask; deterministic bucketed batches.
+
+A template such as `Here are two {prompt} {word1} and` with target ` {word2}` becomes
+
+    tokens  [Here, are, two, _, _, ..., _, hot, and, cold]
+    slots   [-1,   -1,  -1,  0, 1, ..., P-1, -1, -1, -1]   (-1: a real token)
+    target  the trailing ` cold` tokens (the only positions the loss sees)
+
+`{prompt}` takes the method's prompt length; `{prompt:N}` a slot of N virtual tokens. Several slots
+number their virtual tokens consecutively. The space before a `{prompt}` is dropped (the virtual
+tokens carry no text); the space after it stays with the next word, as GPT-2 tokenises.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from jaxprompt.data.templates import Encoded, TemplateError
+
+LENGTH_BUCKETS = (8, 16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+
+
+def bucket(n: int, buckets: Sequence[int] = LENGTH_BUCKETS) -> int:
+    for b in buckets:
+        if n <= b:
+            return b
+    raise TemplateError(f"sequence of {n} tokens is longer than the largest bucket {buckets[-1]}")
+
+
+def collate(examples: Sequence[Encoded], pad_id: int, padding: str = "right", batch_size: int | None = None,
+            buckets: Sequence[int] = LENGTH_BUCKETS, shared_len: int = 0) -> dict[str, np.ndarray]:
+    """Pads to a length bucket; `batch_size` adds all-padding rows (zero loss weight) to fill a batch.
+    With a shared head of `shared_len` positions (computed once), the bucket applies to the rest,
+    which is all that is computed per example.
+
+    tokens, mask, slots        [B, T]
+    loss_mask                  [B, T]  1.0 on target tokens
+    target_index, target_weight [B, K]  positions of target tokens (K a power of two), for a loss
+                                        that computes logits only where it needs them
+    task_id                    [B]
+    """
+    B = len(examples) if batch_size is None else batch_size
+    T = shared_len + bucket(max(len(e) for e in examples) - shared_len, buckets)
+    K = 1 << max(0, (max(e.n_target for e in examples) - 1)).bit_length()
+    out = {
+        "tokens": np.full((B, T), pad_id, np.int32),
+        "mask": np.zeros((B, T), bool),
+        "slots": np.full((B, T), -1, np.int32),
+        "loss_mask": np.zeros((B, T), np.float32),
+        "target_index": np.ones((B, K), np.int32),
+        "target_weight": np.zeros((B, K), np.float32),
+        "task_id": np.zeros((B,), np.int32),
+    }
+    for b, e in enumerate(examples):
+        n = len(e)
+        start = 0 if padding == "right" else T - n
+        out["tokens"][b, start:start + n] = e.tokens
+        out["mask"][b, start:start + n] = True
+        out["slots"][b, start:start + n] = e.slots
+        if e.n_target:
+            out["loss_mask"][b, start + n - e.n_target:start + n] = 1.0
+            out["target_index"][b, :e.n_target] = np.arange(start + n - e.n_target, start + n)
+            out["target_weight"][b, :e.n_target] = 1.0
+        out["task_id"][b] = e.task_id
+    return out
+
+
+class Batches:
+    """Deterministic batches: batch s is a function of (seed, s) alone, so a resumed run sees the
+    same data as an uninterrupted one. Examples stream through seeded per-epoch permutations."""
+
+    def __init__(self, examples: Sequence[Encoded], batch_size: int, pad_id: int, seed: int = 0,
+                 buckets: Sequence[int] = LENGTH_BUCKETS, shared_len: int = 0):
+        if not examples:
+            raise TemplateError("the training set is empty")
+        self.examples = list(examples)
+        self.batch_size = batch_size
+        self.pad_id = pad_id
+        self.seed = seed
+        self.buckets = buckets
+        self.shared_len = shared_len
+
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
+
+    def indices(self, step: int) -> list[int]:
+        n, B = len(self.examples), self.batch_size
+        first, last = step * B // n, ((step + 1) * B - 1) // n
+        stream = np.concatenate([self._order(epoch) for epoch in range(first, last + 1)])
+        offset = step * B - first * n
+        return [int(i) for i in stream[offset:offset + B]]
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        return collate([self.examples[i] for i in self.indices(step)], self.pad_id, "right", buckets=self.buckets,
+                       shared_len=self.shared_len)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.examples) // self.batch_size)
+
+
+def eval_batches(examples: Sequence[Encoded], batch_size: int, pad_id: int, padding: str = "right",
+                 buckets: Sequence[int] = LENGTH_BUCKETS, shared_len: int = 0
+                 ) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+    """Fixed-order batches (the last filled with zero-weight rows); yields (example indices, batch)."""
+    for start in range(0, len(examples), batch_size):
+        chunk = list(examples[start:start + batch_size])
+        yield list(range(start, start + len(chunk))), collate(chunk, pad_id, padding, batch_size, buckets, shared_len)

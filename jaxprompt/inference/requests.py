@@ -1,0 +1,118 @@
+"""One inference path: requests (a served prompt's name, an input, sampling options) -> completions.
+
+`jaxprompt generate`, evaluation's generation and lm-eval's generate_until call `Engine.complete`
+(static batches: `models.generate`); `jaxprompt serve` steps the engine's rows through
+`scheduler.Scheduler` (continuous batching), made of the same prefill and decode steps.
+
+Requests for different prompts decode together in one compiled batch (Lester et al. 2021,
+"mixed-task inference"): each row attends to its own prompt's head, the keys/values of every
+position before the input (prefix-tuning keys/values, virtual tokens, the template's fixed text),
+computed once per prompt and kept by the session's prompt cache. Heads of different lengths are
+right-padded and masked; each row's positions start after its own head. Virtual tokens placed after
+the input's first field are inserted per row. LLaMA-Adapter prompts read every layer through a
+gate, not through keys/values: rows of one adaption prompt decode together, apart from others.
+
+Compiled shapes are bucketed (batch and head length to powers of two, input length to the data
+buckets of at least `MIN_INPUT_TOKENS`, new tokens to a power of two of at least
+`MIN_NEW_TOKENS`; each row stops at its own `max_tokens` inside the decode loop), so a new mix of
+prompts and lengths reuses a compiled step; `Engine.warm_up` compiles the batch sizes before a
+server takes requests. A row's tokens depend only on its prompt, input and options (greedy; or its
+own seed, `RowSampling`), never on what shares its batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+TOP_LOGPROBS = 5  # most alternatives a request can ask for per token (OpenAI's completions limit)
+# fewest new tokens a batch is compiled for: each row stops at its own max_tokens inside the decode
+# loop, so requests asking 1..16 tokens share one compiled program
+MIN_NEW_TOKENS = 16
+# fewest input positions a batch is compiled for (left padding, masked): short requests of any
+# length share one program, which `Engine.warm_up` compiles
+MIN_INPUT_TOKENS = 32
+
+
+class RequestError(ValueError):
+    """A request that cannot be served (unknown prompt, input that does not fit): one line saying why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How one request is decoded. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters."""
+
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # alternatives per token (0: only the chosen token's log-probability)
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    prompt: str  # a served prompt's name
+    text: str = ""  # the input: parsed into the template's fields (`parse_input`), or used as is (`raw`)
+    row: dict | None = None  # or the template's fields themselves
+    options: Options = Options()
+    raw: bool = False  # no template: the text's tokens alone, after the prompt (`Served.leading_virtual`)
+    key: int = 0  # folded into the seed: row j of a list request samples with (seed, j)
+    ids: tuple[int, ...] | None = None  # raw: token ids in place of the text (no BOS added)
+
+
+@dataclasses.dataclass
+class Completion:
+    tokens: list[int]  # generated ids (no EOS, nothing past a stop string)
+    text: str
+    finish_reason: str  # "stop" (EOS or a stop string) or "length" (max_tokens or the position table)
+    prompt_tokens: int  # input positions (template text and virtual tokens; prefix keys/values not counted)
+    logprobs: list[float] | None = None  # of each generated token, under the model (temperature 1)
+    top_logprobs: list[dict[str, float]] | None = None
+    token_texts: list[str] = dataclasses.field(default_factory=list)  # each token's share of `text`
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.tokens)
+
+    def pieces(self) -> list[str]:
+        """`text` in token-sized pieces (what a stream sends), joined back exactly."""
+        pieces = [p for p in self.token_texts if p]
+        return pieces if "".join(pieces) == self.text else [self.text]
+
+    def offsets(self, start: int = 0) -> list[int]:
+        out, at = [], start
+        for piece in self.token_texts:
+            out.append(at)
+            at += len(piece)
+        return out
+
+
+def parse_input(task, text: str) -> dict:
+    """`word1=hot;...`, a JSON object, or a bare value for the task's single input field."""
+    inputs = [f for f in task.fields if f not in task.template.target_fields]
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            row = json.loads(text)
+        except ValueError:
+            raise RequestError(f"input {text!r} is not a JSON object") from None
+        if not isinstance(row, dict):
+            raise RequestError(f"input {text!r} is not a JSON object")
+    elif "=" in text and text.split("=", 1)[0] in inputs:
+        row = dict(part.split("=", 1) for part in text.split(";") if "=" in part)
+    elif len(inputs) == 1:
+        row = {inputs[0]: text}
+    else:
+        raise RequestError(f"give the fields {', '.join(inputs)} as 'field=value;field=value' or JSON")
+    missing = [f for f in inputs if f not in row]
+    if missing:
+        raise RequestError(f"input {text!r} lacks field {missing[0]!r}")
+    return {**{f: "" for f in task.template.target_fields}, **row}
+
+
+def prompt_comes_first(task, length: int) -> bool:
+    """Whether the task's template has one prompt slot, before any text (`{prompt} ...`)."""
+    pieces = task.template.pieces({f: "" for f in task.fields}, length)
+    return isinstance(pieces[0], int) and sum(isinstance(p, int) for p in pieces) == 1
