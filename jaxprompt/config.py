@@ -10,20 +10,17 @@ What a run *is* (`TrainConfig`, stored in run.json):
 
 How one invocation runs it (`RunOptions`: output directory, resume, devices, mesh, ...) is not
 stored. The machinery (declaring, checking, parsing and storing a setting) is settings.py's, and
-each command's own options sit beside the command (jaxprompt/commands/).
+each command's own options sit beside the command (jaxprompt/cli/).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import ClassVar, NamedTuple
 
+from jaxprompt.paths import DEFAULT_MODEL
 from jaxprompt.settings import AT_LEAST_0, AT_LEAST_1, POSITIVE, Range, SettingError, Settings, label, setting
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_MODEL = os.path.join(REPO_ROOT, "checkpoints", "tiny-gpt2-wordnet")
 
 # Names the settings accept; tests check them against the registries they stand for
 # (prompts.METHODS, prompts.init.INITIALIZERS), which this module does not import.
@@ -80,7 +77,7 @@ class MethodConfig(Settings):
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig(Settings):
-    """Optax optimizer over the prompt's parts (optim.py). Its schedule's length is the run's."""
+    """Optax optimizer over the prompt's parts (training/optim.py). Its schedule's length is the run's."""
 
     lr: float = setting(0.1, "learning rate (soft prompts like large rates: Lester et al. used 0.3)",
                         range=AT_LEAST_0)
@@ -98,7 +95,7 @@ class OptimizerConfig(Settings):
 
 @dataclasses.dataclass(frozen=True)
 class LoopConfig(Settings):
-    """The training loop (loop.py)."""
+    """The training loop (training/loop.py)."""
 
     steps: int | None = setting(None, "training steps (default: --epochs over the training set)", range=AT_LEAST_1)
     epochs: float = setting(3.0, "passes over the training set when --steps is not given", range=POSITIVE)
@@ -116,7 +113,7 @@ class LoopConfig(Settings):
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig(Settings):
-    """Batches (data.py)."""
+    """Batches (data/batches.py)."""
 
     batch_size: int = setting(32, "examples per training step", range=AT_LEAST_1)
     accumulate: int = setting(1, "split each batch into N micro-batches computed one after another: the same "
@@ -172,8 +169,18 @@ class TrainConfig(Settings):
             raise SettingError(f"--task {','.join(self.tasks)}: a task is named twice")
 
 
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """What one member of a population (`--seeds K`, sweeps) varies; everything else is the run's.
+    Stored in run.json."""
+
+    seed: int
+    lr: float
+    init: str
+
+
 class MeshSpec(NamedTuple):
-    """A device mesh as `--mesh` gives it: `data=A,model=B` or `data=A,fsdp=B` (parallel.py)."""
+    """A device mesh as `--mesh` gives it: `data=A,model=B` or `data=A,fsdp=B` (parallel/strategies.py)."""
 
     data: int
     model: int  # the second axis: each frozen weight matrix stored split this many ways

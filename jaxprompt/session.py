@@ -13,13 +13,14 @@ import numpy as np
 from jaxprompt.data.tasks import Task
 from jaxprompt.data.templates import Encoded, check_positions, common_prefix_length, encode
 from jaxprompt.data.tokenizer import Tokenizer, TokenizerError, check_tokenizer
-from jaxprompt.inference.prompt_cache import PromptCache, default_cache_dir
 from jaxprompt.models import Model
 from jaxprompt.models.file_hashes import TABLE_NAME, directory_digest
 from jaxprompt.models.loading import load_pretrained, resolve
 from jaxprompt.models.model_config import ConfigError, ModelConfig
+from jaxprompt.paths import prompt_cache_dir
 from jaxprompt.precision import as_dtype, converts_layer_by_layer, policy_of
 from jaxprompt.prompts import PromptMethod
+from jaxprompt.prompts.cache import PromptCache
 from jaxprompt.settings import one_line
 
 
@@ -72,7 +73,7 @@ class Session:
              shardings=None) -> "Session":
         """Loads the frozen model (local dir, HF cache or hub) and its tokenizer, and checks they match.
 
-        `cache`: the on-disk prompt cache (True: `default_cache_dir()`, a path, or False: memory only).
+        `cache`: the on-disk prompt cache (True: `prompt_cache_dir()`, a path, or False: memory only).
         `shardings`: load every weight straight into shards (`load_pretrained`'s, e.g. a
         `MeshParallel`'s `frozen_shardings`)."""
         directory = resolve(model_id)
@@ -80,7 +81,7 @@ class Session:
         config, frozen = load_pretrained(directory, dtype=as_dtype(dtype), shardings=shardings)
         tokenizer = tokenizer or load_tokenizer(directory)
         check_tokenizer(tokenizer, config)
-        directory_cache = default_cache_dir() if cache is True else (cache or None)
+        directory_cache = prompt_cache_dir() if cache is True else (cache or None)
         if _spread_over_processes(frozen):
             # weights spread over several processes give heads spread over them: no process holds
             # one whole to write, so heads are kept in memory only

@@ -10,7 +10,7 @@ allowed values (`setting(...)`). From these declarations
 
 Flags are the flat names of the leaves (`--lr` is `optimizer.lr`), unique over a whole tree.
 The settings themselves live beside what they configure: config.py (a run), the command
-modules of jaxprompt/commands/ (each command's options), tasks.py (a task file).
+modules of jaxprompt/cli/ (each command's options), data/tasks.py (a task file).
 This module imports nothing of jaxprompt.
 """
 

@@ -452,8 +452,8 @@ def test_plan_on_the_embedded_model(capsys):
     file's header); the answer on a memory size follows the total."""
     from safetensors import safe_open
 
-    from jaxprompt.config import DEFAULT_MODEL
     from jaxprompt.parallel.plan import human
+    from jaxprompt.paths import DEFAULT_MODEL
 
     with safe_open(os.path.join(DEFAULT_MODEL, "model.safetensors"), "np") as f:
         params = sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())

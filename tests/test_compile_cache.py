@@ -14,7 +14,8 @@ import sys
 
 import pytest
 
-from jaxprompt.cli.compile_cache import cache_root, compilation_cache, compilation_cache_dir
+from jaxprompt.cli.compile_cache import compilation_cache
+from jaxprompt.paths import cache_root, compilation_cache_dir
 
 FAST = ["--steps", "2", "--prompt-length", "2", "--batch-size", "4", "--eval-examples", "4", "--eval-every", "2",
         "--no-progress"]

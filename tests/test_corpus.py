@@ -10,7 +10,7 @@ import corpus  # scripts/tools/, on the path from conftest.py
 import pytest
 import wordnet
 
-from jaxprompt.config import DEFAULT_MODEL
+from jaxprompt.paths import DEFAULT_MODEL
 
 pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(wordnet.DEFAULT_DIR, "data.noun")),
                                 reason="WordNet 3.0 not installed (apt-get install wordnet-base)")

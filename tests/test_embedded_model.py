@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxprompt.config import DEFAULT_MODEL
+from jaxprompt.paths import DEFAULT_MODEL
 
 # the exact-match check: test rows scored, and the bar the embedded model was pretrained for (the
 # main job's target, 30%; measured with this shorter training: 45.0%, jaxprompt and transformers alike)

@@ -136,8 +136,8 @@ def test_peft_adapter_matches_jax(tiny_hf, tmp_path, variant, name, options):
 
     # and back: the imported prompt is the identical pytree (p-tuning/reparam: the baked one)
     from jaxprompt.prompts import method_from_spec
+    from jaxprompt.runs.layout import read_run_info
     from jaxprompt.runs.load import load_prompt
-    from jaxprompt.training.run import read_run_info
 
     run = import_peft(out, str(tmp_path / "imported"), task=_task_file(tmp_path), model=directory)
     imported_method = method_from_spec(read_run_info(run)["method"])
@@ -246,7 +246,7 @@ def test_import_rejects_bad_adapters_in_one_line(tiny_hf, tmp_path):
 
 
 def test_import_never_replaces_a_run_unless_asked(tiny_hf, tmp_path):
-    from jaxprompt.training.run import RunError, read_run_info
+    from jaxprompt.runs.layout import RunError, read_run_info
 
     _, directory = tiny_hf("gpt2-50k")
     task = _task_file(tmp_path)

@@ -1,4 +1,5 @@
-"""The package's import graph, read from the source with `ast`: no module imports itself back.
+"""The package's import graph, read from the source with `ast`: no module imports itself back, and
+every subpackage imports only what its docstring's "May import:" line allows.
 
 Every import counts, those inside functions included: a function-level import is how a circle
 hides (config -> plan -> parallel -> config was one), and it closes the circle when it runs."""
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 
 import jaxprompt
 
@@ -67,25 +69,49 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def declared_imports(path: str) -> set[str] | None:
+    """The modules and packages a subpackage's docstring allows it to import ("May import: ..."),
+    or None where it declares nothing."""
+    doc = ast.get_docstring(ast.parse(open(path).read(), path)) or ""
+    m = re.search(r"May import:(.*?)(\n\n|$)", doc, re.S)
+    return None if m is None else set(re.findall(r"jaxprompt(?:\.[a-z_]+)*", m.group(1)))
+
+
 def test_the_package_has_no_import_cycle():
     found = modules()
     graph = {m: imports_of(m, path, set(found)) for m, path in found.items()}
-    assert len(graph) > 40 and graph["jaxprompt.cli"], "the graph was not read"
+    assert len(graph) > 60 and graph["jaxprompt.cli.main"], "the graph was not read"
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_the_cycle_finder_finds_a_function_level_circle(tmp_path):
-    """The check itself: the circle the settings once closed through a function-level import."""
-    files = {"config": "def check():\n    from jaxprompt.plan import parse_bytes\n",
-             "plan": "def plans():\n    from jaxprompt.parallel import MeshParallel\n",
-             "parallel": "from jaxprompt.config import parse_mesh\n"}
-    paths = {}
-    for name, text in files.items():
-        (tmp_path / f"{name}.py").write_text(text)
-        paths[f"jaxprompt.{name}"] = str(tmp_path / f"{name}.py")
-    graph = {m: imports_of(m, p, set(paths)) for m, p in paths.items()}
-    assert graph["jaxprompt.config"] == {"jaxprompt.plan"}
-    assert find_cycle(graph) == ["jaxprompt.config", "jaxprompt.plan", "jaxprompt.parallel", "jaxprompt.config"]
-    graph["jaxprompt.parallel"] = set()
-    assert find_cycle(graph) is None
+def test_every_subpackage_imports_only_what_its_docstring_allows():
+    found = modules()
+    packages = {m: declared_imports(p) for m, p in found.items() if p.endswith("__init__.py") and m != "jaxprompt"}
+    assert all(allowed for allowed in packages.values()), \
+        f"a subpackage without a 'May import:' line: {[m for m, a in packages.items() if not a]}"
+    within = lambda m, p: m == p or m.startswith(p + ".")
+    bad = []
+    for module, path in found.items():
+        owners = [p for p in packages if within(module, p)]
+        if not owners:
+            continue  # the package root's modules and the public API
+        owner = max(owners, key=len)  # the innermost subpackage that declares
+        for imported in imports_of(module, path, set(found)):
+            if not within(imported, owner) and not any(within(imported, a) for a in packages[owner]):
+                bad.append(f"{module} imports {imported}")
+    assert not bad, "imports a docstring does not allow: " + "; ".join(sorted(bad))
+
+
+def test_serving_evaluation_inference_and_loading_import_nothing_from_training():
+    found = modules()
+    graph = {m: imports_of(m, path, set(found)) for m, path in found.items()}
+    for top in ("jaxprompt.serving", "jaxprompt.evaluation", "jaxprompt.inference", "jaxprompt.runs.load"):
+        reached, todo = set(), [m for m in found if m == top or m.startswith(top + ".")]
+        while todo:  # everything these modules import, directly or not
+            m = todo.pop()
+            if m not in reached:
+                reached.add(m)
+                todo += graph[m]
+        assert not [m for m in reached if m.startswith("jaxprompt.training")], \
+            f"{top} reaches {sorted(m for m in reached if m.startswith('jaxprompt.training'))}"

@@ -12,8 +12,8 @@ from conftest import ANTONYM_PAIRS
 from jaxprompt.data.tasks import BUILTIN
 from jaxprompt.evaluation.evaluate import evaluate
 from jaxprompt.evaluation.interpret import nearest_vocabulary, plot_embedding_space, projected_prompt
-from jaxprompt.inference.prompt_cache import PromptCache
 from jaxprompt.prompts import make_method
+from jaxprompt.prompts.cache import PromptCache
 from jaxprompt.session import Session
 
 ROWS = [{"word1": a, "word2": b} for a, b in ANTONYM_PAIRS]

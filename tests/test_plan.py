@@ -27,11 +27,11 @@ def test_parse_bytes():
 def test_plan_agrees_with_the_real_training_step():
     """The plan of the embedded model on one device vs the memory XLA assigns to the step `fit`
     really runs (pmap, real arrays): within 10% (measured: 0.002%)."""
-    from jaxprompt.config import DEFAULT_MODEL
     from jaxprompt.data.batches import collate
     from jaxprompt.data.templates import Encoded
     from jaxprompt.models import Model, load_pretrained
     from jaxprompt.parallel.strategies import DataParallel
+    from jaxprompt.paths import DEFAULT_MODEL
     from jaxprompt.prompts import make_method
     from jaxprompt.prompts.loss import prompt_loss
     from jaxprompt.training.optim import OptimizerConfig, make_optimizer
@@ -60,12 +60,12 @@ def test_the_cpu_target_plans_the_step_a_bf16_run_on_this_cpu_compiles():
     are within 10% of those of the step compiled on the session's own arrays, and below the
     float32 copy of the vocabulary table every program would hold without the bits; its total
     adds this process's resident memory, measured."""
-    from jaxprompt.config import DEFAULT_MODEL
     from jaxprompt.data.batches import collate
     from jaxprompt.data.tasks import BUILTIN
     from jaxprompt.data.templates import Encoded
     from jaxprompt.parallel.plan import process_memory
     from jaxprompt.parallel.strategies import DataParallel
+    from jaxprompt.paths import DEFAULT_MODEL
     from jaxprompt.prompts import make_method
     from jaxprompt.prompts.loss import prompt_loss
     from jaxprompt.session import Session

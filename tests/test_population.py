@@ -12,18 +12,19 @@ import pytest
 from conftest import ANTONYM_PAIRS
 
 from jaxprompt.cli.main import main
-from jaxprompt.config import LoopConfig, OptimizerConfig, RunOptions
+from jaxprompt.config import LoopConfig, Member, OptimizerConfig, RunOptions
 from jaxprompt.data.batches import Batches, eval_batches
 from jaxprompt.data.templates import Template, common_prefix_length, encode
 from jaxprompt.prompts import make_method
 from jaxprompt.prompts.loss import prompt_loss
 from jaxprompt.runs.checkpoint import Checkpointer
+from jaxprompt.runs.layout import read_run_info
 from jaxprompt.runs.load import load_run
 from jaxprompt.training import population as population_module
 from jaxprompt.training.loop import fit
 from jaxprompt.training.optim import make_optimizer
-from jaxprompt.training.population import Member, MemberBatches, initial_state, member_optimizer
-from jaxprompt.training.run import read_run_info, train_prompt
+from jaxprompt.training.population import MemberBatches, initial_state, member_optimizer
+from jaxprompt.training.run import train_prompt
 
 TEMPLATE = Template("Here are two {prompt} {word1} and", " {word2}")
 P = 4

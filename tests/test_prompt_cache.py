@@ -12,9 +12,10 @@ from conftest import ANTONYM_PAIRS
 
 from jaxprompt.data.tasks import BUILTIN
 from jaxprompt.evaluation.evaluate import generate_texts, heldout_loss
-from jaxprompt.inference.prompt_cache import ENV, PromptCache, default_cache_dir
 from jaxprompt.models.file_hashes import TABLE_NAME
+from jaxprompt.paths import PROMPT_CACHE_ENV, prompt_cache_dir
 from jaxprompt.prompts import make_method
+from jaxprompt.prompts.cache import PromptCache
 from jaxprompt.session import Session
 
 ROWS = [{"word1": a, "word2": b} for a, b in ANTONYM_PAIRS]
@@ -133,18 +134,18 @@ def test_a_damaged_entry_is_recomputed_and_rewritten(tiny_lm, gpt2_tokenizer, tm
 
 
 def test_sessions_cache_on_disk_where_the_environment_says(tiny_model_dir, monkeypatch, tmp_path):
-    monkeypatch.setenv(ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(PROMPT_CACHE_ENV, str(tmp_path / "cache"))
     session = Session.load(tiny_model_dir, BUILTIN["antonyms"], make_method("soft", length=2))
-    assert session.prompt_cache.directory == default_cache_dir() == str(tmp_path / "cache")
+    assert session.prompt_cache.directory == prompt_cache_dir() == str(tmp_path / "cache")
     heldout_loss(session, session.method.init(jax.random.key(0), session.model, session.frozen, 2), ROWS[:4])
     # one head, beside the weights' file-hash table (file_hashes.py) when this worker hashed them
     heads = set(os.listdir(tmp_path / "cache")) - {TABLE_NAME}
     assert len(heads) == 1 and heads.pop().endswith(".safetensors")
     assert Session.load(tiny_model_dir, BUILTIN["antonyms"], make_method("soft", length=2),
                         cache=False).prompt_cache.directory is None
-    monkeypatch.delenv(ENV)
+    monkeypatch.delenv(PROMPT_CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert default_cache_dir() == str(tmp_path / "xdg" / "jaxprompt" / "prompt-cache")
+    assert prompt_cache_dir() == str(tmp_path / "xdg" / "jaxprompt" / "prompt-cache")
 
 
 def test_a_head_is_the_inference_form_of_its_prompt(tiny_lm, gpt2_tokenizer):

@@ -15,9 +15,10 @@ from conftest import snapshot
 from jaxprompt.config import RunOptions, TrainConfig
 from jaxprompt.data.tasks import BUILTIN
 from jaxprompt.files import DirectoryLock, LockedError
+from jaxprompt.runs.layout import RunError, read_run_info
 from jaxprompt.runs.load import load_run
 from jaxprompt.settings import SettingError
-from jaxprompt.training.run import RunError, read_run_info, train_prompt
+from jaxprompt.training.run import train_prompt
 
 SMALL = dict(steps=6, prompt_length=3, batch_size=8, eval_examples=8, eval_every=3, lr=0.05)
 

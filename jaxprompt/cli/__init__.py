@@ -6,7 +6,10 @@ one line and exit 2); each command is a module here, its options beside the func
 A command imports JAX and the library inside its function, so `--help`, `jaxprompt tasks` and a
 refused flag answer without loading JAX.
 
-May import: every other part of jaxprompt (nothing imports the command line).
+May import: jaxprompt.training, jaxprompt.serving, jaxprompt.evaluation, jaxprompt.inference,
+jaxprompt.runs, jaxprompt.parallel, jaxprompt.session, jaxprompt.models, jaxprompt.data,
+jaxprompt.prompts, jaxprompt.config, jaxprompt.settings, jaxprompt.files, jaxprompt.paths
+(nothing imports the command line).
 """
 
 from jaxprompt.cli.main import main

@@ -20,20 +20,11 @@ import contextlib
 import os
 import sys
 
+from jaxprompt.paths import compilation_cache_dir
+
 # Programs that compile faster than this are not worth a disk round trip (JAX's default is 1 s,
 # which leaves out most of the evaluation programs of a small model).
 MIN_COMPILE_SECONDS = 0.1
-
-
-def cache_root() -> str:
-    """The jaxprompt cache directory: `$XDG_CACHE_HOME/jaxprompt`, default `~/.cache/jaxprompt`."""
-    home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(home, "jaxprompt")
-
-
-def compilation_cache_dir() -> str:
-    """Where compiled programs are kept: JAX's own setting, else `xla/` in the jaxprompt cache directory."""
-    return os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(cache_root(), "xla")
 
 
 def _settings(enabled: bool) -> dict[str, object]:

@@ -22,7 +22,7 @@ def cmd_eval(args) -> int:
     from jaxprompt.evaluation.evaluate import evaluate_prompts
     from jaxprompt.evaluation.results import format_samples, format_table, population_results
     from jaxprompt.files import atomic_write
-    from jaxprompt.training.population import member
+    from jaxprompt.runs.load import member_of
 
     opts = settings(args, EvalOptions)
     writable_file("--json", opts.json)
@@ -33,7 +33,7 @@ def cmd_eval(args) -> int:
     for task in session.all_tasks:
         rows = task.load(seed=info["config"].data_seed)[opts.split]
         rows_per_task.append(rows[: opts.examples] if opts.examples is not None else rows)
-    prompts = [member(prompt, k) for k in range(K)] if K else [prompt]
+    prompts = [member_of(prompt, k) for k in range(K)] if K else [prompt]
     label = f"learned ({load_options.which}" + (f", member {load_options.member})"
                                                 if load_options.member is not None else ")")
     per_prompt = evaluate_prompts(session, rows_per_task, prompts, label=label, baseline=opts.baseline)

@@ -1,5 +1,5 @@
 """`jaxprompt export` and `jaxprompt import`: a trained prompt to PyTorch (PEFT adapter or plain
-tensors), and a PEFT prompt adapter into a run directory (export.py does the work)."""
+tensors), and a PEFT prompt adapter into a run directory (runs/export.py and runs/peft_import.py do the work)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""`jaxprompt train | eval | generate | inspect | export | import | tasks | sweep | plan`: the parser
+"""`jaxprompt train | eval | generate | inspect | export | import | tasks | sweep | plan | serve | lm-eval`: the parser
 and the one way a command ends.
 
-Each command is a module of jaxprompt/commands/ (its options beside the function that runs it),
+Each command is a module of jaxprompt/cli/ (its options beside the function that runs it),
 registered in `COMMANDS` below. Every option is generated from a settings dataclass (its default,
-help text and allowed values: settings.py), so the CLI and the Python API cannot drift apart, and
+help text and allowed values: jaxprompt/settings.py), so the CLI and the Python API cannot drift apart, and
 every value is checked before anything runs. Bad input ends in one line on stderr and exit code 2, never a traceback;
 Ctrl-C in one line and exit code 130, with the run's last committed checkpoint kept.
 

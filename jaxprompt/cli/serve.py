@@ -1,4 +1,4 @@
-"""`jaxprompt serve`: learned prompts of one frozen model over an OpenAI-compatible HTTP API (serve.py)."""
+"""`jaxprompt serve`: learned prompts of one frozen model over an OpenAI-compatible HTTP API (jaxprompt/serving/)."""
 
 from __future__ import annotations
 

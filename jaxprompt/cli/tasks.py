@@ -1,4 +1,4 @@
-"""`jaxprompt tasks`: the built-in tasks (tasks.py)."""
+"""`jaxprompt tasks`: the built-in tasks (data/tasks.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`jaxprompt train`: train a prompt (its settings are config.py's `TrainConfig` and `RunOptions`)."""
+"""`jaxprompt train`: train a prompt (its settings are jaxprompt/config.py's `TrainConfig` and `RunOptions`)."""
 
 from __future__ import annotations
 

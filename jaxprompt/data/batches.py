@@ -1,16 +1,13 @@
-"""Templates -> token ids with prompt slots and a target mask; deterministic bucketed batches.
+"""Encoded examples -> padded batches: length buckets, collation, deterministic batch orders.
 
-A template such as `Here are two {prompt} {word1} and` with target ` {word2}` becomes
+Batch layout (`collate`):
+    tokens, slots, mask        [B, T]   right-padded (left-padded for generation)
+    target_index, target_weight [B, K]  the target tokens' positions and weights (the loss's)
+    task_id                    [B]
 
-    tokens  [Here, are, two, _, _, ..., _, hot, and, cold]
-    slots   [-1,   -1,  -1,  0, 1, ..., P-1, -1, -1, -1]   (-1: a real token)
-    target  the trailing ` cold` tokens (the only positions the loss sees)
-
-`{prompt}` takes the method's prompt length; `{prompt:N}` a slot of N virtual tokens. Several slots
-number their virtual tokens consecutively. The space before a `{prompt}` is dropped (the virtual
-tokens carry no text); the space after it stays with the next word, as GPT-2 tokenises.
+Lengths are padded up to `LENGTH_BUCKETS`, so a handful of shapes compile; `Batches` gives batch s
+as a function of (seed, s) alone, so a resumed run sees the data an uninterrupted one does.
 """
-
 from __future__ import annotations
 
 from typing import Iterator, Sequence

@@ -1,11 +1,4 @@
-"""Choice tasks scored by likelihood ("rank classification", as Lester et al. and lm-eval score
-classification and multiple choice): each candidate continuation's log-likelihood given the
-prompted context; the best is the prediction.
-
-The context is computed once per example; every candidate is then read on top of its keys/values
-(kddubey/backprompt's trick), so K candidates cost one context pass plus K short passes, not K
-full forward passes. The same pure function serves evaluation, lm-eval requests and training
-with `--loss choices` (cross-entropy over the candidates' summed log-likelihoods).
+"""Choice tasks as arrays: a context (the template with its prompt) and its candidates' ids.
 
 Batch layout (`collate_choices`):
     tokens, slots, mask   [B, T]     the context, right-padded (a shared head of `shared_len` first)
@@ -15,8 +8,9 @@ Batch layout (`collate_choices`):
     choice_valid          [B, K]     false for padding candidates (examples with fewer than K)
     gold                  [B]        index of the gold candidate
     weight                [B]        1 for real rows, 0 for padding rows
-"""
 
+Scoring them is evaluation/choices.py's; training on them, training/choices.py's.
+"""
 from __future__ import annotations
 
 import dataclasses

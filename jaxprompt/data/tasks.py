@@ -12,7 +12,7 @@ category among 8) and `antonym-choice` (the antonym among 4 words of the same pa
     group_by = ["country"]                    # examples sharing these never straddle a split
     answer = "word"                           # exact match on the first word ("word") or the line ("text")
 
-A choice task (`answer = "choice"`) is scored by likelihood (choices.py): every example chooses
+A choice task (`answer = "choice"`) is scored by likelihood (evaluation/choices.py): every example chooses
 among fixed candidates (`choices = [" yes", " no", " maybe"]`, verbalizers; the target renders the
 gold one) or among its own (`choices_field = "options"`: each option is rendered through the
 target, whose one field holds the gold option or its index in the list).
@@ -45,7 +45,7 @@ class Task(Settings):
     hard_prompt: str = setting("", "the written prompt the learned one is compared with")
     data: str = setting("", "JSON/JSONL/CSV/TSV/Parquet file, a saved datasets directory, or a Hub dataset id")
     answer: str = setting("word", "exact match on the first word of the generation, or on its first line; "
-                          "choice: the most likely of the candidates (choices.py)", choices=("word", "text", "choice"))
+                          "choice: the most likely of the candidates (evaluation/choices.py)", choices=("word", "text", "choice"))
     choices: tuple[str, ...] = setting((), "answer = choice: the candidates every example chooses among, as "
                                        "they follow the input (e.g. [' yes', ' no', ' maybe'])")
     choices_field: str | None = setting(None, "answer = choice: the field holding each example's own candidates "

@@ -1,4 +1,4 @@
-"""Templates -> token ids with prompt slots and a target mask; deterministic bucketed batches.
+"""Templates -> token ids with prompt slots and a target mask.
 
 A template such as `Here are two {prompt} {word1} and` with target ` {word2}` becomes
 
@@ -8,9 +8,9 @@ A template such as `Here are two {prompt} {word1} and` with target ` {word2}` be
 
 `{prompt}` takes the method's prompt length; `{prompt:N}` a slot of N virtual tokens. Several slots
 number their virtual tokens consecutively. The space before a `{prompt}` is dropped (the virtual
-tokens carry no text); the space after it stays with the next word, as GPT-2 tokenises.
+tokens carry no text); the space after it stays with the next word, as GPT-2 tokenises. A method
+that takes no positions (prefix tuning, adaption prompts) leaves `{prompt}` empty.
 """
-
 from __future__ import annotations
 
 import dataclasses

@@ -5,18 +5,8 @@ prompted context; the best is the prediction.
 The context is computed once per example; every candidate is then read on top of its keys/values
 (kddubey/backprompt's trick), so K candidates cost one context pass plus K short passes, not K
 full forward passes. The same pure function serves evaluation, lm-eval requests and training
-with `--loss choices` (cross-entropy over the candidates' summed log-likelihoods).
-
-Batch layout (`collate_choices`):
-    tokens, slots, mask   [B, T]     the context, right-padded (a shared head of `shared_len` first)
-    task_id               [B]
-    choice_tokens         [B, K, C]  each candidate's tokens, right-padded
-    choice_mask           [B, K, C]
-    choice_valid          [B, K]     false for padding candidates (examples with fewer than K)
-    gold                  [B]        index of the gold candidate
-    weight                [B]        1 for real rows, 0 for padding rows
+with `--loss choices` (training/choices.py). The batch layout is data/choices.py's.
 """
-
 from __future__ import annotations
 
 import dataclasses
@@ -103,7 +93,7 @@ def choice_cross_entropy(loglik: Float[Array, "B K"], gold, weight) -> tuple[Flo
 
 def choice_loss(model: Model, method, shared_len: int = 0, inference: bool = False):
     """`loss_fn(prompt, frozen, batch, rng, step) -> (sum of per-example losses, examples)` for
-    `--loss choices`: the prompt is trained to rank the gold candidate first (train.py's contract)."""
+    `--loss choices`: the prompt is trained to rank the gold candidate first (training/step.py's contract)."""
     def loss_fn(prompt, frozen, batch, rng, step):
         m, p = (method.inference_prompt(prompt, model, frozen) if inference and method is not None
                 else (method, prompt))

@@ -1,5 +1,5 @@
 """Evaluation of a learned (or written) prompt: test loss, exact match of greedy generation,
-BLEU / ROUGE-L for generative tasks, accuracy by likelihood for choice tasks (choices.py), and a
+BLEU / ROUGE-L for generative tasks, accuracy by likelihood for choice tasks (evaluation/choices.py), and a
 table of predictions vs references."""
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Requests are tokenised as lm-eval's `hf` backend tokenises them (context and con
 after encoding the whole, trailing context spaces moved to the continuation, an empty context
 replaced by EOS), so a request's log-likelihood is the one `hf` gives the model with the prompt's
 PEFT export. Requests sharing a context (a multiple-choice question's answers) are scored as one
-choice example: the context once, each continuation from its keys/values (choices.py); the head
+choice example: the context once, each continuation from its keys/values (evaluation/choices.py); the head
 every request shares (the prompt's virtual tokens) comes from the prompt cache.
 
 Prompt placement: a prompt learned in a template that starts with `{prompt}` (one slot) is put

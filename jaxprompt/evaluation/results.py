@@ -1,7 +1,6 @@
-"""Evaluation of a learned (or written) prompt: test loss, exact match of greedy generation,
-BLEU / ROUGE-L for generative tasks, accuracy by likelihood for choice tasks (choices.py), and a
-table of predictions vs references."""
-
+"""What an evaluation reports: an `EvalResult` per prompt and split (loss, exact match, BLEU /
+ROUGE-L, accuracy), a population's mean ± sample standard deviation, and their printed tables.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -40,7 +39,7 @@ def spread(values) -> tuple[float, float] | None:
 
 @dataclasses.dataclass
 class PopulationResult:
-    """One prompt evaluated per member of a population (population.py): each metric as mean ±
+    """One prompt evaluated per member of a population (training/population.py): each metric as mean ±
     sample standard deviation over the members. A written prompt is the same for every member
     (they share the test rows), so its spread is 0."""
 

@@ -1,7 +1,7 @@
 """One inference path: requests (a served prompt's name, an input, sampling options) -> completions.
 
 `jaxprompt generate`, evaluation's generation and lm-eval's generate_until call `Engine.complete`
-(static batches: `models.generate`); `jaxprompt serve` steps the engine's rows through
+(static batches: `decode.generate`); `jaxprompt serve` steps the engine's rows through
 `scheduler.Scheduler` (continuous batching), made of the same prefill and decode steps.
 
 Requests for different prompts decode together in one compiled batch (Lester et al. 2021,

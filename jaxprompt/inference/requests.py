@@ -1,25 +1,8 @@
-"""One inference path: requests (a served prompt's name, an input, sampling options) -> completions.
+"""What crosses into the inference engine and back: a `Request` (a served prompt's name, an input,
+its `Options`), a `Completion`, and the errors a request can meet (`RequestError`).
 
-`jaxprompt generate`, evaluation's generation and lm-eval's generate_until call `Engine.complete`
-(static batches: `models.generate`); `jaxprompt serve` steps the engine's rows through
-`scheduler.Scheduler` (continuous batching), made of the same prefill and decode steps.
-
-Requests for different prompts decode together in one compiled batch (Lester et al. 2021,
-"mixed-task inference"): each row attends to its own prompt's head, the keys/values of every
-position before the input (prefix-tuning keys/values, virtual tokens, the template's fixed text),
-computed once per prompt and kept by the session's prompt cache. Heads of different lengths are
-right-padded and masked; each row's positions start after its own head. Virtual tokens placed after
-the input's first field are inserted per row. LLaMA-Adapter prompts read every layer through a
-gate, not through keys/values: rows of one adaption prompt decode together, apart from others.
-
-Compiled shapes are bucketed (batch and head length to powers of two, input length to the data
-buckets of at least `MIN_INPUT_TOKENS`, new tokens to a power of two of at least
-`MIN_NEW_TOKENS`; each row stops at its own `max_tokens` inside the decode loop), so a new mix of
-prompts and lengths reuses a compiled step; `Engine.warm_up` compiles the batch sizes before a
-server takes requests. A row's tokens depend only on its prompt, input and options (greedy; or its
-own seed, `RowSampling`), never on what shares its batch.
+`parse_input` reads a request's text into the fields of the prompt's template.
 """
-
 from __future__ import annotations
 
 import dataclasses

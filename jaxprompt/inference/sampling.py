@@ -1,9 +1,8 @@
-"""Greedy and sampled decoding with a key/value cache, starting from embeddings.
+"""Choosing the next token: greedy, or sampled with temperature, top-k and top-p.
 
-Starting from embeddings (not tokens) lets a learned prompt's virtual tokens lead the input; a
-`Prefix` (prefix tuning, or a prompt's precomputed keys/values) is attended at every step.
+`RowSampling` holds per-row settings and keys, for batches that mix requests: a row's tokens
+depend on its own key, step and settings only, never on what shares its batch.
 """
-
 from __future__ import annotations
 
 import dataclasses

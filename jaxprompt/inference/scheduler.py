@@ -7,7 +7,7 @@ slot (its prompt's head from the prompt cache, as `Engine.complete` does) while 
 decoding. A batch no longer runs until its longest row ends, and a request arriving mid-flight no
 longer waits for a whole batch.
 
-The device programs are `models.generate`'s own steps (`prefill`, `emit`, `read`, `sample_rows`):
+The device programs are `decode.py`'s own steps (`prefill`, `emit`, `read`, `sample_rows`):
 the math of `generate`'s loop, with rows that joined at different steps. Each row attends to its
 own cache slots and head only, so a greedy row's tokens equal `Engine.complete` of it alone and a
 sampled row draws from its own key and step, whatever shares the slots.

@@ -1,26 +1,9 @@
-"""Continuous (iteration-level) batching for `jaxprompt serve` (Orca, Yu et al. 2022).
-
-B decode slots, each row at its own key/value cache index and its own step: a decode step advances
-every running row by one token; a row that ends (EOS, its `max_tokens`, the position table, its
-client gone) frees its slot at the next step boundary, and a waiting request is prefilled into that
-slot (its prompt's head from the prompt cache, as `Engine.complete` does) while the other rows keep
-decoding. A batch no longer runs until its longest row ends, and a request arriving mid-flight no
-longer waits for a whole batch.
-
-The device programs are `models.generate`'s own steps (`prefill`, `emit`, `read`, `sample_rows`):
-the math of `generate`'s loop, with rows that joined at different steps. Each row attends to its
-own cache slots and head only, so a greedy row's tokens equal `Engine.complete` of it alone and a
-sampled row draws from its own key and step, whatever shares the slots.
-
-Shapes are bucketed: slots B a power of two up to `max_batch` (grown when requests wait, halved
-when the upper half is free), cache slots S = input bucket + new-token bucket (`MIN_INPUT_TOKENS +
-MIN_NEW_TOKENS` unless a longer request grows them), head length P a power of two. `warm_up`
-compiles every program a stream of short requests can reach. LLaMA-Adapter prompts change every
-layer, not the keys/values: their rows keep their own batches (`Engine.complete`), between steps.
+"""The device programs of continuous batching (`scheduler.py`): B decode slots, each row at its
+own cache index and step; resizing the slots, prefilling admitted rows, placing them, and one
+decode step for every slot. Each is compiled once per bucketed shape.
 
 Axes: B slots, n rows admitted at once, S cache slots, P head positions, V vocabulary.
 """
-
 from __future__ import annotations
 
 from functools import partial

@@ -1,14 +1,18 @@
 """Frozen causal LMs: `embed(tokens)` then `transformer(embeds, positions, mask)` then `unembed`.
 
-Public API:
-    load_pretrained(name_or_path, dtype=...) -> (config, params)
-    Model(config).logits(params, tokens, mask) / embed / transformer / unembed / forward
-    preset(hf_id) -> ModelConfig of a published checkpoint (no download)
+    model.py         `Model`: embed / transformer / unembed / logits over a params pytree
+    model_config.py  `ModelConfig`, the architecture-neutral settings the layers read
+    architecture.py  what an architecture module declares
+    gpt2.py opt.py llama.py mistral.py qwen2.py qwen3.py gemma.py gemma2.py gpt_neox.py
+                     one module per family: config map, presets, shapes, HF key table, block
+    registry.py      `model_type` -> architecture; presets of published checkpoints
+    layers/          norms, rotary, attention, the decoder stack, bf16 held as bits
+    convert.py       params <-> Hugging Face state dicts through each family's one key table
+    loading.py       Hugging Face checkpoints (safetensors, sharded or not, or .bin) -> params
+    file_hashes.py   content hashes of a checkpoint's files (the prompt cache's key)
 
-One module per architecture (gpt2, opt, llama, mistral, qwen2, qwen3, gemma, gemma2, gpt_neox);
-`registry.py` maps `model_type` to it, `layers.py` holds the shared pieces.
+May import: jaxprompt.precision, jaxprompt.files, jaxprompt.settings.
 """
-
 from jaxprompt.models.convert import CheckpointError, save_pretrained
 from jaxprompt.models.layers.attention import KVCache, Prefix
 from jaxprompt.models.loading import load_pretrained

@@ -2,7 +2,7 @@
 
 Each module under `jaxprompt/models/` (gpt2, opt, llama, mistral, qwen2, qwen3, gemma, gemma2,
 gpt_neox) builds one `Architecture`; `registry.py` maps `model_type` to it. The shared layers
-live in `layers.py`.
+live in `layers/`.
 """
 
 from __future__ import annotations

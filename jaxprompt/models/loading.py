@@ -1,11 +1,11 @@
-"""Hugging Face checkpoints <-> jaxprompt params pytrees.
+"""Hugging Face checkpoints -> jaxprompt params pytrees.
 
-Each architecture module has one key table, rows `(hf_key, params_path, transpose)`; the same rows
-load (`load_pretrained`) and export (`to_hf_state_dict`, `save_pretrained`). `{i}` in a key is the
-layer index; the matching params leaf is stacked over layers. Both directions check coverage and
-shapes.
+A checkpoint is a local directory, the HF cache or the hub (`resolve`): safetensors (sharded or
+not) or `pytorch_model.bin`. `CheckpointReader` reads each tensor through the architecture's key
+table (`convert.key_rows`), transposes `[out, in]` kernels in cache-sized tiles, casts to the
+target dtype and places it straight into its shards (`shardings`): each process reads only the
+slices its own devices hold. Nothing is loaded whole.
 """
-
 from __future__ import annotations
 
 import json

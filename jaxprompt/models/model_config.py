@@ -3,7 +3,7 @@ and write Hugging Face `config.json`.
 
 `ModelConfig` holds what the shared layers need to know; each architecture module
 (`gpt2.py`, `llama.py`, ...) maps its own `config.json` fields onto it with one table used both ways.
-Axis glossary: see the README (B batch, T time, D model width, E token-embedding width, F
+Axis glossary: see docs/architecture.md (B batch, T time, D model width, E token-embedding width, F
 feed-forward width, H heads, G key/value heads, K head width, V vocabulary, L layers).
 """
 

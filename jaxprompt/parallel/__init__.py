@@ -1,1 +1,13 @@
-"""jaxprompt.parallel."""
+"""Many devices and many hosts: how a step is spread, how processes join, what a step needs.
+
+    distributed.py multi-process runs through `jax.distributed`; process 0 writes
+    strategies.py  data parallel (`pmap`) or a (data, model) mesh with the frozen weights sharded
+    plan.py        per-device memory of a step, compiled from shapes alone (`jaxprompt plan`)
+    collectives.py bytes each device's collectives send, read from the compiled HLO
+
+`distributed.py` sits below everything (it imports only the settings); the strategies and the
+plan wrap the training step (`training.step`), and the training loop drives the strategies.
+
+May import: jaxprompt.training.step, jaxprompt.training.optim, jaxprompt.models, jaxprompt.data,
+jaxprompt.prompts, jaxprompt.config, jaxprompt.precision, jaxprompt.settings.
+"""

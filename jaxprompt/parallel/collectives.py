@@ -1,27 +1,8 @@
-"""A memory plan before a run: per-device bytes of one prompt-tuning step on a device mesh, from
-shapes alone (no weights allocated).
-
-The train step is lowered and compiled on abstract arrays laid out as `MeshParallel` lays them out
-(frozen weights FSDP-sharded along `model`, the batch along `data`); frozen, prompt and optimizer
-bytes follow from the shardings exactly, temporaries from XLA's buffer assignment
-(`compiled.memory_analysis()`). Compiling for N devices needs N devices: on a machine with fewer,
-the plan runs in a subprocess with N virtual CPU devices.
-
-Temporaries are those of XLA's CPU compiler. For bfloat16 the CPU compiler converts weights to
-float32 around every matmul, which a GPU or TPU does not; a bf16 plan therefore compiles the step in
-float32 and reports those temporaries as an upper bound (activations and gathered weights are at
-most twice their bf16 size), and the bytes its collectives send likewise.
-
-`--target cpu` plans a run on this machine's CPU instead (one device): the step compiled exactly as
-such a run compiles it (bf16 weights held as raw bits, layers rematerialised, no proxy), and the
-host memory a process needs beside it, measured: this process's resident memory after compiling
-the step (Python, JAX, jaxprompt, XLA's compiler and the program).
-
-Two layouts of a mesh are planned: `data=A,model=B`, where XLA's partitioner computes with the
-weight shards where they lie, and `data=A,fsdp=B`, each layer gathered where it runs
-(`parallel.MeshParallel`); `sent/step` says which moves less for this step.
+"""What each device's collectives send per step, counted from a compiled step's HLO text: every
+all-reduce, all-gather, reduce-scatter, all-to-all and collective-permute, with the ring cost
+model and the device groups XLA writes (explicit lists, iota forms and named meshes); ops inside
+the scan over layers counted once per layer (`jaxprompt plan`'s sent/step).
 """
-
 from __future__ import annotations
 
 import math

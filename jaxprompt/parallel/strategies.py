@@ -1,5 +1,5 @@
 """How a training step is spread over devices: two strategies behind one interface (`Strategy`),
-driven by the loop (loop.py). The step itself (train.py) knows nothing of devices.
+driven by the loop (training/loop.py). The step itself (training/step.py) knows nothing of devices.
 
 - `DataParallel`: `jax.pmap`. The state and the frozen weights are replicated on every device,
   the batch is split, and the gradients are summed by a `psum` passed to the step as its
@@ -14,7 +14,7 @@ driven by the loop (loop.py). The step itself (train.py) knows nothing of device
     pass (FSDP, `models.layers.gathered_layers`), the batch split over every device.
   Prompt tuning has no weight gradients to scatter, so FSDP's cost is the gathers alone: twice the
   layers' bytes per step at least, whatever the batch. For a Llama-3.1-8B step on 8 devices the
-  first layout sends 3.3–88 times less at batch 8 and 64 (README, "Scaling out"); `jaxprompt plan`
+  first layout sends 3.3–88 times less at batch 8 and 64 (docs/scaling.md); `jaxprompt plan`
   counts both for any step.
 
 Both run across processes after `jax.distributed.initialize()` (distributed.py): every process

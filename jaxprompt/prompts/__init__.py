@@ -1,5 +1,20 @@
-"""Prompt methods: small pure functions over a prompt pytree, between `embed` and `transformer`."""
+"""Prompt methods: small pure functions over a prompt pytree, between `embed` and `transformer`.
 
+    base.py        what every method provides
+    soft.py        soft prompts (Lester et al.), relaxed one-hot prompts, PEZ hard prompts
+    ptuning.py     p-tuning (Liu et al.): a prompt encoder
+    prefix.py      prefix tuning (Li & Liang): keys/values per layer
+    adaption.py    LLaMA-Adapter's gated adaption prompts
+    multitask.py   one prompt per task in shared batches
+    init.py        initialisers, closures over (key, shape)
+    insert.py      placing virtual tokens into a sequence of embeddings
+    forward.py     the frozen model run with a prompt inserted
+    loss.py        the masked next-token NLL of a prompted batch
+    cache.py       keys/values of shared heads, computed once per prompt, in memory and on disk
+
+May import: jaxprompt.models, jaxprompt.data, jaxprompt.precision, jaxprompt.files,
+jaxprompt.paths, jaxprompt.parallel.distributed.
+"""
 from __future__ import annotations
 
 import dataclasses

@@ -3,9 +3,8 @@
 `shared_len > 0` computes the first `shared_len` positions (virtual tokens and fixed template text,
 identical for every example of a right-padded batch) once at batch size 1 (`shared_head`); every
 example then attends to those keys/values. Gradients flow back to the prompt through them. At
-inference the head can be computed once and passed in (see prompt_cache.py).
+inference the head can be computed once and passed in (see cache.py).
 """
-
 from __future__ import annotations
 
 from typing import NamedTuple

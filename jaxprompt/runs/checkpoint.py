@@ -90,12 +90,16 @@ class Checkpointer:
     def best_step(self) -> int | None:
         return self.record["best"]
 
-    def save(self, state, metadata: dict, is_best: bool = False, best=None) -> None:
+    def save(self, state, metadata: dict, is_best: bool = False, best=None, step: int | None = None) -> None:
         """Saves a state (host values, the same in every process) as the newest of last/, and as
         best/ when `is_best` (`best`, where that is another state: a population's, whose members
         each keep the prompt of their own best step); then commits both at once. A step that is
-        already committed is not written again."""
-        step = int(np.max(state.step))  # a population's state holds one step per member, all equal
+        already committed is not written again.
+
+        `state`: a `TrainState` (training; its step is the save's), or `{"params": prompt}` with
+        `step` (a prompt without a training state, e.g. imported from PEFT)."""
+        if step is None:
+            step = int(np.max(state.step))  # a population's state holds one step per member, all equal
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(metadata))
         best_args = args if best is None else ocp.args.Composite(state=ocp.args.StandardSave(best),
                                                                  meta=ocp.args.JsonSave(metadata))
@@ -124,17 +128,26 @@ class Checkpointer:
 
     def restore(self, like, which: str = "last") -> tuple[Any, dict]:
         """The committed state shaped like `like` (a TrainState), and its metadata."""
+        restored = self._restore(which, ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, like)))
+        return restored.state, restored.meta
+
+    def restore_prompt(self, which: str = "best") -> dict:
+        """The committed prompt: the saved state's `params`, read as stored (no template: loading a
+        run builds no optimizer)."""
+        state = self._restore(which, ocp.args.StandardRestore()).state
+        if not isinstance(state, dict) or not isinstance(state.get("params"), dict):
+            raise CheckpointError(f"checkpoint {which} in {self.run_dir} holds no prompt")
+        return state["params"]
+
+    def _restore(self, which: str, state_args):
         step = self.latest_step() if which == "last" else self.best_step()
         if step is None:
             raise CheckpointError(f"no {which} checkpoint in {self.run_dir}")
         path = os.path.join(self.run_dir, which, str(step))
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         try:
-            restored = self._orbax.restore(path, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+            return self._orbax.restore(path, args=ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore()))
         except Exception as e:  # Orbax/TensorStore raise many types, with pages of detail
             raise CheckpointError(
                 f"checkpoint {which}/{step} in {self.run_dir} cannot be read ({one_line(e, limit=200)}); "
                 "it was left in place, other checkpoints are untouched"
             ) from None
-        return restored.state, restored.meta

@@ -1,4 +1,4 @@
-"""Trained prompts to PyTorch and back: PEFT adapters, and a plain tensor export.
+"""Trained prompts to PyTorch: PEFT adapters, and a plain tensor export.
 
 PEFT can hold a prompt that is *prepended* to the input (PROMPT_TUNING, P_TUNING), keys/values
 in every layer (PREFIX_TUNING, per key/value head), or LLaMA-Adapter's gated prompts in the top
@@ -7,8 +7,8 @@ inference form, the form evaluation scores (p-tuning's encoder output, a relaxed
 temperature). A prompt inside a template, several prompt slots, a prefix in only the top k layers,
 multi-task prompts, or adaption prompts of other families cannot be represented; those get a clear
 error and the plain export, which carries the tensors plus a JSON description of where they go.
+Importing an adapter back is peft_import.py's.
 """
-
 from __future__ import annotations
 
 import json
@@ -34,13 +34,13 @@ PEFT_ADAPTION_MODULES = {"llama": "model.layers.{i}.self_attn", "mistral": "mode
                          "gpt2": "transformer.h.{i}.attn"}
 
 
-def _peft_adaption_incompatibility(c) -> str | None:
+def peft_adaption_incompatibility(c) -> str | None:
     """Why PEFT's ADAPTION_PROMPT cannot compute an adaption prompt on model `c` as jaxprompt does.
 
     PEFT's AdaptedAttention passes the adapter's share through `o_proj` on its own, bias included,
     so a Llama/Mistral whose output projection has a bias gets that bias twice in every adapted
     layer: its zero gate departs from the frozen model (0.59 in the logits of a tiny biased Llama,
-    tests/test_export.py). jaxprompt adds the bias once (models/layers.attention_output)."""
+    tests/test_export.py). jaxprompt adds the bias once (models/layers/attention.py, attention_output)."""
     if c.model_type not in PEFT_ADAPTION_MODULES:
         return f"PEFT's ADAPTION_PROMPT supports {', '.join(PEFT_ADAPTION_MODULES)} models, not {c.model_type}"
     if c.model_type != "gpt2" and c.attention_bias:
@@ -52,7 +52,7 @@ def _peft_adaption_incompatibility(c) -> str | None:
 def peft_incompatibility(session: Session) -> str | None:
     """Why this run's prompt cannot be a PEFT adapter, or None if it can."""
     if session.method.kind == "adaption":
-        reason = _peft_adaption_incompatibility(session.config)
+        reason = peft_adaption_incompatibility(session.config)
         if reason:
             return reason
     return session.method.peft_incompatibility(session.task.template)

@@ -4,15 +4,15 @@ Layout (default `checkpoints/<task>-<method>-<time>`):
     run.json          the TrainConfig (nested, config.py) and what it resolved to (tasks, method)
     checkpoints.json  which checkpoints are committed (checkpoint.py)
     last/, best/      Orbax train-state checkpoints (the frozen LM is never saved)
-    metrics.jsonl     train / validation loss per step (loop.py)
-    curve.png         the training curve (plot.py)
+    metrics.jsonl     train / validation loss per step (training/loop.py)
+    curve.png         the training curve (training/curve.py)
     results.json      learned vs written test metrics and sample predictions (a population's:
                       mean ± std over members, and every member's own)
     .lock             held by the process writing the run
 
 A directory that holds a run is never written without `resume` (continue it, with its stored
 settings) or `overwrite` (replace it as a whole); two runs never write one directory at once.
-Every file is written atomically (files.py). run.py, export.py and the commands use this module.
+Every file is written atomically (files.py). Training, loading, PEFT import and the commands use this module.
 """
 
 from __future__ import annotations
@@ -21,26 +21,25 @@ import dataclasses
 import json
 import os
 import shutil
-import time
 
 from jaxprompt import __version__
-from jaxprompt.config import REPO_ROOT, TrainConfig
+from jaxprompt.config import Member, TrainConfig
 from jaxprompt.data.tasks import BUILTIN, Task, task_from_dict
 from jaxprompt.files import DirectoryLock, atomic_write, read_json_object, remove_stale_temporaries
+from jaxprompt.paths import new_run_dir
 from jaxprompt.prompts import PromptMethod, method_spec
 from jaxprompt.runs.checkpoint import RECORD
 from jaxprompt.settings import SettingError, from_dict, get, label, leaves, to_dict
-from jaxprompt.training.loop import METRICS
-from jaxprompt.training.population import Member
 
 RUN_INFO = "run.json"
 RESULTS = "results.json"
+METRICS = "metrics.jsonl"
 CURVE = "curve.png"
 RUN_FILES = (RUN_INFO, RECORD, "last", "best", METRICS, CURVE, RESULTS)
 _INFO_KEYS = ("config", "model_dir", "tasks", "steps", "n_virtual", "method", "jaxprompt")
 _OPTIONAL_INFO_KEYS = ("format", "imported_from", "members")
 
-# run.json's format: 2 since the method settings took the methods' own names (config.py's
+# run.json's format: 2 since the method settings took the methods' own names (jaxprompt/config.py's
 # `MethodConfig`); 1 before (no "format" key). `read_run_info` reads every format.
 FORMAT = 2
 # format 1's names of the method settings; its prefix_top_layers and adapter_layers are top_layers
@@ -59,7 +58,7 @@ class RunError(ValueError):
 
 def default_run_dir(config: TrainConfig) -> str:
     name = "+".join(os.path.splitext(os.path.basename(t))[0] for t in config.tasks)
-    return os.path.join(REPO_ROOT, "checkpoints", f"{name}-{config.method.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return new_run_dir(f"{name}-{config.method.name}")
 
 
 def holds_run(run_dir: str) -> bool:

@@ -1,14 +1,6 @@
-"""Trained prompts to PyTorch and back: PEFT adapters, and a plain tensor export.
-
-PEFT can hold a prompt that is *prepended* to the input (PROMPT_TUNING, P_TUNING), keys/values
-in every layer (PREFIX_TUNING, per key/value head), or LLaMA-Adapter's gated prompts in the top
-layers of Llama, Mistral and GPT-2 models (ADAPTION_PROMPT). What is exported is the method's
-inference form, the form evaluation scores (p-tuning's encoder output, a relaxed prompt at its final
-temperature). A prompt inside a template, several prompt slots, a prefix in only the top k layers,
-multi-task prompts, or adaption prompts of other families cannot be represented; those get a clear
-error and the plain export, which carries the tensors plus a JSON description of where they go.
+"""A PEFT prompt-learning adapter (prompt tuning, p-tuning, prefix tuning, adaption prompts) as a
+jaxprompt run: run.json and a committed checkpoint of the prompt, written as training writes one.
 """
-
 from __future__ import annotations
 
 import dataclasses
@@ -26,11 +18,9 @@ from jaxprompt.models.loading import resolve
 from jaxprompt.models.model_config import ConfigError
 from jaxprompt.prompts import AdaptionPrompt, PrefixTuning, PromptMethod, SoftPrompt
 from jaxprompt.runs.checkpoint import Checkpointer
-from jaxprompt.runs.export import PEFT_ADAPTION_MODULES, ExportError, _peft_adaption_incompatibility
+from jaxprompt.runs.export import PEFT_ADAPTION_MODULES, ExportError, peft_adaption_incompatibility
 from jaxprompt.runs.layout import open_run_dir, run_info, write_run_info
 from jaxprompt.settings import one_line
-from jaxprompt.training.optim import make_optimizer
-from jaxprompt.training.step import TrainState
 
 
 def read_peft_adapter(adapter_dir: str) -> tuple[dict, dict[str, np.ndarray]]:
@@ -80,7 +70,7 @@ def prompt_from_peft(config: dict, tensors: dict[str, np.ndarray], c) -> tuple[P
 
 
 def _adaption_from_peft(config: dict, tensors: dict[str, np.ndarray], c) -> tuple[PromptMethod, dict]:
-    reason = _peft_adaption_incompatibility(c)
+    reason = peft_adaption_incompatibility(c)
     if reason:
         raise ExportError(reason)
     A, n = int(config["adapter_len"]), config.get("adapter_layers")
@@ -103,8 +93,9 @@ def _adaption_from_peft(config: dict, tensors: dict[str, np.ndarray], c) -> tupl
 
 def import_peft(adapter_dir: str, out_dir: str, task: str = "antonyms", model: str | None = None,
                 overwrite: bool = False) -> str:
-    """A jaxprompt run directory (run.json + Orbax state) holding a PEFT adapter's prompt, ready for
-    `jaxprompt eval/generate/inspect` or further training with `train --resume --out`.
+    """A jaxprompt run directory (run.json + a committed checkpoint of the prompt) holding a PEFT
+    adapter's prompt, ready for `jaxprompt eval/generate/inspect/export/serve` (it holds no training
+    state, so `train --resume` refuses it).
 
     An existing run in `out_dir` is refused unless `overwrite` (which replaces it as a whole)."""
     config, tensors = read_peft_adapter(adapter_dir)
@@ -130,8 +121,8 @@ def import_peft(adapter_dir: str, out_dir: str, task: str = "antonyms", model: s
         info = run_info(train_config, directory, [the_task], 1, method.length, method,
                         imported_from=os.path.abspath(adapter_dir))
         write_run_info(out_dir, info)
-        optimizer = make_optimizer(train_config.optimizer, prompt, total_steps=1)
-        Checkpointer(out_dir).save(TrainState.create(prompt, optimizer, jax.random.PRNGKey(0)), {"run": info})
+        # the prompt as training commits one, without a training state to continue from
+        Checkpointer(out_dir).save({"params": jax.tree.map(np.asarray, prompt)}, {"run": info}, step=0)
     finally:
         lock.release()
     return out_dir

@@ -1,20 +1,7 @@
-"""`jaxprompt serve`: one frozen model, many learned prompts, behind an OpenAI-compatible HTTP API.
-
-    GET  /health, /v1/models
-    POST /v1/completions        model = a prompt's name; prompt (string or list), max_tokens,
-                                temperature, top_p, stop, seed, logprobs, echo, stream (SSE)
-    POST /v1/prompts            {"name", "path"}: load a run (or a PEFT adapter) while serving
-    DELETE /v1/prompts/{name}
-
-Requests wait in a bounded queue; one worker thread steps the engine's rows through
-`scheduler.Scheduler` (continuous batching: at most `--max-batch` rows decode together, a finished
-row's slot taken by a waiting request at the next step; an idle server waits `--batch-wait-ms` for
-a burst to arrive). The engine is used from that thread only (JAX calls are serialised by a lock),
-so prompts are loaded and unloaded between decode steps: a request keeps the prompt it was
-admitted with. Bad requests get OpenAI's error shape ({"error": {"message", "type",
-"param", "code"}}) with a 4xx status and never stop the server.
+"""The worker between the HTTP handlers and the engine: requests wait in a bounded queue, one
+thread steps them through `Scheduler` (continuous batching), and each handler is woken with its
+completion or its streamed tokens. A client that disconnects frees its place or its slot.
 """
-
 from __future__ import annotations
 
 import asyncio

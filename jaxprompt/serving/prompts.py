@@ -1,20 +1,6 @@
-"""`jaxprompt serve`: one frozen model, many learned prompts, behind an OpenAI-compatible HTTP API.
-
-    GET  /health, /v1/models
-    POST /v1/completions        model = a prompt's name; prompt (string or list), max_tokens,
-                                temperature, top_p, stop, seed, logprobs, echo, stream (SSE)
-    POST /v1/prompts            {"name", "path"}: load a run (or a PEFT adapter) while serving
-    DELETE /v1/prompts/{name}
-
-Requests wait in a bounded queue; one worker thread steps the engine's rows through
-`scheduler.Scheduler` (continuous batching: at most `--max-batch` rows decode together, a finished
-row's slot taken by a waiting request at the next step; an idle server waits `--batch-wait-ms` for
-a burst to arrive). The engine is used from that thread only (JAX calls are serialised by a lock),
-so prompts are loaded and unloaded between decode steps: a request keeps the prompt it was
-admitted with. Bad requests get OpenAI's error shape ({"error": {"message", "type",
-"param", "code"}}) with a 4xx status and never stop the server.
+"""Which prompts the server serves: runs (each member of a population under its own name) and PEFT
+adapters, loaded into one engine over one frozen model; a prompt for another model is refused.
 """
-
 from __future__ import annotations
 
 import os
@@ -36,13 +22,13 @@ def named(spec: str) -> tuple[str, str]:
 
 def load_engine(runs: list[str], adapters: list[str], options: ServeOptions):
     """The engine over the served model, with every run's and adapter's prompt, and the bare model."""
-    from jaxprompt.config import DEFAULT_MODEL
     from jaxprompt.data.tasks import BUILTIN
     from jaxprompt.inference.engine import Engine
     from jaxprompt.models.loading import resolve
+    from jaxprompt.paths import DEFAULT_MODEL
     from jaxprompt.prompts import make_method
+    from jaxprompt.runs.layout import read_run_info
     from jaxprompt.session import Session
-    from jaxprompt.training.run import read_run_info
 
     specs = [named(r) for r in runs]
     first = read_run_info(specs[0][1]) if specs else None
@@ -65,10 +51,9 @@ def add_run(engine, base, name: str, path: str, which: str = "best") -> list[str
     run's task t as `name/t`). Refused, named, if it is not a run or belongs to another model."""
     from jaxprompt.models.loading import resolve
     from jaxprompt.prompts import method_from_spec
-    from jaxprompt.runs.load import load_prompt
+    from jaxprompt.runs.layout import RunError, read_run_info, task_of_spec
+    from jaxprompt.runs.load import load_prompt, member_of
     from jaxprompt.session import Session
-    from jaxprompt.training.population import member
-    from jaxprompt.training.run import RunError, read_run_info, task_of_spec
 
     if name in engine.prompts:
         raise BadRequest(f"a prompt named {name!r} is already served; DELETE /v1/prompts/{name} first", 409, "name")
@@ -88,8 +73,8 @@ def add_run(engine, base, name: str, path: str, which: str = "best") -> list[str
                       engine.model_id, engine.prompt_cache, tuple(tasks) if len(tasks) > 1 else (),
                       weights_id=base.fingerprint())
     K = len(info["members"])
-    prompt = load_prompt(path, session, which, info["config"], info["steps"], members=K or None)
-    views = [(f"{name}@{k}", member(prompt, k)) for k in range(K)] if K else [(name, prompt)]
+    prompt = load_prompt(path, session, which, members=K or None)
+    views = [(f"{name}@{k}", member_of(prompt, k)) for k in range(K)] if K else [(name, prompt)]
     added = []
     for view_name, view in views:
         if len(tasks) > 1:

@@ -1,22 +1,6 @@
-"""Choice tasks scored by likelihood ("rank classification", as Lester et al. and lm-eval score
-classification and multiple choice): each candidate continuation's log-likelihood given the
-prompted context; the best is the prediction.
-
-The context is computed once per example; every candidate is then read on top of its keys/values
-(kddubey/backprompt's trick), so K candidates cost one context pass plus K short passes, not K
-full forward passes. The same pure function serves evaluation, lm-eval requests and training
-with `--loss choices` (cross-entropy over the candidates' summed log-likelihoods).
-
-Batch layout (`collate_choices`):
-    tokens, slots, mask   [B, T]     the context, right-padded (a shared head of `shared_len` first)
-    task_id               [B]
-    choice_tokens         [B, K, C]  each candidate's tokens, right-padded
-    choice_mask           [B, K, C]
-    choice_valid          [B, K]     false for padding candidates (examples with fewer than K)
-    gold                  [B]        index of the gold candidate
-    weight                [B]        1 for real rows, 0 for padding rows
+"""Training on choice tasks (`--loss choices`): cross-entropy over the candidates' summed
+log-likelihoods, the gold one ranked first (as Lester et al. train rank classification).
 """
-
 from __future__ import annotations
 
 from typing import Sequence

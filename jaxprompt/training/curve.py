@@ -1,5 +1,7 @@
-"""Plots of a run: the training curve (curve.png in the run directory)."""
-
+"""The training curve (curve.png in the run directory): train and validation losses against steps,
+a population's members thin and their mean bold, and the written prompt's validation loss as a
+horizontal line.
+"""
 from __future__ import annotations
 
 import matplotlib

@@ -1,7 +1,7 @@
 """The training loop: steps, validation, early stopping, checkpoints, metrics, NaN guard.
 
-It drives the pure steps of train.py over devices through a strategy of parallel.py (the same
-calls for either), and saves through checkpoint.py; none of those know of it. In a multi-process
+It drives the pure steps of step.py over devices through a strategy of parallel/strategies.py (the same
+calls for either), and saves through runs/checkpoint.py; none of those know of it. In a multi-process
 run every process runs the loop in step: each feeds its rows of every batch and takes part in
 every checkpoint; process 0 alone writes the metrics.
 """
@@ -25,9 +25,8 @@ from jaxprompt.files import atomic_write
 from jaxprompt.parallel.distributed import host, is_writer
 from jaxprompt.parallel.strategies import DataParallel, Strategy
 from jaxprompt.runs.checkpoint import Checkpointer, CheckpointError
+from jaxprompt.runs.layout import METRICS
 from jaxprompt.training.step import LossFn, TrainState
-
-METRICS = "metrics.jsonl"
 
 
 class NonFiniteLossError(FloatingPointError):

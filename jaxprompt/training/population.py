@@ -2,7 +2,7 @@
 
 Prompt tuning is known for its seed-to-seed variance (Lester et al. 2021 plot its spread over
 several runs per setting), so one number per setting says little. A population trains K prompts together: the step is
-`jax.vmap` of train.py's pure step over a leading member axis of the `TrainState` (prompt,
+`jax.vmap` of step.py's pure step over a leading member axis of the `TrainState` (prompt,
 optimizer state, rng), with the frozen weights broadcast (`in_axes=None`): one frozen model, one
 compiled program, K small prompts. Where one prompt's batch leaves an accelerator idle, K of them
 fill it (scripts/bench/bench_population.py).
@@ -21,7 +21,6 @@ for every member, has no member axis.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
 import jax
@@ -29,20 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxprompt.config import OptimizerConfig, TrainConfig
+from jaxprompt.config import Member, OptimizerConfig, TrainConfig
 from jaxprompt.data.batches import Batches, collate
 from jaxprompt.data.templates import Encoded
 from jaxprompt.training.optim import make_optimizer
 from jaxprompt.training.step import TrainState
-
-
-@dataclasses.dataclass(frozen=True)
-class Member:
-    """What one member of a population varies; everything else is the run's."""
-
-    seed: int
-    lr: float
-    init: str
 
 
 def members_of(config: TrainConfig) -> tuple[Member, ...]:
@@ -63,11 +53,6 @@ def member_optimizer(c: OptimizerConfig, prompt: dict, total_steps: int | None, 
 def stack(trees: Sequence) -> object:
     """Pytrees of one shape -> one pytree with a leading member axis [K, ...]."""
     return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
-
-
-def member(tree, k: int):
-    """Member k's slice of a population pytree (host or device arrays)."""
-    return jax.tree.map(lambda x: x[k], tree)
 
 
 def initial_state(prompts: Sequence[dict], members: Sequence[Member], c: OptimizerConfig,

@@ -1,13 +1,12 @@
-"""A prompt-tuning run end to end: load, train, evaluate learned vs written, write the run directory;
-and reading a run's trained prompt back (`load_run`).
+"""A prompt-tuning run end to end: load, train, evaluate learned vs written, write the run directory.
 
-What the run directory holds, and when it may be written, is rundir.py's; the curve is plot.py's.
+What the run directory holds, and when it may be written, is runs/layout.py's; reading a run back
+is runs/load.py's; the curve is curve.py's.
 
-A multi-process run (distributed.py) is one run: process 0 judges, names and locks the run
-directory and the others follow its decisions; every process trains, checkpoints and evaluates
+A multi-process run (parallel/distributed.py) is one run: process 0 judges, names and locks the
+run directory and the others follow its decisions; every process trains, checkpoints and evaluates
 (with a mesh these are collective), and process 0 alone writes the files and prints.
 """
-
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +18,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxprompt.config import DataConfig, MethodConfig, RunOptions, TrainConfig, parse_mesh
+from jaxprompt.config import DataConfig, Member, MethodConfig, RunOptions, TrainConfig, parse_mesh
 from jaxprompt.data.batches import Batches, eval_batches
 from jaxprompt.data.tasks import Task, get_task
 from jaxprompt.data.templates import TemplateError
@@ -47,22 +46,21 @@ from jaxprompt.runs.layout import (
     run_info,
     write_run_info,
 )
-from jaxprompt.runs.load import load_prompt
+from jaxprompt.runs.load import load_prompt, member_of
 from jaxprompt.session import Session, load_tokenizer
 from jaxprompt.settings import SettingError
 from jaxprompt.training.choices import check_loss, choice_training
 from jaxprompt.training.curve import plot_curve
 from jaxprompt.training.loop import fit
 from jaxprompt.training.optim import learning_rates, make_optimizer, trained_only
-from jaxprompt.training.population import Member, MemberBatches, initial_state, member_optimizer, members_of
-from jaxprompt.training.population import member as member_prompt  # `member` is load_run's argument
+from jaxprompt.training.population import MemberBatches, initial_state, member_optimizer, members_of
 from jaxprompt.training.tracking import Trackers, result_scalars, written_scalars
 
 # ---- building a run -------------------------------------------------------------------------------
 
 def build_method(config: MethodConfig, tokenizer, task: Task, steps: int, n_tasks: int = 1) -> PromptMethod:
     """The prompt method a config describes. Every setting is passed to the method under its own
-    name, if the method has a field of that name (config.py's `MethodConfig` speaks the methods'
+    name, if the method has a field of that name (jaxprompt/config.py's `MethodConfig` speaks the methods'
     vocabulary); what the settings leave to the run is resolved here: the init text tokenised
     with the model's tokenizer (`init_ids`), a relaxed prompt annealed over the run's `steps`,
     one prompt per task for several tasks."""
@@ -186,7 +184,11 @@ def train_prompt(config: TrainConfig | None, options: RunOptions = RunOptions(),
                                 shared=True)
     decided_by_writer(lambda: check_run_dir(run_dir, options.resume, options.overwrite))
     if options.resume:  # every process reads the stored settings: a resumed run never rewrites them
-        stored = read_run_info(run_dir)["config"]
+        stored_info = read_run_info(run_dir)
+        if stored_info.get("imported_from"):
+            raise RunError(f"{run_dir} holds a prompt imported from {stored_info['imported_from']}, not a training "
+                           "state: it cannot be resumed (evaluate, generate or export it; train a new run to train)")
+        stored = stored_info["config"]
         if config is not None and config != stored:
             raise RunError(f"--resume uses the settings stored in {run_dir}: {differences(config, stored)[0]}")
         config = stored
@@ -290,7 +292,7 @@ def _tracked_train(config: TrainConfig, options: RunOptions, run_dir: str, devic
         if "val_loss" in entry and written:  # the written prompt's, beside the learned curve
             trackers.log_scalars(written_scalars(written), entry["step"])
 
-    parts = prompt if prompt is not None else member_prompt(population.params, 0)
+    parts = prompt if prompt is not None else member_of(population.params, 0)
     rates = [learning_rates(config.optimizer, parts, steps, m.lr) for m in members] or \
         [learning_rates(config.optimizer, parts, steps)]
     rates_at = lambda s: {part: [float(r[part](s)) for r in rates] if members else float(rates[0][part](s))
@@ -316,8 +318,8 @@ def _tracked_train(config: TrainConfig, options: RunOptions, run_dir: str, devic
         learning_rates=rates_at, on_record=track if trackers is not None else None,
     )
     seconds = time.perf_counter() - t0
-    best = load_prompt(run_dir, session, "best", config, steps, members=len(members) or None)
-    prompts = [member_prompt(best, k) for k in range(len(members))] if members else [best]
+    best = load_prompt(run_dir, session, "best", members=len(members) or None)
+    prompts = [member_of(best, k) for k in range(len(members))] if members else [best]
     per_prompt = evaluate_prompts(session, splits["test"], prompts, baseline=config.baseline,
                                   label=f"learned: {config.method.name} P={config.method.length}")
     results = population_results(per_prompt) if members else per_prompt[0]

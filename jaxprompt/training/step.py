@@ -2,7 +2,7 @@
 
 `train_step(state, frozen, batch) -> (state, metrics)`: gradients are taken with respect to
 `state.params` only (the prompt pytree when prompt tuning); the frozen LM weights are an ordinary
-argument and never get a gradient. The loop that drives these steps is loop.py.
+argument and never get a gradient. The loop that drives these steps is training/loop.py.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def summed_loss_and_grads(loss_fn: LossFn, micro_batches: int = 1):
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, reduce: Reduce = lambda x: x,
                     micro_batches: int = 1):
-    """A pure step. `reduce` sums (loss, count, grads) across data-parallel replicas (see parallel.py).
+    """A pure step. `reduce` sums (loss, count, grads) across data-parallel replicas (see parallel/strategies.py).
 
     A step whose loss, gradient or updated parameters are not all finite leaves the state
     unchanged and reports `finite=False`; the loop then stops and names the step.

@@ -16,8 +16,7 @@ from itertools import product
 
 import optuna
 
-from jaxprompt.config import RunOptions, TrainConfig
-from jaxprompt.training.population import Member
+from jaxprompt.config import Member, RunOptions, TrainConfig
 from jaxprompt.training.run import train_prompt
 
 

@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from jaxprompt.config import DEFAULT_MODEL  # noqa: E402
 from jaxprompt.data.choices import ChoiceExample, encode_choices
 from jaxprompt.data.tasks import get_task  # noqa: E402
 from jaxprompt.evaluation.choices import score  # noqa: E402
+from jaxprompt.paths import DEFAULT_MODEL  # noqa: E402
 from jaxprompt.prompts import make_method  # noqa: E402
 from jaxprompt.session import Session  # noqa: E402
 

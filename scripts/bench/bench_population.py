@@ -26,14 +26,15 @@ import numpy as np
 from bench_train import step_flops, workload
 from benchlib import bytes_of, interleaved, load_average, matmul_peak, memory_bandwidth, ratios
 
-from jaxprompt.config import DEFAULT_MODEL, OptimizerConfig
+from jaxprompt.config import Member, OptimizerConfig
 from jaxprompt.data.batches import collate
 from jaxprompt.data.templates import common_prefix_length
 from jaxprompt.models import Model, load_pretrained, preset
+from jaxprompt.paths import DEFAULT_MODEL
 from jaxprompt.prompts import make_method
 from jaxprompt.prompts.loss import prompt_loss
 from jaxprompt.training.optim import make_optimizer
-from jaxprompt.training.population import Member, initial_state, member_optimizer
+from jaxprompt.training.population import initial_state, member_optimizer
 from jaxprompt.training.step import TrainState, make_train_step, vmap_train_step
 
 # (peak dense FLOP/s, memory bytes/s) from the vendors' data sheets, for the ridge point on paper

@@ -256,7 +256,7 @@ def scheduler_alone(model_dir: str, adapters: list[str], ks: list[int], n: int, 
 
 
 def main() -> None:
-    from jaxprompt.config import DEFAULT_MODEL
+    from jaxprompt.paths import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=DEFAULT_MODEL)

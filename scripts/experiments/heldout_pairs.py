@@ -37,8 +37,7 @@ def learned_prompts(args):
     trained now, or a finished run loaded; a population's members each give one prompt. The one
     place this script uses jaxprompt.run's API."""
     from jaxprompt.config import RunOptions, TrainConfig
-    from jaxprompt.runs.load import load_run
-    from jaxprompt.training.population import member
+    from jaxprompt.runs.load import load_run, member_of
     from jaxprompt.training.run import train_prompt
 
     run_dir = args.run
@@ -51,7 +50,7 @@ def learned_prompts(args):
         print(f"run directory: {run_dir}", file=sys.stderr)
     session, prompt, info = load_run(run_dir)
     K = len(info["members"])
-    prompts = [member(prompt, k) for k in range(K)] if K else [prompt]
+    prompts = [member_of(prompt, k) for k in range(K)] if K else [prompt]
     return session, prompts, info["config"].data_seed, info["model_dir"]
 
 

@@ -24,13 +24,14 @@ import time
 
 import jax
 
-from jaxprompt.config import DEFAULT_MODEL, RunOptions, TrainConfig
+from jaxprompt.config import RunOptions, TrainConfig
 from jaxprompt.data.tasks import get_task
 from jaxprompt.data.tokenizer import Tokenizer
 from jaxprompt.evaluation.results import EvalResult, PopulationResult
 from jaxprompt.models import Model
 from jaxprompt.models.convert import save_pretrained
 from jaxprompt.models.loading import load_pretrained
+from jaxprompt.paths import DEFAULT_MODEL
 from jaxprompt.training.run import train_prompt
 
 SCRIPTS = os.path.dirname(os.path.abspath(__file__))

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from jaxprompt.config import DEFAULT_MODEL, RunOptions, TrainConfig
+from jaxprompt.config import RunOptions, TrainConfig
 from jaxprompt.evaluation.results import EvalResult, format_table
+from jaxprompt.paths import DEFAULT_MODEL
 from jaxprompt.training.run import train_prompt
 
 

@@ -1,11 +1,8 @@
-"""Layers every architecture is built from: norms, dense, activations, rotary position
-embeddings, attention over [prefix | cache | current] keys with grouped-query heads, a sliding
-window and soft-capping, and the scanned decoder stack.
+"""Norms (LayerNorm, RMSNorm), dense projections, activations and the gated MLP.
 
-Axes (see the README glossary): B batch, T current tokens, S key slots, P prefix length,
+Axes (see docs/architecture.md): B batch, T current tokens, S key slots, P prefix length,
 H query heads, G key/value heads (H = G * R), K head width, D model width, L layers.
 """
-
 from __future__ import annotations
 
 import math

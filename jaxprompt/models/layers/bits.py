@@ -1,11 +1,10 @@
-"""Layers every architecture is built from: norms, dense, activations, rotary position
-embeddings, attention over [prefix | cache | current] keys with grouped-query heads, a sliding
-window and soft-capping, and the scanned decoder stack.
+"""bf16 weights held as raw 16-bit integers on a CPU, converted to float32 where each layer is used.
 
-Axes (see the README glossary): B batch, T current tokens, S key slots, P prefix length,
-H query heads, G key/value heads (H = G * R), K head width, D model width, L layers.
+XLA's CPU backend has no bf16 matmul: it converts bf16 weights to float32 before each dot, and
+inside a scan over layers it hoists the conversion of the whole (loop-invariant) stack ahead of
+the loop. Integers cannot be converted ahead, so each layer is converted where it runs. Holding
+them is a view of the same buffers, not a copy. On a GPU or TPU nothing is held as bits.
 """
-
 from __future__ import annotations
 
 import jax

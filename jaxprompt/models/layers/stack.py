@@ -1,11 +1,10 @@
-"""Layers every architecture is built from: norms, dense, activations, rotary position
-embeddings, attention over [prefix | cache | current] keys with grouped-query heads, a sliding
-window and soft-capping, and the scanned decoder stack.
+"""The decoder stack: the layers' weights stacked along L and scanned, each block rematerialised
+where asked, a KV cache per layer, and under an FSDP layout each layer's weights gathered where
+it runs.
 
-Axes (see the README glossary): B batch, T current tokens, S key slots, P prefix length,
+Axes (see docs/architecture.md): B batch, T current tokens, S key slots, P prefix length,
 H query heads, G key/value heads (H = G * R), K head width, D model width, L layers.
 """
-
 from __future__ import annotations
 
 import contextlib

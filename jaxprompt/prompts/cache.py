@@ -32,30 +32,21 @@ from jaxprompt.models import Prefix
 from jaxprompt.parallel.distributed import host
 from jaxprompt.prompts.forward import shared_head
 
-ENV = "JAXPROMPT_CACHE"
-
-
-def default_cache_dir() -> str:
-    """`$JAXPROMPT_CACHE`, else `$XDG_CACHE_HOME/jaxprompt/prompt-cache` (default ~/.cache/...)."""
-    if os.environ.get(ENV):
-        return os.environ[ENV]
-    home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(home, "jaxprompt", "prompt-cache")
-
 
 @functools.cache
 def code_id() -> str:
     """A hash of the source that computes heads (models, prompt methods, precision): cached heads
     from another version of that code are never served."""
-    root = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sources = [os.path.join(root, "precision.py")]
+    for sub in ("models", "prompts"):  # with their subpackages (models/layers/)
+        for dirpath, dirnames, names in os.walk(os.path.join(root, sub)):
+            dirnames.sort()
+            sources += [os.path.join(dirpath, n) for n in sorted(names) if n.endswith(".py")]
     h = hashlib.sha256()
-    for sub in ("models", "prompts"):
-        for name in sorted(os.listdir(os.path.join(root, sub))):
-            if name.endswith(".py"):
-                with open(os.path.join(root, sub, name), "rb") as f:
-                    h.update(name.encode() + f.read())
-    with open(os.path.join(root, "precision.py"), "rb") as f:
-        h.update(f.read())
+    for path in sources:
+        with open(path, "rb") as f:
+            h.update(os.path.relpath(path, root).encode() + f.read())
     return h.hexdigest()[:16]
 
 
