@@ -3,7 +3,7 @@
 What a run *is* (`TrainConfig`, stored in run.json):
 
     TrainConfig   tasks, model, dtype, seed, split_seed, seeds, baseline, remat, shared_prefix
-      method      MethodConfig      the prompt method and its shape
+      method      MethodConfig      the prompt method and its settings (prompts/settings.py)
       optimizer   OptimizerConfig   Optax optimizer, schedule, clipping, per-part rates
       loop        LoopConfig        steps / epochs, validation, early stopping, checkpoints
       data        DataConfig        batch size, micro-batches, example caps
@@ -17,62 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import ClassVar, NamedTuple
+from typing import NamedTuple
 
 from jaxprompt.paths import DEFAULT_MODEL
-from jaxprompt.settings import AT_LEAST_0, AT_LEAST_1, POSITIVE, Range, SettingError, Settings, label, setting
+from jaxprompt.prompts.settings import method_config_class
+from jaxprompt.settings import AT_LEAST_0, AT_LEAST_1, POSITIVE, SettingError, Settings, setting
 
-# Names the settings accept; tests check them against the registries they stand for
-# (prompts.METHODS, prompts.init.INITIALIZERS), which this module does not import.
-METHOD_NAMES = ("soft", "ptuning", "prefix", "relaxed", "pez", "adaption")
-INIT_NAMES = ("vocab_normal", "uniform", "sampled_vocab", "text")
-
-
-@dataclasses.dataclass(frozen=True)
-class MethodConfig(Settings):
-    """The prompt method (prompts/) and its shape, in the methods' own words.
-
-    A setting named like a field of a method's dataclass is that field: `run.build_method` passes
-    each to the method if it has one of that name (`length`, `init_from`, `encoder`, `hidden`,
-    `top_layers`, `reparam_hidden`, `tau_end`). Besides them, `name` chooses the method and
-    `init_text` is tokenised into the methods' `init_ids`. The flags keep their own names
-    (`--prompt-length` is `length`, `--init` is `init_from`)."""
-
-    name: str = setting("soft", "prompt method", choices=METHOD_NAMES, flag="method")
-    length: int = setting(20, "virtual tokens per {prompt} slot (for prefix: keys/values per layer)",
-                          range=AT_LEAST_1, flag="prompt-length")
-    init_from: str = setting("vocab_normal", "how the prompt starts", choices=INIT_NAMES, flag="init")
-    init_text: str | None = setting(None, "text whose embeddings start the prompt (--init text); "
-                                          "default: the task's written prompt")
-    encoder: str = setting("mlp", "p-tuning encoder", choices=("mlp", "lstm"))
-    hidden: int = setting(128, "p-tuning encoder width", range=AT_LEAST_1, flag="encoder-hidden")
-    top_layers: int | None = setting(None, "prefix tuning: only the top N layers get a prefix; adaption prompts "
-                                           "(LLaMA-Adapter): the top N layers get --prompt-length gated prompts each "
-                                           "(default: all layers)", range=AT_LEAST_1,
-                                     flag="prefix-top-layers", aliases=("adapter-layers",))
-    reparam_hidden: int | None = setting(None, "prefix tuning: width of the MLP reparameterisation "
-                                               "(default: none, keys/values learned directly)", range=AT_LEAST_1,
-                                         flag="prefix-reparam")
-    tau_end: float = setting(0.05, "relaxed prompts: final softmax temperature (annealed from 1 over the run)",
-                             range=Range(0, 1, low_open=True))
-
-    # the methods a setting applies to, where not every method has it
-    ONLY_FOR: ClassVar[dict[str, tuple[str, ...]]] = {"top_layers": ("prefix", "adaption"),
-                                                      "reparam_hidden": ("prefix",)}
-
-    def flag_in_use(self, name: str) -> str | None:
-        """The flag that names setting `name` for this method, where it has several (`top_layers`
-        is --adapter-layers for adaption prompts, --prefix-top-layers otherwise)."""
-        return "adapter-layers" if name == "top_layers" and self.name == "adaption" else None
-
-    def check(self) -> None:
-        if self.init_text is not None and self.init_from != "text":
-            raise SettingError(f"--init-text needs --init text (got --init {self.init_from})")
-        for f in dataclasses.fields(self):
-            methods = self.ONLY_FOR.get(f.name)
-            if methods and getattr(self, f.name) is not None and self.name not in methods:
-                raise SettingError(f"{label(type(self), f, self)} applies to --method {' or '.join(methods)} only "
-                                   f"(got --method {self.name})")
+# the prompt method and every method's settings, generated from the methods' own declarations
+MethodConfig = method_config_class()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,11 +49,11 @@ class OptimizerConfig(Settings):
 class LoopConfig(Settings):
     """The training loop (training/loop.py)."""
 
-    steps: int | None = setting(None, "training steps (default: --epochs over the training set)", range=AT_LEAST_1)
+    steps: int | None = setting(None, "training steps", range=AT_LEAST_1, shown_default="--epochs over the training set")
     epochs: float = setting(3.0, "passes over the training set when --steps is not given", range=POSITIVE)
     eval_every: int = setting(100, "validate (and checkpoint) every N steps", range=AT_LEAST_1)
-    patience: int | None = setting(None, "early stopping: stop after N validations without a new best "
-                                         "(default: never)", range=AT_LEAST_1)
+    patience: int | None = setting(None, "early stopping: stop after N validations without a new best",
+                                   range=AT_LEAST_1, shown_default="never")
     keep: int = setting(3, "last checkpoints kept (the best is kept as well)", range=AT_LEAST_1)
     log_every: int = setting(10, "record the training loss every N steps", range=AT_LEAST_1)
 
@@ -118,10 +70,10 @@ class DataConfig(Settings):
     batch_size: int = setting(32, "examples per training step", range=AT_LEAST_1)
     accumulate: int = setting(1, "split each batch into N micro-batches computed one after another: the same "
                                  "gradient with less activation memory", range=AT_LEAST_1)
-    train_examples: int | None = setting(None, "train on the first N training examples only (default: all)",
-                                         range=AT_LEAST_1)
-    eval_examples: int | None = setting(None, "validate and test on at most N examples (default: all)",
-                                        range=AT_LEAST_1)
+    train_examples: int | None = setting(None, "train on the first N training examples only",
+                                         range=AT_LEAST_1, shown_default="all")
+    eval_examples: int | None = setting(None, "validate and test on at most N examples",
+                                        range=AT_LEAST_1, shown_default="all")
 
     def check(self) -> None:
         if self.batch_size % self.accumulate:
@@ -238,7 +190,8 @@ class RunOptions(Settings):
     out: str | None = setting(None, "run directory", shown_default="checkpoints/<task>-<method>-<time>")
     resume: bool = setting(False, "continue the run in --out from its last checkpoint, with its stored settings")
     overwrite: bool = setting(False, "replace the run in --out as a whole")
-    devices: int | None = setting(None, "devices of each process that take part (default: all)", range=AT_LEAST_1)
+    devices: int | None = setting(None, "devices of each process that take part", range=AT_LEAST_1,
+                                 shown_default="all")
     mesh: str | None = setting(None, "shard the frozen weights over a device mesh data=A,model=B (the batch split A "
                                      "ways, each weight matrix B ways, computed with where it lies) or data=A,fsdp=B "
                                      "(each layer's weights gathered where it runs, the batch split A x B ways); A x "

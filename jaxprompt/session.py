@@ -129,10 +129,9 @@ class Session:
         """Rows -> ids (a row's `task_id` picks its task's template). With `hard_prompt`, the written
         prompt replaces {prompt} (baseline). Refuses what would not fit the model's positions,
         `new_tokens` to generate included."""
-        virtual = self.method.kind == "embeddings"  # prefix and adaption prompts take no token positions
-        out = [encode(self.all_tasks[int(r.get("task_id", 0))].template, r, self.tokenizer, self.prompt_length,
-                      hard_prompt=hard_prompt, with_target=with_target, task_id=int(r.get("task_id", 0)),
-                      virtual=virtual) for r in rows]
+        out = [encode(self.all_tasks[int(r.get("task_id", 0))].template, r, self.tokenizer, self.method,
+                      hard_prompt=hard_prompt, with_target=with_target, task_id=int(r.get("task_id", 0)))
+               for r in rows]
         prefix = self.method.prefix_positions if hard_prompt is None else 0
         check_positions(out, self.config.max_positions, prefix, new_tokens)
         return out

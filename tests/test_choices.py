@@ -17,7 +17,7 @@ from jaxprompt.data.tasks import Task
 from jaxprompt.data.templates import Template, TemplateError
 from jaxprompt.evaluation.choices import choice_cross_entropy, choice_logprobs, choice_loss, choice_metrics
 from jaxprompt.evaluation.evaluate import evaluate
-from jaxprompt.prompts import make_method
+from jaxprompt.prompts import METHODS
 from jaxprompt.session import Session
 
 torch = pytest.importorskip("torch")
@@ -67,14 +67,14 @@ def _torch_logliks(pt_model, session, prompt, examples, requires_grad=False):
 
 @pytest.mark.parametrize("variant", ["gpt2-50k", "llama-50k"])
 def test_candidates_scored_from_the_contexts_keys_values_match_full_forward_passes(tiny_hf, variant):
-    session, prompt, pt_model = _session(tiny_hf, variant, PAIRWISE, make_method("soft", length=4))
+    session, prompt, pt_model = _session(tiny_hf, variant, PAIRWISE, METHODS["soft"](length=4))
     examples = encode_choices(session, ROWS)
     assert len({len(c) for e in examples for c in e.candidates}) > 1  # candidates of different lengths
     assert len({len(e.candidates) for e in examples}) > 1  # and examples with different numbers of them
     theirs, _ = _torch_logliks(pt_model, session, prompt, examples)
     for shared in (0, session.shared_len([e.context for e in examples])):
         batch = {k: jnp.asarray(v) for k, v in collate_choices(examples, session.pad_id, shared_len=shared).items()}
-        ours, greedy = choice_logprobs(session.model, session.frozen, session.method, prompt, batch, 0, shared)
+        ours, greedy = choice_logprobs(session.model, session.frozen, session.method, prompt, batch, 0)
         for b, e in enumerate(examples):
             K = len(e.candidates)
             np.testing.assert_allclose(np.asarray(ours[b, :K]), theirs[b].detach().numpy(), atol=2e-4, rtol=1e-5)
@@ -83,11 +83,11 @@ def test_candidates_scored_from_the_contexts_keys_values_match_full_forward_pass
 
 
 def test_choice_loss_gradient_matches_pytorch_autograd_in_float64(tiny_hf):
-    session, prompt, pt_model = _session(tiny_hf, "gpt2-50k", PAIRWISE, make_method("soft", length=4))
+    session, prompt, pt_model = _session(tiny_hf, "gpt2-50k", PAIRWISE, METHODS["soft"](length=4))
     examples = encode_choices(session, ROWS[:5])
     shared = session.shared_len([e.context for e in examples])
     batch = {k: jnp.asarray(v) for k, v in collate_choices(examples, session.pad_id, 8, shared).items()}
-    loss_fn = choice_loss(session.model, session.method, shared)
+    loss_fn = choice_loss(session.model, session.method)
     (total, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(prompt, session.frozen, batch,
                                                                       jax.random.key(0), 0)
     assert float(count) == 5  # the three padding rows weigh nothing
@@ -110,7 +110,7 @@ def test_cross_entropy_ignores_padding_candidates():
 
 
 def test_evaluation_reports_accuracy_acc_norm_and_per_class_counts(tiny_hf):
-    session, prompt, pt_model = _session(tiny_hf, "gpt2-50k", FIXED, make_method("soft", length=4))
+    session, prompt, pt_model = _session(tiny_hf, "gpt2-50k", FIXED, METHODS["soft"](length=4))
     learned = evaluate(session, prompt, FIXED_ROWS)
     examples = encode_choices(session, FIXED_ROWS)
     theirs = [ll.detach().numpy() for ll in _torch_logliks(pt_model, session, prompt, examples)[0]]
@@ -147,7 +147,7 @@ def test_acc_norm_divides_by_bytes_not_tokens():
 
 def test_choice_batches_are_deterministic_and_pad_to_the_batch(gpt2_tokenizer, tiny_lm):
     model, frozen = tiny_lm
-    session = Session(model, frozen, gpt2_tokenizer, PAIRWISE, make_method("soft", length=4))
+    session = Session(model, frozen, gpt2_tokenizer, PAIRWISE, METHODS["soft"](length=4))
     examples = encode_choices(session, ROWS)
     batches = ChoiceBatches(examples, 4, session.pad_id, seed=3)
     a, b = batches(5), batches(5)
@@ -177,7 +177,7 @@ def test_a_candidate_that_tokenizes_to_nothing_is_refused(gpt2_tokenizer, tiny_l
     model, frozen = tiny_lm
     task = Task(name="empty", template=Template("{prompt} {word1}?", "{label}"), answer="choice",
                 choices=("", " no"), data="unused")
-    session = Session(model, frozen, gpt2_tokenizer, task, make_method("soft", length=4))
+    session = Session(model, frozen, gpt2_tokenizer, task, METHODS["soft"](length=4))
     with pytest.raises(TemplateError, match="the candidate '' tokenizes to nothing"):
         encode_choices(session, [{"word1": "hot", "label": ""}])
 

@@ -6,6 +6,7 @@ import pytest
 
 from jaxprompt.data.batches import Batches, collate, eval_batches
 from jaxprompt.data.templates import Encoded, Template, TemplateError, check_positions, common_prefix_length, encode
+from jaxprompt.prompts import SoftPrompt
 
 
 def test_template_errors():
@@ -30,14 +31,14 @@ def test_pieces_and_slots(gpt2_tokenizer):
     t = Template("Here are two {prompt} {word1} and", " {word2}")
     assert t.pieces({"word1": "hot", "word2": "cold"}, 3) == ["Here are two", 3, " hot and"]
     assert t.pieces({"word1": "hot", "word2": "cold"}, 3, virtual=False) == ["Here are two hot and"]
-    e = encode(t, {"word1": "hot", "word2": "cold"}, gpt2_tokenizer, 3)
+    e = encode(t, {"word1": "hot", "word2": "cold"}, gpt2_tokenizer, SoftPrompt(length=3))
     assert e.slots == [-1, -1, -1, 0, 1, 2, -1, -1, -1] and e.n_target == 1
     assert e.tokens[-3:] == gpt2_tokenizer.encode(" hot and cold")
-    hard = encode(t, {"word1": "hot", "word2": "cold"}, gpt2_tokenizer, 3, hard_prompt="antonyms")
+    hard = encode(t, {"word1": "hot", "word2": "cold"}, gpt2_tokenizer, SoftPrompt(length=3), hard_prompt="antonyms")
     assert hard.tokens == [4342, 389, 734, 281, 1122, 88, 907, 3024, 290, 4692]  # GPT-2's own tokenisation
     multi = Template("{prompt:2} Q: {x} {prompt} A:", " {y}")
     assert multi.n_virtual(4) == 6
-    m = encode(multi, {"x": "a", "y": "b"}, gpt2_tokenizer, 4)
+    m = encode(multi, {"x": "a", "y": "b"}, gpt2_tokenizer, SoftPrompt(length=4))
     assert [s for s in m.slots if s >= 0] == list(range(6)) and m.slots[:2] == [0, 1]
 
 
@@ -47,9 +48,9 @@ def test_bos_comes_after_a_leading_prompt(gpt2_tokenizer):
 
     tok = copy.copy(gpt2_tokenizer)
     tok.add_bos, tok.bos_token_id = True, 7
-    lead = encode(Template("{prompt} {x} =", " {y}"), {"x": "a", "y": "b"}, tok, 2)
+    lead = encode(Template("{prompt} {x} =", " {y}"), {"x": "a", "y": "b"}, tok, SoftPrompt(length=2))
     assert lead.tokens[2] == 7 and lead.slots[:3] == [0, 1, -1]
-    infix = encode(Template("Q {prompt} {x} =", " {y}"), {"x": "a", "y": "b"}, tok, 2)
+    infix = encode(Template("Q {prompt} {x} =", " {y}"), {"x": "a", "y": "b"}, tok, SoftPrompt(length=2))
     assert infix.tokens[0] == 7
 
 
@@ -57,7 +58,7 @@ def test_loss_mask_covers_exactly_the_target_tokens(gpt2_tokenizer):
     t = Template("Here are two {prompt} {word1} and", " {word2}")
     rows = [{"word1": "hot", "word2": "cold"}, {"word1": "utopia", "word2": "dystopia"},
             {"word1": "aphelion", "word2": "perihelion"}]
-    examples = [encode(t, r, gpt2_tokenizer, 5) for r in rows]
+    examples = [encode(t, r, gpt2_tokenizer, SoftPrompt(length=5)) for r in rows]
     for padding in ("right", "left"):
         batch = collate(examples, 50256, padding)
         for b, r in enumerate(rows):
@@ -89,9 +90,9 @@ def test_eval_batches_fill_the_last_batch_with_zero_weight_rows():
 
 def test_common_prefix_length(gpt2_tokenizer):
     t = Template("Here are two {prompt} {word1} and", " {word2}")
-    examples = [encode(t, {"word1": a, "word2": b}, gpt2_tokenizer, 4) for a, b in (("hot", "cold"), ("up", "down"))]
+    examples = [encode(t, {"word1": a, "word2": b}, gpt2_tokenizer, SoftPrompt(length=4)) for a, b in (("hot", "cold"), ("up", "down"))]
     assert common_prefix_length(examples) == 3 + 4
-    same = [encode(t, {"word1": "hot", "word2": w}, gpt2_tokenizer, 4) for w in ("cold", "chilly")]
+    same = [encode(t, {"word1": "hot", "word2": w}, gpt2_tokenizer, SoftPrompt(length=4)) for w in ("cold", "chilly")]
     assert common_prefix_length(same) == len(same[0]) - same[0].n_target - 1  # never into the targets
 
 

@@ -11,7 +11,7 @@ from conftest import ANTONYM_PAIRS
 from jaxprompt.data.tasks import BUILTIN, Task
 from jaxprompt.data.templates import Template, TemplateError
 from jaxprompt.evaluation.evaluate import evaluate, generate_texts, heldout_loss, shown_samples
-from jaxprompt.prompts import MultiTask, make_method
+from jaxprompt.prompts import METHODS, MultiTask
 from jaxprompt.session import Session
 
 ROWS = [{"word1": a, "word2": b} for a, b in ANTONYM_PAIRS]
@@ -20,14 +20,14 @@ ROWS = [{"word1": a, "word2": b} for a, b in ANTONYM_PAIRS]
 def test_a_relaxed_prompt_is_scored_at_its_final_temperature(tiny_lm, gpt2_tokenizer):
     """What evaluation reports for a relaxed prompt is the soft prompt it ends training as."""
     model, frozen = tiny_lm
-    relaxed = make_method("relaxed", length=4, tau_end=0.05, anneal_steps=100)
+    relaxed = METHODS["relaxed"](length=4, tau_end=0.05, anneal_steps=100)
     prompt = relaxed.init(jax.random.key(0), model, frozen, 4)
     prompt = {"logits": prompt["logits"] + 2.0 * jax.random.normal(jax.random.key(1), prompt["logits"].shape)}
     session = Session(model, frozen, gpt2_tokenizer, BUILTIN["antonyms"], relaxed)
     logits = np.asarray(prompt["logits"], np.float64) / 0.05
     weights = np.exp(logits - logits.max(-1, keepdims=True))
     final = (weights / weights.sum(-1, keepdims=True)) @ np.asarray(model.embedding_table(frozen), np.float64)
-    soft = make_method("soft", length=4)
+    soft = METHODS["soft"](length=4)
     as_soft = Session(model, frozen, gpt2_tokenizer, BUILTIN["antonyms"], soft)
     reported = heldout_loss(session, prompt, ROWS)
     np.testing.assert_allclose(reported, heldout_loss(as_soft, {"embeddings": final.astype(np.float32)}, ROWS),
@@ -40,7 +40,7 @@ def test_a_relaxed_prompt_is_scored_at_its_final_temperature(tiny_lm, gpt2_token
 
 def test_generation_past_the_position_table_is_refused(tiny_lm, gpt2_tokenizer):
     model, frozen = tiny_lm  # 96 positions
-    session = Session(model, frozen, gpt2_tokenizer, BUILTIN["antonyms"], make_method("soft", length=4))
+    session = Session(model, frozen, gpt2_tokenizer, BUILTIN["antonyms"], METHODS["soft"](length=4))
     prompt = session.method.init(jax.random.key(0), model, frozen, 4)
     with pytest.raises(TemplateError, match=r"input of 9 tokens \+ 300 new tokens needs 309 positions; "
                                             r"the model has 96"):
@@ -49,7 +49,7 @@ def test_generation_past_the_position_table_is_refused(tiny_lm, gpt2_tokenizer):
 
 def test_a_multi_task_prompt_is_evaluated_one_task_at_a_time(tiny_lm, gpt2_tokenizer):
     model, frozen = tiny_lm
-    method = MultiTask(base=make_method("soft", length=4), n_tasks=2)
+    method = MultiTask(base=METHODS["soft"](length=4), n_tasks=2)
     session = Session(model, frozen, gpt2_tokenizer, BUILTIN["antonyms"], method,
                       tasks=(BUILTIN["antonyms"], BUILTIN["antonyms"]))
     prompt = method.init(jax.random.key(0), model, frozen, 4)
@@ -74,7 +74,7 @@ def test_text_metrics_against_transformers_generations(tiny_model_dir, gpt2_toke
     from rouge_score import rouge_scorer
     from transformers import AutoModelForCausalLM
 
-    session = Session.load(tiny_model_dir, REWRITE, make_method("soft", length=4), cache=False)
+    session = Session.load(tiny_model_dir, REWRITE, METHODS["soft"](length=4), cache=False)
     hf = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     answers = []
     for s in SENTENCES:

@@ -17,7 +17,7 @@ from jaxprompt.data.tasks import Task
 from jaxprompt.data.templates import Template
 from jaxprompt.inference.decode import generate
 from jaxprompt.models import positions_from_mask
-from jaxprompt.prompts import make_method
+from jaxprompt.prompts import METHODS
 from jaxprompt.prompts.forward import prompt_inputs
 from jaxprompt.runs.export import ExportError, export_peft, export_plain, peft_incompatibility
 from jaxprompt.runs.peft_import import import_peft
@@ -29,6 +29,11 @@ peft = pytest.importorskip("peft")
 PREPEND = Task(name="opposites", template=Template("{prompt} {word1} is the opposite of", " {word2}"),
                hard_prompt="antonyms:", data="unused")
 ROWS = [{"word1": a, "word2": b} for a, b in ANTONYM_PAIRS]
+
+
+def _of(session, prompt):
+    """What an export reads of a session: the method, its prompt, the model, its weights, the template."""
+    return session.method, prompt, session.model, session.frozen, session.task.template
 
 
 def _prompted(tiny_hf, variant, method):
@@ -107,10 +112,10 @@ PEFT_TYPES = {"soft": "PROMPT_TUNING", "ptuning": "P_TUNING", "prefix": "PREFIX_
 
 @pytest.mark.parametrize("variant,name,options", CASES, ids=[f"{v}-{n}-{len(o)}" for v, n, o in CASES])
 def test_peft_adapter_matches_jax(tiny_hf, tmp_path, variant, name, options):
-    method = make_method(name, length=4, **options)
+    method = METHODS[name](length=4, **options)
     session, prompt, pt_model, directory = _prompted(tiny_hf, variant, method)
     out = str(tmp_path / "adapter")
-    export_peft(session, prompt, out, base_model=directory)
+    export_peft(out, *_of(session, prompt), base_model=directory)
     config = json.load(open(f"{out}/adapter_config.json"))
     assert config["peft_type"] == PEFT_TYPES[name]
 
@@ -164,11 +169,11 @@ def test_adaption_export_is_refused_where_peft_adds_the_output_bias_twice(tiny_h
         departure = (peft_model(input_ids=ids).logits - pt_model(input_ids=ids).logits).abs().max().item()
     assert departure > 0.1  # PEFT at zero gates departs from the frozen model
 
-    method = make_method("adaption", length=4, top_layers=2)
+    method = METHODS["adaption"](length=4, top_layers=2)
     session, prompt, _, _ = _prompted(tiny_hf, "llama-50k-bias", method)  # its zero gate: tests/test_families.py
-    assert "bias a second time" in peft_incompatibility(session)
+    assert "bias a second time" in peft_incompatibility(session.method, session.model, session.task.template)
     with pytest.raises(ExportError, match="bias a second time.*--to plain") as info:
-        export_peft(session, prompt, str(tmp_path / "adapter"))
+        export_peft(str(tmp_path / "adapter"), *_of(session, prompt), base_model="x")
     assert "\n" not in str(info.value)
 
     peft_model.save_pretrained(str(tmp_path / "theirs"))
@@ -181,26 +186,26 @@ def test_unrepresentable_prompts_say_so(tiny_hf, tmp_path):
     infix = Task(name="a", template=Template("Here are two {prompt} {word1} and", " {word2}"), data="unused")
     two = Task(name="b", template=Template("{prompt} Q: {word1} {prompt:2}", " {word2}"), data="unused")
     for task, method, message in [
-        (infix, make_method("soft", length=3), "prompt sits inside the template"),
-        (two, make_method("soft", length=3), "prompt sits inside the template"),
-        (PREPEND, make_method("prefix", length=3, top_layers=1), "only the top 1 layers"),
+        (infix, METHODS["soft"](length=3), "prompt sits inside the template"),
+        (two, METHODS["soft"](length=3), "prompt sits inside the template"),
+        (PREPEND, METHODS["prefix"](length=3, top_layers=1), "only the top 1 layers"),
     ]:
         session = Session.load(directory, task, method, cache=False)
         prompt = method.init(jax.random.key(0), session.model, session.frozen, session.n_virtual)
-        assert message in peft_incompatibility(session)
+        assert message in peft_incompatibility(session.method, session.model, session.task.template)
         with pytest.raises(ExportError, match="--to plain"):
-            export_peft(session, prompt, str(tmp_path / "x"))
-        export_plain(session, prompt, str(tmp_path / "plain"))  # always possible
+            export_peft(str(tmp_path / "x"), *_of(session, prompt), base_model="x")
+        export_plain(str(tmp_path / "plain"), *_of(session, prompt), base_model="x")  # always possible
         description = json.load(open(tmp_path / "plain" / "prompt.json"))
         assert description["template"] == task.template.text and description["method"] == method.name
 
 
 def test_plain_export_is_loadable_with_torch(tiny_hf, tmp_path):
     _, directory = tiny_hf("gpt2-50k")
-    method = make_method("prefix", length=3, reparam_hidden=8)
+    method = METHODS["prefix"](length=3, reparam_hidden=8)
     session = Session.load(directory, PREPEND, method, cache=False)
     prompt = method.init(jax.random.key(0), session.model, session.frozen, 0)
-    export_plain(session, prompt, str(tmp_path))
+    export_plain(str(tmp_path), *_of(session, prompt), base_model="x")
     state = torch.load(tmp_path / "prompt.pt")
     k, v, _ = method.prefix(prompt, session.model, session.frozen, 0)
     np.testing.assert_array_equal(state["past_key_values"].numpy(), np.asarray(jnp.stack([k, v], axis=2)))
@@ -263,4 +268,4 @@ def test_import_never_replaces_a_run_unless_asked(tiny_hf, tmp_path):
     import_peft(second, run, task=task, overwrite=True)
     assert read_run_info(run)["n_virtual"] == 3 and os.listdir(os.path.join(run, "last")) == ["0"]
     with pytest.raises(ExportError, match="export target .* is a file"):
-        export_plain(None, None, os.path.join(run, "run.json"))
+        export_plain(os.path.join(run, "run.json"), None, None, None, None, None, base_model="x")

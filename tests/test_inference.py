@@ -17,7 +17,7 @@ from jaxprompt.data.templates import Template
 from jaxprompt.inference.decode import generate, left_pad
 from jaxprompt.inference.engine import Engine
 from jaxprompt.inference.requests import Options, Request, RequestError
-from jaxprompt.prompts import make_method
+from jaxprompt.prompts import METHODS
 from jaxprompt.session import Session
 
 WORDS = [a for a, _ in ANTONYM_PAIRS]
@@ -30,11 +30,11 @@ def engine(tiny_lm, gpt2_tokenizer):
     model, frozen = tiny_lm
     antonyms = BUILTIN["antonyms"]
     infix = Task("infix", Template("Opposite of {word1}: {prompt} ->", " {word2}"), hard_prompt="x")
-    base = Session(model, frozen, gpt2_tokenizer, antonyms, make_method("soft", length=3))
+    base = Session(model, frozen, gpt2_tokenizer, antonyms, METHODS["soft"](length=3))
     engine = Engine.of_session(base, max_batch=16)
-    for name, task, method, seed in (("soft", antonyms, make_method("soft", length=3), 1),
-                                     ("prefix", antonyms, make_method("prefix", length=2), 2),
-                                     ("infix", infix, make_method("soft", length=2), 3)):
+    for name, task, method, seed in (("soft", antonyms, METHODS["soft"](length=3), 1),
+                                     ("prefix", antonyms, METHODS["prefix"](length=2), 2),
+                                     ("infix", infix, METHODS["soft"](length=2), 3)):
         session = Session(model, frozen, gpt2_tokenizer, task, method, prompt_cache=base.prompt_cache)
         prompt = method.init(jax.random.key(seed), model, frozen, task.template.n_virtual(method.length))
         prompt = jax.tree.map(lambda x: x * 3.0, prompt)  # far from the vocabulary: prompts that matter

@@ -12,7 +12,7 @@ from conftest import ANTONYM_PAIRS
 from jaxprompt.data.tasks import BUILTIN
 from jaxprompt.evaluation.evaluate import evaluate
 from jaxprompt.evaluation.interpret import nearest_vocabulary, plot_embedding_space, projected_prompt
-from jaxprompt.prompts import make_method
+from jaxprompt.prompts import METHODS
 from jaxprompt.prompts.cache import PromptCache
 from jaxprompt.session import Session
 
@@ -22,7 +22,7 @@ ROWS = [{"word1": a, "word2": b} for a, b in ANTONYM_PAIRS]
 def test_nearest_tokens_of_a_text_initialised_prompt(tiny_lm, gpt2_tokenizer):
     model, frozen = tiny_lm
     ids = gpt2_tokenizer.encode(" antonyms of words")
-    method = make_method("soft", length=len(ids), init_from="text", init_ids=tuple(ids))
+    method = METHODS["soft"](length=len(ids), init_from="text", init_ids=tuple(ids))
     vectors = method.init(jax.random.key(0), model, frozen, len(ids))["embeddings"]
     table = model.embedding_table(frozen)
     cos = nearest_vocabulary(vectors, table, gpt2_tokenizer, "cosine", k=3)
@@ -39,7 +39,7 @@ def test_nearest_tokens_of_a_text_initialised_prompt(tiny_lm, gpt2_tokenizer):
 def test_projected_prompt_is_the_hard_prompt(tiny_lm, gpt2_tokenizer):
     """Evaluating the projection equals evaluating the decoded tokens written into the template."""
     model, frozen = tiny_lm
-    method = make_method("soft", length=3)
+    method = METHODS["soft"](length=3)
     session = Session(model, frozen, gpt2_tokenizer, BUILTIN["antonyms"], method, prompt_cache=PromptCache())
     prompt = method.init(jax.random.key(0), model, frozen, 3)
     soft, hard, ids, text = projected_prompt(session, prompt)
@@ -58,7 +58,7 @@ def test_projected_prompt_is_the_hard_prompt(tiny_lm, gpt2_tokenizer):
 
 def test_pez_prompt_is_always_real_tokens(tiny_lm, gpt2_tokenizer):
     model, frozen = tiny_lm
-    method = make_method("pez", length=4)
+    method = METHODS["pez"](length=4)
     prompt = method.init(jax.random.key(0), model, frozen, 4)
     prompt = {"embeddings": prompt["embeddings"] + 0.01 * jax.random.normal(jax.random.key(1), (4, 32))}
     virtual = method.virtual_tokens(prompt, model, frozen, 0)
@@ -71,7 +71,7 @@ def test_pez_prompt_is_always_real_tokens(tiny_lm, gpt2_tokenizer):
 
 def test_relaxed_prompt_anneals_towards_its_tokens(tiny_lm):
     model, frozen = tiny_lm
-    method = make_method("relaxed", length=3, tau_start=1.0, tau_end=0.01, anneal_steps=100, init_from="text",
+    method = METHODS["relaxed"](length=3, tau_start=1.0, tau_end=0.01, anneal_steps=100, init_from="text",
                          init_ids=(11, 22, 33))
     prompt = method.init(jax.random.key(0), model, frozen, 3)
     assert list(np.asarray(method.tokens(prompt))) == [11, 22, 33]

@@ -14,7 +14,7 @@ from conftest import ANTONYM_PAIRS, write_task
 
 from jaxprompt.data.tasks import Task
 from jaxprompt.data.templates import Template, TemplateError
-from jaxprompt.prompts import make_method
+from jaxprompt.prompts import METHODS
 from jaxprompt.runs.export import export_peft
 from jaxprompt.runs.peft_import import import_peft
 from jaxprompt.session import Session
@@ -85,12 +85,13 @@ def test_learned_soft_prompt_matches_lm_evals_hf_backend_on_its_peft_export(tiny
                            template="{prompt} {word1} is the opposite of", target=" {word2}")
     from jaxprompt.data.tasks import get_task
 
-    method = make_method("soft", length=4)
+    method = METHODS["soft"](length=4)
     session = Session.load(directory, get_task(task_file), method, cache=False)
     prompt = method.init(jax.random.key(0), session.model, session.frozen, session.n_virtual)
     prompt = {"embeddings": prompt["embeddings"] + 0.5 * jax.random.normal(jax.random.key(1), (4, 32))}
     adapter = str(tmp_path / "adapter")
-    export_peft(session, prompt, adapter, base_model=directory)
+    export_peft(adapter, session.method, prompt, session.model, session.frozen, session.task.template,
+                base_model=directory)
     run_dir = import_peft(adapter, str(tmp_path / "run"), task=task_file, model=directory)
     include = _lm_eval_task(tmp_path)
     ours = run_lm_eval(JaxPromptLM.from_run(run_dir, batch_size=4), ["jp_opposites"], include, log_samples=True)
@@ -143,7 +144,7 @@ def test_generate_until_equals_hf_backend_and_a_torch_greedy_loop_with_the_promp
     assert bare == _generations(theirs) and len(set(bare)) > 1
 
     task = Task(name="t", template=Template("{prompt} {word1} is the opposite of", " {word2}"), data="unused")
-    method = make_method("soft", length=4)
+    method = METHODS["soft"](length=4)
     session = Session.load(directory, task, method, cache=False)
     prompt = {"embeddings": 0.5 * jax.random.normal(jax.random.key(1), (4, 32))}
     ours = _generations(run_lm_eval(JaxPromptLM(session, prompt, batch_size=4), ["jp_complete"], include,
@@ -167,7 +168,7 @@ def test_generate_until_equals_hf_backend_and_a_torch_greedy_loop_with_the_promp
 def test_a_prompt_trained_inside_a_template_is_refused(tiny_lm, gpt2_tokenizer):
     model, frozen = tiny_lm
     task = Task(name="t", template=Template("Here are two {prompt} {word1} and", " {word2}"), data="unused")
-    method = make_method("soft", length=4)
+    method = METHODS["soft"](length=4)
     session = Session(model, frozen, gpt2_tokenizer, task, method)
     with pytest.raises(TemplateError, match="trained inside the template 'Here are two {prompt} {word1} and'"):
         JaxPromptLM(session, method.init(jax.random.key(0), model, frozen, 4))
@@ -176,7 +177,7 @@ def test_a_prompt_trained_inside_a_template_is_refused(tiny_lm, gpt2_tokenizer):
 def test_an_unknown_lm_eval_task_is_one_line(tiny_lm, gpt2_tokenizer, tmp_path):
     model, frozen = tiny_lm
     task = Task(name="t", template=Template("{prompt} {word1} and", " {word2}"), data="unused")
-    session = Session(model, frozen, gpt2_tokenizer, task, make_method("soft", length=4))
+    session = Session(model, frozen, gpt2_tokenizer, task, METHODS["soft"](length=4))
     with pytest.raises(TemplateError, match="lm-eval has no task 'no_such_task_anywhere'") as e:
         run_lm_eval(JaxPromptLM(session, None, learned=False), ["no_such_task_anywhere"], str(tmp_path))
     assert "\n" not in str(e.value)

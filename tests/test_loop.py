@@ -17,7 +17,7 @@ from jaxprompt.config import LoopConfig, OptimizerConfig
 from jaxprompt.data.batches import Batches, eval_batches
 from jaxprompt.data.templates import Template, common_prefix_length, encode
 from jaxprompt.models import Model
-from jaxprompt.prompts import make_method
+from jaxprompt.prompts import METHODS, SoftPrompt
 from jaxprompt.prompts.loss import prompt_loss
 from jaxprompt.runs import checkpoint
 from jaxprompt.runs.checkpoint import Checkpointer, CheckpointError
@@ -30,12 +30,12 @@ P = 4
 
 
 def _examples(tokenizer, pairs=ANTONYM_PAIRS, **kw):
-    return [encode(TEMPLATE, {"word1": a, "word2": b}, tokenizer, P, **kw) for a, b in pairs]
+    return [encode(TEMPLATE, {"word1": a, "word2": b}, tokenizer, SoftPrompt(length=P), **kw) for a, b in pairs]
 
 
 def _setup(tiny_lm, gpt2_tokenizer, name="soft", **options):
     model, frozen = tiny_lm
-    method = make_method(name, length=P, **options)
+    method = METHODS[name](length=P, **options)
     prompt = method.init(jax.random.key(0), model, frozen, P)
     return model, frozen, method, prompt, _examples(gpt2_tokenizer)
 
@@ -69,7 +69,7 @@ def test_step_compiles_once_per_bucket(tiny_lm, gpt2_tokenizer):
         traces.append(args[2]["tokens"].shape)  # runs at trace time only
         return base(*args)
 
-    long = [encode(TEMPLATE, {"word1": "a " * 10 + a, "word2": b}, gpt2_tokenizer, P) for a, b in ANTONYM_PAIRS]
+    long = [encode(TEMPLATE, {"word1": "a " * 10 + a, "word2": b}, gpt2_tokenizer, SoftPrompt(length=P)) for a, b in ANTONYM_PAIRS]
     batches, long_batches = Batches(short, 8, 50256), Batches(long, 8, 50256)
     data = lambda s: (batches if s % 3 else long_batches)(s)
     fit(counted, make_optimizer(OptimizerConfig(lr=0.01), prompt), prompt, frozen, data, None, LoopConfig(steps=12))
@@ -123,13 +123,13 @@ class Killed(Exception):
 def resumable(tiny_lm, gpt2_tokenizer, tmp_path_factory):
     """A p-tuning run to 20 steps, uninterrupted: what every interrupted run must end at."""
     model, frozen = tiny_lm
-    method = make_method("ptuning", length=P, hidden=16)
+    method = METHODS["ptuning"](length=P, hidden=16)
     prompt = method.init(jax.random.key(0), model, frozen, P)
     examples = _examples(gpt2_tokenizer)
-    batches = Batches(examples, 8, 50256, seed=3)
+    batches = Batches(examples, 8, 50256, seed=3, shared_len=common_prefix_length(examples))
     val = [b for _, b in eval_batches(examples[:8], 8, 50256)]
     optimizer = make_optimizer(OptimizerConfig(lr=0.002, schedule="cosine", warmup_steps=3), prompt, total_steps=20)
-    loss_fn = prompt_loss(model, method, common_prefix_length(examples))
+    loss_fn = prompt_loss(model, method)
 
     def run(run_dir, data=batches, resume=False):
         return fit(loss_fn, optimizer, prompt, frozen, data, val, LoopConfig(steps=20, eval_every=5),

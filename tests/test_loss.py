@@ -18,27 +18,31 @@ from conftest import ANTONYM_PAIRS, REPO, TOKENIZER_DIR
 from jaxprompt.data.batches import Batches, collate
 from jaxprompt.data.templates import Encoded, Template, common_prefix_length, encode
 from jaxprompt.models import Model
-from jaxprompt.prompts import make_method
+from jaxprompt.prompts import METHODS, SoftPrompt
 from jaxprompt.prompts.forward import prompted_hidden
-from jaxprompt.prompts.loss import nll_sum, prompt_loss
+from jaxprompt.prompts.loss import prompt_loss
 
 TEMPLATE = Template("Here are two {prompt} {word1} and", " {word2}")
 P = 4
 
 
 def _examples(tokenizer, pairs=ANTONYM_PAIRS, method=None):
-    virtual = method is None or method.kind == "embeddings"  # prefix and adaption prompts take no slots
-    return [encode(TEMPLATE, {"word1": a, "word2": b}, tokenizer, P, virtual=virtual) for a, b in pairs]
+    return [encode(TEMPLATE, {"word1": a, "word2": b}, tokenizer, method or SoftPrompt(length=P)) for a, b in pairs]
 
 
 def test_gathered_loss_equals_full_masked_loss(tiny_lm, gpt2_tokenizer):
     """Logits at target positions only == the textbook loss over all positions with loss_mask."""
     model, frozen = tiny_lm
     batch = collate(_examples(gpt2_tokenizer, [("hot", "cold"), ("rich", "poor"), ("aphelion", "perihelion")]), 50256)
-    method = make_method("soft", length=P)
+    method = METHODS["soft"](length=P)
     prompt = method.init(jax.random.key(0), model, frozen, P)
     logits = model.unembed(frozen, prompted_hidden(model, frozen, method, prompt, batch))
-    full = nll_sum(logits[:, :-1], jnp.asarray(batch["tokens"][:, 1:]), jnp.asarray(batch["loss_mask"][:, 1:]))
+    # the textbook masked cross-entropy over every position, in float64 numpy
+    logits = np.asarray(logits[:, :-1], np.float64)
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    nll = -np.take_along_axis(logp, np.asarray(batch["tokens"][:, 1:])[..., None], axis=-1)[..., 0]
+    mask = np.asarray(batch["loss_mask"][:, 1:])
+    full = ((nll * mask).sum(), mask.sum())
     ours = prompt_loss(model, method)(prompt, frozen, batch, None, 0)
     np.testing.assert_allclose(ours, full, rtol=1e-6)
 
@@ -46,7 +50,7 @@ def test_gathered_loss_equals_full_masked_loss(tiny_lm, gpt2_tokenizer):
 def test_left_and_right_padding_give_the_same_loss(tiny_lm, gpt2_tokenizer):
     model, frozen = tiny_lm
     for name in ("soft", "prefix"):
-        method = make_method(name, length=P)
+        method = METHODS[name](length=P)
         examples = _examples(gpt2_tokenizer, method=method)[:5]
         prompt = method.init(jax.random.key(0), model, frozen, P)
         losses = [prompt_loss(model, method)(prompt, frozen, collate(examples, 50256, side), None, 0)
@@ -64,16 +68,15 @@ def test_shared_prefix_equals_unshared(tiny_lms, gpt2_tokenizer, family, name, o
     """Computing the prompt + fixed text once at batch size 1 gives the same loss and gradient (for
     adaption prompts the head is computed with the adapters too)."""
     model, frozen = tiny_lms(family)
-    method = make_method(name, length=P, **options)
+    method = METHODS[name](length=P, **options)
     examples = _examples(gpt2_tokenizer, method=method)
-    batch = Batches(examples, 8, 50256)(0)
     prompt = method.init(jax.random.key(0), model, frozen, P)
     if name == "adaption":  # gates off zero, or the adapters would not show
         prompt = {**prompt, "gate": prompt["gate"] + 0.5}
     S = common_prefix_length(examples)
-    assert S == len(gpt2_tokenizer.encode("Here are two")) + (P if method.kind == "embeddings" else 0)
-    value_grad = lambda s: jax.jit(jax.value_and_grad(lambda p, f, b: prompt_loss(model, method, s)(p, f, b, None, 0)[0]))(
-        prompt, frozen, batch)
+    assert S == len(gpt2_tokenizer.encode("Here are two")) + (P if method.takes_positions else 0)
+    value_grad = lambda s: jax.jit(jax.value_and_grad(lambda p, f, b: prompt_loss(model, method)(p, f, b, None, 0)[0]))(
+        prompt, frozen, Batches(examples, 8, 50256, shared_len=s)(0))
     (l0, g0), (l1, g1) = value_grad(0), value_grad(S)
     np.testing.assert_allclose(l0, l1, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g0, g1)
@@ -82,7 +85,7 @@ def test_shared_prefix_equals_unshared(tiny_lms, gpt2_tokenizer, family, name, o
 def test_inference_loss_scores_the_inference_form(tiny_lm, gpt2_tokenizer):
     """`inference=True` is the loss of the baked prompt, not of the step's training form."""
     model, frozen = tiny_lm
-    method = make_method("relaxed", length=P, tau_end=0.05, anneal_steps=100)
+    method = METHODS["relaxed"](length=P, tau_end=0.05, anneal_steps=100)
     prompt = method.init(jax.random.key(0), model, frozen, P)
     batch = collate(_examples(gpt2_tokenizer)[:6], 50256)
     baked_method, baked = method.inference_prompt(prompt, model, frozen)
@@ -104,24 +107,25 @@ FD_SCRIPT = textwrap.dedent("""
     import numpy as np
     sys.path.insert(0, {tests!r})
     from conftest import ANTONYM_PAIRS, tiny_config
-    from jaxprompt.data import Batches, Template, encode
-    from jaxprompt.loss import prompt_loss
+    from jaxprompt.data.batches import Batches
+    from jaxprompt.data.templates import Template, encode
+    from jaxprompt.data.tokenizer import Tokenizer
     from jaxprompt.models import Model
-    from jaxprompt.prompts import MultiTask, make_method
-    from jaxprompt.tokenizer import Tokenizer
+    from jaxprompt.prompts import MultiTask, METHODS
+    from jaxprompt.prompts.loss import prompt_loss
     tok = Tokenizer.load({tok!r})
     model = Model(tiny_config())
     frozen = jax.tree.map(lambda x: x.astype(jnp.float64), model.init(jax.random.key(0), std=0.2))
     t = Template("Here are two {{prompt}} {{word1}} and", " {{word2}}")
     # (method, step h): the p-tuning encoder's ReLUs make its loss piecewise smooth, so its steps stay
     # small enough not to cross a kink; the relaxed prompt's tiny derivatives want a larger step
-    cases = [(make_method("soft", length=4), 1e-3), (make_method("ptuning", length=4, hidden=16), 1e-3),
-             (make_method("prefix", length=4, reparam_hidden=16), 1e-3),
-             (make_method("relaxed", length=4, anneal_steps=10), 1e-2),
-             (MultiTask(base=make_method("prefix", length=4), n_tasks=2), 1e-3)]
+    cases = [(METHODS["soft"](length=4), 1e-3), (METHODS["ptuning"](length=4, hidden=16), 1e-3),
+             (METHODS["prefix"](length=4, reparam_hidden=16), 1e-3),
+             (METHODS["relaxed"](length=4, anneal_steps=10), 1e-2),
+             (MultiTask(base=METHODS["prefix"](length=4), n_tasks=2), 1e-3)]
     worst = {{}}
     for method, h in cases:
-        ex = [encode(t, {{"word1": a, "word2": b}}, tok, 4, virtual=method.kind != "prefix", task_id=i % 2)
+        ex = [encode(t, {{"word1": a, "word2": b}}, tok, method, task_id=i % 2)
               for i, (a, b) in enumerate(ANTONYM_PAIRS[:6])]
         batch = {{k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in Batches(ex, 6, 50256)(0).items()}}
         prompt = method.init(jax.random.key(1), model, frozen, 4)
@@ -162,7 +166,7 @@ def test_prompt_gradient_matches_peft(tiny_hf, variant):
     pt_model, directory = tiny_hf(variant)
     config, frozen = load_pretrained(directory)
     model = Model(config)
-    method = make_method("soft", length=5)
+    method = METHODS["soft"](length=5)
     prompt = method.init(jax.random.key(0), model, frozen, 5)
     rng = np.random.RandomState(0)
     rows = [(list(rng.randint(3, 128, n)), list(rng.randint(3, 128, m))) for n, m in ((6, 2), (3, 1), (8, 3))]
@@ -196,7 +200,7 @@ def test_remat_same_gradient_less_memory():
     config = tiny_config(n_layers=4, d_model=64, n_heads=4, d_ff=256, d_embed=64, max_positions=512)
     plain, remat = Model(config), Model(config, remat=True)
     frozen = plain.init(jax.random.key(0))
-    method = make_method("soft", length=8)
+    method = METHODS["soft"](length=8)
     prompt = method.init(jax.random.key(1), plain, frozen, 8)
     rng = np.random.RandomState(0)
     batch = collate([Encoded([0] * 8 + list(rng.randint(0, 50000, 500)), list(range(8)) + [-1] * 500, 4)

@@ -57,7 +57,7 @@ def test_bf16_vocabulary_tables_held_as_bits_are_converted_in_blocks(family):
     from conftest import tiny_config
 
     from jaxprompt.models.layers.bits import from_bits
-    from jaxprompt.prompts import make_method
+    from jaxprompt.prompts import METHODS
 
     config = tiny_config(family, vocab_size=4099, d_model=256, d_embed=256, n_heads=4, n_kv_heads=4, d_ff=256,
                          n_layers=1)
@@ -98,13 +98,13 @@ def test_bf16_vocabulary_tables_held_as_bits_are_converted_in_blocks(family):
     looped = jax.jit(lambda p: jax.lax.fori_loop(
         0, 3, lambda i, total: total + model.embed(p, tokens + i).astype(jnp.float32).sum(), 0.0))
     assert looped.lower(held).compile().memory_analysis().temp_size_in_bytes < table_f32 / 8
-    pez = make_method("pez", length=4)
+    pez = METHODS["pez"](length=4)
     prompt = {"embeddings": jax.random.normal(jax.random.key(2), (4, config.d_embed)) * 0.05}
     np.testing.assert_array_equal(jax.jit(pez.tokens, static_argnums=1)(prompt, model, held),
                                   jax.jit(pez.tokens, static_argnums=1)(prompt, model, params))
     # relaxed prompts mix the table's rows (a sum over its blocks, in float32 as a CPU computes
     # it): the mixture and its gradient, against the same rows in float32 taken whole
-    relaxed = make_method("relaxed", length=4)
+    relaxed = METHODS["relaxed"](length=4)
     logits = relaxed.init(jax.random.key(3), model, params, 4)
     mix = jax.jit(jax.value_and_grad(lambda p, f: jnp.sum(relaxed.virtual_tokens(p, model, f, 0) ** 2)))
     params32 = jax.tree.map(lambda x: x.astype(jnp.float32), params)

@@ -11,7 +11,7 @@ from conftest import ANTONYM_PAIRS
 from jaxprompt.config import OptimizerConfig
 from jaxprompt.data.batches import collate
 from jaxprompt.data.templates import Template, encode
-from jaxprompt.prompts import make_method
+from jaxprompt.prompts import METHODS, SoftPrompt
 from jaxprompt.prompts.loss import prompt_loss
 from jaxprompt.settings import SettingError
 from jaxprompt.training.optim import make_optimizer
@@ -20,10 +20,10 @@ from jaxprompt.training.step import TrainState, make_train_step
 
 def test_parts_can_be_frozen_or_given_their_own_rate(tiny_lm, gpt2_tokenizer):
     model, frozen = tiny_lm
-    method = make_method("ptuning", length=4, hidden=16)
+    method = METHODS["ptuning"](length=4, hidden=16)
     prompt = method.init(jax.random.key(0), model, frozen, 4)
     template = Template("Here are two {prompt} {word1} and", " {word2}")
-    batch = collate([encode(template, {"word1": a, "word2": b}, gpt2_tokenizer, 4) for a, b in ANTONYM_PAIRS[:8]],
+    batch = collate([encode(template, {"word1": a, "word2": b}, gpt2_tokenizer, SoftPrompt(length=4)) for a, b in ANTONYM_PAIRS[:8]],
                     50256)
     loss_fn = prompt_loss(model, method)
     moved = lambda a, b: not all(np.allclose(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))

@@ -21,15 +21,16 @@ SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from conftest import ANTONYM_PAIRS, tiny_config
     from jaxprompt.config import LoopConfig, OptimizerConfig
-    from jaxprompt.data import Batches, Template, common_prefix_length, encode
-    from jaxprompt.loop import fit
-    from jaxprompt.loss import prompt_loss
+    from jaxprompt.data.batches import Batches
+    from jaxprompt.data.templates import Template, common_prefix_length, encode
+    from jaxprompt.data.tokenizer import Tokenizer
     from jaxprompt.models import Model, load_pretrained, save_pretrained
-    from jaxprompt.models.convert import TensorSource
-    from jaxprompt.optim import make_optimizer
-    from jaxprompt.parallel import MeshParallel
-    from jaxprompt.prompts import make_method
-    from jaxprompt.tokenizer import Tokenizer
+    from jaxprompt.models.loading import TensorSource
+    from jaxprompt.parallel.strategies import MeshParallel
+    from jaxprompt.prompts import METHODS
+    from jaxprompt.prompts.loss import prompt_loss
+    from jaxprompt.training.loop import fit
+    from jaxprompt.training.optim import make_optimizer
     assert jax.device_count() == 8
     tok = Tokenizer.load({tok!r})
     t = Template("Here are two {{prompt}} {{word1}} and", " {{word2}}")
@@ -41,11 +42,12 @@ SCRIPT = textwrap.dedent("""
     out = {{}}
     for n, micro in ((1, 1), (2, 1), (4, 1), (2, 2)):
         for name in ("soft", "prefix"):
-            method = make_method(name, length=4)
-            ex = [encode(t, {{"word1": a, "word2": b}}, tok, 4, virtual=name != "prefix") for a, b in ANTONYM_PAIRS]
+            method = METHODS[name](length=4)
+            ex = [encode(t, {{"word1": a, "word2": b}}, tok, method) for a, b in ANTONYM_PAIRS]
             prompt = method.init(jax.random.key(1), model, frozen, 4)
             opt = make_optimizer(OptimizerConfig(lr=0.05), prompt)
-            r = fit(prompt_loss(model, method, common_prefix_length(ex)), opt, prompt, frozen, Batches(ex, 8, 50256),
+            r = fit(prompt_loss(model, method), opt, prompt, frozen,
+                    Batches(ex, 8, 50256, shared_len=common_prefix_length(ex)),
                     None, LoopConfig(steps=6), devices=jax.devices()[:n], micro_batches=micro)
             out[(n, micro, name)] = flat(r.state.params)
     for name in ("soft", "prefix"):
@@ -57,14 +59,14 @@ SCRIPT = textwrap.dedent("""
     config = tiny_config(d_model=64, n_heads=4, d_ff=128, d_embed=64)
     model = Model(config)
     frozen = model.init(jax.random.key(0), std=0.2)
-    ex = [encode(t, {{"word1": a, "word2": b}}, tok, 4) for a, b in ANTONYM_PAIRS]
-    method = make_method("soft", length=4)
+    method = METHODS["soft"](length=4)
+    ex = [encode(t, {{"word1": a, "word2": b}}, tok, method) for a, b in ANTONYM_PAIRS]
     prompt = method.init(jax.random.key(1), model, frozen, 4)
     # plain SGD: its update is linear in the gradient, so only float reassociation differs (Adam's
     # m / sqrt(v) would amplify those 1e-7 differences on coordinates with tiny gradients)
     optimizer = make_optimizer(OptimizerConfig(lr=0.5, name="sgd", clip_norm=None), prompt)
-    loss_fn = prompt_loss(model, method, common_prefix_length(ex))
-    batches = Batches(ex, 8, 50256)
+    loss_fn = prompt_loss(model, method)
+    batches = Batches(ex, 8, 50256, shared_len=common_prefix_length(ex))
 
     def train(frozen, micro_batches=1, **where):
         r = fit(loss_fn, optimizer, prompt, frozen, batches, None, LoopConfig(steps=5, log_every=1),
@@ -184,12 +186,12 @@ def test_one_device_pmap_takes_the_frozen_weights_without_a_copy():
     from jaxprompt.data.templates import Encoded
     from jaxprompt.models import Model
     from jaxprompt.parallel.strategies import DataParallel
-    from jaxprompt.prompts import make_method
+    from jaxprompt.prompts import METHODS
     from jaxprompt.prompts.loss import prompt_loss
     from jaxprompt.training.optim import make_optimizer
     from jaxprompt.training.step import TrainState, make_train_step
 
-    model, method = Model(tiny_config()), make_method("soft", length=2)
+    model, method = Model(tiny_config()), METHODS["soft"](length=2)
     frozen = model.init(jax.random.key(0), std=0.2)
     prompt = method.init(jax.random.key(1), model, frozen, 2)
     optimizer = make_optimizer(OptimizerConfig(lr=0.1), prompt)

@@ -32,19 +32,19 @@ def test_plan_agrees_with_the_real_training_step():
     from jaxprompt.models import Model, load_pretrained
     from jaxprompt.parallel.strategies import DataParallel
     from jaxprompt.paths import DEFAULT_MODEL
-    from jaxprompt.prompts import make_method
+    from jaxprompt.prompts import METHODS
     from jaxprompt.prompts.loss import prompt_loss
     from jaxprompt.training.optim import OptimizerConfig, make_optimizer
     from jaxprompt.training.step import TrainState
 
     predicted = plan(DEFAULT_MODEL, 1, 1, 1, batch_size=16, prompt_length=8, text_tokens=24, dtype="float32")
     config, frozen = load_pretrained(DEFAULT_MODEL)
-    model, method = Model(config), make_method("soft", length=8)
+    model, method = Model(config), METHODS["soft"](length=8)
     prompt = method.init(jax.random.key(0), model, frozen, 8)
     optimizer = make_optimizer(OptimizerConfig(), prompt)
     examples = [Encoded([0] * 8 + list(range(100, 124)), list(range(8)) + [-1] * 24, 4) for _ in range(16)]
     dp = DataParallel(jax.devices()[:1])
-    step = dp.train_step(prompt_loss(model, method, 8), optimizer)
+    step = dp.train_step(prompt_loss(model, method), optimizer)
     state = dp.replicate(TrainState.create(prompt, optimizer, jax.random.PRNGKey(0)))
     analysis = step.lower(state, dp.put_frozen(frozen), dp.shard(collate(examples, 0, shared_len=8))).compile() \
         .memory_analysis()
@@ -66,7 +66,7 @@ def test_the_cpu_target_plans_the_step_a_bf16_run_on_this_cpu_compiles():
     from jaxprompt.parallel.plan import process_memory
     from jaxprompt.parallel.strategies import DataParallel
     from jaxprompt.paths import DEFAULT_MODEL
-    from jaxprompt.prompts import make_method
+    from jaxprompt.prompts import METHODS
     from jaxprompt.prompts.loss import prompt_loss
     from jaxprompt.session import Session
     from jaxprompt.training.optim import OptimizerConfig, make_optimizer
@@ -76,13 +76,13 @@ def test_the_cpu_target_plans_the_step_a_bf16_run_on_this_cpu_compiles():
     cpu = plan(DEFAULT_MODEL, 1, 1, 1, target="cpu", **shape)
     accelerator = plan(DEFAULT_MODEL, 1, 1, 1, **shape)
     assert accelerator.temp_upper_bound and not cpu.temp_upper_bound and cpu.remat and cpu.target == "cpu"
-    method = make_method("soft", length=8)
+    method = METHODS["soft"](length=8)
     session = Session.load(DEFAULT_MODEL, BUILTIN["antonyms"], method, dtype="bfloat16", cache=False)
     prompt = method.init(jax.random.key(0), session.model, session.frozen, 8)
     optimizer = make_optimizer(OptimizerConfig(), prompt)
     examples = [Encoded([0] * 8 + list(range(100, 124)), list(range(8)) + [-1] * 24, 4) for _ in range(4)]
     dp = DataParallel(jax.devices()[:1])
-    step = dp.train_step(prompt_loss(session.model, method, 8), optimizer)
+    step = dp.train_step(prompt_loss(session.model, method), optimizer)
     state = dp.replicate(TrainState.create(prompt, optimizer, jax.random.PRNGKey(0)))
     real = step.lower(state, dp.put_frozen(session.frozen), dp.shard(collate(examples, 0, shared_len=8))).compile() \
         .memory_analysis().temp_size_in_bytes

@@ -15,7 +15,7 @@ from jaxprompt.cli.main import main
 from jaxprompt.config import LoopConfig, Member, OptimizerConfig, RunOptions
 from jaxprompt.data.batches import Batches, eval_batches
 from jaxprompt.data.templates import Template, common_prefix_length, encode
-from jaxprompt.prompts import make_method
+from jaxprompt.prompts import METHODS
 from jaxprompt.prompts.loss import prompt_loss
 from jaxprompt.runs.checkpoint import Checkpointer
 from jaxprompt.runs.layout import read_run_info
@@ -44,12 +44,13 @@ def relative_error(a, b) -> float:
 @pytest.fixture(scope="module")
 def setting(tiny_lm, gpt2_tokenizer):
     model, frozen = tiny_lm
-    examples = [encode(TEMPLATE, {"word1": a, "word2": b}, gpt2_tokenizer, P) for a, b in ANTONYM_PAIRS + LONG]
+    examples = [encode(TEMPLATE, {"word1": a, "word2": b}, gpt2_tokenizer, METHODS["soft"](length=P))
+                for a, b in ANTONYM_PAIRS + LONG]
     shared = common_prefix_length(examples)
-    prompts = [make_method("soft", length=P, init_from=m.init).init(jax.random.key(m.seed), model, frozen, P)
+    prompts = [METHODS["soft"](length=P, init_from=m.init).init(jax.random.key(m.seed), model, frozen, P)
                for m in MEMBERS]
     val = [b for _, b in eval_batches(examples[:8], 8, 50256, shared_len=shared)]
-    loss_fn = prompt_loss(model, make_method("soft", length=P), shared)
+    loss_fn = prompt_loss(model, METHODS["soft"](length=P))
 
     def run_population(run_dir=None, batches=None, resume=False):
         return fit(loss_fn, member_optimizer(OPTIMIZER, prompts[0], LOOP.steps, MEMBERS[0].lr), None, frozen,

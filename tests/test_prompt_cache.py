@@ -14,7 +14,7 @@ from jaxprompt.data.tasks import BUILTIN
 from jaxprompt.evaluation.evaluate import generate_texts, heldout_loss
 from jaxprompt.models.file_hashes import TABLE_NAME
 from jaxprompt.paths import PROMPT_CACHE_ENV, prompt_cache_dir
-from jaxprompt.prompts import make_method
+from jaxprompt.prompts import METHODS
 from jaxprompt.prompts.cache import PromptCache
 from jaxprompt.session import Session
 
@@ -35,7 +35,7 @@ CASES = [("gpt2", "soft"), ("gpt2", "prefix"), ("gpt2", "written"), ("llama", "p
 def test_cached_head_equals_recomputation(tiny_lms, gpt2_tokenizer, family, name):
     """Losses and greedy generations from a cached head equal recomputing everything (Gemma 2: with
     sliding windows shorter than the sequences)."""
-    method = make_method("soft" if name == "written" else name, length=4)
+    method = METHODS["soft" if name == "written" else name](length=4)
     session = _session(tiny_lms(family), gpt2_tokenizer, method)
     prompt = method.init(jax.random.key(0), session.model, session.frozen, session.n_virtual)
     if name == "adaption":  # gates off zero, so the adapters show
@@ -57,7 +57,7 @@ def test_cached_head_equals_recomputation(tiny_lms, gpt2_tokenizer, family, name
 def test_disk_cache_is_reused_and_extended_piece_by_piece(tiny_lms, gpt2_tokenizer, tmp_path, family):
     """(Gemma 2: the extension's tokens see the cached ones through a sliding window.)"""
     tiny_lm = tiny_lms(family)
-    method = make_method("soft", length=4)
+    method = METHODS["soft"](length=4)
     first = _session(tiny_lm, gpt2_tokenizer, method, PromptCache(str(tmp_path)))
     piece = gpt2_tokenizer.encode("Here are two antonyms")
     more = gpt2_tokenizer.encode(" words, for example, and some more words")
@@ -82,7 +82,7 @@ def test_disk_cache_is_reused_and_extended_piece_by_piece(tiny_lms, gpt2_tokeniz
 def test_an_edited_weight_anywhere_is_a_different_entry(tiny_lm, gpt2_tokenizer, tmp_path):
     """One edited embedding row (of a head token, at an element no strided sample would read):
     the disk cache must not serve the old model's head."""
-    method = make_method("soft", length=4)
+    method = METHODS["soft"](length=4)
     tokens = gpt2_tokenizer.encode("Here are two antonyms")
     original = _session(tiny_lm, gpt2_tokenizer, method, PromptCache(str(tmp_path)))
     original.prompt_cache.head(original, None, None, tokens, [-1] * len(tokens))
@@ -98,7 +98,7 @@ def test_an_edited_weight_anywhere_is_a_different_entry(tiny_lm, gpt2_tokenizer,
 
 def test_different_prompts_are_different_entries(tiny_lm, gpt2_tokenizer):
     model, frozen = tiny_lm
-    method = make_method("soft", length=2)
+    method = METHODS["soft"](length=2)
     session = _session(tiny_lm, gpt2_tokenizer, method)
     p1, p2 = (method.init(jax.random.key(k), model, frozen, 2) for k in (1, 2))
     tokens, slots = [10, 0, 0, 11], [-1, 0, 1, -1]
@@ -109,7 +109,7 @@ def test_different_prompts_are_different_entries(tiny_lm, gpt2_tokenizer):
 
 
 def test_a_damaged_entry_is_recomputed_and_rewritten(tiny_lm, gpt2_tokenizer, tmp_path):
-    method = make_method("soft", length=4)
+    method = METHODS["soft"](length=4)
     tokens = gpt2_tokenizer.encode("Here are two antonyms and more")
     first = _session(tiny_lm, gpt2_tokenizer, method, PromptCache(str(tmp_path)))
     truth = first.prompt_cache.head(first, None, None, tokens, [-1] * len(tokens))
@@ -135,13 +135,13 @@ def test_a_damaged_entry_is_recomputed_and_rewritten(tiny_lm, gpt2_tokenizer, tm
 
 def test_sessions_cache_on_disk_where_the_environment_says(tiny_model_dir, monkeypatch, tmp_path):
     monkeypatch.setenv(PROMPT_CACHE_ENV, str(tmp_path / "cache"))
-    session = Session.load(tiny_model_dir, BUILTIN["antonyms"], make_method("soft", length=2))
+    session = Session.load(tiny_model_dir, BUILTIN["antonyms"], METHODS["soft"](length=2))
     assert session.prompt_cache.directory == prompt_cache_dir() == str(tmp_path / "cache")
     heldout_loss(session, session.method.init(jax.random.key(0), session.model, session.frozen, 2), ROWS[:4])
     # one head, beside the weights' file-hash table (file_hashes.py) when this worker hashed them
     heads = set(os.listdir(tmp_path / "cache")) - {TABLE_NAME}
     assert len(heads) == 1 and heads.pop().endswith(".safetensors")
-    assert Session.load(tiny_model_dir, BUILTIN["antonyms"], make_method("soft", length=2),
+    assert Session.load(tiny_model_dir, BUILTIN["antonyms"], METHODS["soft"](length=2),
                         cache=False).prompt_cache.directory is None
     monkeypatch.delenv(PROMPT_CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -151,7 +151,7 @@ def test_sessions_cache_on_disk_where_the_environment_says(tiny_model_dir, monke
 def test_a_head_is_the_inference_form_of_its_prompt(tiny_lm, gpt2_tokenizer):
     """A relaxed prompt's head is its final-temperature soft prompt's, not its first step's."""
     model, frozen = tiny_lm
-    relaxed = make_method("relaxed", length=2, tau_end=0.05, anneal_steps=10)
+    relaxed = METHODS["relaxed"](length=2, tau_end=0.05, anneal_steps=10)
     prompt = relaxed.init(jax.random.key(0), model, frozen, 2)
     prompt = {"logits": prompt["logits"] + 3.0 * jax.random.normal(jax.random.key(1), prompt["logits"].shape)}
     soft, baked = relaxed.inference_prompt(prompt, model, frozen)

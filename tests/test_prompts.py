@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 from conftest import ANTONYM_PAIRS, program_values
 
-from jaxprompt.config import INIT_NAMES, METHOD_NAMES, LoopConfig, OptimizerConfig
+from jaxprompt.config import LoopConfig, OptimizerConfig
 from jaxprompt.data.batches import Batches, collate, eval_batches
 from jaxprompt.data.templates import Template, common_prefix_length, encode
-from jaxprompt.prompts import METHODS, MultiTask, SoftPrompt, make_method, method_from_spec, method_spec
+from jaxprompt.prompts import METHODS, MultiTask, SoftPrompt, method_from_spec, method_spec
 from jaxprompt.prompts.forward import prompt_inputs
-from jaxprompt.prompts.init import INITIALIZERS
 from jaxprompt.prompts.loss import prompt_loss
 from jaxprompt.training.loop import fit
 from jaxprompt.training.optim import make_optimizer
@@ -28,8 +27,7 @@ TRAIN, HELD_OUT = LABELLED[:12] + LABELLED[16:28], LABELLED[12:16] + LABELLED[28
 
 
 def _encode(tokenizer, pairs, method=None, task_id=0, template=TEMPLATE):
-    virtual = method is None or method.kind == "embeddings"  # prefix and adaption prompts take no slots
-    return [encode(template, {"word1": a, "word2": b}, tokenizer, P, task_id=task_id, virtual=virtual)
+    return [encode(template, {"word1": a, "word2": b}, tokenizer, method or METHODS["soft"](length=P), task_id=task_id)
             for a, b in pairs]
 
 
@@ -38,12 +36,8 @@ def _fit(model, frozen, method, train, held_out, steps=40, lr=0.05):
     optimizer = make_optimizer(OptimizerConfig(lr=lr), prompt, total_steps=steps)
     S = common_prefix_length(train) if not method.per_example else 0
     val = [b for _, b in eval_batches(held_out, 8, 50256)]
-    return fit(prompt_loss(model, method, S), optimizer, prompt, frozen, Batches(train, 8, 50256), val,
+    return fit(prompt_loss(model, method), optimizer, prompt, frozen, Batches(train, 8, 50256, shared_len=S), val,
                LoopConfig(steps=steps, eval_every=steps // 2), eval_loss_fn=prompt_loss(model, method, inference=True))
-
-
-def test_setting_names_match_the_registries():
-    assert METHOD_NAMES == tuple(METHODS) and INIT_NAMES == INITIALIZERS
 
 
 EVERY_METHOD = [  # one case of each method, on GPT-2, Llama and Gemma 2
@@ -72,12 +66,12 @@ def test_every_method_trains_on_held_out_examples(tiny_lms, gpt2_tokenizer, fami
     Measured drops (nats, 40 steps): soft 2.3-3.2, p-tuning 2.3-2.7, prefix 3.1-3.3, relaxed 1.6, PEZ 1.1."""
     model, frozen = tiny_lms(family)
     if name == "multitask":  # two tasks in every batch, each example read by its task's prompt
-        method = MultiTask(base=make_method("soft", length=P), n_tasks=2)
+        method = MultiTask(base=METHODS["soft"](length=P), n_tasks=2)
         split = lambda rows: [(0, rows[:len(rows) // 2]), (1, rows[len(rows) // 2:])]
         train, held_out = ([e for t, rows in split(pairs) for e in _encode(gpt2_tokenizer, rows, method, task_id=t)]
                            for pairs in (TRAIN, HELD_OUT))
     else:
-        method = make_method(name, length=P, **options)
+        method = METHODS[name](length=P, **options)
         train, held_out = _encode(gpt2_tokenizer, TRAIN, method), _encode(gpt2_tokenizer, HELD_OUT, method)
     result = _fit(model, frozen, method, train, held_out, lr={"relaxed": 2.0}.get(name, 0.05))
     val = [(h["step"], h["val_loss"]) for h in result.history if "val_loss" in h]
@@ -88,7 +82,7 @@ def test_every_method_trains_on_held_out_examples(tiny_lms, gpt2_tokenizer, fami
 def test_text_init_uses_the_words(tiny_lm, gpt2_tokenizer):
     model, frozen = tiny_lm
     ids = tuple(gpt2_tokenizer.encode(" antonyms"))
-    method = make_method("soft", length=5, init_from="text", init_ids=ids)
+    method = METHODS["soft"](length=5, init_from="text", init_ids=ids)
     prompt = method.init(jax.random.key(0), model, frozen, 5)
     table = np.asarray(model.embedding_table(frozen))
     np.testing.assert_array_equal(prompt["embeddings"], table[np.resize(np.asarray(ids), 5)])
@@ -98,8 +92,8 @@ def test_insertion_positions(tiny_lm, gpt2_tokenizer):
     """Virtual tokens land exactly on the {prompt} slots, with left or right padding, in any template."""
     model, frozen = tiny_lm
     template = Template("{prompt:2} Q: {word1} {prompt:3} A:", " {word2}")
-    examples = [encode(template, {"word1": a, "word2": b}, gpt2_tokenizer, 9) for a, b in ANTONYM_PAIRS[:3]]
-    method = make_method("soft", length=9)
+    examples = [encode(template, {"word1": a, "word2": b}, gpt2_tokenizer, SoftPrompt(length=9)) for a, b in ANTONYM_PAIRS[:3]]
+    method = METHODS["soft"](length=9)
     prompt = method.init(jax.random.key(0), model, frozen, template.n_virtual(9))
     assert prompt["embeddings"].shape == (5, 32)
     for padding in ("left", "right"):
@@ -119,7 +113,7 @@ def test_insertion_positions(tiny_lm, gpt2_tokenizer):
 def test_multitask_batch_uses_each_examples_prompt(tiny_lm, gpt2_tokenizer):
     model, frozen = tiny_lm
     for name in ("soft", "prefix"):
-        method = MultiTask(base=make_method(name, length=P), n_tasks=2)
+        method = MultiTask(base=METHODS[name](length=P), n_tasks=2)
         assert method.length == P and method.per_example and method.prefix_positions == (P if name == "prefix" else 0)
         prompt = method.init(jax.random.key(0), model, frozen, P)
         ex0 = _encode(gpt2_tokenizer, ANTONYM_PAIRS[:3], method, task_id=0)
@@ -138,7 +132,7 @@ def test_bf16_frozen_weights_fp32_prompt(tiny_lm, gpt2_tokenizer):
 
     model, frozen = tiny_lm
     frozen16 = Policy.of("bf16").cast_frozen(frozen)
-    method = make_method("soft", length=P)
+    method = METHODS["soft"](length=P)
     result = _fit(model, frozen16, method, _encode(gpt2_tokenizer, TRAIN), _encode(gpt2_tokenizer, HELD_OUT), steps=20)
     assert result.state.params["embeddings"].dtype == jnp.float32
     assert result.history[-1]["val_loss"] < result.history[0]["val_loss"] - 0.5
@@ -154,7 +148,7 @@ def test_inference_forms_do_not_depend_on_the_step(tiny_lm):
     table = _table(model, frozen)
     key = jax.random.key(3)
 
-    relaxed = make_method("relaxed", length=3, tau_end=0.1, anneal_steps=50)
+    relaxed = METHODS["relaxed"](length=3, tau_end=0.1, anneal_steps=50)
     prompt = relaxed.init(key, model, frozen, 3)
     prompt = {"logits": prompt["logits"] + jax.random.normal(key, prompt["logits"].shape)}
     baked_method, baked = relaxed.inference_prompt(prompt, model, frozen)
@@ -166,7 +160,7 @@ def test_inference_forms_do_not_depend_on_the_step(tiny_lm):
     np.testing.assert_allclose(baked["embeddings"], relaxed.virtual_tokens(prompt, model, frozen, 50), atol=1e-5)
     assert np.abs(baked["embeddings"] - relaxed.virtual_tokens(prompt, model, frozen, 0)).max() > 0.01  # tau 1 differs
 
-    pez = make_method("pez", length=3)
+    pez = METHODS["pez"](length=3)
     prompt = pez.init(key, model, frozen, 3)
     prompt = {"embeddings": prompt["embeddings"] + 0.05 * jax.random.normal(key, prompt["embeddings"].shape)}
     e = np.asarray(prompt["embeddings"], np.float64)
@@ -175,7 +169,7 @@ def test_inference_forms_do_not_depend_on_the_step(tiny_lm):
                                   np.asarray(model.embedding_table(frozen))[cos.argmax(-1)])
 
     # p-tuning bakes its encoder: Liu et al.'s MLP (two ReLU layers, then a linear map), here in float64
-    ptuning = make_method("ptuning", length=3, hidden=8)
+    ptuning = METHODS["ptuning"](length=3, hidden=8)
     prompt = ptuning.init(key, model, frozen, 3)
     layers = [{k: np.asarray(v, np.float64) for k, v in prompt["encoder"][f"Dense_{i}"].items()} for i in range(3)]
     x = np.asarray(prompt["inputs"], np.float64)
@@ -187,7 +181,7 @@ def test_inference_forms_do_not_depend_on_the_step(tiny_lm):
     assert np.abs(x).max() > 0.01  # an encoder output that is not trivially zero
     np.testing.assert_allclose(baked["embeddings"], x, rtol=1e-5, atol=1e-6)
 
-    prefix = make_method("prefix", length=3, reparam_hidden=8)
+    prefix = METHODS["prefix"](length=3, reparam_hidden=8)
     prompt = prefix.init(key, model, frozen)
     baked_method, baked = prefix.inference_prompt(prompt, model, frozen)
     k, v, _ = prefix.prefix(prompt, model, frozen, 0)
@@ -205,11 +199,11 @@ def test_inference_forms_do_not_depend_on_the_step(tiny_lm):
 
 
 def test_method_specs_round_trip():
-    methods = [make_method("soft", length=3, init_from="text", init_ids=(1, 2)),
-               make_method("ptuning", length=2, encoder="lstm", hidden=4),
-               make_method("prefix", length=2, top_layers=1, reparam_hidden=8),
-               make_method("relaxed", length=2, tau_end=0.2, anneal_steps=9), make_method("pez", length=5),
-               MultiTask(base=make_method("prefix", length=3), n_tasks=3)]
+    methods = [METHODS["soft"](length=3, init_from="text", init_ids=(1, 2)),
+               METHODS["ptuning"](length=2, encoder="lstm", hidden=4),
+               METHODS["prefix"](length=2, top_layers=1, reparam_hidden=8),
+               METHODS["relaxed"](length=2, tau_end=0.2, anneal_steps=9), METHODS["pez"](length=5),
+               MultiTask(base=METHODS["prefix"](length=3), n_tasks=3)]
     for m in methods:
         assert method_from_spec(method_spec(m)) == m
     spec = method_spec(methods[0])
@@ -239,7 +233,7 @@ def test_prefix_init_makes_no_float32_copy_of_the_model():
     """The init runs the frozen model in its own dtype: no weight of the model is ever cast to
     float32 (the init used to copy every weight), and the keys/values come out float32."""
     model, frozen = _bf16_llama()
-    method = make_method("prefix", length=8)
+    method = METHODS["prefix"](length=8)
     created = _float32_shapes(lambda f: method.init(jax.random.key(0), model, f, 0), frozen)
     weights = {x.shape for x in jax.tree.leaves(frozen) if x.ndim >= 2}
     assert not created & weights, created & weights
@@ -267,7 +261,7 @@ def test_vocabulary_prompts_make_no_float32_table(name):
     """A relaxed or PEZ step (forward and backward) reads the embedding table in its own dtype:
     the program creates no [V, E] float32 array."""
     model, frozen = _bf16_llama()
-    method = make_method(name, length=8)
+    method = METHODS[name](length=8)
     prompt = method.init(jax.random.key(0), model, frozen, 8)
     step = lambda f, p: jax.grad(lambda p: jnp.sum(method.virtual_tokens(p, model, f, 0) ** 2))(p)
     table_shape = (model.config.vocab_size, model.config.d_embed)
@@ -336,15 +330,15 @@ def test_random_token_inits_draw_only_ordinary_words(style, name):
     from jaxprompt.config import MethodConfig
     from jaxprompt.data.tasks import BUILTIN
     from jaxprompt.models import Model
-    from jaxprompt.training.run import build_method
+    from jaxprompt.prompts import method_from_config
 
     tokenizer = _sentencepiece_style(**style)
     V = tokenizer.vocab_size
     model = Model(tiny_config("llama", vocab_size=V, eos_token_id=1, bos_token_id=2))
     frozen = model.init(jax.random.key(0))  # random rows: each embedding names its token
     config = MethodConfig(name=name.split("-")[0], length=64,
-                          init_from="sampled_vocab" if name == "soft-sampled" else "vocab_normal")
-    method = build_method(config, tokenizer, BUILTIN["antonyms"], steps=10)
+                          init_from="sampled_vocab" if name == "soft-sampled" else None)  # pez, prefix: their own
+    method = method_from_config(config, tokenizer, BUILTIN["antonyms"], steps=10)
     forbidden = set(range(len(style["specials"]) + style["unused"] + 256))  # specials, unused, bytes
     if name == "prefix":
         from jaxprompt.prompts.init import sample_ids

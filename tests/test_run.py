@@ -138,8 +138,15 @@ def test_settings_out_of_range_never_start_a_run(run, tmp_path):
 
 def test_every_method_setting_reaches_the_method_under_its_own_name(gpt2_tokenizer):
     """What each method gets from the settings (as the hand-written mapping before gave it)."""
-    from jaxprompt.prompts import AdaptionPrompt, PrefixTuning, ProjectedPrompt, PTuning, RelaxedPrompt, SoftPrompt
-    from jaxprompt.training.run import build_method
+    from jaxprompt.prompts import (
+        AdaptionPrompt,
+        PrefixTuning,
+        ProjectedPrompt,
+        PTuning,
+        RelaxedPrompt,
+        SoftPrompt,
+        method_from_config,
+    )
 
     task = BUILTIN["antonyms"]
     common = dict(prompt_length=4, init="uniform")
@@ -149,14 +156,17 @@ def test_every_method_setting_reaches_the_method_under_its_own_name(gpt2_tokeniz
          PTuning(length=4, init_from="uniform", encoder="lstm", hidden=8)),
         (dict(method="prefix", prompt_length=4, prefix_top_layers=1, prefix_reparam=16),
          PrefixTuning(length=4, top_layers=1, reparam_hidden=16)),
-        (dict(method="relaxed", tau_end=0.2, **common),
-         RelaxedPrompt(length=4, init_from="uniform", tau_end=0.2, anneal_steps=7)),
+        (dict(method="prefix", prompt_length=4, init="text", init_text="opposite"),
+         PrefixTuning(length=4, init_from="text", init_ids=tuple(gpt2_tokenizer.encode(" opposite")))),
+        (dict(method="relaxed", tau_start=2.0, tau_end=0.2, init_scale=0.1, **common),
+         RelaxedPrompt(length=4, init_from="uniform", init_scale=0.1, tau_start=2.0, tau_end=0.2, anneal_steps=7)),
         (dict(method="pez", prompt_length=4), ProjectedPrompt(length=4, init_from="sampled_vocab")),
+        (dict(method="pez", prompt_length=4, pez_metric="l2"), ProjectedPrompt(length=4, metric="l2")),
         (dict(method="pez", **common), ProjectedPrompt(length=4, init_from="uniform")),
         (dict(method="adaption", prompt_length=4, adapter_layers=1), AdaptionPrompt(length=4, top_layers=1)),
     ]
     for flags, expected in cases:
-        assert build_method(TrainConfig.from_flags(**flags).method, gpt2_tokenizer, task, steps=7) == expected, flags
+        assert method_from_config(TrainConfig.from_flags(**flags).method, gpt2_tokenizer, task, steps=7) == expected, flags
 
 
 def test_a_run_json_of_the_first_format_still_loads_and_resumes(run, tmp_path):

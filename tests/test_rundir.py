@@ -38,7 +38,7 @@ def test_a_run_json_of_the_first_format_reads_as_todays_settings(tmp_path):
     config = read_run_info(_write(tmp_path, FORMAT_1))["config"]
     assert config == TrainConfig.from_flags(method="adaption", adapter_layers=2, prompt_length=4, steps=3,
                                             task=("antonyms",), model="gpt2")
-    assert (config.method.length, config.method.top_layers, config.method.init_from) == (4, 2, "vocab_normal")
+    assert (config.method.length, config.method.top_layers, config.method.init_from) == (4, 2, None)  # no init
 
 
 def test_first_format_prefix_settings_and_p_tuning_width(tmp_path):

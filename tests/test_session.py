@@ -17,18 +17,18 @@ from jaxprompt.data.tasks import BUILTIN
 from jaxprompt.data.templates import TemplateError
 from jaxprompt.data.tokenizer import TokenizerError
 from jaxprompt.models.model_config import ConfigError
-from jaxprompt.prompts import make_method
+from jaxprompt.prompts import METHODS
 from jaxprompt.session import Session
 
 HF_CACHE_SCRIPT = textwrap.dedent("""
     import sys, jax, numpy as np
     from jaxprompt.models.convert import load_pretrained, resolve
-    from jaxprompt.prompts import make_method
+    from jaxprompt.prompts import METHODS
     from jaxprompt.session import Session
     from jaxprompt.tasks import BUILTIN
     directory = resolve("jaxprompt-test/tiny-gpt2")
     assert directory.startswith(sys.argv[1]) and "snapshots" in directory, directory
-    session = Session.load("jaxprompt-test/tiny-gpt2", BUILTIN["antonyms"], make_method("soft", length=2))
+    session = Session.load("jaxprompt-test/tiny-gpt2", BUILTIN["antonyms"], METHODS["soft"](length=2))
     _, reference = load_pretrained(sys.argv[2])
     jax.tree.map(np.testing.assert_array_equal, session.frozen, reference)
     print("OK", session.tokenizer.encode(" hot"))
@@ -59,30 +59,30 @@ def test_an_unreadable_checkpoint_file_is_named(tiny_model_dir, tmp_path, name, 
     shutil.copytree(tiny_model_dir, directory)
     (directory / name).write_text(content)
     with pytest.raises(error, match=message) as info:
-        Session.load(str(directory), BUILTIN["antonyms"], make_method("soft", length=2), cache=False)
+        Session.load(str(directory), BUILTIN["antonyms"], METHODS["soft"](length=2), cache=False)
     assert str(directory) in str(info.value) and "\n" not in str(info.value)
 
 
 def test_the_fingerprint_covers_every_weight(tiny_lm, gpt2_tokenizer):
     model, frozen = tiny_lm
-    session = Session(model, frozen, gpt2_tokenizer, BUILTIN["antonyms"], make_method("soft", length=2))
+    session = Session(model, frozen, gpt2_tokenizer, BUILTIN["antonyms"], METHODS["soft"](length=2))
     edited = jax.tree.map(np.array, frozen)
     edited["wte"]["embedding"][40_001, 7] += 1e-3  # one value of 1.6M, far from any strided sample
-    other = Session(model, edited, gpt2_tokenizer, BUILTIN["antonyms"], make_method("soft", length=2))
+    other = Session(model, edited, gpt2_tokenizer, BUILTIN["antonyms"], METHODS["soft"](length=2))
     same = Session(model, jax.tree.map(np.array, frozen), gpt2_tokenizer, BUILTIN["antonyms"],
-                   make_method("soft", length=2))
+                   METHODS["soft"](length=2))
     assert session.fingerprint() != other.fingerprint() and session.fingerprint() == same.fingerprint()
 
 
 def test_encode_refuses_what_the_positions_cannot_hold(tiny_lm, gpt2_tokenizer):
     model, frozen = tiny_lm  # 96 positions
     rows = [{"word1": "hot " * 40, "word2": "cold"}]
-    soft = Session(model, frozen, gpt2_tokenizer, BUILTIN["antonyms"], make_method("soft", length=8))
+    soft = Session(model, frozen, gpt2_tokenizer, BUILTIN["antonyms"], METHODS["soft"](length=8))
     soft.encode(rows)
     with pytest.raises(TemplateError, match=r"input of \d+ tokens \+ 60 new tokens needs \d+ positions; "
                                             "the model has 96"):
         soft.encode(rows, with_target=False, new_tokens=60)
-    prefix = Session(model, frozen, gpt2_tokenizer, BUILTIN["antonyms"], make_method("prefix", length=60))
+    prefix = Session(model, frozen, gpt2_tokenizer, BUILTIN["antonyms"], METHODS["prefix"](length=60))
     with pytest.raises(TemplateError, match=r"\+ 60 prefix positions needs \d+ positions; the model has 96"):
         prefix.encode(rows)
     assert len(soft.encode(rows, hard_prompt="antonyms")[0]) < 96
@@ -99,7 +99,7 @@ def test_a_loaded_checkpoint_is_keyed_by_its_files_read_once(tiny_model_dir, tmp
     shutil.copytree(tiny_model_dir, directory)
     for path in directory.iterdir():
         os.utime(path, (1_600_000_000, 1_600_000_000))
-    load = lambda dtype="float32": Session.load(str(directory), BUILTIN["antonyms"], make_method("soft", length=2),
+    load = lambda dtype="float32": Session.load(str(directory), BUILTIN["antonyms"], METHODS["soft"](length=2),
                                                 dtype=dtype, cache=cache)
     monkeypatch.setattr(file_hashes, "_remembered", {})
     first = load().fingerprint()

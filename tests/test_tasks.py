@@ -145,10 +145,10 @@ def test_builtin_choice_tasks_are_what_wordnet_says(tmp_path):
     wordnet = "/usr/share/wordnet"
     if not os.path.isfile(f"{wordnet}/index.noun"):
         pytest.skip("WordNet 3.0 is not installed (apt-get install wordnet-base)")
-    subprocess.run([sys.executable, str(REPO / "scripts" / "build_task_data.py"), "--out", str(tmp_path)], check=True,
+    subprocess.run([sys.executable, str(REPO / "scripts" / "tools" / "build_task_data.py"), "--out", str(tmp_path)], check=True,
                    capture_output=True)
     for name in ("supersense.tsv", "antonym_choice.jsonl"):
-        assert (tmp_path / name).read_bytes() == (REPO / "jaxprompt" / "data" / name).read_bytes()
+        assert (tmp_path / name).read_bytes() == (REPO / "jaxprompt" / "data" / "builtin" / name).read_bytes()
     lexnames = {"05": "animal", "06": "artifact", "08": "body", "13": "food", "15": "location", "18": "person",
                 "20": "plant", "28": "time"}
     with open(f"{wordnet}/data.noun", encoding="latin-1") as f:
@@ -166,7 +166,7 @@ def test_builtin_choice_tasks_are_what_wordnet_says(tmp_path):
     for r in rows[:300]:
         assert lexnames[lex[first[r["word"]]]] == r["category"], r
     pairs = {(a, b) for a, b in (line.split("\t") for line in
-                                 (REPO / "jaxprompt" / "data" / "antonyms.tsv").read_text().split("\n")[1:] if line)}
+                                 (REPO / "jaxprompt" / "data" / "builtin" / "antonyms.tsv").read_text().split("\n")[1:] if line)}
     choice = BUILTIN["antonym-choice"]
     for r in [r for s in choice.load().values() for r in s][:500]:
         assert len(r["options"]) == 4 and r["word2"] in r["options"] and (r["word1"], r["word2"]) in pairs

@@ -11,7 +11,7 @@ from conftest import ANTONYM_PAIRS
 
 from jaxprompt.data.batches import collate
 from jaxprompt.data.templates import Template, encode
-from jaxprompt.prompts import make_method
+from jaxprompt.prompts import METHODS, SoftPrompt
 from jaxprompt.prompts.loss import prompt_loss
 from jaxprompt.training.step import TrainState, make_train_step, summed_loss_and_grads
 
@@ -24,10 +24,10 @@ LONG_TARGETS = [("aphelion", "perihelion"), ("utopia", "dystopia"), ("synonym", 
 
 def test_micro_batches_give_the_full_batch_gradient(tiny_lm, gpt2_tokenizer):
     model, frozen = tiny_lm
-    method = make_method("soft", length=P)
+    method = METHODS["soft"](length=P)
     prompt = method.init(jax.random.key(0), model, frozen, P)
     rows = LONG_TARGETS + ANTONYM_PAIRS[:4]
-    examples = [encode(TEMPLATE, {"word1": a, "word2": b}, gpt2_tokenizer, P) for a, b in rows]
+    examples = [encode(TEMPLATE, {"word1": a, "word2": b}, gpt2_tokenizer, SoftPrompt(length=P)) for a, b in rows]
     counts = [sum(e.n_target for e in examples[:4]), sum(e.n_target for e in examples[4:])]
     assert counts[0] > 2 * counts[1]  # unequal halves: a mean of means would be wrong
     batch = collate(examples, 50256)
@@ -59,9 +59,9 @@ def test_micro_batches_give_the_full_batch_gradient(tiny_lm, gpt2_tokenizer):
 def test_a_step_that_would_make_the_prompt_non_finite_is_skipped(tiny_lm, gpt2_tokenizer):
     """Loss and gradient are finite here; only the updated prompt overflows (lr 1e39 in float32)."""
     model, frozen = tiny_lm
-    method = make_method("soft", length=P)
+    method = METHODS["soft"](length=P)
     prompt = method.init(jax.random.key(0), model, frozen, P)
-    batch = collate([encode(TEMPLATE, {"word1": a, "word2": b}, gpt2_tokenizer, P) for a, b in ANTONYM_PAIRS[:4]],
+    batch = collate([encode(TEMPLATE, {"word1": a, "word2": b}, gpt2_tokenizer, SoftPrompt(length=P)) for a, b in ANTONYM_PAIRS[:4]],
                     50256)
     sgd = optax.sgd(1e39)
     state = TrainState.create(prompt, sgd, jax.random.PRNGKey(0))

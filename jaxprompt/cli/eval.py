@@ -13,14 +13,14 @@ from jaxprompt.settings import AT_LEAST_1, Settings, setting
 @dataclasses.dataclass(frozen=True)
 class EvalOptions(Settings):
     split: str = setting("test", "split to evaluate", choices=("train", "validation", "test"))
-    examples: int | None = setting(None, "evaluate the first N examples (default: all)", range=AT_LEAST_1)
+    examples: int | None = setting(None, "evaluate the first N examples", range=AT_LEAST_1, shown_default="all")
     baseline: bool = setting(True, "also evaluate the written prompt")
     json: str | None = setting(None, "also write the metrics to this file")
 
 
 def cmd_eval(args) -> int:
     from jaxprompt.evaluation.evaluate import evaluate_prompts
-    from jaxprompt.evaluation.results import format_samples, format_table, population_results
+    from jaxprompt.evaluation.results import format_samples, format_table, learned_label, population_results
     from jaxprompt.files import atomic_write
     from jaxprompt.runs.load import member_of
 
@@ -34,8 +34,8 @@ def cmd_eval(args) -> int:
         rows = task.load(seed=info["config"].data_seed)[opts.split]
         rows_per_task.append(rows[: opts.examples] if opts.examples is not None else rows)
     prompts = [member_of(prompt, k) for k in range(K)] if K else [prompt]
-    label = f"learned ({load_options.which}" + (f", member {load_options.member})"
-                                                if load_options.member is not None else ")")
+    method = info["config"].method
+    label = learned_label(method.name, method.length, load_options.which, load_options.member)
     per_prompt = evaluate_prompts(session, rows_per_task, prompts, label=label, baseline=opts.baseline)
     results = population_results(per_prompt) if K else per_prompt[0]
     print(format_table(results))

@@ -20,7 +20,7 @@ class ExportOptions(Settings):
 class ImportOptions(Settings):
     source: str = setting("peft", "adapter format", choices=("peft",), flag="from")
     task: str = setting("antonyms", "the task the prompt is for: built-in name or task file")
-    model: str | None = setting(None, "the base model (default: the adapter's base_model_name_or_path)")
+    model: str | None = setting(None, "the base model", shown_default="the adapter's base_model_name_or_path")
     overwrite: bool = setting(False, "replace an existing run in OUT_DIR as a whole")
 
 
@@ -29,7 +29,9 @@ def cmd_export(args) -> int:
 
     export = export_peft if settings(args, ExportOptions).to == "peft" else export_plain
     session, prompt, info = load(args)
-    print(f"exported to {export(session, prompt, args.out_dir, base_model=info['model_dir'])}")
+    out = export(args.out_dir, session.method, prompt, session.model, session.frozen, session.task.template,
+                 base_model=info["model_dir"], tokenizer=session.tokenizer.name, task=session.task.name)
+    print(f"exported to {out}")
     return 0
 
 

@@ -14,9 +14,9 @@ from jaxprompt.settings import AT_LEAST_0, AT_LEAST_1, Range, Settings, setting
 
 @dataclasses.dataclass(frozen=True)
 class GenerateOptions(Settings):
-    text: tuple[str, ...] = setting((), "an input: a value, 'field=value;...' or JSON (repeatable; default: "
-                                        "lines on stdin)", repeat=True)
-    max_new_tokens: int | None = setting(None, "tokens to generate (default: the task's)", range=AT_LEAST_1)
+    text: tuple[str, ...] = setting((), "an input: a value, 'field=value;...' or JSON (repeatable)", repeat=True,
+                                     shown_default="lines on stdin")
+    max_new_tokens: int | None = setting(None, "tokens to generate", range=AT_LEAST_1, shown_default="the task's")
     temperature: float = setting(0.0, "sampling temperature (0: greedy)", range=AT_LEAST_0)
     top_k: int = setting(0, "sample among the k most likely tokens (0: all)", range=AT_LEAST_0)
     top_p: float = setting(1.0, "sample from the smallest set of tokens with this much probability",
@@ -45,8 +45,8 @@ def cmd_generate(args) -> int:
     engine = Engine.of_session(session)
     engine.add("run", session, prompt)
     completions = engine.complete([Request("run", row=row, options=options, key=j) for j, row in enumerate(rows)])
-    for row, completion in zip(rows, completions):
-        print(f"{session.task.template.render_hard(row, '[prompt]')}{completion.text}")
+    for row, completion in zip(rows, completions):  # the input as the model reads it, then what it wrote
+        print(f"{session.task.template.render_hard(row, '[prompt]')} -> {completion.text.strip()!r}")
     return 0
 
 

@@ -15,8 +15,8 @@ from jaxprompt.settings import AT_LEAST_0, AT_LEAST_1, Settings, setting
 class LmEvalOptions(Settings):
     tasks: tuple[str, ...] = setting((), "lm-eval task names, comma-separated (required)")
     include_path: str | None = setting(None, "a directory of extra lm-eval task YAML files")
-    limit: int | None = setting(None, "at most N examples per task (default: all)", range=AT_LEAST_1)
-    num_fewshot: int | None = setting(None, "few-shot examples (default: the task's)", range=AT_LEAST_0)
+    limit: int | None = setting(None, "at most N examples per task", range=AT_LEAST_1, shown_default="all")
+    num_fewshot: int | None = setting(None, "few-shot examples", range=AT_LEAST_0, shown_default="the task's")
     batch_size: int = setting(16, "contexts scored per batch", range=AT_LEAST_1)
     bare: bool = setting(False, "the run's model without its prompt")
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from jaxprompt.cli.base import CLIError, Command, settings
-from jaxprompt.config import INIT_NAMES, RunOptions, TrainConfig
+from jaxprompt.config import RunOptions, TrainConfig
+from jaxprompt.prompts.settings import INIT_NAMES
 from jaxprompt.settings import AT_LEAST_0, AT_LEAST_1, SettingError, Settings, setting
 
 
@@ -21,7 +22,7 @@ class SweepOptions(Settings):
                                                "split)", shown_default="--seed", range=AT_LEAST_0)
     population: int = setting(1, "train up to N trials of one prompt length at once, as one population (one "
                                  "compiled step; each its own rate, initialisation and seed)", range=AT_LEAST_1)
-    sweep_dir: str | None = setting(None, "directory of the trial runs (default: a new temporary directory)")
+    sweep_dir: str | None = setting(None, "directory of the trial runs", shown_default="a new temporary directory")
 
     def check(self) -> None:
         if not self.lengths:

@@ -8,9 +8,10 @@ from jaxprompt.cli.base import Command
 def cmd_tasks(args) -> int:
     from jaxprompt.data.tasks import BUILTIN
 
+    width = max(map(len, BUILTIN)) + 2
     for name, task in BUILTIN.items():
-        print(f"{name:<12} {task.template.text!r} -> {task.template.target!r}  written prompt: {task.hard_prompt!r}")
-        print(f"{'':<12} {task.description}")
+        print(f"{name:<{width}}{task.template.text!r} -> {task.template.target!r}  written prompt: {task.hard_prompt!r}")
+        print(f"{'':<{width}}{task.description}")
     return 0
 
 

@@ -27,19 +27,31 @@ def bucket(n: int, buckets: Sequence[int] = LENGTH_BUCKETS) -> int:
 
 
 def collate(examples: Sequence[Encoded], pad_id: int, padding: str = "right", batch_size: int | None = None,
-            buckets: Sequence[int] = LENGTH_BUCKETS, shared_len: int = 0) -> dict[str, np.ndarray]:
-    """Pads to a length bucket; `batch_size` adds all-padding rows (zero loss weight) to fill a batch.
-    With a shared head of `shared_len` positions (computed once), the bucket applies to the rest,
-    which is all that is computed per example.
+            buckets: Sequence[int] = LENGTH_BUCKETS, shared_len: int = 0, pad_to: int | None = None
+            ) -> dict[str, np.ndarray]:
+    """Pads to a length bucket (or to `pad_to`); `batch_size` adds all-padding rows (zero loss
+    weight) to fill a batch. With a shared head of `shared_len` positions (computed once, from the
+    first row), the bucket applies to the rest, which is all that is computed per example; the
+    rows must share those positions (refused otherwise: the head of row 0 would stand for every
+    row's), and the batch carries their count as the shape of `shared`.
 
     tokens, mask, slots        [B, T]
     loss_mask                  [B, T]  1.0 on target tokens
     target_index, target_weight [B, K]  positions of target tokens (K a power of two), for a loss
                                         that computes logits only where it needs them
     task_id                    [B]
+    shared                     [B, S]  true: the first S positions are every row's shared head
     """
     B = len(examples) if batch_size is None else batch_size
-    T = shared_len + bucket(max(len(e) for e in examples) - shared_len, buckets)
+    first = examples[0]
+    if shared_len and any(e.tokens[:shared_len] != first.tokens[:shared_len] or e.slots[:shared_len] !=
+                          first.slots[:shared_len] or len(e) - e.n_target <= shared_len for e in examples):
+        raise ValueError(f"shared_len={shared_len}: these rows do not share their first {shared_len} positions "
+                         "before any target (compute it with common_prefix_length over the rows batched together)")
+    longest = max(len(e) for e in examples)
+    if pad_to is not None and pad_to < longest:
+        raise ValueError(f"pad_to={pad_to} is shorter than the longest row ({longest} positions)")
+    T = pad_to if pad_to is not None else shared_len + bucket(longest - shared_len, buckets)
     K = 1 << max(0, (max(e.n_target for e in examples) - 1)).bit_length()
     out = {
         "tokens": np.full((B, T), pad_id, np.int32),
@@ -49,6 +61,7 @@ def collate(examples: Sequence[Encoded], pad_id: int, padding: str = "right", ba
         "target_index": np.ones((B, K), np.int32),
         "target_weight": np.zeros((B, K), np.float32),
         "task_id": np.zeros((B,), np.int32),
+        "shared": np.ones((B, shared_len), bool),
     }
     for b, e in enumerate(examples):
         n = len(e)
@@ -66,10 +79,13 @@ def collate(examples: Sequence[Encoded], pad_id: int, padding: str = "right", ba
 
 class Batches:
     """Deterministic batches: batch s is a function of (seed, s) alone, so a resumed run sees the
-    same data as an uninterrupted one. Examples stream through seeded per-epoch permutations."""
+    same data as an uninterrupted one. Examples stream through seeded per-epoch permutations.
+
+    Each batch is padded to its own length bucket, so a jitted step compiles once per bucket the
+    data reaches (a few); `pad_to=longest(examples)` pads every batch alike: one shape, one compile."""
 
     def __init__(self, examples: Sequence[Encoded], batch_size: int, pad_id: int, seed: int = 0,
-                 buckets: Sequence[int] = LENGTH_BUCKETS, shared_len: int = 0):
+                 buckets: Sequence[int] = LENGTH_BUCKETS, shared_len: int = 0, pad_to: int | None = None):
         if not examples:
             raise TemplateError("the training set is empty")
         self.examples = list(examples)
@@ -78,6 +94,7 @@ class Batches:
         self.seed = seed
         self.buckets = buckets
         self.shared_len = shared_len
+        self.pad_to = pad_to
 
     def _order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
@@ -91,7 +108,7 @@ class Batches:
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         return collate([self.examples[i] for i in self.indices(step)], self.pad_id, "right", buckets=self.buckets,
-                       shared_len=self.shared_len)
+                       shared_len=self.shared_len, pad_to=self.pad_to)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -99,9 +116,15 @@ class Batches:
 
 
 def eval_batches(examples: Sequence[Encoded], batch_size: int, pad_id: int, padding: str = "right",
-                 buckets: Sequence[int] = LENGTH_BUCKETS, shared_len: int = 0
+                 buckets: Sequence[int] = LENGTH_BUCKETS, shared_len: int = 0, pad_to: int | None = None
                  ) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
     """Fixed-order batches (the last filled with zero-weight rows); yields (example indices, batch)."""
     for start in range(0, len(examples), batch_size):
         chunk = list(examples[start:start + batch_size])
-        yield list(range(start, start + len(chunk))), collate(chunk, pad_id, padding, batch_size, buckets, shared_len)
+        yield list(range(start, start + len(chunk))), collate(chunk, pad_id, padding, batch_size, buckets, shared_len,
+                                                              pad_to)
+
+
+def longest(examples: Sequence[Encoded], buckets: Sequence[int] = LENGTH_BUCKETS) -> int:
+    """The length bucket of the longest example: `pad_to` for batches of one shape."""
+    return bucket(max(len(e) for e in examples), buckets)

@@ -51,11 +51,11 @@ class Task(Settings):
     choices_field: str | None = setting(None, "answer = choice: the field holding each example's own candidates "
                                         "(each rendered through the target)")
     max_new_tokens: int = setting(8, "tokens generated per example in evaluation", range=AT_LEAST_1)
-    group_by: tuple[str, ...] = setting((), "fields whose values define a split group (default: all fields)")
+    group_by: tuple[str, ...] = setting((), "fields whose values define a split group", shown_default="all fields")
     split_fractions: tuple[float, float] = setting((0.1, 0.15), "validation and test fractions",
                                                    range=Range(0, 1, high_open=True))
     description: str = setting("", "one line shown by `jaxprompt tasks`")
-    data_format: str | None = setting(None, "data format (default: from the file extension)",
+    data_format: str | None = setting(None, "data format", shown_default="from the file extension",
                                       choices=("json", "csv", "parquet"))
 
     def check(self) -> None:
@@ -97,6 +97,12 @@ class Task(Settings):
             raise TemplateError(f"task {self.name!r}: field {self.choices_field!r} must hold a non-empty list of "
                                 f"candidates, got {options!r}")
         field = self.template.target_fields[0]
+        before = self.template.target.split("{" + field, 1)[0]
+        for option in options:
+            if isinstance(option, str) and before[-1:].isspace() and option[:1].isspace():
+                raise TemplateError(f"task {self.name!r}: the candidate {option!r} starts with a space and the "
+                                    f"target {self.template.target!r} puts one before it, so it would be scored as "
+                                    f"{before + option!r}: give the candidates without their leading space")
         return [self.template.render_target({**row, field: o}) for o in options]
 
     def gold_index(self, row: dict) -> int:
@@ -124,7 +130,13 @@ class Task(Settings):
 
     def load(self, seed: int = 0) -> dict[str, list[dict]]:
         """train / validation / test example lists. Deterministic for a given `seed`."""
-        rows = load_records(self.data, self.data_format)
+        return self.split(load_records(self.data, self.data_format), seed)
+
+    def split(self, rows: list[dict], seed: int = 0) -> dict[str, list[dict]]:
+        """`rows` (dicts of the template's fields) as train / validation / test lists, as `load`
+        splits a task's data file: by a hash of each row's group (`group_by`), deterministic for a
+        given `seed`; a row's own `_split` key keeps it where it says."""
+        rows = [dict(r) for r in rows]
         if self.answer == "choice":
             rows = [self.with_gold(r) for r in rows]
         return split_examples(rows, self, seed)
@@ -213,6 +225,15 @@ def task_from_file(path: str) -> Task:
         return task_from_dict(spec, base_dir=os.path.dirname(os.path.abspath(path)))
     except (TemplateError, SettingError) as e:
         raise TemplateError(f"task file {path}: {e}") from None
+
+
+def task_from_rows(rows: list[dict], template: str, target: str, seed: int = 0, **keys
+                   ) -> tuple[Task, dict[str, list[dict]]]:
+    """A task over rows held in Python (dicts of the template's fields), and their split into
+    train / validation / test, as a task file's data would be split. `keys`: any task key (name,
+    hard_prompt, answer, choices, choices_field, max_new_tokens, group_by, split_fractions)."""
+    task = task_from_dict({"template": template, "target": target, "data": "", **keys})
+    return task, task.split(rows, seed)
 
 
 def task_from_dict(spec: dict[str, Any], base_dir: str = ".") -> Task:

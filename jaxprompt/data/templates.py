@@ -171,18 +171,25 @@ def encode(
     template: Template,
     example: dict,
     tokenizer: Tokenizer,
-    prompt_length: int,
+    method,
     *,
     hard_prompt: str | None = None,
     with_target: bool = True,
     task_id: int = 0,
-    virtual: bool = True,
 ) -> Encoded:
-    """An example as ids. With `hard_prompt`, the written prompt text replaces {prompt};
-    `virtual=False` leaves out the prompt slots (prefix tuning)."""
+    """An example as ids for `method` (a prompt method: its `length`, and whether its virtual tokens
+    take the template's `{prompt}` positions; prefix tuning and adaption prompts take none, so the
+    slot stays empty). `None`, or a `hard_prompt` (the written prompt's text in place of {prompt}):
+    the text alone."""
+    if isinstance(method, int) or (method is not None and not hasattr(method, "takes_positions")):
+        raise TypeError(f"encode takes the prompt method (its length, and whether its virtual tokens take "
+                        f"positions), not {method!r}")
     pad = tokenizer.eos_token_id or 0
-    pieces = [template.render_hard(example, hard_prompt)] if hard_prompt is not None \
-        else template.pieces(example, prompt_length, virtual)
+    if hard_prompt is not None:
+        pieces = [template.render_hard(example, hard_prompt)]
+    else:
+        takes = method is not None and method.takes_positions
+        pieces = template.pieces(example, method.length if takes else 0, virtual=takes)
     tokens, slots = encode_pieces(pieces, tokenizer, pad)
     n_target = 0
     if with_target:

@@ -17,17 +17,17 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
-from jaxprompt.data.choices import ChoiceExample, collate_choices, utf8_length
+from jaxprompt.data.choices import ChoiceExample, collate_choices, encode_choices, utf8_length
 from jaxprompt.models import Model, Prefix, positions_from_mask
-from jaxprompt.prompts.forward import head_of, prompt_inputs, rest_of, shared_head
+from jaxprompt.prompts.forward import head_of, logprobs_of, prompt_inputs, rest_of, shared_head, shared_len_of
 
 _NEVER = -1e30  # a padding candidate's score: exp() of it is 0, its gradient finite
 
 
-def _context_keys_values(model: Model, frozen: dict, method, prompt, batch: dict, step, shared_len: int,
-                         head: Prefix | None):
+def _context_keys_values(model: Model, frozen: dict, method, prompt, batch: dict, step, head: Prefix | None):
     """(hidden of the context's last real position [B, E], its keys/values as a Prefix [L, B, P+T],
     the adapter, and the number of positions before each row's first candidate token [B])."""
+    shared_len = shared_len_of(batch)
     if shared_len:
         if head is None:
             head = shared_head(model, frozen, method, prompt, head_of(batch, shared_len), step)
@@ -56,13 +56,12 @@ def _context_keys_values(model: Model, frozen: dict, method, prompt, batch: dict
     return last, Prefix(k, v, kv_mask), inputs.adapter, start + n
 
 
-def choice_logprobs(model: Model, frozen: dict, method, prompt, batch: dict, step=0, shared_len: int = 0,
-                    head: Prefix | None = None) -> tuple[Float[Array, "B K"], Bool[Array, "B K"]]:
+def choice_logprobs(model: Model, frozen: dict, method, prompt, batch: dict, step=0, head: Prefix | None = None
+                    ) -> tuple[Float[Array, "B K"], Bool[Array, "B K"]]:
     """Each candidate's summed log-likelihood given its context, and whether greedy decoding would
     produce it (lm-eval's `is_greedy`). Padding candidates score `_NEVER`. Pure and differentiable
     (gradients reach the prompt through the context's keys/values)."""
-    last, context, adapter, before = _context_keys_values(model, frozen, method, prompt, batch, step, shared_len,
-                                                          head)
+    last, context, adapter, before = _context_keys_values(model, frozen, method, prompt, batch, step, head)
     B, K, C = batch["choice_tokens"].shape
     tokens = batch["choice_tokens"].reshape(B * K, C)
     mask = batch["choice_mask"].reshape(B * K, C)
@@ -76,10 +75,9 @@ def choice_logprobs(model: Model, frozen: dict, method, prompt, batch: dict, ste
         hidden = model.transformer(frozen, model.embed(frozen, read), positions, mask[:, :-1], prefix=context,
                                    adapter=adapter)[0]
         logits = jnp.concatenate([logits, model.unembed(frozen, hidden)], axis=1)  # [B*K, C, V]
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    token_logp = jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+    token_logp, token_greedy = logprobs_of(logits, tokens)
     loglik = jnp.sum(jnp.where(mask, token_logp, 0.0), axis=-1).reshape(B, K)
-    greedy = jnp.all((jnp.argmax(logits, axis=-1) == tokens) | ~mask, axis=-1).reshape(B, K)
+    greedy = jnp.all(token_greedy | ~mask, axis=-1).reshape(B, K)
     valid = batch["choice_valid"]
     return jnp.where(valid, loglik, _NEVER), greedy & valid
 
@@ -91,19 +89,19 @@ def choice_cross_entropy(loglik: Float[Array, "B K"], gold, weight) -> tuple[Flo
     return jnp.sum(nll * weight), jnp.sum(weight)
 
 
-def choice_loss(model: Model, method, shared_len: int = 0, inference: bool = False):
+def choice_loss(model: Model, method, inference: bool = False):
     """`loss_fn(prompt, frozen, batch, rng, step) -> (sum of per-example losses, examples)` for
     `--loss choices`: the prompt is trained to rank the gold candidate first (training/step.py's contract)."""
     def loss_fn(prompt, frozen, batch, rng, step):
         m, p = (method.inference_prompt(prompt, model, frozen) if inference and method is not None
                 else (method, prompt))
-        loglik, _ = choice_logprobs(model, frozen, m, p, batch, step, shared_len)
+        loglik, _ = choice_logprobs(model, frozen, m, p, batch, step)
         return choice_cross_entropy(loglik, batch["gold"], batch["weight"])
 
     return loss_fn
 
 
-score_batch = jax.jit(choice_logprobs, static_argnames=("model", "method", "shared_len"))
+score_batch = jax.jit(choice_logprobs, static_argnames=("model", "method"))
 
 
 def score(session, prompt, examples: list[ChoiceExample], method, batch_size: int = 32, share: bool = True
@@ -117,7 +115,7 @@ def score(session, prompt, examples: list[ChoiceExample], method, batch_size: in
         chunk = examples[start:start + batch_size]
         batch = collate_choices(chunk, session.pad_id, batch_size, shared_len=S)
         ll, gr = score_batch(session.model, session.frozen, method, prompt,
-                             {k: jnp.asarray(v) for k, v in batch.items()}, 0, S, head)
+                             {k: jnp.asarray(v) for k, v in batch.items()}, 0, head)
         ll, gr = np.asarray(ll), np.asarray(gr)
         for b, e in enumerate(chunk):
             logliks.append([float(x) for x in ll[b, :len(e.candidates)]])
@@ -148,3 +146,15 @@ def choice_metrics(examples: list[ChoiceExample], logliks: list[list[float]], fi
     n = max(len(examples), 1)
     return ChoiceMetrics(sum(p == g for p, g in zip(predictions, golds)) / n,
                          sum(p == g for p, g in zip(normed, golds)) / n, predictions, per_class)
+
+
+def score_choices(session, prompt, rows: list[dict], batch_size: int = 32) -> list[list[float]]:
+    """Each row's candidates' log-likelihoods given its prompted context, under the session's method
+    and `prompt` in its inference form (`prompt=None`: the task's written prompt in place of
+    `{prompt}`). The row's candidates are its task's (`choices`, or its `choices_field` rendered
+    through the target); the most likely one is the prediction."""
+    hard_prompt = session.task.hard_prompt if prompt is None else None
+    examples = encode_choices(session, rows, hard_prompt)
+    method, prompt = (None, None) if prompt is None else session.method.inference_prompt(prompt, session.model,
+                                                                                         session.frozen)
+    return score(session, prompt, examples, method, batch_size)[0]

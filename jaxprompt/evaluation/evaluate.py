@@ -28,10 +28,9 @@ def inference_form(session: Session, prompt, hard_prompt: str | None = None):
     return session.method.inference_prompt(prompt, session.model, session.frozen)
 
 
-@partial(jax.jit, static_argnames=("model", "method", "shared_len"))
-def _loss_batch(model, method, frozen, prompt, batch, shared_len, head):
-    hidden = prompted_hidden(model, frozen, method, prompt, batch, 0, shared_len, head)
-    return target_nll(model, frozen, hidden, batch, shared_len)
+@partial(jax.jit, static_argnames=("model", "method"))
+def _loss_batch(model, method, frozen, prompt, batch, head):
+    return target_nll(model, frozen, prompted_hidden(model, frozen, method, prompt, batch, 0, head), batch)
 
 
 def heldout_loss(session: Session, prompt, rows: list[dict], hard_prompt: str | None = None, batch_size: int = 32,
@@ -43,7 +42,7 @@ def heldout_loss(session: Session, prompt, rows: list[dict], hard_prompt: str | 
     S, head = session.shared_head(encoded, method, prompt, share)
     total, count = 0.0, 0.0
     for _, batch in eval_batches(encoded, batch_size, session.pad_id, shared_len=S):
-        s, c = _loss_batch(session.model, method, session.frozen, prompt, batch, S, head)
+        s, c = _loss_batch(session.model, method, session.frozen, prompt, batch, head)
         total, count = total + float(s), count + float(c)
     return total / max(count, 1.0)
 

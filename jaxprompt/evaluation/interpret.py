@@ -82,8 +82,8 @@ def prompt_vectors(session, prompt) -> np.ndarray:
     """The virtual token embeddings of the prompt's inference form ([N, E]: p-tuning baked, relaxed at
     its final temperature), what evaluation scores."""
     method = session.method
-    if method.kind == "prefix":
-        raise ValueError("prefix tuning learns keys/values, not token embeddings: there is no vocabulary to compare")
+    if not method.takes_positions:
+        raise ValueError(f"{method.name} prompts are not token embeddings: there is no vocabulary to compare them with")
     serving_method, serving = method.inference_prompt(prompt, session.model, session.frozen)
     return np.asarray(serving_method.virtual_tokens(serving, session.model, session.frozen, 0), np.float32)
 

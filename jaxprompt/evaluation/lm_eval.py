@@ -46,7 +46,7 @@ def placement_problem(session) -> str | None:
     method = session.method
     if method.n_tasks > 1:
         return "a multi-task prompt holds one prompt per task; evaluate one task's run"
-    if method.kind != "embeddings":
+    if not method.takes_positions:
         return None  # prefix keys/values and adaption prompts reach every position
     if not prompt_comes_first(session.task, method.length):
         return (f"the prompt was trained inside the template {session.task.template.text!r}; lm-eval requests "
@@ -89,10 +89,10 @@ def make_lm_class():
         @classmethod
         def from_model(cls, model: str, dtype: str = "float32", **kwargs):
             from jaxprompt.data.tasks import BUILTIN
-            from jaxprompt.prompts import make_method
+            from jaxprompt.prompts import SoftPrompt
             from jaxprompt.session import Session
 
-            session = Session.load(model, BUILTIN["antonyms"], make_method("soft", length=1), dtype=dtype)
+            session = Session.load(model, BUILTIN["antonyms"], SoftPrompt(length=1), dtype=dtype)
             return cls(session, None, learned=False, **kwargs)
 
         # ---- tokens ----------------------------------------------------------------------------
@@ -104,7 +104,7 @@ def make_lm_class():
         @property
         def n_virtual(self) -> int:
             """Positions the prompt takes in front of a request's tokens (embedding prompts)."""
-            return self.method.length if self.method is not None and self.method.kind == "embeddings" else 0
+            return self.method.length if self.method is not None and self.method.takes_positions else 0
 
         @property
         def max_length(self) -> int:

@@ -70,6 +70,12 @@ def population_results(per_member: list[list[EvalResult]]) -> list[PopulationRes
     return [PopulationResult(r.label, list(rs)) for r, rs in zip(per_member[0], zip(*per_member))]
 
 
+def learned_label(method: str, length: int, which: str = "best", member: int | None = None) -> str:
+    """How tables and results.json name a learned prompt, after training and in `jaxprompt eval`
+    alike: "learned: soft P=20 (best)", "learned: soft P=20 (last, member 2)"."""
+    return f"learned: {method} P={length} ({which}" + (f", member {member})" if member is not None else ")")
+
+
 def format_table(results: list[EvalResult | PopulationResult]) -> str:
     """A fixed-width comparison table (written vs learned, ...); a population's metrics as mean ± std."""
     cols = ["label", "n", *METRICS]
@@ -86,7 +92,11 @@ def format_table(results: list[EvalResult | PopulationResult]) -> str:
     rows = [[fmt(value(r, c)) for c in show] for r in results]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(show)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))
-    return "\n".join([line(show), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    table = "\n".join([line(show), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    if "exact_match" in show:  # what it compares is not the whole generation: say so
+        table += ("\nexact_match: the generation's first word (answer = \"word\") or first line (answer = \"text\"), "
+                  "lowercased, against the reference's")
+    return table
 
 
 def format_samples(result: EvalResult) -> str:

@@ -48,7 +48,7 @@ from jaxprompt.inference.requests import (
 from jaxprompt.inference.sampling import RowSampling, SamplingError
 from jaxprompt.models import Prefix, positions_from_mask
 from jaxprompt.precision import policy_of
-from jaxprompt.prompts.forward import prompt_inputs
+from jaxprompt.prompts.forward import prompt_inputs, token_logprobs
 from jaxprompt.prompts.insert import insert_batch
 from jaxprompt.session import Session
 
@@ -67,13 +67,18 @@ class Served:
     own_prefix: Prefix | None = None  # the method's keys/values alone (prefix tuning)
 
     @property
-    def kind(self) -> str | None:
-        return None if self.method is None else self.method.kind
-
-    @property
     def takes_positions(self) -> bool:
         """Whether the prompt occupies input positions (virtual tokens)."""
-        return self.kind == "embeddings"
+        return self.method is not None and self.method.takes_positions
+
+    @property
+    def makes_prefix(self) -> bool:
+        return self.method is not None and self.method.makes_prefix
+
+    @property
+    def adapts_layers(self) -> bool:
+        """Whether the prompt changes every layer (LLaMA-Adapter): its rows decode apart from others'."""
+        return self.method is not None and self.method.adapts_layers
 
     @property
     def leading_virtual(self) -> int | None:
@@ -137,7 +142,7 @@ class Engine:
             served.hard_prompt = hard_prompt
             fields = session.task.template.fields
             served.probes = tuple(self._encode(served, {f: mark for f in fields}, 0) for mark in ("\x00", "\x01"))
-            if served.kind == "prefix":
+            if served.makes_prefix:
                 served.own_prefix = prompt_inputs(self.model, self.frozen, served.method, served.prompt,
                                                   {"tokens": jnp.zeros((1, 1), jnp.int32),
                                                    "task_id": jnp.zeros((1,), jnp.int32)}).prefix
@@ -222,14 +227,14 @@ class Engine:
         prompts in `complete`, compile on first use. Returns how many programs were compiled."""
         seen, before = set(), _decode_batch._cache_size()
         for served in list(self.prompts.values()):
-            if scheduler is not None and served.kind != "adaption":
+            if scheduler is not None and not served.adapts_layers:
                 continue
             try:
                 request = self._warm_up_request(served)
                 row = self._row(request, served)
             except (ValueError, KeyError):  # no short input fits this template: compiled on first use
                 continue
-            shape = (served.name if served.kind == "adaption" else None,  # rows of one adaption prompt apart
+            shape = (served.name if served.adapts_layers else None,  # rows of one adaption prompt apart
                      None if row.head is None else pow2(row.head.length), max(row.slots, default=-1) >= 0)
             if shape in seen:
                 continue
@@ -258,7 +263,7 @@ class Engine:
         rows = [self._row(r, s) for r, s in zip(requests, served or [None] * len(requests))]
         groups: dict[str | None, list[int]] = defaultdict(list)
         for i, row in enumerate(rows):
-            groups[row.served.name if row.served.kind == "adaption" else None].append(i)
+            groups[row.served.name if row.served.adapts_layers else None].append(i)
         out: list[Completion | None] = [None] * len(rows)
         for indices in groups.values():
             for start in range(0, len(indices), self.max_batch):
@@ -325,7 +330,7 @@ class Engine:
                     vt = to_host(r.served.method.virtual_tokens(r.served.prompt, self.model, self.frozen, 0))
                     virtual[b, :len(vt)] = vt
             batch["virtual"] = virtual
-        if rows[0].served.kind == "adaption":
+        if rows[0].served.adapts_layers:
             served = rows[0].served
             batch["adapter"] = prompt_inputs(self.model, self.frozen, served.method, served.prompt,
                                              {"tokens": jnp.asarray(tokens[:1, :1]),
@@ -470,7 +475,6 @@ def _score_batch(model, frozen, batch, n_last):
     positions = positions_from_mask(batch["mask"], batch["start"])
     hidden, _ = model.transformer(frozen, input_embeds(model, frozen, batch), positions, batch["mask"],
                                   prefix=batch["prefix"], adapter=batch["adapter"])
-    logp = jax.nn.log_softmax(model.unembed(frozen, hidden[:, -n_last - 1:-1]), axis=-1)
-    chosen = jnp.take_along_axis(logp, batch["tokens"][:, -n_last:, None], axis=-1)[..., 0]
-    top_values, top_ids = jax.lax.top_k(logp, TOP_LOGPROBS)
+    chosen, _, (top_values, top_ids) = token_logprobs(model, frozen, hidden[:, -n_last - 1:-1],
+                                                      batch["tokens"][:, -n_last:], top=TOP_LOGPROBS)
     return chosen, top_values, top_ids

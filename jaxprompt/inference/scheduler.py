@@ -121,7 +121,7 @@ class Scheduler:
 
     def _apart(self) -> list[Ticket]:
         """Adaption-prompt rows: their own static batches (`Engine.complete`)."""
-        apart = [t for t in self.waiting if self._served(t) is not None and self._served(t).kind == "adaption"]
+        apart = [t for t in self.waiting if self._served(t) is not None and self._served(t).adapts_layers]
         if not apart:
             return []
         self.waiting = deque(t for t in self.waiting if t not in apart)
@@ -243,7 +243,7 @@ class Scheduler:
         before = compiled_programs()
         rows = {}
         for served in list(self.engine.prompts.values()):
-            if served.kind == "adaption":
+            if served.adapts_layers:
                 continue
             try:
                 row = self.engine._row(self.engine._warm_up_request(served), served)

@@ -220,7 +220,7 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
     from jaxprompt.models import Model
     from jaxprompt.parallel.strategies import MeshParallel
     from jaxprompt.precision import as_dtype, converts_layer_by_layer
-    from jaxprompt.prompts import make_method
+    from jaxprompt.prompts import METHODS
     from jaxprompt.prompts.loss import prompt_loss
     from jaxprompt.training.optim import OptimizerConfig, make_optimizer
     from jaxprompt.training.step import TrainState
@@ -249,10 +249,10 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
         bits = lambda x: jax.ShapeDtypeStruct(x.shape, jnp.uint16, sharding=x.sharding)
         frozen = net.hold_as_bits(frozen, hold=lambda tree: jax.tree.map(
             lambda x: bits(x) if x.dtype == jnp.bfloat16 else x, tree))
-    method_name, method = method, make_method(method, length=prompt_length)
+    method_name, method = method, METHODS[method](length=prompt_length)  # its shapes: no init pool, no steps
     # embedding prompts take token positions (a shared head before the text); prefix and adaption
     # prompts take none
-    virtual = prompt_length if method.kind == "embeddings" else 0
+    virtual = prompt_length if method.takes_positions else 0
     prompt = jax.eval_shape(lambda f: method.init(jax.random.key(0), net, f, prompt_length), frozen)
     optimizer = make_optimizer(OptimizerConfig(), prompt)
     state = jax.eval_shape(lambda p: TrainState.create(p, optimizer, jax.random.PRNGKey(0)), prompt)
@@ -263,7 +263,7 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
     batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=mp.batch_sharding), batch)
 
     def compiled(frozen):  # the frozen weights' shardings are those of their shape structs
-        step = mp.train_step(prompt_loss(net, method, virtual), optimizer, micro_batches)
+        step = mp.train_step(prompt_loss(net, method), optimizer, micro_batches)
         return step.lower(state, frozen, batch).compile()
 
     executable = compiled(abstract_frozen(jnp.float32) if proxy else frozen)

@@ -20,14 +20,15 @@ from jaxtyping import Array, Float
 from jaxprompt.models import Model
 from jaxprompt.models.layers.attention import Adapter
 from jaxprompt.prompts.base import PromptMethod
+from jaxprompt.prompts.settings import AdaptionSettings
 
 
 @dataclasses.dataclass(frozen=True)
-class AdaptionPrompt(PromptMethod):
-    name: ClassVar[str] = "adaption"
-    kind: ClassVar[str] = "adaption"
-    length: int = 10  # adapter tokens per layer (PEFT's adapter_len)
-    top_layers: int | None = None  # layers with adapters, counted from the top (PEFT's adapter_layers); None: all
+class AdaptionPrompt(AdaptionSettings, PromptMethod):
+    """`length` vectors in each of the top `top_layers` layers (PEFT's adapter_len, adapter_layers)."""
+
+    takes_positions: ClassVar[bool] = False
+    adapts_layers: ClassVar[bool] = True
 
     def n_layers(self, model: Model) -> int:
         L = model.config.n_layers
@@ -47,6 +48,9 @@ class AdaptionPrompt(PromptMethod):
         vectors: Float[Array, "L A D"] = jnp.concatenate(
             [jnp.zeros((below, *prompt["prompt"].shape[1:]), prompt["prompt"].dtype), prompt["prompt"]])
         return Adapter(prompt=vectors, gate=jnp.concatenate([jnp.zeros((below,), prompt["gate"].dtype), prompt["gate"]]))
+
+    def peft_config(self) -> dict:
+        return {"peft_type": "ADAPTION_PROMPT"}
 
     def peft_incompatibility(self, template) -> str | None:
         return None  # adaption prompts take no position in the template; the model type is export's check

@@ -1,38 +1,55 @@
 """What every prompt method provides.
 
-A method is a frozen (hashable) dataclass of hyper-parameters; the learned state is a separate
-pytree ("the prompt") that the method creates (`init`) and reads (`virtual_tokens` or `prefix`).
-Embedding methods produce `N` virtual token embeddings that `insert.py` places at the template's
-`{prompt}` slots; prefix methods produce per-layer keys/values.
+A method is a frozen (hashable) dataclass of settings (declared in settings.py); the learned state
+is a separate pytree ("the prompt") that the method creates (`init`) and reads. A method declares
+what it needs from the model and the template, and callers read those declarations, never its name:
 
-Behaviour that differs between methods is a method of the method, so callers never test types:
-`inference_prompt` (the one form every consumer scores, generates and exports), `batch_virtual_tokens`
-/ `batch_prefix` (what a batch sees: one prompt, or one per example for multi-task), `per_example`,
-`prefix_positions`, `task_view` and `peft_incompatibility`.
+    takes_positions  its virtual tokens fill the template's `{prompt}` slots (soft, p-tuning,
+                     relaxed, PEZ): `insert.py` places them between `embed` and `transformer`
+    makes_prefix     keys/values every layer attends to before the input (prefix tuning)
+    adapts_layers    gated prompts read inside the adapted layers (LLaMA-Adapter): rows of different
+                     such prompts cannot share a batch
+
+Behaviour that differs between methods is a method of the method: `inputs` (what the transformer
+reads for a batch), `inference_prompt` (the one form every consumer scores, generates and exports),
+`batch_virtual_tokens` / `batch_prefix` (one prompt, or one per example for multi-task),
+`per_example`, `prefix_positions`, `task_view`, `peft_config` and `peft_incompatibility`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import jax
+import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxprompt.data.templates import Template
-from jaxprompt.models import Model
+from jaxprompt.models import Model, Prefix
+from jaxprompt.models.layers.attention import Adapter
+from jaxprompt.precision import policy_of
 from jaxprompt.prompts import init as inits
+from jaxprompt.prompts.insert import insert_batch
 
 
-@dataclasses.dataclass(frozen=True)
+class PromptedInputs(NamedTuple):
+    """What the transformer reads for a prompted batch: token embeddings with any virtual tokens in
+    place, and the method's keys/values (prefix tuning) or adaption prompts (LLaMA-Adapter)."""
+
+    embeds: Float[Array, "B T E"]
+    prefix: Prefix | None = None
+    adapter: Adapter | None = None
+
+
 class PromptMethod:
-    length: int = 20  # virtual tokens per {prompt} slot (or prefix length)
-    name: ClassVar[str] = ""
-    kind: ClassVar[str] = "embeddings"  # or "prefix"
+    """The behaviour every method shares; a method's class adds its settings (settings.py) and
+    what is its own (`init`, `virtual_tokens` or `prefix` or `adapter`)."""
 
-    def __post_init__(self):
-        if self.length < 1:
-            raise ValueError(f"prompt length must be at least 1, got {self.length}")
+    name: ClassVar[str] = ""
+    length: int
+    takes_positions: ClassVar[bool] = True
+    makes_prefix: ClassVar[bool] = False
+    adapts_layers: ClassVar[bool] = False
 
     def init(self, key: jax.Array, model: Model, frozen: dict, n_virtual: int) -> dict:
         """The prompt pytree (fp32). `n_virtual` is the template's total of virtual tokens."""
@@ -46,6 +63,10 @@ class PromptMethod:
         """Keys, values, and which layers use them."""
         raise NotImplementedError
 
+    def adapter(self, prompt: dict, model: Model, frozen: dict) -> Adapter:
+        """Every layer's adaption prompt and gate."""
+        raise NotImplementedError
+
     def inference_prompt(self, prompt: dict, model: Model, frozen: dict) -> tuple["PromptMethod", dict]:
         """The (method, prompt) that evaluation, generation, the prompt cache and export all use: its
         virtual tokens or keys/values no longer depend on the training step (an encoder baked into
@@ -55,6 +76,20 @@ class PromptMethod:
 
     # ---- what a batch sees ---------------------------------------------------------------------
 
+    def inputs(self, prompt: dict, model: Model, frozen: dict, batch: dict, embeds: Float[Array, "B T E"], step=0
+               ) -> PromptedInputs:
+        """What the transformer reads for `batch` (its token embeddings `embeds`) under this prompt."""
+        policy = policy_of(frozen)
+        if self.adapts_layers:
+            return PromptedInputs(embeds, adapter=jax.tree.map(policy.cast_prompt_in, self.adapter(prompt, model,
+                                                                                                    frozen)))
+        if self.makes_prefix:
+            k, v, layer_mask = self.batch_prefix(prompt, model, frozen, step, batch["task_id"])
+            mask = jnp.broadcast_to(layer_mask[:, None, None], (k.shape[0], 1, k.shape[2]))
+            return PromptedInputs(embeds, prefix=Prefix(policy.cast_prompt_in(k), policy.cast_prompt_in(v), mask))
+        virtual = self.batch_virtual_tokens(prompt, model, frozen, step, batch["task_id"])
+        return PromptedInputs(insert_batch(embeds, policy.cast_prompt_in(virtual), batch["slots"]))
+
     @property
     def per_example(self) -> bool:
         """Whether examples of one batch see different prompts (then no head is shared)."""
@@ -63,7 +98,7 @@ class PromptMethod:
     @property
     def prefix_positions(self) -> int:
         """Positions the prompt takes before the input's first token (prefix keys/values)."""
-        return 0
+        return self.length if self.makes_prefix else 0
 
     def batch_virtual_tokens(self, prompt: dict, model: Model, frozen: dict, step, task_id: Int[Array, "B"]
                              ) -> Float[Array, "N E"] | Float[Array, "B N E"]:
@@ -88,6 +123,10 @@ class PromptMethod:
             raise IndexError(f"task {task} of a single-task prompt")
         return self, prompt
 
+    def peft_config(self) -> dict:
+        """The PEFT adapter_config.json entries that name this method's adapter type."""
+        return {"peft_type": "PROMPT_TUNING", "prompt_tuning_init": "RANDOM"}
+
     def peft_incompatibility(self, template: Template) -> str | None:
         """Why PEFT cannot hold this prompt in this template, or None if it can (prepended virtual tokens)."""
         pieces = template.pieces({f: "" for f in template.fields}, self.length)
@@ -98,16 +137,8 @@ class PromptMethod:
         return None
 
 
-@dataclasses.dataclass(frozen=True)
 class EmbeddingInit:
-    """How to initialise virtual token embeddings (see prompts/init.py)."""
-
-    init_from: str = "vocab_normal"  # vocab_normal | uniform | sampled_vocab | text
-    init_scale: float = 0.5  # uniform range
-    init_ids: tuple[int, ...] = ()  # token ids of the init text
-    # ordinary word tokens sampled_vocab draws from (init.word_token_ids); not part of the method's
-    # identity (equality, hash, repr): it only decides where training starts
-    sample_pool: tuple[int, ...] = dataclasses.field(default=(), repr=False, compare=False)
+    """How virtual token embeddings start (`init_from`, settings.EmbeddingInitSettings; init.py)."""
 
     def initializer(self, model: Model, frozen: dict) -> inits.Initializer:
         table = model.embedding_table(frozen)
@@ -117,6 +148,4 @@ class EmbeddingInit:
             return inits.uniform(self.init_scale)
         if self.init_from == "sampled_vocab":
             return inits.sampled_vocab(table, self.sample_pool)
-        if self.init_from == "text":
-            return inits.from_token_ids(table, self.init_ids)
-        raise ValueError(f"unknown prompt init {self.init_from!r}; use one of {', '.join(inits.INITIALIZERS)}")
+        return inits.from_token_ids(table, self.init_ids)  # "text" (settings.py checked the name)

@@ -95,7 +95,7 @@ class PromptCache:
                                 f"{len(tokens) + prefix_positions} positions; the model has "
                                 f"{session.config.max_positions}")
         # prefix and adaption prompts reach every position; embedding prompts only through their slots
-        depends_on_prompt = method is not None and (method.kind != "embeddings" or any(s >= 0 for s in slots))
+        depends_on_prompt = method is not None and (not method.takes_positions or any(s >= 0 for s in slots))
         base = "|".join([session.fingerprint(), code_id(), repr(method) if depends_on_prompt else "text",
                          prompt_id(prompt) if depends_on_prompt else ""])
         key = self._key(base, tokens, slots)

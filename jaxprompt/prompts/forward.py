@@ -1,50 +1,25 @@
 """Running the frozen model with a prompt: embed -> insert prompt -> transformer.
 
-`shared_len > 0` computes the first `shared_len` positions (virtual tokens and fixed template text,
-identical for every example of a right-padded batch) once at batch size 1 (`shared_head`); every
-example then attends to those keys/values. Gradients flow back to the prompt through them. At
+A batch that shares a head (`collate(..., shared_len=S)`) has its first S positions (virtual tokens
+and fixed template text, identical for every example of a right-padded batch) computed once at
+batch size 1 (`shared_head`); every example then attends to those keys/values. Gradients flow back to the prompt through them. At
 inference the head can be computed once and passed in (see cache.py).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 from jaxprompt.models import Model, Prefix, positions_from_mask
-from jaxprompt.models.layers.attention import Adapter
-from jaxprompt.precision import policy_of
-from jaxprompt.prompts.base import PromptMethod
-from jaxprompt.prompts.insert import insert_batch
-
-
-class PromptedInputs(NamedTuple):
-    """What the transformer reads for a prompted batch: token embeddings with any virtual tokens in
-    place, and the method's keys/values (prefix tuning) or adaption prompts (LLaMA-Adapter)."""
-
-    embeds: Float[Array, "B T E"]
-    prefix: Prefix | None = None
-    adapter: Adapter | None = None
+from jaxprompt.prompts.base import PromptedInputs, PromptMethod
 
 
 def prompt_inputs(model: Model, frozen: dict, method: PromptMethod | None, prompt: dict | None, batch: dict,
                   step=0) -> PromptedInputs:
     """The batch's inputs under `method` (`None`: the plain text, e.g. a written prompt)."""
-    policy = policy_of(frozen)
     embeds = model.embed(frozen, batch["tokens"])
-    if method is None:
-        return PromptedInputs(embeds)
-    if method.kind == "embeddings":
-        virtual = method.batch_virtual_tokens(prompt, model, frozen, step, batch["task_id"])
-        return PromptedInputs(insert_batch(embeds, policy.cast_prompt_in(virtual), batch["slots"]))
-    if method.kind == "adaption":
-        adapter = method.adapter(prompt, model, frozen)
-        return PromptedInputs(embeds, adapter=jax.tree.map(policy.cast_prompt_in, adapter))
-    k, v, layer_mask = method.batch_prefix(prompt, model, frozen, step, batch["task_id"])
-    mask = jnp.broadcast_to(layer_mask[:, None, None], (k.shape[0], 1, k.shape[2]))
-    return PromptedInputs(embeds, prefix=Prefix(policy.cast_prompt_in(k), policy.cast_prompt_in(v), mask))
+    return PromptedInputs(embeds) if method is None else method.inputs(prompt, model, frozen, batch, embeds, step)
 
 
 def shared_head(model: Model, frozen: dict, method: PromptMethod | None, prompt: dict | None, head: dict,
@@ -87,23 +62,81 @@ def rest_of(batch: dict, shared_len: int) -> dict:
     return {k: v[:, shared_len:] if k in ("tokens", "slots", "mask") else v for k, v in batch.items()}
 
 
+def shared_len_of(batch: dict) -> int:
+    """Positions every row of `batch` shares, computed once (`collate`'s `shared`; 0 without one)."""
+    return batch["shared"].shape[-1] if "shared" in batch else 0
+
+
 def prompted_hidden(
     model: Model, frozen: dict, method: PromptMethod | None, prompt: dict | None, batch: dict, step=0,
-    shared_len: int = 0, head: Prefix | None = None,
-) -> Float[Array, "B T-shared_len E"]:
-    """Final hidden states of positions `shared_len:` (all positions when nothing is shared).
+    head: Prefix | None = None,
+) -> Float[Array, "B T-S E"]:
+    """Final hidden states of positions S: (all positions when the batch shares no head; S is the
+    batch's own, `shared_len_of`).
 
     `head`: the shared head's keys/values if already computed (else computed here, differentiably).
     """
-    if shared_len == 0:
+    S = shared_len_of(batch)
+    if S == 0:
         inputs = prompt_inputs(model, frozen, method, prompt, batch, step)
         start = 0 if inputs.prefix is None else inputs.prefix.length
         return model.transformer(frozen, inputs.embeds, positions_from_mask(batch["mask"], start), batch["mask"],
                                  prefix=inputs.prefix, adapter=inputs.adapter)[0]
     if head is None:
-        head = shared_head(model, frozen, method, prompt, head_of(batch, shared_len), step)
+        head = shared_head(model, frozen, method, prompt, head_of(batch, S), step)
     # the rest's virtual tokens (if any) are inserted; prefix keys/values are already in `head`
-    rest = prompt_inputs(model, frozen, method, prompt, rest_of(batch, shared_len), step)
-    positions = positions_from_mask(batch["mask"][:, shared_len:], head.length)
-    return model.transformer(frozen, rest.embeds, positions, batch["mask"][:, shared_len:], prefix=head,
+    rest = prompt_inputs(model, frozen, method, prompt, rest_of(batch, S), step)
+    positions = positions_from_mask(batch["mask"][:, S:], head.length)
+    return model.transformer(frozen, rest.embeds, positions, batch["mask"][:, S:], prefix=head,
                              adapter=rest.adapter)[0]
+
+
+# ---- scores: one scorer behind the loss, choices, completions' logprobs and lm-eval --------------
+
+def token_logprobs(model: Model, frozen: dict, hidden: Float[Array, "... E"], tokens: Int[Array, "..."], top: int = 0):
+    """log p(token | hidden state) for each position: `logprobs_of` the model's logits there."""
+    return logprobs_of(model.unembed(frozen, hidden), tokens, top)
+
+
+def logprobs_of(logits: Float[Array, "... V"], tokens: Int[Array, "..."], top: int = 0):
+    """log p(token) in float32 for each position, whether it is the most likely token there
+    (greedy), and with `top` > 0 the `top` most likely tokens' log-probabilities and ids.
+
+    The one scorer of jaxprompt: the training loss, evaluation's loss, choice tasks and lm-eval's
+    log-likelihoods, and completions' `logprobs` all read their numbers here."""
+    logits = logits.astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    chosen = jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+    greedy = jnp.argmax(logits, axis=-1) == tokens
+    if not top:
+        return chosen, greedy
+    return chosen, greedy, jax.lax.top_k(logp, top)
+
+
+def target_token_logprobs(model: Model, frozen: dict, hidden: Float[Array, "B T-S E"], batch: dict
+                          ) -> Float[Array, "B K"]:
+    """log p of each target token (`target_index`, weighted by `target_weight`: 0 for padding),
+    from the hidden states of positions S: on. Logits are computed only at the positions that
+    predict a target ([B, K], not [B, T]): with a 50k vocabulary that is most of the work of a short
+    example's forward pass."""
+    index = batch["target_index"]
+    before = jnp.maximum(index - 1 - shared_len_of(batch), 0)  # the position whose output predicts the target
+    h = jnp.take_along_axis(hidden, before[..., None], axis=1)
+    targets = jnp.take_along_axis(batch["tokens"], index, axis=1)
+    return token_logprobs(model, frozen, h, targets)[0] * batch["target_weight"]
+
+
+def target_logprobs(model: Model, frozen: dict, method: PromptMethod | None, prompt: dict | None, batch: dict,
+                    step=0) -> Float[Array, "B"]:
+    """Each example's log-likelihood of its target (the sum over its target tokens) under the
+    prompt: what a research loss of one's own, a ranking or a metric is built from."""
+    hidden = prompted_hidden(model, frozen, method, prompt, batch, step)
+    return jnp.sum(target_token_logprobs(model, frozen, hidden, batch), axis=-1)
+
+
+def prompted_logits(model: Model, frozen: dict, method: PromptMethod | None, prompt: dict | None, batch: dict,
+                    step=0) -> Float[Array, "B T V"]:
+    """float32 logits at every position of the batch's tokens under the prompt (position t predicts
+    token t + 1). Every row is computed whole: a shared head is not reused here."""
+    batch = {k: v for k, v in batch.items() if k != "shared"}
+    return model.unembed(frozen, prompted_hidden(model, frozen, method, prompt, batch, step)).astype(jnp.float32)

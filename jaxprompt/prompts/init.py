@@ -108,5 +108,3 @@ def from_token_ids(table: Float[Array, "V E"], ids: Sequence[int]) -> Initialize
 
     return init
 
-
-INITIALIZERS = ("vocab_normal", "uniform", "sampled_vocab", "text")

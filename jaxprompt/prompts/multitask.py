@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from jaxprompt.models import Model
 from jaxprompt.prompts.base import PromptMethod
+from jaxprompt.settings import SettingError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,28 +18,29 @@ class MultiTask(PromptMethod):
     """Wraps a method; its prompt pytree gains a leading task axis. `length` is the base's."""
 
     name: ClassVar[str] = "multitask"
+    length: int = 0  # the base's (set from it)
     base: PromptMethod | None = None
     n_tasks: int = 1  # type: ignore[assignment]  (a field here, a property of single-task methods)
 
     def __post_init__(self):
         if self.base is None or self.n_tasks < 1:
             raise ValueError("MultiTask needs a base method and n_tasks >= 1")
-        if self.base.kind == "adaption":  # every layer would need per-example adapters
-            raise ValueError("multi-task training supports soft, ptuning, prefix, relaxed and pez prompts, "
-                             "not adaption prompts")
+        if self.base.adapts_layers:  # every layer would need per-example adapters
+            raise SettingError(f"multi-task prompts cannot be {self.base.name} prompts: their gated prompts live inside "
+                             "the layers, which would need one per example")
         object.__setattr__(self, "length", self.base.length)
 
     @property
-    def kind(self) -> str:  # type: ignore[override]
-        return self.base.kind
+    def takes_positions(self) -> bool:  # type: ignore[override]
+        return self.base.takes_positions
+
+    @property
+    def makes_prefix(self) -> bool:  # type: ignore[override]
+        return self.base.makes_prefix
 
     @property
     def per_example(self) -> bool:
         return True
-
-    @property
-    def prefix_positions(self) -> int:
-        return self.base.prefix_positions
 
     def init(self, key, model: Model, frozen: dict, n_virtual: int) -> dict:
         prompts = [self.base.init(k, model, frozen, n_virtual) for k in jax.random.split(key, self.n_tasks)]

@@ -17,6 +17,7 @@ from jaxprompt.models import Model, positions_from_mask
 from jaxprompt.precision import PROMPT_DTYPE, policy_of
 from jaxprompt.prompts.base import PromptMethod
 from jaxprompt.prompts.init import sample_ids
+from jaxprompt.prompts.settings import PrefixSettings
 
 
 class PrefixMLP(nn.Module):
@@ -29,14 +30,11 @@ class PrefixMLP(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class PrefixTuning(PromptMethod):
-    name: ClassVar[str] = "prefix"
-    kind: ClassVar[str] = "prefix"
-    top_layers: int | None = None  # only the top k layers get a prefix (LLaMA-Adapter style)
-    reparam_hidden: int | None = None  # MLP reparameterisation width; None learns keys/values directly
-    init_ids: tuple[int, ...] = ()  # tokens whose keys/values initialise the prefix (else random vocab)
-    # ordinary word tokens random inits draw from (init.word_token_ids); not part of the identity
-    sample_pool: tuple[int, ...] = dataclasses.field(default=(), repr=False, compare=False)
+class PrefixTuning(PrefixSettings, PromptMethod):
+    """Keys and values learned for every layer (or the top `top_layers`), attended before the input."""
+
+    takes_positions: ClassVar[bool] = False
+    makes_prefix: ClassVar[bool] = True
 
     def n_layers(self, model: Model) -> int:
         L = model.config.n_layers
@@ -58,7 +56,7 @@ class PrefixTuning(PromptMethod):
         # keys/values the frozen model computes for real tokens: a start inside its own distribution.
         # Computed in the weights' own dtype (the precision policy: norms and softmax accumulate in
         # float32 inside the layers), so no float32 copy of the model is ever made; cast after.
-        ids = (jnp.resize(jnp.asarray(self.init_ids, jnp.int32), (P,)) if self.init_ids
+        ids = (jnp.resize(jnp.asarray(self.init_ids, jnp.int32), (P,)) if self.init_from == "text"
                else sample_ids(key, (P,), self.sample_pool, c.vocab_size))
         mask = jnp.ones((1, P), bool)
         cache = model.init_cache(1, P, policy_of(frozen).compute_dtype)
@@ -79,9 +77,8 @@ class PrefixTuning(PromptMethod):
         layer_mask = jnp.arange(c.n_layers) >= pad
         return kv[:, :, 0], kv[:, :, 1], layer_mask
 
-    @property
-    def prefix_positions(self) -> int:
-        return self.length
+    def peft_config(self) -> dict:
+        return {"peft_type": "PREFIX_TUNING", "prefix_projection": False}
 
     def peft_incompatibility(self, template) -> str | None:
         if self.top_layers is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -12,6 +11,7 @@ from jaxtyping import Array, Float
 
 from jaxprompt.models import Model
 from jaxprompt.prompts.base import EmbeddingInit, PromptMethod
+from jaxprompt.prompts.settings import PTuningSettings
 from jaxprompt.prompts.soft import SoftPrompt
 
 
@@ -37,10 +37,8 @@ class PromptEncoder(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class PTuning(PromptMethod, EmbeddingInit):
-    name: ClassVar[str] = "ptuning"
-    encoder: str = "mlp"
-    hidden: int = 128
+class PTuning(PTuningSettings, EmbeddingInit, PromptMethod):
+    """Virtual tokens computed by a prompt encoder (an MLP, or an LSTM then an MLP) from learned inputs."""
 
     def _module(self, model: Model) -> PromptEncoder:
         return PromptEncoder(self.encoder, self.hidden, model.config.d_embed)
@@ -52,6 +50,9 @@ class PTuning(PromptMethod, EmbeddingInit):
 
     def virtual_tokens(self, prompt, model, frozen, step) -> Float[Array, "N E"]:
         return self._module(model).apply({"params": prompt["encoder"]}, prompt["inputs"]).astype(jnp.float32)
+
+    def peft_config(self) -> dict:
+        return {"peft_type": "P_TUNING", "encoder_reparameterization_type": "MLP", "encoder_hidden_size": self.hidden}
 
     def inference_prompt(self, prompt, model, frozen):
         """Bakes the encoder: its output becomes a plain soft prompt (what PEFT saves for P_TUNING)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -11,13 +10,12 @@ from jaxtyping import Array, Float, Int
 
 from jaxprompt.models import Model
 from jaxprompt.prompts.base import EmbeddingInit, PromptMethod
+from jaxprompt.prompts.settings import PezSettings, RelaxedSettings, SoftSettings
 
 
 @dataclasses.dataclass(frozen=True)
-class SoftPrompt(PromptMethod, EmbeddingInit):
+class SoftPrompt(SoftSettings, EmbeddingInit, PromptMethod):
     """Virtual token embeddings learned directly (Lester et al. 2021)."""
-
-    name: ClassVar[str] = "soft"
 
     def init(self, key, model: Model, frozen: dict, n_virtual: int) -> dict:
         return {"embeddings": self.initializer(model, frozen)(key, (n_virtual, model.config.d_embed))}
@@ -27,15 +25,10 @@ class SoftPrompt(PromptMethod, EmbeddingInit):
 
 
 @dataclasses.dataclass(frozen=True)
-class RelaxedPrompt(PromptMethod, EmbeddingInit):
+class RelaxedPrompt(RelaxedSettings, EmbeddingInit, PromptMethod):
     """Each slot is softmax(logits / tau) over the vocabulary times the embedding table, so the prompt
-    stays a mixture of real tokens; tau anneals geometrically from `tau_start` to `tau_end`."""
-
-    name: ClassVar[str] = "relaxed"
-    tau_start: float = 1.0
-    tau_end: float = 0.05
-    anneal_steps: int = 1000
-    init_logit: float = 5.0  # logit bump on the init-text tokens (init_from="text"); else near uniform
+    stays a mixture of real tokens; tau anneals geometrically from `tau_start` to `tau_end` over
+    `anneal_steps` (the run's)."""
 
     def init(self, key, model: Model, frozen: dict, n_virtual: int) -> dict:
         V = model.config.vocab_size
@@ -100,16 +93,12 @@ def nearest_tokens(vectors: Float[Array, "N E"], table: Float[Array, "V E"], met
 
 
 @dataclasses.dataclass(frozen=True)
-class ProjectedPrompt(PromptMethod, EmbeddingInit):
+class ProjectedPrompt(PezSettings, EmbeddingInit, PromptMethod):
     """A readable hard prompt learned by gradients ("Hard Prompts Made Easy", Wen et al. 2023).
 
     The forward pass uses each vector's nearest vocabulary embedding; the gradient taken there
     updates the continuous vector (straight-through), so the prompt always *is* real tokens.
     """
-
-    name: ClassVar[str] = "pez"
-    metric: str = "cosine"
-    init_from: str = "sampled_vocab"
 
     def init(self, key, model: Model, frozen: dict, n_virtual: int) -> dict:
         return {"embeddings": self.initializer(model, frozen)(key, (n_virtual, model.config.d_embed))}

@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprompt.data.templates import PROMPT
+from jaxprompt.data.templates import PROMPT, Template
 from jaxprompt.files import atomic_path, atomic_write
+from jaxprompt.models import Model
 from jaxprompt.prompts import PromptMethod, method_spec
-from jaxprompt.session import Session
 
 
 class ExportError(ValueError):
@@ -49,24 +49,24 @@ def peft_adaption_incompatibility(c) -> str | None:
     return None
 
 
-def peft_incompatibility(session: Session) -> str | None:
-    """Why this run's prompt cannot be a PEFT adapter, or None if it can."""
-    if session.method.kind == "adaption":
-        reason = peft_adaption_incompatibility(session.config)
+def peft_incompatibility(method: PromptMethod, model: Model, template: Template) -> str | None:
+    """Why `method`'s prompt in `template` on `model` cannot be a PEFT adapter, or None if it can."""
+    if method.adapts_layers:
+        reason = peft_adaption_incompatibility(model.config)
         if reason:
             return reason
-    return session.method.peft_incompatibility(session.task.template)
+    return method.peft_incompatibility(template)
 
 
-def _serving_tensors(session: Session, prompt: dict) -> tuple[PromptMethod, dict, dict[str, np.ndarray]]:
+def _serving_tensors(method: PromptMethod, prompt: dict, model: Model, frozen: dict
+                     ) -> tuple[PromptMethod, dict, dict[str, np.ndarray]]:
     """(inference method, its prompt, tensors): `virtual_tokens` [N, E], `past_key_values`
     [L, P, 2, G, K] (per key/value head), or `adaption_prompt` [n, A, D] and `adaption_gate` [n]."""
-    model, frozen = session.model, session.frozen
-    method, serving = session.method.inference_prompt(prompt, model, frozen)
-    if method.kind == "prefix":
+    method, serving = method.inference_prompt(prompt, model, frozen)
+    if method.makes_prefix:
         k, v, _ = method.prefix(serving, model, frozen, 0)
         return method, serving, {"past_key_values": np.asarray(jnp.stack([k, v], axis=2), np.float32)}
-    if method.kind == "adaption":
+    if method.adapts_layers:
         return method, serving, {"adaption_prompt": np.asarray(serving["prompt"], np.float32),
                                  "adaption_gate": np.asarray(serving["gate"], np.float32)}
     return method, serving, {"virtual_tokens": np.asarray(method.virtual_tokens(serving, model, frozen, 0), np.float32)}
@@ -78,24 +78,27 @@ def _target_dir(out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
 
 
-def export_peft(session: Session, prompt: dict, out_dir: str, base_model: str = "") -> str:
-    """Writes `adapter_config.json` + `adapter_model.safetensors` for `peft.PeftModel.from_pretrained`."""
+def export_peft(out_dir: str, method: PromptMethod, prompt: dict, model: Model, frozen: dict, template: Template, *,
+                base_model: str, tokenizer: str = "", task: str = "") -> str:
+    """Writes `adapter_config.json` + `adapter_model.safetensors` for `peft.PeftModel.from_pretrained`:
+    `method`'s `prompt`, trained in `template` on the frozen `model` and its weights, for the base
+    model `base_model` (an HF id or a directory: the adapter names it). Refused, naming why, where
+    PEFT cannot compute what jaxprompt does (a prompt inside the template, a top-k prefix, ...)."""
     from safetensors.numpy import save_file
 
-    reason = peft_incompatibility(session)
+    reason = peft_incompatibility(method, model, template)
     if reason:
         raise ExportError(f"cannot export as a PEFT adapter: {reason}. Use `jaxprompt export --to plain` instead.")
     _target_dir(out_dir)
-    c = session.config
-    method, _, served = _serving_tensors(session, prompt)
-    config = {"task_type": "CAUSAL_LM", "base_model_name_or_path": base_model or session.model_id,
-              "inference_mode": True}
-    if method.kind == "adaption":
+    c = model.config
+    trained = method
+    method, _, served = _serving_tensors(method, prompt, model, frozen)
+    config = {"task_type": "CAUSAL_LM", "base_model_name_or_path": base_model, "inference_mode": True}
+    if method.adapts_layers:
         prompts, gates = served["adaption_prompt"], served["adaption_gate"]
         n, A = prompts.shape[:2]
         module = PEFT_ADAPTION_MODULES[c.model_type]
-        config.update(peft_type="ADAPTION_PROMPT", adapter_len=A, adapter_layers=n,
-                      target_modules=module.rsplit(".", 1)[1])
+        config.update(adapter_len=A, adapter_layers=n, target_modules=module.rsplit(".", 1)[1], **method.peft_config())
         tensors = {}
         for j, layer in enumerate(range(c.n_layers - n, c.n_layers)):  # PEFT adapts the top n layers
             name = "base_model.model." + module.format(i=layer)
@@ -103,32 +106,30 @@ def export_peft(session: Session, prompt: dict, out_dir: str, base_model: str = 
             tensors[f"{name}.adaption_gate"] = gates[j][None]
     else:
         config.update(num_transformer_submodules=1, num_layers=c.n_layers, inference_mode=True)
-        if method.kind == "prefix":
+        if method.makes_prefix:
             # [L, P, 2, G, K] -> [P, L * 2 * G * K]: PEFT's past_key_values layout, per key/value head
             # (PEFT sizes a prefix by num_key_value_heads x head_dim under grouped-query attention)
             kv = served["past_key_values"]
             P = kv.shape[1]
             flat = kv.transpose(1, 0, 2, 3, 4).reshape(P, -1)
-            config.update(peft_type="PREFIX_TUNING", num_virtual_tokens=P, token_dim=c.n_kv_heads * c.head_dim,
-                          num_attention_heads=c.n_kv_heads, prefix_projection=False)
+            config.update(num_virtual_tokens=P, token_dim=c.n_kv_heads * c.head_dim, num_attention_heads=c.n_kv_heads,
+                          **method.peft_config())
         else:
             flat = served["virtual_tokens"]
             P = flat.shape[0]
-            config.update(num_virtual_tokens=P, token_dim=c.d_embed, num_attention_heads=c.n_heads)
-            if session.method.name == "ptuning":
-                config.update(peft_type="P_TUNING", encoder_reparameterization_type="MLP",
-                              encoder_hidden_size=session.method.hidden)
-            else:
-                config.update(peft_type="PROMPT_TUNING", prompt_tuning_init="RANDOM")
+            # the trained method names the type (p-tuning's encoder baked into embeddings stays P_TUNING)
+            config.update(num_virtual_tokens=P, token_dim=c.d_embed, num_attention_heads=c.n_heads,
+                          **trained.peft_config())
         tensors = {"prompt_embeddings": flat}
     arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     atomic_write(os.path.join(out_dir, "adapter_model.safetensors"), lambda tmp: save_file(arrays, tmp))
     atomic_write(os.path.join(out_dir, "adapter_config.json"), json.dumps(config, indent=2))
-    _write_description(session, out_dir, base_model, peft_type=config["peft_type"])
+    _write_description(out_dir, trained, template, base_model, tokenizer, task, peft_type=config["peft_type"])
     return out_dir
 
 
-def export_plain(session: Session, prompt: dict, out_dir: str, base_model: str = "") -> str:
+def export_plain(out_dir: str, method: PromptMethod, prompt: dict, model: Model, frozen: dict, template: Template, *,
+                 base_model: str, tokenizer: str = "", task: str = "") -> str:
     """Prompt tensors as `prompt.safetensors` (+ `prompt.pt` when torch is installed) and `prompt.json`.
 
     `virtual_tokens` [N, E] (embedding methods: row i goes where the template's slot index is i),
@@ -138,7 +139,7 @@ def export_plain(session: Session, prompt: dict, out_dir: str, base_model: str =
     from safetensors.numpy import save_file
 
     _target_dir(out_dir)
-    method, _, tensors = _serving_tensors(session, prompt)
+    _, _, tensors = _serving_tensors(method, prompt, model, frozen)
     name = ", ".join(tensors)
     for path, leaf in jax.tree_util.tree_flatten_with_path(prompt)[0]:
         tensors["prompt/" + "/".join(str(getattr(p, "key", p)) for p in path)] = np.asarray(leaf, np.float32)
@@ -151,27 +152,31 @@ def export_plain(session: Session, prompt: dict, out_dir: str, base_model: str =
     if torch is not None:
         with atomic_path(os.path.join(out_dir, "prompt.pt")) as tmp:
             torch.save({k: torch.from_numpy(np.array(v, copy=True)) for k, v in tensors.items()}, tmp)
-    _write_description(session, out_dir, base_model, tensor=name)
+    _write_description(out_dir, method, template, base_model, tokenizer, task, tensor=name)
     return out_dir
 
 
-def _write_description(session: Session, out_dir: str, base_model: str, **extra) -> None:
-    t = session.task.template
+def _layout(method: PromptMethod) -> str:
+    if method.makes_prefix:
+        return "keys/values per key/value head attended before the input; real tokens' positions start at P"
+    if method.adapts_layers:
+        return ("per top layer: the layer's queries attend to its k/v projections of adaption_prompt in a separate "
+                "softmax, times adaption_gate, projected by the output projection and added (LLaMA-Adapter); no "
+                "token positions")
+    return "virtual_tokens[i] replaces the i-th {prompt} position; positions count virtual tokens"
+
+
+def _write_description(out_dir: str, method: PromptMethod, t: Template, base_model: str, tokenizer: str, task: str,
+                       **extra) -> None:
     description = {
-        "method": session.method.name,
-        "method_options": {k: v for k, v in method_spec(session.method).items() if k != "name"},
-        "template": t.text, "target": t.target, "task": session.task.name,
+        "method": method.name,
+        "method_options": {k: v for k, v in method_spec(method).items() if k != "name"},
+        "template": t.text, "target": t.target, "task": task,
         "prompt_placeholder": "{" + PROMPT + "}",
-        "n_virtual": session.n_virtual,
-        "model": base_model or session.model_id,
-        "tokenizer": session.tokenizer.name,
-        "layout": {
-            "prefix": "keys/values per key/value head attended before the input; real tokens' positions start at P",
-            "adaption": "per top layer: the layer's queries attend to its k/v projections of adaption_prompt in a "
-                        "separate softmax, times adaption_gate, projected by the output projection and added "
-                        "(LLaMA-Adapter); no token positions",
-        }.get(session.method.kind,
-              "virtual_tokens[i] replaces the i-th {prompt} position; positions count virtual tokens"),
+        "n_virtual": t.n_virtual(method.length) if method.takes_positions else 0,
+        "model": base_model,
+        "tokenizer": tokenizer,
+        "layout": _layout(method),
         **extra,
     }
     atomic_write(os.path.join(out_dir, "prompt.json"), json.dumps(description, indent=2))

@@ -23,7 +23,7 @@ import os
 import shutil
 
 from jaxprompt import __version__
-from jaxprompt.config import Member, TrainConfig
+from jaxprompt.config import Member, MethodConfig, TrainConfig
 from jaxprompt.data.tasks import BUILTIN, Task, task_from_dict
 from jaxprompt.files import DirectoryLock, atomic_write, read_json_object, remove_stale_temporaries
 from jaxprompt.paths import new_run_dir
@@ -39,15 +39,18 @@ RUN_FILES = (RUN_INFO, RECORD, "last", "best", METRICS, CURVE, RESULTS)
 _INFO_KEYS = ("config", "model_dir", "tasks", "steps", "n_virtual", "method", "jaxprompt")
 _OPTIONAL_INFO_KEYS = ("format", "imported_from", "members")
 
-# run.json's format: 2 since the method settings took the methods' own names (jaxprompt/config.py's
-# `MethodConfig`); 1 before (no "format" key). `read_run_info` reads every format.
-FORMAT = 2
+# run.json's format: 3 since each method declares its own settings (prompts/settings.py): an
+# `init_from` that a method never used is recorded as it ran, and settings added since (init_scale,
+# tau_start, init_logit, metric) take the values every earlier run had; 2 since the method settings
+# took the methods' own names; 1 before (no "format" key). `read_run_info` reads every format.
+FORMAT = 3
 # format 1's names of the method settings; its prefix_top_layers and adapter_layers are top_layers
 _FORMAT_1_METHOD_NAMES = {"prompt_length": "length", "init": "init_from", "encoder_hidden": "hidden",
                           "prefix_reparam": "reparam_hidden"}
 _FORMAT_1_TOP_LAYERS = ("prefix_top_layers", "adapter_layers")
 # settings added after runs were first stored, with the value every run written before them had
 _LATER_SETTINGS = {"split_seed": None, "seeds": 1, "loss": "lm"}
+_METHOD_SETTINGS_SINCE_FORMAT_3 = ("init_scale", "tau_start", "init_logit", "metric")
 
 
 class RunError(ValueError):
@@ -179,4 +182,32 @@ def _upgraded(info: dict, path: str) -> dict:
         if given:  # at most one was set: each applied to its own method only
             renamed["top_layers"] = next((v for v in given if v is not None), None)
         info["config"] = {**info["config"], "method": renamed}
+    if version <= 2 and isinstance(info["config"], dict) and isinstance(info["config"].get("method"), dict):
+        info["config"] = {**info["config"], "method": _format_2_method_settings(info["config"]["method"])}
+        if isinstance(info.get("method"), dict):
+            info["method"] = _format_2_method_spec(info["method"])
     return info
+
+
+def _format_2_method_settings(method: dict) -> dict:
+    """A format-2 run's method settings as it ran: adaption prompts took no init; prefix tuning and
+    PEZ drew random word tokens whatever `--init` said (prefix tuning started from a text with
+    `--init text`); the settings added since had one value then, their default now."""
+    name, init = method.get("name"), method.get("init_from")
+    defaults = {f.name: f.default for f in dataclasses.fields(MethodConfig)}
+    out = {name: defaults[name] for name in _METHOD_SETTINGS_SINCE_FORMAT_3} | method
+    if name == "adaption":
+        out["init_from"] = None
+    elif name == "prefix":
+        out["init_from"] = "text" if init == "text" else "sampled_vocab"
+    elif name == "pez" and init == "vocab_normal":
+        out["init_from"] = "sampled_vocab"
+    return out
+
+
+def _format_2_method_spec(spec: dict) -> dict:
+    """A format-2 method as plain data: prefix tuning started from its `init_ids` where it had some."""
+    spec = {k: _format_2_method_spec(v) if isinstance(v, dict) else v for k, v in spec.items()}
+    if spec.get("name") == "prefix" and "init_from" not in spec:
+        spec["init_from"] = "text" if spec.get("init_ids") else "sampled_vocab"
+    return spec

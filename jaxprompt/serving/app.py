@@ -152,7 +152,7 @@ def build_app(engine, base, options: ServeOptions, batcher: Batcher):
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "jaxprompt",
-                                            "kind": served.kind or "none"}
+                                            "method": served.method.name if served.method is not None else "none"}
                                            for name, served in sorted(engine.prompts.items())]}
 
     @app.post("/v1/prompts")

@@ -26,7 +26,7 @@ def load_engine(runs: list[str], adapters: list[str], options: ServeOptions):
     from jaxprompt.inference.engine import Engine
     from jaxprompt.models.loading import resolve
     from jaxprompt.paths import DEFAULT_MODEL
-    from jaxprompt.prompts import make_method
+    from jaxprompt.prompts import SoftPrompt
     from jaxprompt.runs.layout import read_run_info
     from jaxprompt.session import Session
 
@@ -34,7 +34,7 @@ def load_engine(runs: list[str], adapters: list[str], options: ServeOptions):
     first = read_run_info(specs[0][1]) if specs else None
     model_id = options.model or (first["model_dir"] if first else DEFAULT_MODEL)
     # the weights in the first run's dtype, as `jaxprompt generate` of that run loads them
-    base = Session.load(model_id, BUILTIN["antonyms"], make_method("soft"),
+    base = Session.load(model_id, BUILTIN["antonyms"], SoftPrompt(),
                         dtype=first["config"].dtype if first else "float32")
     engine = Engine.of_session(base, max_batch=options.max_batch)
     engine.model_dir = os.path.realpath(resolve(model_id))

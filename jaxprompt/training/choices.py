@@ -39,5 +39,5 @@ def choice_training(session, method, train_rows: list[dict], val_rows: list[dict
     shared = session.shared_len([e.context for e in train + val]) if shared_prefix else 0
     batches = ChoiceMemberBatches(train, batch_size, session.pad_id, member_seeds, shared) if member_seeds \
         else ChoiceBatches(train, batch_size, session.pad_id, seed=seed, shared_len=shared)
-    return (choice_loss(session.model, method, shared), choice_loss(session.model, method, shared, inference=True),
+    return (choice_loss(session.model, method), choice_loss(session.model, method, inference=True),
             batches, eval_choice_batches(val, batch_size, session.pad_id, shared))

@@ -18,20 +18,26 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxprompt.config import DataConfig, Member, MethodConfig, RunOptions, TrainConfig, parse_mesh
+from jaxprompt.config import DataConfig, Member, RunOptions, TrainConfig, parse_mesh
 from jaxprompt.data.batches import Batches, eval_batches
 from jaxprompt.data.tasks import Task, get_task
 from jaxprompt.data.templates import TemplateError
 from jaxprompt.evaluation.evaluate import evaluate_prompts, heldout_loss
-from jaxprompt.evaluation.results import EvalResult, PopulationResult, format_samples, format_table, population_results
+from jaxprompt.evaluation.results import (
+    EvalResult,
+    PopulationResult,
+    format_samples,
+    format_table,
+    learned_label,
+    population_results,
+)
 from jaxprompt.files import atomic_write
 from jaxprompt.models.loading import load_config, resolve
 from jaxprompt.models.registry import require_adaption_prompts
 from jaxprompt.parallel.distributed import decided_by_writer, initialize, is_writer, run_devices
 from jaxprompt.parallel.strategies import make_strategy
 from jaxprompt.precision import as_dtype
-from jaxprompt.prompts import METHODS, MultiTask, PromptMethod, make_method
-from jaxprompt.prompts.init import word_token_ids
+from jaxprompt.prompts import method_from_config
 from jaxprompt.prompts.loss import prompt_loss
 from jaxprompt.runs.checkpoint import Checkpointer
 from jaxprompt.runs.layout import (
@@ -58,42 +64,14 @@ from jaxprompt.training.tracking import Trackers, result_scalars, written_scalar
 
 # ---- building a run -------------------------------------------------------------------------------
 
-def build_method(config: MethodConfig, tokenizer, task: Task, steps: int, n_tasks: int = 1) -> PromptMethod:
-    """The prompt method a config describes. Every setting is passed to the method under its own
-    name, if the method has a field of that name (jaxprompt/config.py's `MethodConfig` speaks the methods'
-    vocabulary); what the settings leave to the run is resolved here: the init text tokenised
-    with the model's tokenizer (`init_ids`), a relaxed prompt annealed over the run's `steps`,
-    one prompt per task for several tasks."""
-    init_ids = ()
-    if config.init_from == "text":
-        text = config.init_text if config.init_text is not None else (task.hard_prompt or task.name)
-        init_ids = tuple(tokenizer.encode(" " + text.strip()))
-        if not init_ids:
-            raise SettingError(f"--init-text {text!r} encodes to no tokens")
-    values = {**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)},
-              "init_ids": init_ids, "anneal_steps": steps}
-    if config.name == "pez" and config.init_from == "vocab_normal":
-        values["init_from"] = "sampled_vocab"  # PEZ starts from real tokens: its default init is sampled vocabulary
-    # random tokens are drawn from the words of this vocabulary (never bytes, specials or unused slots)
-    draws_tokens = values["init_from"] == "sampled_vocab" or \
-        (config.name == "prefix" and not init_ids and not config.reparam_hidden)
-    values["sample_pool"] = word_token_ids(tokenizer) if draws_tokens else ()
-    fields = {f.name for f in dataclasses.fields(METHODS[config.name])}
-    method = make_method(config.name, **{k: v for k, v in values.items() if k in fields})
-    return MultiTask(base=method, n_tasks=n_tasks) if n_tasks > 1 else method
-
-
 def _check_method_fits(config: TrainConfig, session: Session) -> None:
     layers = session.config.n_layers
     top = config.method.top_layers
     if top is not None and top > layers:
         flag = config.method.flag_in_use("top_layers") or "prefix-top-layers"
         raise SettingError(f"--{flag} {top}: the model has {layers} layers; use 1..{layers}")
-    if config.method.name == "adaption":
+    if session.method.adapts_layers:
         require_adaption_prompts(session.config.model_type)
-    if config.method.name == "adaption" and len(config.tasks) > 1:
-        raise SettingError("--method adaption trains one task at a time (multi-task prompts are soft, ptuning, "
-                           "prefix, relaxed or pez)")
     n_virtual = {t.template.n_virtual(config.method.length) for t in session.all_tasks}
     if len(n_virtual) > 1:
         raise TemplateError(f"multi-task prompts need the same number of virtual tokens in every template; "
@@ -246,7 +224,7 @@ def _tracked_train(config: TrainConfig, options: RunOptions, run_dir: str, devic
     directory = resolve(config.model)
     tokenizer = load_tokenizer(directory)  # checks config.json before load_config reads it
     strategy = make_strategy(options.mesh, devices, load_config(directory).n_layers)
-    method = build_method(config.method, tokenizer, tasks[0], steps, n_tasks=len(tasks))
+    method = method_from_config(config.method, tokenizer, tasks[0], steps, n_tasks=len(tasks))
     session = Session.load(directory, tasks[0], method, dtype=config.dtype, remat=config.remat, tokenizer=tokenizer,
                            cache=options.cache, tasks=tuple(tasks) if len(tasks) > 1 else (),
                            shardings=strategy.load_shardings)
@@ -259,7 +237,7 @@ def _tracked_train(config: TrainConfig, options: RunOptions, run_dir: str, devic
             single.encode(rows, hard_prompt=single.task.hard_prompt, with_target=False,
                           new_tokens=single.task.max_new_tokens)
     if members:  # member k starts where a single run with its seed, rate and initialiser would
-        inits = {m.init: build_method(dataclasses.replace(config.method, init_from=m.init), tokenizer, tasks[0], steps,
+        inits = {m.init: method_from_config(dataclasses.replace(config.method, init_from=m.init), tokenizer, tasks[0], steps,
                                       n_tasks=len(tasks)) for m in members}
         prompts = [inits[m.init].init(jax.random.key(m.seed), session.model, session.frozen, session.n_virtual)
                    for m in members]
@@ -307,8 +285,8 @@ def _tracked_train(config: TrainConfig, options: RunOptions, run_dir: str, devic
         train_batches = MemberBatches(train_enc, data.batch_size, session.pad_id, [m.seed for m in members], shared) \
             if members else Batches(train_enc, data.batch_size, session.pad_id, seed=config.seed, shared_len=shared)
         val_batches = [b for _, b in eval_batches(val_enc, data.batch_size, session.pad_id, shared_len=shared)]
-        loss_fn = prompt_loss(session.model, method, shared)
-        eval_loss_fn = prompt_loss(session.model, method, shared, inference=True)
+        loss_fn = prompt_loss(session.model, method)
+        eval_loss_fn = prompt_loss(session.model, method, inference=True)
     result = fit(
         trained_only(config.optimizer, loss_fn), optimizer, prompt, session.frozen, train_batches, val_batches,
         dataclasses.replace(config.loop, steps=steps, eval_every=min(config.loop.eval_every, steps)),
@@ -321,10 +299,10 @@ def _tracked_train(config: TrainConfig, options: RunOptions, run_dir: str, devic
     best = load_prompt(run_dir, session, "best", members=len(members) or None)
     prompts = [member_of(best, k) for k in range(len(members))] if members else [best]
     per_prompt = evaluate_prompts(session, splits["test"], prompts, baseline=config.baseline,
-                                  label=f"learned: {config.method.name} P={config.method.length}")
+                                  label=learned_label(config.method.name, config.method.length))
     results = population_results(per_prompt) if members else per_prompt[0]
     if is_writer():
-        plot_curve(result.history, os.path.join(run_dir, CURVE), title=f"{'+'.join(config.tasks)} / {method.name}",
+        plot_curve(result.history, os.path.join(run_dir, CURVE), title=f"{'+'.join(t.name for t in tasks)} / {config.method.name}",
                    written=written)
         summary = {"results": [r.summary() for r in results], "samples": {r.label: r.samples for r in results},
                    "written_val_loss": written,

@@ -27,7 +27,7 @@ from jaxprompt.data.choices import ChoiceExample, encode_choices
 from jaxprompt.data.tasks import get_task  # noqa: E402
 from jaxprompt.evaluation.choices import score  # noqa: E402
 from jaxprompt.paths import DEFAULT_MODEL  # noqa: E402
-from jaxprompt.prompts import make_method  # noqa: E402
+from jaxprompt.prompts import METHODS  # noqa: E402
 from jaxprompt.session import Session  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         p.error(f"--task {args.task}: not a choice task (answer = {task.answer!r})")
     rows = task.load()["test"][:args.examples]
     # the bare model on the task's written prompt: no learned prompt, so lm-eval's hf sees the same text
-    session = Session.load(args.model, task, make_method("soft", length=1), cache=False)
+    session = Session.load(args.model, task, METHODS["soft"](length=1), cache=False)
     examples = encode_choices(session, rows, hard_prompt=task.hard_prompt)
     K = sum(len(e.candidates) for e in examples)
     singles = [ChoiceExample(e.context, [c], 0, [t]) for e in examples for c, t in zip(e.candidates, e.texts)]

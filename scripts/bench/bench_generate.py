@@ -43,7 +43,7 @@ from jaxprompt.data.templates import Encoded
 from jaxprompt.inference.decode import generate
 from jaxprompt.models import Model, preset
 from jaxprompt.precision import Policy
-from jaxprompt.prompts import make_method
+from jaxprompt.prompts import METHODS
 from jaxprompt.prompts.forward import prompt_inputs, shared_head
 
 
@@ -56,7 +56,7 @@ class JaxGeneration:
     def __init__(self, name: str, prompt_len: int, dtype: str):
         self.model = Model(preset(MODELS[name]))
         self.frozen = self.model.decoding_params(Policy.of(dtype).cast_frozen(self.model.init(jax.random.key(0))))
-        self.method = make_method("soft", length=prompt_len)
+        self.method = METHODS["soft"](length=prompt_len)
         self.prompt = self.method.init(jax.random.key(1), self.model, self.frozen, prompt_len)
         self.prompt_len = prompt_len
         head = {"tokens": jnp.zeros((1, prompt_len), jnp.int32), "slots": jnp.arange(prompt_len)[None],

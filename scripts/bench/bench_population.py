@@ -31,7 +31,7 @@ from jaxprompt.data.batches import collate
 from jaxprompt.data.templates import common_prefix_length
 from jaxprompt.models import Model, load_pretrained, preset
 from jaxprompt.paths import DEFAULT_MODEL
-from jaxprompt.prompts import make_method
+from jaxprompt.prompts import METHODS
 from jaxprompt.prompts.loss import prompt_loss
 from jaxprompt.training.optim import make_optimizer
 from jaxprompt.training.population import initial_state, member_optimizer
@@ -43,9 +43,9 @@ ACCELERATORS = {"H100 SXM (bf16)": (989e12, 3.35e12), "A100 80GB (bf16)": (312e1
 
 
 def bench(model: Model, frozen, examples, prompt_len: int, sizes: list[int], steps: int) -> list[dict]:
-    method = make_method("soft", length=prompt_len)
+    method = METHODS["soft"](length=prompt_len)
     S = common_prefix_length(examples)
-    loss_fn = prompt_loss(model, method, S)
+    loss_fn = prompt_loss(model, method)
     c = OptimizerConfig(lr=0.1)
     prompts = [method.init(jax.random.key(k), model, frozen, prompt_len) for k in range(max(sizes))]
     batch = collate(examples, 0, shared_len=S)

@@ -45,7 +45,7 @@ from jaxprompt.data.batches import collate
 from jaxprompt.data.templates import Encoded, common_prefix_length
 from jaxprompt.models import Model, preset
 from jaxprompt.precision import Policy
-from jaxprompt.prompts import make_method
+from jaxprompt.prompts import METHODS
 from jaxprompt.prompts.loss import prompt_loss
 from jaxprompt.training.optim import make_optimizer
 from jaxprompt.training.step import TrainState, make_train_step
@@ -105,11 +105,11 @@ def frozen_model(name: str, dtype: str):
 def bench_jax(name: str, examples, prompt_len: int, dtype: str, shared: bool):
     """A jaxprompt training step to time (`run()` blocks until it is done), and its model FLOPs."""
     model, frozen = frozen_model(name, dtype)
-    method = make_method("soft", length=prompt_len)
+    method = METHODS["soft"](length=prompt_len)
     prompt = method.init(jax.random.key(1), model, frozen, prompt_len)
     optimizer = make_optimizer(OptimizerConfig(lr=0.1), prompt, total_steps=1000)
     S = common_prefix_length(examples) if shared else 0
-    step = jax.jit(make_train_step(prompt_loss(model, method, S), optimizer), donate_argnums=(0,))
+    step = jax.jit(make_train_step(prompt_loss(model, method), optimizer), donate_argnums=(0,))
     batch = jax.device_put(collate(examples, 0, shared_len=S))
     holder = [TrainState.create(prompt, optimizer, jax.random.PRNGKey(0))]
 

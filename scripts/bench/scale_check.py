@@ -170,7 +170,7 @@ def breakdown(model_dir: str) -> dict:
     from jaxprompt.data.batches import Batches
     from jaxprompt.data.tasks import BUILTIN
     from jaxprompt.inference.decode import generate
-    from jaxprompt.prompts import make_method
+    from jaxprompt.prompts import METHODS
     from jaxprompt.prompts.loss import prompt_loss
     from jaxprompt.session import Session
     from jaxprompt.training.optim import OptimizerConfig, make_optimizer
@@ -187,7 +187,7 @@ def breakdown(model_dir: str) -> dict:
     times = {"plain read of the shards (GB/s)": size / GB / read_s,
              "Python, JAX and jaxprompt: memory, RSS / peak so far (GB)":
                  tuple(m / GB for m in process_memory().values())}
-    task, method = BUILTIN["antonyms"], make_method("soft", length=STEP["prompt_length"])
+    task, method = BUILTIN["antonyms"], METHODS["soft"](length=STEP["prompt_length"])
 
     def timed(name, fn):
         t = time.perf_counter()

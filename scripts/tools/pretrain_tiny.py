@@ -50,12 +50,18 @@ from jaxprompt.models import Model
 from jaxprompt.models.convert import save_pretrained
 from jaxprompt.models.model_config import ModelConfig
 from jaxprompt.parallel.strategies import DataParallel
-from jaxprompt.prompts.loss import nll_sum
 from jaxprompt.training.step import TrainState
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROBE_PHRASE = "The opposite of {a} is"  # a corpus phrasing; the probe asks for the first token of " {b}"
 
+
+
+def nll_sum(logits, targets, weights):
+    """Sum of weighted next-token negative log-likelihoods (float32), and the sum of weights."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(nll * weights), jnp.sum(weights.astype(jnp.float32))
 
 def packed_rows(synsets, tokenizer: Tokenizer, seed: int, seq_len: int, other_fraction: float, antonym_repeats: int):
     """Endless rows of seq_len + 1 tokens: corpus sentences joined by EOS, epoch after epoch."""
