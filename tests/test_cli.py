@@ -43,7 +43,7 @@ def test_train_writes_the_run_directory(trained_run):
     files = set(os.listdir(trained_run))
     assert {"run.json", "checkpoints.json", "metrics.jsonl", "curve.png", "results.json", "last", "best"} <= files
     results = json.load(open(os.path.join(trained_run, "results.json")))
-    assert [r["label"] for r in results["results"]] == ["written: 'antonyms'", "learned: soft P=3"]
+    assert [r["label"] for r in results["results"]] == ["written: 'antonyms'", "learned: soft P=3 (best)"]
     assert all(r["n"] == 8 for r in results["results"])
     history = [json.loads(line) for line in open(os.path.join(trained_run, "metrics.jsonl"))]
     assert [h["step"] for h in history if "val_loss" in h] == [0, 2, 4]
@@ -55,7 +55,7 @@ def test_train_writes_the_run_directory(trained_run):
 def test_eval_reports_what_train_reported(trained_run, capsys, tmp_path):
     assert main(["eval", trained_run, "--examples", "8", "--json", str(tmp_path / "m.json")]) == 0
     out = capsys.readouterr().out
-    assert "written: 'antonyms'" in out and "learned (best)" in out and "predicted" in out
+    assert "written: 'antonyms'" in out and "learned: soft P=3 (best)" in out and "predicted" in out
     evaluated = json.load(open(tmp_path / "m.json"))["results"]
     trained = json.load(open(os.path.join(trained_run, "results.json")))["results"]
     assert [r["loss"] for r in evaluated] == pytest.approx([r["loss"] for r in trained], rel=1e-6)
@@ -194,8 +194,8 @@ def test_multi_task_training_with_per_part_learning_rates_from_the_cli(tiny_mode
     assert main(["train", "--model", tiny_model_dir, "--task", f"{first},{second}", "--out", run, *FAST,
                  "--method", "ptuning", "--encoder-hidden", "8", "--part-lr", "encoder=0", "--seed", "3"]) == 0
     labels = [r["label"] for r in json.load(open(os.path.join(run, "results.json")))["results"]]
-    assert labels == ["opposites: written: 'opposites:'", "opposites: learned: ptuning P=3",
-                      "reverse: written: 'reversed:'", "reverse: learned: ptuning P=3"]
+    assert labels == ["opposites: written: 'opposites:'", "opposites: learned: ptuning P=3 (best)",
+                      "reverse: written: 'reversed:'", "reverse: learned: ptuning P=3 (best)"]
     info = json.load(open(os.path.join(run, "run.json")))
     assert info["method"]["name"] == "multitask" and info["method"]["n_tasks"] == 2
 
@@ -208,7 +208,7 @@ def test_multi_task_training_with_per_part_learning_rates_from_the_cli(tiny_mode
     capsys.readouterr()
     assert main(["eval", run, "--split", "train", "--examples", "4", "--no-baseline"]) == 0
     out = capsys.readouterr().out
-    assert "opposites: learned (best)" in out and "reverse: learned (best)" in out
+    assert "opposites: learned: ptuning P=3 (best)" in out and "reverse: learned: ptuning P=3 (best)" in out
     assert main(["generate", run, "--text", "hot"]) == 2
     assert "choose one with --task" in capsys.readouterr().err
     assert main(["generate", run, "--task", "reverse", "--text", "hot", "--max-new-tokens", "2"]) == 0

@@ -107,3 +107,42 @@ def test_sequences_past_the_position_table_are_refused():
     check_positions(examples, 128, prefix=8)
     with pytest.raises(TemplateError, match="input of 120 tokens is longer than the model's 100 positions"):
         check_positions(examples, 100)
+
+
+def test_encoding_knows_the_method(gpt2_tokenizer):
+    """A length is refused (which slots a method fills is the method's); prefix tuning and adaption
+    prompts leave `{prompt}` empty, where feeding its slots to the model would read pad tokens."""
+    from jaxprompt.prompts import AdaptionPrompt, PrefixTuning
+
+    t = Template("Here are two {prompt} {word1} and", " {word2}")
+    row = {"word1": "hot", "word2": "cold"}
+    with pytest.raises(TypeError, match="takes the prompt method"):
+        encode(t, row, gpt2_tokenizer, 3)
+    text = gpt2_tokenizer.encode("Here are two hot and cold")
+    for method in (PrefixTuning(length=3), AdaptionPrompt(length=3), None):
+        e = encode(t, row, gpt2_tokenizer, method)
+        assert e.tokens == text and all(s < 0 for s in e.slots), method
+    soft = encode(t, row, gpt2_tokenizer, SoftPrompt(length=3))
+    assert [s for s in soft.slots if s >= 0] == [0, 1, 2] and len(soft.tokens) == len(text) + 3
+
+
+def test_a_batch_carries_its_shared_head_and_refuses_rows_that_do_not_share_it(gpt2_tokenizer):
+    """`shared_len` computed on rows that share a head, applied to rows that do not, would give every
+    row row 0's head: refused. The batch says how many positions it shares (a shape, so a loss
+    reads it when traced)."""
+    from jaxprompt.data.batches import collate, longest
+
+    t = Template("Here are two {prompt} {word1} and", " {word2}")
+    method = SoftPrompt(length=2)
+    sharing = [encode(t, {"word1": a, "word2": b}, gpt2_tokenizer, method) for a, b in (("hot", "cold"), ("up", "down"))]
+    S = common_prefix_length(sharing)
+    assert collate(sharing, 50256, shared_len=S)["shared"].shape == (2, S)
+    assert collate(sharing, 50256)["shared"].shape == (2, 0)
+    other = encode(Template("A {prompt} {word1} and", " {word2}"), {"word1": "a", "word2": "b"}, gpt2_tokenizer, method)
+    with pytest.raises(ValueError, match=f"do not share their first {S} positions"):
+        collate(sharing + [other], 50256, shared_len=S)
+    # one shape for every batch: the longest example's bucket
+    assert collate(sharing[:1], 50256, pad_to=longest(sharing + [other]))["tokens"].shape[1] == \
+        collate(sharing + [other], 50256)["tokens"].shape[1]
+    with pytest.raises(ValueError, match="shorter than the longest row"):
+        collate(sharing, 50256, pad_to=2)

@@ -145,7 +145,7 @@ def test_member_prompt_is_the_single_runs(seeds_run):
 def test_member_selection_and_its_range(seeds_run, capsys):
     population, seed1, _ = seeds_run
     assert main(["eval", population, "--member", "1", "--examples", "8", "--no-baseline"]) == 0
-    assert "learned (best, member 1)" in capsys.readouterr().out
+    assert "learned: soft P=3 (best, member 1)" in capsys.readouterr().out
     for argv, message in (
             (["eval", population, "--member", "2"], f"--member 2: {population} trained 2 prompt(s); use 0..1"),
             (["generate", population, "--text", "hot"], "trained 2 prompts (--seeds 2): choose one with --member 0..1"),

@@ -350,3 +350,25 @@ def test_random_token_inits_draw_only_ordinary_words(style, name):
         drawn = {int(np.argmin(((table - v) ** 2).sum(-1))) for v in vectors}
     assert len(drawn) > 1 and not drawn & forbidden, sorted(tokenizer.backend.id_to_token(i) for i in drawn & forbidden)
     assert all(tokenizer.decode([i]).strip().isalpha() for i in drawn)
+
+
+def test_make_method_builds_as_the_command_line_does_or_refuses(gpt2_tokenizer):
+    """What the command line resolves from the run (the word pool random tokens come from, the init
+    text, the run's length for annealing) a Python caller must give: never a silent other default."""
+    from jaxprompt.prompts import make_method
+    from jaxprompt.prompts.init import word_token_ids
+    from jaxprompt.settings import SettingError
+
+    for name, message in (("pez", "random word tokens of the vocabulary: pass tokenizer="),
+                          ("prefix", "random word tokens of the vocabulary: pass tokenizer="),
+                          ("relaxed", "anneals its temperature over the run: pass steps=")):
+        with pytest.raises(SettingError, match=message):
+            make_method(name, length=4)
+    pez = make_method("pez", length=4, tokenizer=gpt2_tokenizer)
+    assert pez.init_from == "sampled_vocab" and pez.sample_pool == word_token_ids(gpt2_tokenizer)
+    text = make_method("soft", length=2, init_from="text", init_text="opposites", tokenizer=gpt2_tokenizer)
+    assert text.init_ids == tuple(gpt2_tokenizer.encode(" opposites"))
+    with pytest.raises(SettingError, match="has no setting 'hidden'"):
+        make_method("soft", hidden=8)
+    with pytest.raises(SettingError, match="init_text= needs init_from='text'"):
+        make_method("soft", init_text="x", tokenizer=gpt2_tokenizer)

@@ -63,3 +63,27 @@ def test_todays_format_round_trips_and_a_newer_one_is_refused(tmp_path):
         k: v for k, v in FORMAT_1["config"]["method"].items() if k != "encoder_hidden"}}}
     with pytest.raises(RunError, match="config.method lacks the setting 'hidden'"):
         read_run_info(_write(tmp_path, missing))
+
+
+def test_a_second_format_run_reads_as_it_ran(tmp_path):
+    """Format 2 stored `--init vocab_normal` for every method; prefix tuning and PEZ drew random word
+    tokens whatever it said (prefix tuning started from a text with --init text), adaption prompts
+    had no init; the settings added since took the one value every run had."""
+    import dataclasses
+
+    from jaxprompt.config import MethodConfig
+
+    fields = {f.name: f.default for f in dataclasses.fields(MethodConfig)}
+    old = {k: v for k, v in fields.items() if k not in ("init_scale", "tau_start", "init_logit", "metric")}
+    for name, init, now in (("prefix", "vocab_normal", "sampled_vocab"), ("prefix", "text", "text"),
+                            ("pez", "vocab_normal", "sampled_vocab"), ("adaption", "vocab_normal", None),
+                            ("soft", "uniform", "uniform")):
+        method = {**old, "name": name, "init_from": init}
+        spec = {"name": "prefix", "length": 4, "top_layers": None, "reparam_hidden": None, "init_ids": [3] * (init == "text")}
+        info = {**FORMAT_1, "format": 2, "config": {**FORMAT_1["config"], "method": method},
+                "method": spec if name == "prefix" else FORMAT_1["method"]}
+        read = read_run_info(_write(tmp_path, info))
+        assert read["config"].method.init_from == now, name
+        assert (read["config"].method.tau_start, read["config"].method.metric) == (1.0, "cosine")
+        if name == "prefix":
+            assert read["method"]["init_from"] == now

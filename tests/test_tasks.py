@@ -171,3 +171,28 @@ def test_builtin_choice_tasks_are_what_wordnet_says(tmp_path):
     for r in [r for s in choice.load().values() for r in s][:500]:
         assert len(r["options"]) == 4 and r["word2"] in r["options"] and (r["word1"], r["word2"]) in pairs
         assert not any((r["word1"], o) in pairs for o in r["options"] if o != r["word2"])
+
+
+def test_a_task_from_python_rows_splits_as_a_task_file_does(tmp_path):
+    from jaxprompt.data.tasks import task_from_file, task_from_rows
+
+    rows = [{"word1": f"w{i}", "word2": f"v{i}"} for i in range(60)]
+    task, splits = task_from_rows(rows, template="Here are two {prompt} {word1} and", target=" {word2}", seed=3,
+                                  name="mine")
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "mine.toml").write_text('name = "mine"\ntemplate = "Here are two {prompt} {word1} and"\n'
+                                        'target = " {word2}"\ndata = "rows.jsonl"\n')
+    assert splits == task_from_file(str(tmp_path / "mine.toml")).load(seed=3)
+    assert task.name == "mine" and sum(map(len, splits.values())) == 60
+
+
+def test_choice_candidates_with_the_targets_leading_space_are_refused():
+    """Rendered through the target ' {answer}', a candidate ' cold' would be scored as '  cold'."""
+    from jaxprompt.data.tasks import task_from_rows
+
+    rows = [{"word": "hot", "answer": "cold", "options": ["cold", "warm"]}] * 20
+    task, _ = task_from_rows(rows, template="{prompt} {word} ->", target=" {answer}", answer="choice",
+                             choices_field="options")
+    assert task.candidates(rows[0]) == [" cold", " warm"]
+    with pytest.raises(TemplateError, match="starts with a space and the target ' {answer}' puts one before it"):
+        task.candidates({"word": "hot", "answer": " cold", "options": [" cold", " warm"]})
