@@ -405,7 +405,7 @@ SLOW_FILES = {"test_distributed.py", "test_embedded_model.py", "test_sweep.py"}
 # and README on different ones). Left to itself, xdist sorts files by their number of tests
 # (pyproject.toml turns that off, `--no-loadscope-reorder`): the README's one long test then
 # started last and ran alone for minutes at the end of a run
-LONGEST_FIRST = ("test_embedded_model.py", "test_readme.py", "test_distributed.py", "test_lm_eval_backend.py")
+LONGEST_FIRST = ("test_embedded_model.py", "test_examples.py", "test_distributed.py", "test_lm_eval_backend.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -130,21 +130,17 @@ def _refusal(sub, argv) -> str | None:
     return None
 
 
-def _refused(sub, argv) -> bool:
-    return _refusal(sub, argv) is not None
-
-
 def test_every_flag_states_a_true_default_and_its_allowed_values(capsys):
     """What each flag's help says holds: giving the stated default changes nothing the command would
-    run with; every listed choice is accepted and another refused; an integer bound is accepted and
-    the next integer beyond it refused; a switch has its --no- form."""
+    run with; an integer bound is accepted and the next integer beyond it refused; a switch has its
+    --no- form."""
     from jaxprompt.settings import leaves
 
     described = {"--" + flat.replace("_", "-") for cls in _SETTINGS for _, flat, f, *_ in leaves(cls)
                  if f.metadata.get("shown_default")}  # a default stated in words, e.g. "the task's"
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
-    checked = {"defaults": 0, "choices": 0, "bounds": 0}
+    checked = {"defaults": 0, "bounds": 0}
     for name, sub in commands.items():
         base = POSITIONALS.get(name, [])
         plain = _settings_of(sub, base)
@@ -165,11 +161,6 @@ def test_every_flag_states_a_true_default_and_its_allowed_values(capsys):
                 assert _settings_of(sub, [*base, flag, default]) == plain, (name, flag, default)
                 checked["defaults"] += 1
             allowed = allowed.removesuffix(" (or none)")
-            if allowed.startswith("one of "):
-                for choice in allowed.removeprefix("one of ").split(", "):
-                    assert not _refused(sub, [*base, flag, choice]), (name, flag, choice)
-                assert _refused(sub, [*base, flag, "nonesuch"]), (name, flag)
-                checked["choices"] += 1
             bound = re.fullmatch(r"(?:an integer|integers,) (?:each )?>= (\d+)", allowed)
             if bound:
                 low = int(bound.group(1))  # (a rule between settings may refuse the value alone: not the range)
@@ -178,7 +169,7 @@ def test_every_flag_states_a_true_default_and_its_allowed_values(capsys):
                     (name, flag)
                 checked["bounds"] += 1
     capsys.readouterr()
-    assert checked["defaults"] > 60 and checked["choices"] > 8 and checked["bounds"] > 10, checked
+    assert checked["defaults"] > 60 and checked["bounds"] > 10, checked
 
 
 def test_multi_task_training_with_per_part_learning_rates_from_the_cli(tiny_model_dir, tmp_path, capsys):

@@ -25,7 +25,7 @@ def _hf_log_likelihoods(hf, wte, encoded, virtual):
 
     out = []
     for e in encoded:
-        rows = [torch.as_tensor(np.asarray(virtual[s]))[None] if s >= 0 else wte[t][None]
+        rows = [torch.tensor(np.asarray(virtual[s]))[None] if s >= 0 else wte[t][None]
                 for t, s in zip(e.tokens, e.slots)]
         with torch.no_grad():
             logits = hf(inputs_embeds=torch.cat(rows)[None].float()).logits[0].double()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxprompt.cli.base import Command, settings
+from jaxprompt.cli.base import CLIError, Command, settings
 from jaxprompt.cli.trained import RUN_DIR, LoadOptions, load, task_sessions, writable_file
 from jaxprompt.settings import AT_LEAST_0, AT_LEAST_1, Settings, setting
 
@@ -31,6 +31,9 @@ def cmd_inspect(args) -> int:
     opts = settings(args, InspectOptions)
     writable_file("--plot", opts.plot)
     session, prompt, info = load(args)
+    if not session.method.takes_positions:
+        raise CLIError(f"{args.run_dir} trained {session.method.name} prompts, which are not token embeddings: "
+                       "inspect compares a prompt's vectors with the vocabulary (soft, ptuning, relaxed, pez)")
     for single, task_prompt in task_sessions(session, prompt):
         if len(session.all_tasks) > 1:
             print(f"== task {single.task.name}")

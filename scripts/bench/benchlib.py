@@ -161,3 +161,58 @@ def load_average() -> str:
 
 def bytes_of(tree) -> int:
     return sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+# ---- docs/benchmarks.md: one current table per benchmark, stamped --------------------------------
+
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "docs",
+                    "benchmarks.md")
+
+
+def machine() -> str:
+    """The device (or CPU model) and its count, as a stamp says it."""
+    import platform
+
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        return f"{len(jax.devices())} x {device.device_kind} (JAX {jax.__version__})"
+    model = platform.processor() or "CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()}-core CPU ({model}; JAX {jax.__version__})"
+
+
+def commit() -> str:
+    """The repository's commit, with '+changes' where the working tree differs from it."""
+    import subprocess
+
+    root = os.path.dirname(DOCS)
+    run = lambda *a: subprocess.run(["git", "-C", root, *a], capture_output=True, text=True).stdout.strip()
+    head = run("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+changes" if run("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def stamp(argv: list[str] | None = None) -> str:
+    """'machine, commit, command': where a table's figures come from."""
+    import shlex
+    import sys
+
+    command = "python " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv))
+    return f"{machine()}, commit {commit()}, `{command}`"
+
+
+def write_docs_table(name: str, markdown: str, path: str = DOCS) -> None:
+    """Replaces the table between `<!-- bench:NAME -->` and `<!-- end bench:NAME -->` in
+    docs/benchmarks.md with `markdown` and its stamp (the markers are added at the end if absent)."""
+    import re
+
+    block = f"<!-- bench:{name} -->\n{markdown.rstrip()}\n\n{stamp()}\n<!-- end bench:{name} -->"
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+    pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- end bench:{re.escape(name)} -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)

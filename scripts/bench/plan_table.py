@@ -1,11 +1,11 @@
-"""The README's "Scaling out" table: what `jaxprompt plan` says for some presets in bfloat16, on one
+"""docs/scaling.md's plan tables: what `jaxprompt plan` says for some presets in bfloat16, on one
 device and on every mesh of 8 devices, against 80 GB and 16 GB devices.
 
-    python scripts/bench/plan_table.py                    # the README's table (about 5 minutes on a 2-core CPU)
+    python scripts/bench/plan_table.py                    # the documented table (about 5 minutes on a 2-core CPU)
     python scripts/bench/plan_table.py --every-preset     # every preset on 8 devices, model=8 (a check that all plan)
     python scripts/bench/plan_table.py --layouts          # Llama-3.1-8B: XLA's layout against FSDP, batch 8 and 64
 
-Nothing is allocated: each step is compiled on abstract arrays (jaxprompt/plan.py), for 8 devices
+Nothing is allocated: each step is compiled on abstract arrays (jaxprompt/parallel/plan.py), for 8 devices
 on 8 virtual CPU devices. The markdown goes to stdout (and to --markdown); how long each model's
 plans took goes to stderr.
 """

@@ -100,7 +100,7 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=None, help="train this many prompts (seeds) at once (default 1)")
     p.add_argument("--out", default=None, help="run directory for the new run (default: checkpoints/antonyms-soft-TIME)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    p.add_argument("--quick", action="store_true", help="a smoke run: 20 training steps (not the README figures)")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 20 training steps (not the documented figures)")
     args = p.parse_args(argv)
     if args.seeds is not None and args.seeds < 1:
         p.error(f"--seeds must be a positive number of prompts, got {args.seeds}")

@@ -1,6 +1,6 @@
-"""Regenerates every results table of the README, in the README's format, from runs made now.
+"""Regenerates every results table of docs/results.md (and the README's main table), in their format, from runs made now.
 
-    python scripts/experiments/reproduce_readme.py             # the README's settings (about an hour on a 2-core CPU)
+    python scripts/experiments/reproduce_readme.py             # the documented settings (about an hour on a 2-core CPU)
     python scripts/experiments/reproduce_readme.py --quick     # a smoke run: few steps, small test sets (minutes)
 
 Tables, in order:
@@ -40,7 +40,7 @@ sys.path.insert(0, SCRIPTS)
 import hard_prompts  # noqa: E402  (a sibling script)
 import sample_efficiency  # noqa: E402
 
-TABLES = ("main", "sample-efficiency", "hard-prompts", "held-out-pairs", "choice-tasks")  # in the README's order
+TABLES = ("main", "sample-efficiency", "hard-prompts", "held-out-pairs", "choice-tasks")  # in docs/results.md's order
 # what --quick changes: a smoke run that exercises every table in a few minutes
 QUICK = {"main": dict(steps=20, eval_examples=60, eval_every=10, seeds=2),
          "sample_efficiency": dict(steps=10, sizes="20,all", prompt_length=5, eval_examples=60),
@@ -188,7 +188,7 @@ def main(argv=None):
             continue
         title, make = makers[name]
         print(f"... {title}", file=sys.stderr, flush=True)
-        sections.append(f"### {title}{' (--quick: not the README figures)' if args.quick else ''}\n\n{make()}\n")
+        sections.append(f"### {title}{' (--quick: not the documented figures)' if args.quick else ''}\n\n{make()}\n")
         print(sections[-1], flush=True)
     if args.markdown:
         with open(args.markdown, "w") as f:

@@ -1,6 +1,6 @@
 """Builds the built-in tasks' data files from WordNet 3.0 (Debian: apt-get install wordnet-base).
 
-    python scripts/tools/build_task_data.py      # writes jaxprompt/data/{antonyms.tsv, paraphrase.jsonl,
+    python scripts/tools/build_task_data.py      # writes jaxprompt/data/builtin/{antonyms.tsv, paraphrase.jsonl,
                                            #   supersense.tsv, antonym_choice.jsonl}
 """
 
