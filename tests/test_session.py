@@ -22,10 +22,10 @@ from jaxprompt.session import Session
 
 HF_CACHE_SCRIPT = textwrap.dedent("""
     import sys, jax, numpy as np
-    from jaxprompt.models.convert import load_pretrained, resolve
+    from jaxprompt.models.loading import load_pretrained, resolve
     from jaxprompt.prompts import METHODS
     from jaxprompt.session import Session
-    from jaxprompt.tasks import BUILTIN
+    from jaxprompt.data.tasks import BUILTIN
     directory = resolve("jaxprompt-test/tiny-gpt2")
     assert directory.startswith(sys.argv[1]) and "snapshots" in directory, directory
     session = Session.load("jaxprompt-test/tiny-gpt2", BUILTIN["antonyms"], METHODS["soft"](length=2))
