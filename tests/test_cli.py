@@ -369,7 +369,7 @@ def bad_inputs(trained_run, tiny_model_dir, tmp_path_factory):
                                        "--max-new-tokens -5: must be an integer >= 1"),
         "generate past positions": (["generate", trained_run, "--text", "hot", "--max-new-tokens", "300"],
                                     "input of 8 tokens + 300 new tokens needs 308 positions; the model has 96"),
-        "temperature -1": (["generate", trained_run, "--temperature", "-1"], "--temperature -1.0: must be a number >= 0"),
+        "temperature -1": (["generate", trained_run, "--temperature", "-1"], "--temperature -1.0: must be a number in [0, 2]"),
         "temperature nan": (["generate", trained_run, "--temperature", "nan"], "--temperature nan: must be a number"),
         "top-p 0": (["generate", trained_run, "--top-p", "0"], "--top-p 0.0: must be a number in (0, 1]"),
         "top-k past the vocabulary": (["generate", trained_run, "--text", "hot", "--top-k", "1000000", "--temperature",

@@ -25,7 +25,8 @@ from jaxprompt.data.choices import ChoiceExample
 from jaxprompt.data.templates import Encoded, TemplateError
 from jaxprompt.evaluation.choices import score
 from jaxprompt.inference.engine import Engine
-from jaxprompt.inference.requests import Options, Request, prompt_comes_first
+from jaxprompt.inference.requests import Request, prompt_comes_first
+from jaxprompt.inference.sampling import Sampling
 
 PROMPT_NAME = "lm-eval"  # the engine's name for the prompt every request takes
 INSTALL = "lm-eval is not installed: pip install 'jaxprompt[eval]' (or pip install lm-eval)"
@@ -172,7 +173,7 @@ def make_lm_class():
                 temperature = float(kwargs.pop("temperature", 0.0)) if kwargs.pop("do_sample", False) else 0.0
                 ids = self.tok_encode(context)[-(self.max_length - n_new):] or [self.prefix_token_id]
                 batch.append(Request(PROMPT_NAME, ids=tuple(ids), raw=True,
-                                     options=Options(max_tokens=n_new, temperature=temperature, stop=tuple(until))))
+                                     sampling=Sampling(max_tokens=n_new, temperature=temperature, stop=tuple(until))))
             return [c.text for c in self.engine.complete(batch)]
 
     return JaxPromptLM
