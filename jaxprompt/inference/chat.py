@@ -4,8 +4,9 @@ files (chat_template.jinja and additional_chat_templates/*.jinja, else tokenizer
 "chat_template"), the same sandboxed jinja2 environment (trim_blocks, lstrip_blocks, loop
 controls, `raise_exception`, `strftime_now`, a `tojson` that does not escape HTML), the tokenizer's
 named special tokens (bos_token, eos_token, ...) as variables, messages without their None-valued
-keys, and `continue_final_message`'s cut. Its text is then read without special tokens added (the
-template writes them), as transformers tokenizes a rendered chat.
+keys, and `continue_final_message`'s cut. Its text is then read as transformers reads a rendered
+chat (`encode`): no special tokens added (the template writes them), and the special tokens the
+template wrote read as the tokens themselves, not as their spelling.
 
 A tokenizer class's built-in special tokens that its tokenizer_config.json does not name are not
 known here (transformers would pass them to the template too): templates read the ones they use
@@ -17,6 +18,7 @@ import dataclasses
 import functools
 import json
 import os
+import weakref
 
 from jaxprompt.inference.requests import RequestError
 
@@ -57,14 +59,11 @@ class ChatTemplate:
                 single = False
         if not templates:
             return None
-        settings = {**_json(os.path.join(directory, "special_tokens_map.json")), **config}
-        special = {}
-        for key in SPECIAL_TOKENS:
-            value = settings.get(key)
-            value = value.get("content") if isinstance(value, dict) else value
-            if isinstance(value, str):
-                special[key] = value
-        return cls(tuple(templates.items()), tuple(special.items()), single)
+        return cls(tuple(templates.items()), tuple(named_special_tokens(directory).items()), single)
+
+    def encode(self, tokenizer, text: str) -> list[int]:
+        """A rendered conversation's token ids, its special tokens read as themselves."""
+        return special_aware(tokenizer, tuple(v for _, v in self.special_tokens))(text)
 
     def source(self, name: str | None = None, tools=None) -> str:
         """The template a conversation is rendered with (transformers' `get_chat_template`)."""
@@ -108,6 +107,37 @@ class ChatTemplate:
             at = text.rindex(CONTINUE_TAG.strip())
             text = text[:at] if text[at:at + len(CONTINUE_TAG)] == CONTINUE_TAG else text[:at].rstrip()
         return text
+
+
+def named_special_tokens(directory: str) -> dict[str, str]:
+    """The tokenizer's named special tokens (bos_token, ...) as its config states them."""
+    settings = {**_json(os.path.join(directory, "special_tokens_map.json")),
+                **_json(os.path.join(directory, "tokenizer_config.json"))}
+    special = {}
+    for key in SPECIAL_TOKENS:
+        value = settings.get(key)
+        value = value.get("content") if isinstance(value, dict) else value
+        if isinstance(value, str):
+            special[key] = value
+    return special
+
+
+_ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> {specials: encode}
+
+
+def special_aware(tokenizer, specials: tuple[str, ...]):
+    """`text -> ids` with `specials` (those the vocabulary has) read as single tokens wherever they
+    are written, as transformers' tokenizers read their special tokens; the tokenizer itself is
+    left as it is (a copy of its backend knows them)."""
+    known = _ENCODERS.setdefault(tokenizer, {})
+    if specials not in known:
+        from tokenizers import AddedToken
+
+        backend = type(tokenizer.backend).from_str(tokenizer.backend.to_str())
+        backend.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials
+                                    if backend.token_to_id(s) is not None])
+        known[specials] = lambda text: backend.encode(text, add_special_tokens=False).ids
+    return known[specials]
 
 
 def _aliased(message: dict) -> dict:

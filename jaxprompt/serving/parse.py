@@ -197,7 +197,8 @@ def chat_request(parsed: Parsed, served, engine, template) -> Request:
         text = template.render(parsed.messages, add_generation_prompt=True)
     except ValueError as e:
         raise BadRequest(str(e), param="messages") from None
-    request = Request(parsed.model, ids=tuple(engine.tokenizer.encode(text)), sampling=parsed.sampling, raw=True)
+    request = Request(parsed.model, ids=tuple(template.encode(engine.tokenizer, text)), sampling=parsed.sampling,
+                      raw=True)
     checked(engine, request, served)
     return request
 

@@ -73,7 +73,7 @@ def scan(directory: str, seen: dict[str, tuple[int, dict[str, Source]]]) -> dict
 
 def entry_names(directory: str, entry: str, seen: dict) -> dict[str, Source]:
     """The prompts of `directory/entry` (none if it holds no run or adapter), cached by its mtime."""
-    if os.sep in entry or entry in (".", "..") or (os.altsep and os.altsep in entry):
+    if not entry or os.sep in entry or entry in (".", "..") or (os.altsep and os.altsep in entry):
         return {}
     path = os.path.join(directory, entry)
     try:
