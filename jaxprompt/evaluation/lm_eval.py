@@ -260,6 +260,7 @@ def make_lm_class():
                                      sampling=Sampling(max_tokens=n_new, temperature=temperature, stop=tuple(until))))
             return [c.text for c in self.engine.complete(batch)]
 
+    import lm_eval.models  # noqa: F401  (lm-eval's own models: it fills its registry only while that is empty)
     from lm_eval.api.registry import model_registry, register_model
 
     if MODEL_NAME not in model_registry:  # lm-eval's entry-point discovery may have placed it first
