@@ -68,6 +68,7 @@ def test_counts_follow_the_requests_sent(served_app):
     assert delta("jaxprompt_time_to_first_token_seconds_count") == answered
     assert _get(after, "jaxprompt_time_to_first_token_seconds_sum") <= _get(after, "jaxprompt_request_latency_seconds_sum")
     assert _get(after, "jaxprompt_requests_running") == 0 and _get(after, "jaxprompt_requests_waiting") == 0
+    assert _get(after, "jaxprompt_rows_in_slots") == 0
     library = served_app.library
     assert _get(after, "jaxprompt_prompts_resident") == len(library.resident) <= served_app.options.max_resident
     assert _get(after, "jaxprompt_prompt_loads_total") == library.loads > 0

@@ -51,7 +51,8 @@ CASES = [
         (".", 404), ("..", 404)]],
     # prompt
     *[(f"prompt {v!r:.30}", "POST", "/v1/completions", _with(OK, prompt=v), 400) for v in [
-        _ABSENT, 5, [], [1, 2], ["a", 3], "", "   ", [""], ["a"] * 5, {"a": 1}, "hot " * 120, True]],
+        _ABSENT, 5, [], [[]], ["a", 3], [1, "a"], [[1], "a", 2], [-1], [10 ** 6], [[1, 2 ** 40]], [True], "", "   ",
+        [""], ["a"] * 5, {"a": 1}, "hot " * 120, list(range(200)), True]],
     # sampling fields, as Sampling declares them, and the server's limits
     *[(f"{k} {v!r:.30}", "POST", "/v1/completions", _with(OK, **{k: v}), 400) for k, vs in {
         "max_tokens": [0, -1, 1.5, "2", True, 25, 10 ** 6, 10 ** 40],

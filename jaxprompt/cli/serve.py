@@ -32,7 +32,7 @@ def cmd_serve(args) -> int:
     from jaxprompt.serving.app import build_app
     from jaxprompt.serving.batcher import Batcher
     from jaxprompt.serving.library import Library
-    from jaxprompt.serving.prompts import load_engine, named
+    from jaxprompt.serving.prompts import load_engine, named, representatives
 
     try:
         engine, base = load_engine(list(args.runs), options)
@@ -47,6 +47,12 @@ def cmd_serve(args) -> int:
         import time
 
         start = time.perf_counter()
+        if library.directory:  # one prompt of each kind in the directory: the shapes its prompts decode in
+            for name in representatives(library.directory, {})[:options.max_resident]:
+                try:
+                    library.acquire(name).result()
+                except (BadRequest, ValueError, OSError) as e:  # served as it is: refused on its own request
+                    print(f"warm-up: {name} not loaded ({' '.join(str(e).split())})", flush=True)
         n = engine.warm_up(options.max_batch, scheduler=batcher.scheduler)
         print(f"warm-up: {n} programs compiled in {time.perf_counter() - start:.1f} s", flush=True)
     app = build_app(engine, library, options, batcher, ChatTemplate.load(engine.model_dir))

@@ -26,8 +26,8 @@ SEED_BITS = 63  # seeds are int64 >= 0, as OpenAI's API declares them
 class Sampling(Settings):
     """How one request is decoded. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters."""
 
-    max_tokens: int = setting(16, "tokens to generate at most (jaxprompt generate: the task's max_new_tokens "
-                                  "unless given)", range=AT_LEAST_1, flag="max-new-tokens")
+    max_tokens: int = setting(16, "tokens to generate at most", range=AT_LEAST_1, flag="max-new-tokens",
+                              shown_default="16; jaxprompt generate: the task's max_new_tokens")
     temperature: float = setting(0.0, "sampling temperature (0: greedy)", range=Range(0, 2))
     top_p: float = setting(1.0, "sample from the smallest set of most likely tokens with this much probability",
                            range=Range(0, 1, low_open=True))

@@ -2,7 +2,7 @@
 
     GET  /health, /metrics (Prometheus), /v1/models (every prompt available, with parent/root and
          whether it is resident)
-    POST /v1/completions        model = a prompt's name; prompt (string or list), max_tokens,
+    POST /v1/completions        model = a prompt's name; prompt (text, token ids, or a list), max_tokens,
                                 temperature, top_p, top_k, stop, seed, logprobs, echo, raw, stream (SSE)
     POST /v1/chat/completions   messages rendered by the model's chat template; max_tokens or
                                 max_completion_tokens, temperature, top_p, top_k, stop, seed,
@@ -154,7 +154,7 @@ def build_app(engine, library: Library, options: ServeOptions, batcher: Batcher,
         parsed = completion_body(await read_body(request), options, engine.config.max_positions)
         served = await acquire(parsed.model)
         requests = completion_requests(parsed, served, engine)
-        echo = parsed.texts if parsed.echo else None
+        echo = [p if isinstance(p, str) else engine.tokenizer.decode(p) for p in parsed.texts] if parsed.echo else None
         # streamed token by token, unless log-probabilities are asked (they come with the completion)
         pending = submit(requests, served, parsed.stream and parsed.sampling.logprobs is None)
         pending.arrived = arrived

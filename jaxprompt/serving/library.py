@@ -58,10 +58,11 @@ class Library:
     def add(self, name: str, path: str) -> list[str]:
         """Serves the run or adapter at `path` as `name` (its members and tasks under their own
         names), loaded now. Refused if a prompt has that name."""
-        if name in self.engine.prompts or name in self.explicit or name == self.engine.model_id:
-            raise BadRequest(f"a prompt named {name!r} is already served; DELETE /v1/prompts/{name} first", 409,
-                             "name")
         sources = names_of(name, path)
+        taken = [n for n in sources if n in self.engine.prompts or n in self.explicit or n == self.engine.model_id]
+        if taken:
+            raise BadRequest(f"a prompt named {taken[0]!r} is already served; DELETE /v1/prompts/{taken[0]} first",
+                             409, "name")
         for view in sources:
             self._load(view, sources[view], sources)
         with self._lock:

@@ -4,7 +4,7 @@ one registry per app, so two servers in one process never share counts).
 Counted as requests are answered: requests per prompt and endpoint, refused requests per status,
 prompt and generated tokens, time to first token and latency (from arrival to the answer,
 queueing and prompt loads included). Read at each scrape: requests running (in the decode loop)
-and waiting (queued, or waiting for their prompt's load), resident prompts, prompt loads and
+and waiting (queued, or waiting for their prompt's load), rows in the decode slots, resident prompts, prompt loads and
 evictions, and the prompt cache's hits (memory or disk) and misses (heads computed).
 """
 from __future__ import annotations
@@ -61,6 +61,8 @@ class _State:
                                 value=self.batcher.running)
         yield GaugeMetricFamily("jaxprompt_requests_waiting", "requests queued or waiting for their prompt's load",
                                 value=self.batcher.waiting + self.metrics.loading)
+        yield GaugeMetricFamily("jaxprompt_rows_in_slots", "rows the scheduler holds (running in a decode slot or "
+                                "waiting for one); 0 when every slot is free", value=self.batcher.scheduler.load)
         yield GaugeMetricFamily("jaxprompt_prompts_resident", "prompts on the device (the bare model not counted)",
                                 value=len(self.library.resident))
         yield CounterMetricFamily("jaxprompt_prompt_loads", "prompts loaded onto the device", value=self.library.loads)

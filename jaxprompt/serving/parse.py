@@ -97,7 +97,7 @@ class Parsed:
     sampling: Sampling
     stream: bool
     include_usage: bool
-    texts: list[str] = dataclasses.field(default_factory=list)  # /v1/completions: one row per text
+    texts: list[str | list[int]] = dataclasses.field(default_factory=list)  # /v1/completions: a row per text or ids
     echo: bool = False
     raw: bool = False
     messages: list[dict] = dataclasses.field(default_factory=list)  # /v1/chat/completions
@@ -107,14 +107,16 @@ def completion_body(body: dict, options: ServeOptions, max_positions: int) -> Pa
     """A /v1/completions body."""
     model = model_name(body)
     texts = body.get("prompt")
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, list) or not texts or not all(isinstance(p, str) for p in texts):
-        raise BadRequest("'prompt' must be a string or a non-empty list of strings", param="prompt")
+    if isinstance(texts, str) or (isinstance(texts, list) and texts and all(_is_id(t) for t in texts)):
+        texts = [texts]  # one text, or one text's token ids
+    if not isinstance(texts, list) or not texts or \
+            not all(isinstance(p, str) or (isinstance(p, list) and all(_is_id(t) for t in p)) for p in texts):
+        raise BadRequest("'prompt' must be a string, a non-empty list of strings, a list of token ids or a list of "
+                         "lists of them", param="prompt")
     if len(texts) > options.max_batch:
         raise BadRequest(f"'prompt' lists {len(texts)} texts; this server decodes at most {options.max_batch} "
                          "together", param="prompt")
-    if any(not p.strip() for p in texts):
+    if any(not (p.strip() if isinstance(p, str) else p) for p in texts):
         raise BadRequest("'prompt' is empty", param="prompt")
     sampling = sampling_of({k: body.get(k) for k in ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop",
                                                      "logprobs")}, options, max_positions)
@@ -180,7 +182,12 @@ def _streaming(body: dict) -> tuple[bool, bool]:
 def completion_requests(parsed: Parsed, served, engine) -> list[Request]:
     """The engine's requests of a /v1/completions body (row j samples with (seed, j)); input that
     does not fit the prompt or the model is refused here, before it is queued."""
-    requests = [Request(parsed.model, text=p, sampling=parsed.sampling, raw=parsed.raw, key=j)
+    V = engine.config.vocab_size
+    if any(not 0 <= t < V for p in parsed.texts if not isinstance(p, str) for t in p):
+        raise BadRequest(f"'prompt' holds a token id outside the vocabulary (0..{V - 1})", param="prompt")
+    # token ids are the input as given: read raw, after the prompt, as a raw text's ids are
+    requests = [Request(parsed.model, text=p, sampling=parsed.sampling, raw=parsed.raw, key=j) if isinstance(p, str)
+                else Request(parsed.model, ids=tuple(p), sampling=parsed.sampling, raw=True, key=j)
                 for j, p in enumerate(parsed.texts)]
     for r in requests:
         checked(engine, r, served)
@@ -208,6 +215,10 @@ def checked(engine, request: Request, served) -> None:
         engine.check(request, served)
     except ValueError as e:  # RequestError, TemplateError, SamplingError: the request's own
         raise BadRequest(str(e), param="messages" if request.ids is not None else "prompt") from None
+
+
+def _is_id(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _quoted(text: str) -> str:

@@ -90,6 +90,32 @@ def entry_names(directory: str, entry: str, seen: dict) -> dict[str, Source]:
     return cached[1]
 
 
+def representatives(directory: str, seen: dict) -> list[str]:
+    """One prompt of each kind under `directory` (a method and length, or an adapter type and
+    length; the template for a run): loaded before a warm-up, their shapes are the ones it compiles."""
+    from jaxprompt.files import read_json_object
+
+    kinds = {}
+    for name, source in scan(directory, seen).items():
+        try:
+            if source.adapter:
+                config = read_json_object(os.path.join(source.path, ADAPTER_CONFIG), ValueError, "an adapter config")
+                kind = ("adapter", config.get("peft_type"), config.get("num_virtual_tokens") or config.get("adapter_len"))
+            else:
+                info = read_json_object(os.path.join(source.path, "run.json"), ValueError, "a run description")
+                kind = ("run", json_key(info.get("method")), json_key(info.get("tasks")))
+        except (ValueError, OSError):
+            continue
+        kinds.setdefault(kind, name)
+    return list(kinds.values())
+
+
+def json_key(value) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)
+
+
 def read(engine, base, sources: dict[str, Source], which: str) -> dict[str, tuple]:
     """(session, prompt on the host) of each named source, all from one path: a run's checkpoint is
     read once for all its members and tasks."""
