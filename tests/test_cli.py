@@ -29,11 +29,12 @@ from jaxprompt.cli.plan import PlanOptions
 from jaxprompt.cli.sweep import SweepOptions
 from jaxprompt.cli.trained import LoadOptions
 from jaxprompt.config import RunOptions, TrainConfig
+from jaxprompt.inference.sampling import Sampling
 from jaxprompt.serving.options import ServeOptions
 from jaxprompt.settings import SettingError
 
-_SETTINGS = (TrainConfig, RunOptions, LoadOptions, EvalOptions, GenerateOptions, InspectOptions, ExportOptions,
-             ImportOptions, SweepOptions, PlanOptions, ServeOptions, LmEvalOptions)
+_SETTINGS = (TrainConfig, RunOptions, LoadOptions, EvalOptions, GenerateOptions, Sampling, InspectOptions,
+             ExportOptions, ImportOptions, SweepOptions, PlanOptions, ServeOptions, LmEvalOptions)
 
 FAST = FAST_RUN  # the settings of conftest's trained_run
 PAIRS = [{"word1": a, "word2": b} for a, b in ANTONYM_PAIRS]
@@ -102,7 +103,7 @@ def test_module_entry_point():
 
 # the settings each command is built from (cli.build_parser)
 COMMAND_SETTINGS = {"train": (TrainConfig, RunOptions), "eval": (LoadOptions, EvalOptions),
-                    "generate": (LoadOptions, GenerateOptions), "inspect": (LoadOptions, InspectOptions),
+                    "generate": (LoadOptions, Sampling, GenerateOptions), "inspect": (LoadOptions, InspectOptions),
                     "export": (LoadOptions, ExportOptions), "import": (ImportOptions,),
                     "sweep": (TrainConfig, RunOptions, SweepOptions), "plan": (TrainConfig, PlanOptions), "tasks": (),
                     "serve": (ServeOptions,), "lm-eval": (LoadOptions, LmEvalOptions)}

@@ -28,6 +28,7 @@ def cmd_generate(args) -> int:
     from jaxprompt.inference.requests import Request, parse_input
 
     opts = settings(args, GenerateOptions)
+    sampling = settings(args, Sampling)  # checked before anything is loaded
     session, prompt, _ = _load(args)
     if len(session.all_tasks) > 1 and opts.task is None:
         raise CLIError(f"this run has several tasks ({', '.join(t.name for t in session.all_tasks)}): "
@@ -37,7 +38,6 @@ def cmd_generate(args) -> int:
     rows = [parse_input(session.task, text) for text in texts]
     if not rows:
         raise CLIError("no input: pass --text or lines on stdin")
-    sampling = settings(args, Sampling)
     if "max_new_tokens" not in given(args, Sampling):  # the task's own length unless asked
         sampling = dataclasses.replace(sampling, max_tokens=session.task.max_new_tokens)
     engine = Engine.of_session(session)
