@@ -84,7 +84,8 @@ def with_logprobs(model, frozen, tokenizer, rows: list[Row], batch: dict, comple
             continue
         n, k = len(c.tokens), row.sampling.logprobs
         c.logprobs = [float(x) for x in chosen[b, N - n:]]
-        c.top_logprobs = [{tokenizer.decode([int(i)]): float(x) for i, x in zip(top_ids[b, j, :k], top_values[b, j, :k])}
+        c.top_logprobs = [{tokenizer.decode([int(i)]): float(x)
+                           for i, x in zip(top_ids[b, j, :k], top_values[b, j, :k])}
                           for j in range(N - n, N)] if k else None
 
 

@@ -21,7 +21,7 @@ class ServeOptions(Settings):
                                     "used evicted to the host; the prompt cache keeps twice as many heads in "
                                     "memory", range=AT_LEAST_1)
     model: str | None = setting(None, "the frozen model; every prompt must belong to it",
-                                 shown_default="the first run's")
+                                 shown_default="the first run's, on the command line or in --prompts")
     host: str = setting("127.0.0.1", "address to bind (127.0.0.1: this machine only)")
     port: int = setting(8000, "port to bind", range=AT_LEAST_0)
     api_key: str | None = setting(None, "require 'Authorization: Bearer KEY' on /v1", shown_default="no key")

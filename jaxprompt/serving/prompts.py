@@ -51,7 +51,8 @@ def names_of(name: str, path: str) -> dict[str, Source]:
     K = len(info["members"])
     views = [(f"{name}@{k}", k) for k in range(K)] if K else [(name, None)]
     tasks = [spec.get("name") for spec in info["tasks"]] if len(info["tasks"]) > 1 else [None]
-    return {f"{view}/{task}" if task else view: Source(path, member=k, task=task) for view, k in views for task in tasks}
+    return {f"{view}/{task}" if task else view: Source(path, member=k, task=task)
+            for view, k in views for task in tasks}
 
 
 def scan(directory: str, seen: dict[str, tuple[int, dict[str, Source]]]) -> dict[str, Source]:
@@ -100,7 +101,8 @@ def representatives(directory: str, seen: dict) -> list[str]:
         try:
             if source.adapter:
                 config = read_json_object(os.path.join(source.path, ADAPTER_CONFIG), ValueError, "an adapter config")
-                kind = ("adapter", config.get("peft_type"), config.get("num_virtual_tokens") or config.get("adapter_len"))
+                length = config.get("num_virtual_tokens") or config.get("adapter_len")
+                kind = ("adapter", config.get("peft_type"), length)
             else:
                 info = read_json_object(os.path.join(source.path, "run.json"), ValueError, "a run description")
                 kind = ("run", json_key(info.get("method")), json_key(info.get("tasks")))
@@ -210,6 +212,9 @@ def load_engine(runs: list[str], options: ServeOptions):
             first = read_run_info(named(runs[0])[1])
         except RunError as e:
             raise BadRequest(str(e), param="path") from None
+    elif options.model is None and options.prompts:  # the directory's first run
+        run = next((s.path for s in scan(options.prompts, {}).values() if not s.adapter), None)
+        first = read_run_info(run) if run is not None else None
     model_id = options.model or (first["model_dir"] if first else DEFAULT_MODEL)
     # the weights in the first run's dtype, as `jaxprompt generate` of that run loads them
     base = Session.load(model_id, BUILTIN["antonyms"], make_method("soft"),

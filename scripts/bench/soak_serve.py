@@ -192,7 +192,8 @@ def main() -> None:
                 if seen != {alone[(model, text, n)]}:
                     differ.append(((model, text, n), sorted(seen), alone[(model, text, n)]))
             results.append(("every greedy completion equals it alone", not differ,
-                            f"{len(alone)} distinct requests, {len(differ)} differ" + (f": {differ[:3]}" if differ else "")))
+                            f"{len(alone)} distinct requests, {len(differ)} differ"
+                            + (f": {differ[:3]}" if differ else "")))
             loads = {k: state.get(k) for k in ("jaxprompt_prompt_loads_total", "jaxprompt_prompt_evictions_total")}
         finally:
             stop(proc)
