@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from jaxprompt.serving.options import BadRequest, not_found
 from jaxprompt.serving.prompts import Source, entry_names, names_of, read, scan
 
-LOADERS = 2  # loads that run at once (reading checkpoints and computing heads beside the decode loop)
+LOADERS = 4  # loads that run at once, beside the decode loop (a burst of more cold prompts queues for a loader)
 
 
 class Library:
