@@ -11,7 +11,7 @@ The public API, `import jaxprompt as jp`:
     training            OptimizerConfig, make_optimizer, TrainState, make_train_step, TrainConfig,
                         RunOptions, train_prompt
     a trained run       Session, load_run
-    inference           Engine, Request, Options, Completion
+    inference           Engine, Request, Sampling, Completion
     choice tasks        score_choices
     PEFT                export_peft, import_peft
 
@@ -45,7 +45,7 @@ _API = {
     "make_train_step": "jaxprompt.training.step", "train_prompt": "jaxprompt.training.run",
     "Session": "jaxprompt.session", "load_run": "jaxprompt.runs.load",
     "Engine": "jaxprompt.inference.engine", "Request": "jaxprompt.inference.requests",
-    "Options": "jaxprompt.inference.requests", "Completion": "jaxprompt.inference.requests",
+    "Sampling": "jaxprompt.inference.sampling", "Completion": "jaxprompt.inference.requests",
     "score_choices": "jaxprompt.evaluation.choices",
     "export_peft": "jaxprompt.runs.export", "import_peft": "jaxprompt.runs.peft_import",
 }

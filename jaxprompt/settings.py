@@ -49,7 +49,7 @@ class Range:
     high_open: bool = False
 
     def __contains__(self, x) -> bool:
-        if not math.isfinite(x):
+        if not isinstance(x, int) and not math.isfinite(x):  # an int of any size compares exactly
             return False
         if self.low is not None and (x < self.low or (self.low_open and x == self.low)):
             return False

@@ -416,3 +416,97 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))
+
+
+# ---- serving: a model with a chat template, PEFT adapters in a directory, the app in-process -------
+
+# exercises what transformers' environment sets: trim_blocks and lstrip_blocks (block tags on lines
+# of their own), the special tokens as variables, a filter, raise_exception
+CHAT_TEMPLATE = """{{ bos_token }}{% for message in messages %}
+  {% if message['role'] == 'system' %}
+<<SYS>> {{ message['content'] | trim }} <</SYS>>
+  {% elif message['role'] == 'user' %}
+User: {{ message['content'] }}
+  {% elif message['role'] == 'assistant' %}
+Assistant: {{ message['content'] }}{{ eos_token }}
+  {% else %}
+{{ raise_exception('roles are system, user and assistant, not ' + message['role']) }}
+  {% endif %}
+{% endfor %}
+{% if add_generation_prompt %}
+Assistant:{% endif %}"""
+
+
+def with_chat_template(source, directory) -> str:
+    """A copy of the checkpoint `source` whose tokenizer_config.json holds CHAT_TEMPLATE."""
+    import json
+    import shutil
+
+    shutil.copytree(source, directory, dirs_exist_ok=True)
+    path = pathlib.Path(directory) / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "chat_template": CHAT_TEMPLATE}, indent=2))
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tiny_model_dir, tmp_path_factory):
+    """`tiny_model_dir` (GPT-2's tokenizer) with a chat template."""
+    return with_chat_template(tiny_model_dir, tmp_path_factory.mktemp("chat-model"))
+
+
+# the adapters of the serving tests: name -> (method, length)
+ADAPTERS = {"soft0": ("soft", 3), "soft1": ("soft", 3), "prefix0": ("prefix", 2), "prefix1": ("prefix", 2)}
+
+
+def write_adapters(model_dir: str, directory, adapters: dict = ADAPTERS) -> dict[str, str]:
+    """PEFT adapters with random prompts far from the vocabulary (prompts that change the output),
+    written by `jaxprompt export`'s writer: name -> path."""
+    import jax
+
+    from jaxprompt.prompts import METHODS
+    from jaxprompt.runs.export import export_peft
+    from jaxprompt.serving.prompts import adapter_task
+    from jaxprompt.session import Session
+
+    base = Session.load(model_dir, adapter_task(), METHODS["soft"](length=1), cache=False)
+    out = {}
+    for i, (name, (kind, length)) in enumerate(adapters.items()):
+        method = METHODS[kind](length=length)
+        prompt = method.init(jax.random.key(i), base.model, base.frozen, base.task.template.n_virtual(length))
+        out[name] = export_peft(str(pathlib.Path(directory) / name), method, jax.tree.map(lambda x: 3.0 * x, prompt),
+                                base.model, base.frozen, base.task.template, base_model=model_dir)
+    return out
+
+
+@pytest.fixture(scope="session")
+def served_app(chat_model_dir, tmp_path_factory):
+    """`jaxprompt serve --prompts DIR --max-resident 2` in this process (FastAPI's TestClient, an
+    httpx client the official openai client can speak through): the model with a chat template,
+    the four ADAPTERS on demand from a directory."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("prometheus_client")
+    import types
+
+    from fastapi.testclient import TestClient
+
+    from jaxprompt.inference.chat import ChatTemplate
+    from jaxprompt.serving.app import build_app
+    from jaxprompt.serving.batcher import Batcher
+    from jaxprompt.serving.library import Library
+    from jaxprompt.serving.options import ServeOptions
+    from jaxprompt.serving.prompts import load_engine
+
+    directory = tmp_path_factory.mktemp("prompt-directory")
+    paths = write_adapters(chat_model_dir, directory)
+    options = ServeOptions(model=chat_model_dir, prompts=str(directory), max_resident=2, max_batch=4, max_tokens=24,
+                           batch_wait_ms=1.0)
+    engine, base = load_engine([], options)
+    library = Library(engine, base, options.which, options.max_resident, str(directory))
+    batcher = Batcher(engine, options.max_queue, options.max_batch, options.batch_wait_ms / 1000)
+    app = build_app(engine, library, options, batcher, ChatTemplate.load(chat_model_dir))
+    with TestClient(app) as client:
+        yield types.SimpleNamespace(client=client, app=app, engine=engine, library=library, batcher=batcher,
+                                    options=options, directory=str(directory), paths=paths, model=chat_model_dir)
+    batcher.stop()
+    library.close()

@@ -29,11 +29,12 @@ from jaxprompt.cli.plan import PlanOptions
 from jaxprompt.cli.sweep import SweepOptions
 from jaxprompt.cli.trained import LoadOptions
 from jaxprompt.config import RunOptions, TrainConfig
+from jaxprompt.inference.sampling import Sampling
 from jaxprompt.serving.options import ServeOptions
 from jaxprompt.settings import SettingError
 
-_SETTINGS = (TrainConfig, RunOptions, LoadOptions, EvalOptions, GenerateOptions, InspectOptions, ExportOptions,
-             ImportOptions, SweepOptions, PlanOptions, ServeOptions, LmEvalOptions)
+_SETTINGS = (TrainConfig, RunOptions, LoadOptions, EvalOptions, GenerateOptions, Sampling, InspectOptions,
+             ExportOptions, ImportOptions, SweepOptions, PlanOptions, ServeOptions, LmEvalOptions)
 
 FAST = FAST_RUN  # the settings of conftest's trained_run
 PAIRS = [{"word1": a, "word2": b} for a, b in ANTONYM_PAIRS]
@@ -102,7 +103,7 @@ def test_module_entry_point():
 
 # the settings each command is built from (cli.build_parser)
 COMMAND_SETTINGS = {"train": (TrainConfig, RunOptions), "eval": (LoadOptions, EvalOptions),
-                    "generate": (LoadOptions, GenerateOptions), "inspect": (LoadOptions, InspectOptions),
+                    "generate": (LoadOptions, Sampling, GenerateOptions), "inspect": (LoadOptions, InspectOptions),
                     "export": (LoadOptions, ExportOptions), "import": (ImportOptions,),
                     "sweep": (TrainConfig, RunOptions, SweepOptions), "plan": (TrainConfig, PlanOptions), "tasks": (),
                     "serve": (ServeOptions,), "lm-eval": (LoadOptions, LmEvalOptions)}
@@ -360,7 +361,7 @@ def bad_inputs(trained_run, tiny_model_dir, tmp_path_factory):
                                        "--max-new-tokens -5: must be an integer >= 1"),
         "generate past positions": (["generate", trained_run, "--text", "hot", "--max-new-tokens", "300"],
                                     "input of 8 tokens + 300 new tokens needs 308 positions; the model has 96"),
-        "temperature -1": (["generate", trained_run, "--temperature", "-1"], "--temperature -1.0: must be a number >= 0"),
+        "temperature -1": (["generate", trained_run, "--temperature", "-1"], "--temperature -1.0: must be a number in [0, 2]"),
         "temperature nan": (["generate", trained_run, "--temperature", "nan"], "--temperature nan: must be a number"),
         "top-p 0": (["generate", trained_run, "--top-p", "0"], "--top-p 0.0: must be a number in (0, 1]"),
         "top-k past the vocabulary": (["generate", trained_run, "--text", "hot", "--top-k", "1000000", "--temperature",

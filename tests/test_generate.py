@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 from conftest import program_values, tiny_config
 
 from jaxprompt.inference.decode import generate, left_pad
-from jaxprompt.inference.sampling import Sampling
+from jaxprompt.inference.sampling import RowSampling, Sampling
 from jaxprompt.models import Model, load_pretrained
 
 torch = pytest.importorskip("torch")
@@ -46,17 +48,23 @@ def test_sampling_filters(tiny_hf):
     ids, mask = left_pad([[5, 6, 7], [9, 10, 11, 12]], pad_id=1)
     embeds = model.embed(params, ids)
     greedy, _ = generate(model, params, embeds, mask, max_new_tokens=6)
-    top1, _ = generate(model, params, embeds, mask, max_new_tokens=6, sampling=Sampling(1.0, top_k=1),
-                       rng=jax.random.key(3))
-    tiny_p, _ = generate(model, params, embeds, mask, max_new_tokens=6, sampling=Sampling(1.0, top_p=1e-6),
-                         rng=jax.random.key(4))
+    top1, _ = generate(model, params, embeds, mask, max_new_tokens=6,
+                       sampling=_rows(Sampling(temperature=1.0, top_k=1, seed=3), 2))
+    tiny_p, _ = generate(model, params, embeds, mask, max_new_tokens=6,
+                         sampling=_rows(Sampling(temperature=1.0, top_p=1e-6, seed=4), 2))
     np.testing.assert_array_equal(top1, greedy)
     np.testing.assert_array_equal(tiny_p, greedy)
-    a, _ = generate(model, params, embeds, mask, max_new_tokens=6, sampling=Sampling(1.5), rng=jax.random.key(1))
-    b, _ = generate(model, params, embeds, mask, max_new_tokens=6, sampling=Sampling(1.5), rng=jax.random.key(1))
-    c, _ = generate(model, params, embeds, mask, max_new_tokens=6, sampling=Sampling(1.5), rng=jax.random.key(2))
+    hot = lambda seed: _rows(Sampling(temperature=1.5, seed=seed), 2)
+    a, _ = generate(model, params, embeds, mask, max_new_tokens=6, sampling=hot(1))
+    b, _ = generate(model, params, embeds, mask, max_new_tokens=6, sampling=hot(1))
+    c, _ = generate(model, params, embeds, mask, max_new_tokens=6, sampling=hot(2))
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def _rows(sampling: Sampling, n: int) -> RowSampling:
+    """Every one of n rows sampling as `sampling`, row b with key (seed, b)."""
+    return RowSampling.of([sampling] * n, list(range(n)), n)
 
 
 def _filtered_softmax(logits: np.ndarray, sampling: Sampling) -> np.ndarray:
@@ -77,10 +85,12 @@ def _filtered_softmax(logits: np.ndarray, sampling: Sampling) -> np.ndarray:
     return p
 
 
-@pytest.mark.parametrize("sampling", [Sampling(1.5), Sampling(0.7, top_k=6), Sampling(1.0, top_p=0.5),
-                                      Sampling(1.2, top_k=20, top_p=0.8)], ids=str)
+@pytest.mark.parametrize("sampling", [Sampling(temperature=1.5), Sampling(temperature=0.7, top_k=6),
+                                      Sampling(temperature=1.0, top_p=0.5),
+                                      Sampling(temperature=1.2, top_k=20, top_p=0.8)],
+                         ids=lambda s: f"T{s.temperature}-k{s.top_k}-p{s.top_p}")
 def test_sampled_frequencies_follow_the_filtered_softmax(tiny_hf, sampling):
-    """N independent draws of the first token (one per batch row) against the distribution computed
+    """N independent draws of the first token (one per batch row, each its own key) against the distribution computed
     here from transformers' logits: every token's count within 5 standard deviations of N p, and
     no token outside the kept set ever drawn."""
     hf, directory = tiny_hf("opt")
@@ -93,8 +103,8 @@ def test_sampled_frequencies_follow_the_filtered_softmax(tiny_hf, sampling):
     assert 0.02 < expected.max() < 0.9 and (expected > 0).sum() > 2  # a spread worth testing
     N = 4000
     ids, mask = left_pad([prompt] * N, pad_id=1)
-    tokens, _ = generate(model, params, model.embed(params, ids), mask, max_new_tokens=1, sampling=sampling,
-                         rng=jax.random.key(11))
+    tokens, _ = generate(model, params, model.embed(params, ids), mask, max_new_tokens=1,
+                         sampling=_rows(dataclasses.replace(sampling, seed=11), N))
     counts = np.bincount(np.asarray(tokens)[:, 0], minlength=len(expected))[:len(expected)]
     assert counts.sum() == N
     assert counts[expected == 0].sum() == 0
@@ -132,15 +142,13 @@ def test_the_prefill_unembeds_only_the_last_position(tiny_lm):
 def test_each_row_stops_at_its_own_max_tokens(tiny_lm):
     """`RowSampling.max_tokens`: row b gets its first max_tokens[b] greedy tokens (those of a run without
     limits), then padding, and the loop ends when the longest row does."""
-    from jaxprompt.inference.sampling import RowSampling
-
     model, params = tiny_lm
     ids, mask = left_pad([[5, 6, 7], [9, 10, 11, 12], [3, 4]], pad_id=0)
     embeds = model.embed(params, ids)
     free, _ = generate(model, params, embeds, mask, max_new_tokens=8)
     rows = RowSampling(keys=jax.random.split(jax.random.key(0), 3), temperature=jnp.zeros(3),
                        top_k=jnp.zeros(3, jnp.int32), top_p=jnp.ones(3), max_tokens=jnp.asarray([2, 5, 0]))
-    out, lengths = generate(model, params, embeds, mask, max_new_tokens=8, pad_token_id=99, row_sampling=rows)
+    out, lengths = generate(model, params, embeds, mask, max_new_tokens=8, pad_token_id=99, sampling=rows)
     out, free = np.asarray(out), np.asarray(free)
     assert list(np.asarray(lengths)) == [2, 5, 1]  # a row asking 0 tokens stops after the first
     for b, n in enumerate([2, 5, 1]):

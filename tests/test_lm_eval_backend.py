@@ -79,7 +79,11 @@ def _hf(directory, include, **extra):
                                    log_samples=True)
 
 
-def test_learned_soft_prompt_matches_lm_evals_hf_backend_on_its_peft_export(tiny_hf, tmp_path):
+@pytest.fixture(scope="module")
+def imported(tiny_hf, tmp_path_factory):
+    """A learned soft prompt first in its template, exported to PEFT and imported as a run: (model
+    directory, adapter, run directory, the include path of the lm-eval task)."""
+    tmp_path = tmp_path_factory.mktemp("lm-eval-run")
     _, directory = tiny_hf("gpt2-50k")
     task_file = write_task(tmp_path, [{"word1": a, "word2": b} for a, b in ANTONYM_PAIRS], name="opposites",
                            template="{prompt} {word1} is the opposite of", target=" {word2}")
@@ -93,7 +97,11 @@ def test_learned_soft_prompt_matches_lm_evals_hf_backend_on_its_peft_export(tiny
     export_peft(adapter, session.method, prompt, session.model, session.frozen, session.task.template,
                 base_model=directory)
     run_dir = import_peft(adapter, str(tmp_path / "run"), task=task_file, model=directory)
-    include = _lm_eval_task(tmp_path)
+    return directory, adapter, run_dir, _lm_eval_task(tmp_path)
+
+
+def test_learned_soft_prompt_matches_lm_evals_hf_backend_on_its_peft_export(imported):
+    directory, adapter, run_dir, include = imported
     ours = run_lm_eval(JaxPromptLM.from_run(run_dir, batch_size=4), ["jp_opposites"], include, log_samples=True)
     _compare(ours, _hf(directory, include, peft=adapter))
 
@@ -104,6 +112,53 @@ def test_learned_soft_prompt_matches_lm_evals_hf_backend_on_its_peft_export(tiny
     stored = json.load(open(f"{run_dir}/lm_eval.json"))["results"]["jp_opposites"]
     assert 0 <= stored["acc,none"] <= 1 and "acc_norm,none" in stored
     assert main(["lm-eval", run_dir, "--tasks", "jp_nonexistent", "--include-path", include]) == 2
+
+
+def test_lm_evals_own_command_line_with_model_jaxprompt_gives_jaxprompt_lm_evals_numbers(imported, tmp_path):
+    """`jaxprompt-lm-eval --model jaxprompt --model_args run=RUN` (lm-eval's CLI entry function, the
+    model found through lm-eval's registry) scores every request as `jaxprompt lm-eval` does."""
+    import glob
+
+    from jaxprompt.cli.main import main
+    from jaxprompt.evaluation.lm_eval_cli import main as lm_eval_cli
+
+    _, _, run_dir, include = imported
+    out = tmp_path / "out"
+    lm_eval_cli(["--model", "jaxprompt", "--model_args", f"run={run_dir},batch_size=4", "--tasks", "jp_opposites",
+                 "--include_path", include, "--log_samples", "--output_path", str(out)])
+    (results,) = glob.glob(f"{out}/**/results_*.json", recursive=True)
+    (samples,) = glob.glob(f"{out}/**/samples_jp_opposites_*.jsonl", recursive=True)
+    theirs = json.load(open(results))["results"]["jp_opposites"]
+    rows = sorted((json.loads(line) for line in open(samples)), key=lambda s: s["doc_id"])
+    ours = run_lm_eval(JaxPromptLM.from_run(run_dir, batch_size=4), ["jp_opposites"], include, log_samples=True)
+    np.testing.assert_allclose([[float(r[0]) for r in s["filtered_resps"]] for s in rows], _per_request(ours),
+                               atol=1e-5, rtol=0)
+    assert main(["lm-eval", run_dir, "--tasks", "jp_opposites", "--include-path", include]) == 0
+    command = json.load(open(f"{run_dir}/lm_eval.json"))["results"]["jp_opposites"]
+    for key in ("acc,none", "acc_norm,none"):
+        assert theirs[key] == command[key] == ours["results"]["jp_opposites"][key]
+
+
+def test_chat_templated_requests_match_lm_evals_hf_backend(tiny_hf, tmp_path):
+    """--apply_chat_template: each request's context rendered by the model's chat template (ours:
+    inference/chat.py; hf: transformers), its special tokens read as tokens; every log-likelihood
+    within 1e-4 of the `hf` backend's."""
+    from conftest import with_chat_template
+
+    _, plain = tiny_hf("gpt2-50k")
+    directory = with_chat_template(plain, tmp_path / "chat-model")
+    include = _lm_eval_task(tmp_path)
+    ours = run_lm_eval(JaxPromptLM.from_model(directory, batch_size=4), ["jp_opposites"], include, limit=4,
+                       log_samples=True, apply_chat_template=True)
+    theirs = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={directory},dtype=float32,device=cpu,"
+                                     "batch_size=4", tasks=["jp_opposites"], limit=4, apply_chat_template=True,
+                                     task_manager=lm_eval.tasks.TaskManager(include_path=include,
+                                                                            include_defaults=False),
+                                     log_samples=True)
+    context = ours["samples"]["jp_opposites"][0]["arguments"][0][0]
+    assert context.startswith("<|endoftext|>User: ") and context.endswith("Assistant:")  # the template's
+    np.testing.assert_allclose(np.asarray(_per_request(ours)), np.asarray(_per_request(theirs)), atol=1e-4, rtol=0)
+    assert ours["results"]["jp_opposites"]["acc,none"] == theirs["results"]["jp_opposites"]["acc,none"]
 
 
 def test_bare_model_matches_lm_evals_hf_backend(tiny_hf, tmp_path):

@@ -1,7 +1,11 @@
 """`jaxprompt serve` as a client sees it: the real server in a subprocess on a free port, spoken to with
-the official `openai` client. Greedy completions equal `jaxprompt generate` of each run alone (3
-prompts, 24 concurrent requests of mixed lengths, streamed and not); seeded sampling reproduces;
-every bad request is a 4xx JSON error in OpenAI's shape, and the server keeps serving."""
+the official `openai` client, serving a directory of runs on demand (3 prompts, 2 resident).
+Greedy completions equal `jaxprompt generate` of each run alone (24 concurrent requests of mixed
+lengths, streamed and not, loading and evicting prompts as they come); seeded sampling
+reproduces; a chat completion equals the completion of transformers' tokens of the conversation;
+a prompt learned inside its template is refused in chat, saying why; every bad request is a 4xx
+JSON error in OpenAI's shape, and the server keeps serving; SIGTERM finishes what is in flight.
+Without the [serve] extra, `jaxprompt serve` says in one line what to install."""
 
 from __future__ import annotations
 
@@ -24,7 +28,6 @@ from jaxprompt.cli.main import main
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-pytestmark = pytest.mark.slow
 FAST = ["--steps", "2", "--batch-size", "8", "--eval-examples", "4", "--eval-every", "2", "--no-progress",
         "--lr", "0.05", "--no-baseline"]
 METHODS = {"soft": ["--method", "soft", "--prompt-length", "3"], "prefix": ["--method", "prefix", "--prompt-length", "2"],
@@ -34,12 +37,12 @@ KEY = "sk-test"
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_model_dir, tmp_path_factory):
+def runs(chat_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
     out = {}
     for name, flags in METHODS.items():
         out[name] = str(root / name)
-        assert main(["train", "--model", tiny_model_dir, "--out", out[name], *FAST, *flags]) == 0
+        assert main(["train", "--model", chat_model_dir, "--out", out[name], *FAST, *flags]) == 0
     return out
 
 
@@ -50,11 +53,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(runs, tmp_path_factory):
+def server(runs, chat_model_dir, tmp_path_factory):
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAXPROMPT_CACHE": str(tmp_path_factory.mktemp("cache"))}
-    proc = subprocess.Popen([sys.executable, "-m", "jaxprompt", "serve", *runs.values(), "--port", str(port),
-                             "--api-key", KEY, "--max-queue", "40", "--max-batch", "8", "--max-tokens", "40", "--batch-wait-ms", "20"],
+    directory = os.path.dirname(next(iter(runs.values())))
+    proc = subprocess.Popen([sys.executable, "-m", "jaxprompt", "serve", "--model", chat_model_dir, "--prompts",
+                             directory, "--max-resident", "2", "--port", str(port), "--api-key", KEY,
+                             "--max-queue", "40", "--max-batch", "8", "--max-tokens", "40", "--batch-wait-ms", "20"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
@@ -87,12 +92,14 @@ def _generate(run: str, words: list[str], n: int) -> list[str]:
     return [line.split(" and", 1)[1] for line in out.getvalue().splitlines()]
 
 
-def test_models_lists_every_prompt_and_the_bare_model(client, runs, tiny_model_dir):
+@pytest.mark.slow
+def test_models_lists_every_prompt_and_the_bare_model(client, runs, chat_model_dir):
     ids = {m.id for m in client.models.list().data}
-    assert ids == set(runs) | {tiny_model_dir}
+    assert ids == set(runs) | {chat_model_dir}
 
 
-def test_greedy_completions_equal_generate_of_each_run_alone(client, runs):
+@pytest.mark.slow
+def test_greedy_completions_equal_generate_of_each_run_alone(client, runs, server):
     lengths = [1, 3, 6]
     # 24 requests: every prompt with every length
     jobs = [(name, WORDS[i % len(WORDS)], lengths[(i // len(runs)) % 3]) for i, name in enumerate(list(runs) * 8)]
@@ -120,8 +127,28 @@ def test_greedy_completions_equal_generate_of_each_run_alone(client, runs):
         assert text == expected[job], job
         assert usage.completion_tokens <= job[2] and usage.prompt_tokens > 0
         assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    metrics = httpx.get(server[1] + "/metrics", timeout=30).text  # /metrics is outside /v1
+    evictions = [line for line in metrics.splitlines() if line.startswith("jaxprompt_prompt_evictions_total ")]
+    assert float(evictions[0].split()[1]) > 0  # 3 prompts through 2 resident places
 
 
+@pytest.mark.slow
+def test_chat_completions_read_the_rendered_conversation_after_the_prompt(client, chat_model_dir):
+    """Chat with a prefix prompt (it reaches every request) equals the completion of transformers'
+    tokens of the same conversation; a prompt learned inside its template is refused, saying why."""
+    transformers = pytest.importorskip("transformers")
+    messages = [{"role": "system", "content": "Opposites."}, {"role": "user", "content": "hot"}]
+    ids = transformers.AutoTokenizer.from_pretrained(chat_model_dir).apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    chat = client.chat.completions.create(model="prefix", messages=messages, max_tokens=6, temperature=0)
+    plain = client.completions.create(model="prefix", prompt=ids, max_tokens=6, temperature=0)
+    assert chat.choices[0].message.content == plain.choices[0].text
+    assert chat.usage.prompt_tokens == plain.usage.prompt_tokens == len(ids)
+    with pytest.raises(openai.BadRequestError, match="learned inside its template"):
+        client.chat.completions.create(model="soft", messages=messages, max_tokens=2)
+
+
+@pytest.mark.slow
 def test_a_stream_sends_each_token_as_it_is_decoded(server, client):
     """The chunks of a streamed completion arrive while it decodes, not at its end: the first text
     arrives long before the last (40 decode steps apart), and they add up to the completion."""
@@ -137,6 +164,7 @@ def test_a_stream_sends_each_token_as_it_is_decoded(server, client):
     assert arrivals[-1] - arrivals[0] > 0.5 * arrivals[-1], arrivals
 
 
+@pytest.mark.slow
 def test_a_list_prompt_echo_and_logprobs(client):
     r = client.completions.create(model="soft", prompt=["hot", "big"], max_tokens=2, temperature=0, echo=True,
                                   logprobs=2)
@@ -146,6 +174,7 @@ def test_a_list_prompt_echo_and_logprobs(client):
     assert all(lp <= 0 for lp in r.choices[0].logprobs.token_logprobs)
 
 
+@pytest.mark.slow
 def test_seeded_sampling_reproduces(client):
     ask = lambda seed: client.completions.create(model="prefix", prompt="hot", max_tokens=8, temperature=1.0,
                                                  top_p=0.95, seed=seed).choices[0].text
@@ -161,6 +190,7 @@ def _post(base, path, body=None, key=KEY, raw=None, method="post"):
     return httpx.request(method, base + path, json=body, headers=headers, timeout=60)
 
 
+@pytest.mark.slow
 def test_every_bad_request_is_a_4xx_json_error_and_the_server_keeps_serving(server, client, runs, tmp_path):
     proc, base = server
     ok = {"model": "soft", "prompt": "hot", "max_tokens": 2}
@@ -174,9 +204,9 @@ def test_every_bad_request_is_a_4xx_json_error_and_the_server_keeps_serving(serv
         "unknown prompt": (lambda: _post(base, "/v1/completions", {**ok, "model": "nope"}), 404, "unknown model 'nope'"),
         "malformed JSON": (lambda: _post(base, "/v1/completions", raw=b"{oops"), 400, "not valid JSON"),
         "wrong type": (lambda: _post(base, "/v1/completions", {**ok, "max_tokens": "two"}), 400,
-                       "'max_tokens' must be an integer"),
+                       "'max_tokens' 'two': must be an integer"),
         "max_tokens past the limit": (lambda: _post(base, "/v1/completions", {**ok, "max_tokens": 10_000}), 400,
-                                      "'max_tokens' must be an integer in 1..40"),
+                                      "'max_tokens' 10000: must be an integer in [1, 40]"),
         "past the position table": (lambda: _post(base, "/v1/completions", {**ok, "prompt": "hot " * 60,
                                                                             "max_tokens": 40}), 400, "positions"),
         "empty prompt": (lambda: _post(base, "/v1/completions", {**ok, "prompt": ""}), 400, "'prompt' is empty"),
@@ -196,6 +226,7 @@ def test_every_bad_request_is_a_4xx_json_error_and_the_server_keeps_serving(serv
     assert client.completions.create(model="soft", prompt="hot", max_tokens=1, temperature=0).choices[0].text
 
 
+@pytest.mark.slow
 def test_too_many_queued_requests_get_429(server):
     _, base = server
     body = {"model": "soft", "prompt": "hot", "max_tokens": 40, "temperature": 0}
@@ -204,6 +235,7 @@ def test_too_many_queued_requests_get_429(server):
     assert 429 in statuses and 200 in statuses and set(statuses) <= {200, 429}
 
 
+@pytest.mark.slow
 def test_prompts_load_and_unload_while_serving(client, server, runs):
     _, base = server
     r = _post(base, "/v1/prompts", {"name": "again", "path": runs["prefix"]})
@@ -215,6 +247,19 @@ def test_prompts_load_and_unload_while_serving(client, server, runs):
     assert _post(base, "/v1/prompts/again", method="delete").status_code == 404
 
 
+def test_serve_without_its_extra_says_what_to_install_in_one_line(tmp_path):
+    """fastapi hidden from the interpreter (as an install without [serve] lacks it)."""
+    code = ("import sys; sys.modules['fastapi'] = None\n"
+            "from jaxprompt.cli.main import main\nsys.exit(main(['serve']))")
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "jaxprompt serve: error: jaxprompt serve needs the [serve] extra: pip install 'jaxprompt[serve]' "
+        "(fastapi is not installed)"]
+
+
+@pytest.mark.slow
 def test_sigterm_finishes_the_requests_in_flight_then_exits(server, client):
     proc, base = server
     with ThreadPoolExecutor(4) as pool:

@@ -19,6 +19,8 @@ class LmEvalOptions(Settings):
     num_fewshot: int | None = setting(None, "few-shot examples", range=AT_LEAST_0, shown_default="the task's")
     batch_size: int = setting(16, "contexts scored per batch", range=AT_LEAST_1)
     bare: bool = setting(False, "the run's model without its prompt")
+    apply_chat_template: bool = setting(False, "render each request with the model's chat template, as lm-eval's "
+                                               "--apply_chat_template (the prompt placed before the conversation)")
 
 
 def cmd_lm_eval(args) -> int:
@@ -39,11 +41,13 @@ def cmd_lm_eval(args) -> int:
         raise CLIError(f"{args.run_dir} trained {len(info['members'])} prompts (--seeds): choose one with --member "
                        f"0..{len(info['members']) - 1}")
     lm = JaxPromptLM(session, prompt, batch_size=opts.batch_size, learned=not opts.bare)
-    results = run_lm_eval(lm, list(opts.tasks), opts.include_path, opts.limit, opts.num_fewshot)
+    results = run_lm_eval(lm, list(opts.tasks), opts.include_path, opts.limit, opts.num_fewshot,
+                          apply_chat_template=opts.apply_chat_template)
     from lm_eval.utils import make_table
 
     print(make_table(results))
-    path = os.path.join(args.run_dir, "lm_eval_bare.json" if opts.bare else "lm_eval.json")
+    name = "lm_eval" + ("_bare" if opts.bare else "") + ("_chat" if opts.apply_chat_template else "")
+    path = os.path.join(args.run_dir, f"{name}.json")
     atomic_write(path, json.dumps({k: results[k] for k in ("results", "versions", "n-shot", "configs")
                                    if k in results}, indent=2, default=str))
     print(f"lm-eval results: {path}")

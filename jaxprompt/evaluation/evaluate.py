@@ -14,7 +14,8 @@ import numpy as np
 from jaxprompt.data.batches import eval_batches
 from jaxprompt.evaluation.results import EvalResult
 from jaxprompt.inference.engine import Engine
-from jaxprompt.inference.requests import Options, Request
+from jaxprompt.inference.requests import Request
+from jaxprompt.inference.sampling import Sampling
 from jaxprompt.prompts.forward import prompted_hidden
 from jaxprompt.prompts.loss import target_nll
 from jaxprompt.session import Session
@@ -55,7 +56,7 @@ def generate_texts(session: Session, prompt, rows: list[dict], hard_prompt: str 
     engine = Engine.of_session(session, max_batch=batch_size)
     engine.share_heads = share
     engine.add("evaluated", session, prompt if hard_prompt is None else None, hard_prompt=hard_prompt)
-    requests = [Request("evaluated", row=r, options=Options(max_tokens=n_new)) for r in rows]
+    requests = [Request("evaluated", row=r, sampling=Sampling(max_tokens=n_new)) for r in rows]
     return [c.text for c in engine.complete(requests)]
 
 

@@ -4,6 +4,17 @@ learned prompt applied to every request) or over a bare model.
     lm = JaxPromptLM.from_run("checkpoints/run")          # or JaxPromptLM.from_model("gpt2")
     lm_eval.simple_evaluate(model=lm, tasks=["hellaswag"])
 
+or by name, as lm-eval's own command line builds a model: `--model jaxprompt --model_args
+run=RUN[,member=K,which=best|last,batch_size=N]` (or `model=DIR_OR_HF_ID[,dtype=...]` for the
+bare model). lm-eval 0.4 finds models only in its own registry, filled when lm-eval's code runs:
+`jaxprompt-lm-eval` (evaluation/lm_eval_cli.py) is lm-eval's command line with this class
+registered; lm-eval versions that discover the `lm_eval.models` entry point (declared in
+pyproject.toml) find it from plain `lm_eval` too.
+
+With `apply_chat_template`, lm-eval renders each request's conversation through
+`apply_chat_template` below: the model's chat template (inference/chat.py, rendered as
+transformers renders it, as lm-eval's `hf` backend calls it).
+
 Requests are tokenised as lm-eval's `hf` backend tokenises them (context and continuation split
 after encoding the whole, trailing context spaces moved to the continuation, an empty context
 replaced by EOS), so a request's log-likelihood is the one `hf` gives the model with the prompt's
@@ -25,9 +36,11 @@ from jaxprompt.data.choices import ChoiceExample
 from jaxprompt.data.templates import Encoded, TemplateError
 from jaxprompt.evaluation.choices import score
 from jaxprompt.inference.engine import Engine
-from jaxprompt.inference.requests import Options, Request, prompt_comes_first
+from jaxprompt.inference.requests import Request, prompt_comes_first
+from jaxprompt.inference.sampling import Sampling
 
 PROMPT_NAME = "lm-eval"  # the engine's name for the prompt every request takes
+MODEL_NAME = "jaxprompt"  # lm-eval's `--model` name for JaxPromptLM
 INSTALL = "lm-eval is not installed: pip install 'jaxprompt[eval]' (or pip install lm-eval)"
 
 
@@ -71,6 +84,10 @@ def make_lm_class():
             else:
                 self.method, self.prompt = None, None
             self.tokenizer = session.tokenizer
+            from jaxprompt.inference.chat import named_special_tokens, special_aware
+
+            specials = named_special_tokens(session.weights_dir) if session.weights_dir else {}
+            self._encode = special_aware(session.tokenizer, tuple(specials.values()))
             # generation goes through the one inference path, the prompt served under one name
             self.engine = Engine.of_session(session, max_batch=self.batch_size)
             self.engine.add(PROMPT_NAME, session if self.method is not None else None,
@@ -95,6 +112,72 @@ def make_lm_class():
             session = Session.load(model, BUILTIN["antonyms"], SoftPrompt(length=1), dtype=dtype)
             return cls(session, None, learned=False, **kwargs)
 
+        @classmethod
+        def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+            """lm-eval's `--model_args` (`run=RUN,member=0` or `model=gpt2`) and its own settings."""
+            from lm_eval.utils import simple_parse_args_string
+
+            return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+        @classmethod
+        def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+            args = dict(arg_dict)
+            extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+            size = args.pop("batch_size", extra.get("batch_size", 16))
+            options = {"batch_size": int(size) if str(size).isdigit() else 16}  # lm-eval's "auto": our default
+            if "max_gen_toks" in args:
+                options["max_gen_toks"] = int(args.pop("max_gen_toks"))
+            run, model = args.pop("run", None), args.pop("model", None)
+            if (run is None) == (model is None):
+                raise TemplateError("--model_args: give run=RUN_DIR (a trained prompt) or model=DIR_OR_HF_ID "
+                                    "(the bare model)")
+            keys = ("member", "which", "bare") if run is not None else ("dtype",)
+            unknown = sorted(set(args) - set(keys))
+            if unknown:
+                raise TemplateError(f"--model_args: unknown argument {unknown[0]!r}; jaxprompt takes "
+                                    f"{'run' if run is not None else 'model'}, {', '.join(keys)}, batch_size, "
+                                    "max_gen_toks")
+            if model is not None:
+                return cls.from_model(str(model), **args, **options)
+            bare = bool(args.pop("bare", False))
+            return cls.from_run(str(run), **args, **options, **({"learned": False} if bare else {}))
+
+        # ---- chat templates (lm-eval's --apply_chat_template) -----------------------------------
+
+        @property
+        def tokenizer_name(self) -> str:
+            """Fingerprints lm-eval's request cache of chat-templated requests."""
+            return (self.session.weights_dir or self.session.model_id or self.tokenizer.name).replace("/", "__")
+
+        def _chat(self):
+            from jaxprompt.inference.chat import ChatTemplate
+
+            template = ChatTemplate.load(self.session.weights_dir) if self.session.weights_dir else None
+            if template is None:
+                raise TemplateError(f"{self.session.model_id or 'the model'} has no chat template (no chat_template "
+                                    "in its tokenizer_config.json, no chat_template.jinja)")
+            return template
+
+        def chat_template(self, chat_template: bool | str = False) -> str | None:
+            """The template lm-eval records with the results (None: none applied)."""
+            if chat_template is False or chat_template is None:
+                return None
+            return self._chat().source(chat_template if isinstance(chat_template, str) else None)
+
+        def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+            """The conversation as the model reads it, as lm-eval's `hf` backend renders it: with
+            the assistant's turn opened, or its last message continued; a template that refuses a
+            system message is tried again without it."""
+            from jaxprompt.inference.chat import ChatError
+
+            template = self._chat()
+            render = lambda chat: template.render(chat, add_generation_prompt=add_generation_prompt,
+                                                  continue_final_message=not add_generation_prompt)
+            try:
+                return render(chat_history)
+            except ChatError:
+                return render([m for m in chat_history if m["role"] != "system"])
+
         # ---- tokens ----------------------------------------------------------------------------
 
         @property
@@ -112,7 +195,9 @@ def make_lm_class():
             return self.session.config.max_positions - taken
 
         def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
-            return list(self.session.tokenizer.encode(string))
+            """The string's ids with its special tokens read as themselves (as `hf`'s tokenizer reads a
+            chat template's <|eot|>), none added."""
+            return list(self._encode(string))
 
         def tok_decode(self, tokens: Sequence[int]) -> str:
             return self.session.tokenizer.decode(list(tokens))
@@ -172,9 +257,14 @@ def make_lm_class():
                 temperature = float(kwargs.pop("temperature", 0.0)) if kwargs.pop("do_sample", False) else 0.0
                 ids = self.tok_encode(context)[-(self.max_length - n_new):] or [self.prefix_token_id]
                 batch.append(Request(PROMPT_NAME, ids=tuple(ids), raw=True,
-                                     options=Options(max_tokens=n_new, temperature=temperature, stop=tuple(until))))
+                                     sampling=Sampling(max_tokens=n_new, temperature=temperature, stop=tuple(until))))
             return [c.text for c in self.engine.complete(batch)]
 
+    import lm_eval.models  # noqa: F401  (lm-eval's own models: it fills its registry only while that is empty)
+    from lm_eval.api.registry import model_registry, register_model
+
+    if MODEL_NAME not in model_registry:  # lm-eval's entry-point discovery may have placed it first
+        register_model(MODEL_NAME)(JaxPromptLM)
     return JaxPromptLM
 
 
@@ -202,7 +292,7 @@ def task_manager(tasks: list[str], include_path: str | None = None):
 
 
 def run_lm_eval(lm, tasks: list[str], include_path: str | None = None, limit: int | None = None,
-                num_fewshot: int | None = None, log_samples: bool = False) -> dict:
+                num_fewshot: int | None = None, log_samples: bool = False, apply_chat_template: bool = False) -> dict:
     """`lm_eval.simple_evaluate` on `lm`; an unknown task is one line naming it."""
     require_lm_eval()
     import lm_eval
@@ -214,4 +304,5 @@ def run_lm_eval(lm, tasks: list[str], include_path: str | None = None, limit: in
                                                                       if include_path else "")
                             + "; list them with `lm_eval ls tasks`")
     return lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit,
-                                   num_fewshot=num_fewshot, log_samples=log_samples)
+                                   num_fewshot=num_fewshot, log_samples=log_samples,
+                                   apply_chat_template=apply_chat_template)

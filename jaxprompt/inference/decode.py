@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import struct
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxprompt.inference.sampling import RowSampling, Sampling, sample_rows, sample_token
+from jaxprompt.inference.sampling import RowSampling, sample_rows
 from jaxprompt.models.layers.attention import Adapter, KVCache, Prefix
 from jaxprompt.models.model import Model, positions_from_mask
 from jaxprompt.precision import converts_layer_by_layer, policy_of
@@ -82,7 +82,7 @@ def filler(eos_token_id: int | None, pad_token_id: int | None = None) -> int:
     return pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
 
 
-@partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "eos_token_id", "pad_token_id"))
+@partial(jax.jit, static_argnames=("model", "max_new_tokens", "eos_token_id", "pad_token_id"))
 def generate(
     model: Model,
     params: dict,
@@ -90,14 +90,12 @@ def generate(
     attention_mask: Bool[Array, "B T"],
     *,
     max_new_tokens: int,
-    sampling: Sampling = Sampling(),
-    rng: jax.Array | None = None,
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
     prefix: Prefix | None = None,
     adapter: Adapter | None = None,
     start: Int[Array, "B"] | None = None,
-    row_sampling: RowSampling | None = None,
+    sampling: RowSampling | None = None,
 ) -> tuple[Int[Array, "B N"], Int[Array, "B"]]:
     """New tokens `[B, max_new_tokens]` and each row's length (up to and including EOS).
 
@@ -109,14 +107,12 @@ def generate(
     positions themselves must fit; that is checked where the inputs are built).
 
     `start`: each row's first position (default: the prefix's length), for a batch whose rows
-    attend to prefixes of different lengths (right-padded, their padding masked). `row_sampling`
-    replaces `sampling` and `rng` by settings and keys per row, and its `max_tokens` stops each row
-    at its own length: a batch mixing short and long requests ends when its longest row does, so a
-    caller can compile one `max_new_tokens` for many requested lengths.
+    attend to prefixes of different lengths (right-padded, their padding masked). `sampling`: each
+    row's settings and key (None: greedy), and its `max_tokens` stops each row at its own length: a
+    batch mixing short and long requests ends when its longest row does, so a caller can compile
+    one `max_new_tokens` for many requested lengths.
     """
     B, T, _ = embeds.shape
-    if rng is None:
-        rng = jax.random.key(0)
     pad = filler(eos_token_id, pad_token_id)
     dtype = policy_of(params).compute_dtype
     if start is None:
@@ -124,12 +120,11 @@ def generate(
     model, params, per_layer = decoding_form(model, params)
     cache = model.init_cache(B, T + max_new_tokens, dtype, per_layer=per_layer)
     state = prefill(model, params, embeds, attention_mask, cache, start, prefix, adapter)
-    max_tokens = None if row_sampling is None else row_sampling.max_tokens
+    max_tokens = None if sampling is None else sampling.max_tokens
 
     def step(i, state, out):
         """Token i of every row, written to `out`."""
-        drawn = (sample_token(state.logits, jax.random.fold_in(rng, i), sampling) if row_sampling is None
-                 else sample_rows(state.logits, state.length, row_sampling))
+        drawn = sample_rows(state.logits, state.length, sampling)
         token, state = emit(state, drawn, max_positions=model.config.max_positions, eos_token_id=eos_token_id,
                             pad=pad, max_tokens=max_tokens)
         return token, state, out.at[:, i].set(token)

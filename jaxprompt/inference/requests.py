@@ -1,5 +1,5 @@
 """What crosses into the inference engine and back: a `Request` (a served prompt's name, an input,
-its `Options`), a `Completion`, and the errors a request can meet (`RequestError`).
+its `Sampling`), a `Completion`, and the errors a request can meet (`RequestError`).
 
 `parse_input` reads a request's text into the fields of the prompt's template.
 """
@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
-TOP_LOGPROBS = 5  # most alternatives a request can ask for per token (OpenAI's completions limit)
+from jaxprompt.inference.sampling import Sampling
+
 # fewest new tokens a batch is compiled for: each row stops at its own max_tokens inside the decode
 # loop, so requests asking 1..16 tokens share one compiled program
 MIN_NEW_TOKENS = 16
@@ -22,24 +23,11 @@ class RequestError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Options:
-    """How one request is decoded. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters."""
-
-    max_tokens: int = 16
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int = 0
-    stop: tuple[str, ...] = ()
-    logprobs: int | None = None  # alternatives per token (0: only the chosen token's log-probability)
-
-
-@dataclasses.dataclass(frozen=True)
 class Request:
     prompt: str  # a served prompt's name
     text: str = ""  # the input: parsed into the template's fields (`parse_input`), or used as is (`raw`)
     row: dict | None = None  # or the template's fields themselves
-    options: Options = Options()
+    sampling: Sampling = Sampling()
     raw: bool = False  # no template: the text's tokens alone, after the prompt (`Served.leading_virtual`)
     key: int = 0  # folded into the seed: row j of a list request samples with (seed, j)
     ids: tuple[int, ...] | None = None  # raw: token ids in place of the text (no BOS added)

@@ -28,9 +28,11 @@ from collections import deque
 
 import numpy as np
 
+from jaxprompt.inference.batch import pow2, to_host
 from jaxprompt.inference.decode import decoding_form, filler
-from jaxprompt.inference.engine import Engine, Row, Served, pow2, to_host
+from jaxprompt.inference.engine import Engine
 from jaxprompt.inference.requests import MIN_NEW_TOKENS, Completion, Request
+from jaxprompt.inference.served import Row, Served
 from jaxprompt.inference.slots import BASE_SLOTS, Slots, _empty, _place, _prefill, _resize, _step, compiled_programs
 
 
@@ -121,7 +123,7 @@ class Scheduler:
 
     def _apart(self) -> list[Ticket]:
         """Adaption-prompt rows: their own static batches (`Engine.complete`)."""
-        apart = [t for t in self.waiting if self._served(t) is not None and self._served(t).adapts_layers]
+        apart = [t for t in self.waiting if self._served(t) is not None and self._served(t).apart]
         if not apart:
             return []
         self.waiting = deque(t for t in self.waiting if t not in apart)
@@ -145,7 +147,7 @@ class Scheduler:
         while self.waiting and len(self.running) + len(taken) < self.max_batch:
             t = self.waiting.popleft()
             try:
-                t.row = self.engine._row(t.request, t.served)
+                t.row = self.engine.row(t.request, t.served)
             except Exception as e:  # RequestError, TemplateError: this request's own
                 t.error = e
                 finished.append(t)
@@ -160,7 +162,7 @@ class Scheduler:
         groups: dict[int, list[Ticket]] = {}  # by virtual-token bucket: each prefill one compiled shape
         for t in taken:
             groups.setdefault(_virtual_bucket(t.row), []).append(t)
-        batches = [(g, self.engine._collate([t.row for t in g], heads=P or None)) for g in groups.values()]
+        batches = [(g, self.engine.batch([t.row for t in g], heads=P or None)) for g in groups.values()]
         S = max([S] + [_cache_slots(batch, [t.row for t in g]) for g, batch in batches])
         self._reshape(max(B, pow2(len(self.running) + len(taken))), S, P)
         B = self._shape()[0]
@@ -185,7 +187,7 @@ class Scheduler:
                 del self.running[b]
                 ended.append(t)
         if ended:
-            completions = self.engine._completions([t.row for t in ended], [t.tokens for t in ended])
+            completions = self.engine.finish([t.row for t in ended], [t.tokens for t in ended])
             for t, c in zip(ended, completions):
                 t.completion = c
         return ended
@@ -243,10 +245,10 @@ class Scheduler:
         before = compiled_programs()
         rows = {}
         for served in list(self.engine.prompts.values()):
-            if served.adapts_layers:
+            if served.apart:
                 continue
             try:
-                row = self.engine._row(self.engine._warm_up_request(served), served)
+                row = self.engine.row(served.warm_up_request(), served)
             except (ValueError, KeyError):  # no short input fits this template: compiled on first use
                 continue
             rows.setdefault(_virtual_bucket(row), row)
@@ -260,7 +262,7 @@ class Scheduler:
             n = 1
             while n <= B:
                 for row in rows.values():
-                    batch = self.engine._collate([row] * n, heads=self.base_heads or None)
+                    batch = self.engine.batch([row] * n, heads=self.base_heads or None)
                     fresh = _prefill(model, params, batch, BASE_SLOTS)
                     self.slots = _place(self.slots, fresh, batch["prefix"], batch["sampling"], np.arange(n, dtype=np.int32))
                 n *= 2
@@ -275,9 +277,9 @@ class Scheduler:
 
 def _virtual_bucket(row: Row) -> int:
     """The virtual-token width a prefill of this row is compiled for (0: none)."""
-    return pow2(max(row.slots) + 1) if max(row.slots, default=-1) >= 0 else 0
+    return pow2(row.virtual_width) if row.virtual_width else 0
 
 
 def _cache_slots(batch: dict, rows: list[Row]) -> int:
     """Cache slots the rows need: their input bucket and a new-token bucket (as `Engine.complete`)."""
-    return batch["tokens"].shape[1] + max(MIN_NEW_TOKENS, pow2(max(r.options.max_tokens for r in rows)))
+    return batch["tokens"].shape[1] + max(MIN_NEW_TOKENS, pow2(max(r.sampling.max_tokens for r in rows)))

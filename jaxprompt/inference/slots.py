@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxprompt.inference.batch import input_embeds
 from jaxprompt.inference.decode import Decoding, emit, prefill, read
-from jaxprompt.inference.engine import input_embeds
 from jaxprompt.inference.requests import MIN_INPUT_TOKENS, MIN_NEW_TOKENS
 from jaxprompt.inference.sampling import RowSampling, sample_rows
 from jaxprompt.models import Prefix

@@ -19,6 +19,7 @@ import functools
 import hashlib
 import os
 import sys
+import threading
 from collections import OrderedDict
 
 import jax
@@ -73,12 +74,16 @@ _shared_head = jax.jit(shared_head, static_argnames=("model", "method"))
 
 
 class PromptCache:
+    """Heads in memory (the `capacity` most recently used; a server sets it from --max-resident)
+    and on disk. Thread-safe: a server's loader and its decode loop share one."""
+
     def __init__(self, directory: str | None = None, capacity: int = 32):
         self.directory = directory
         self.capacity = capacity
         self._memory: OrderedDict[str, Prefix] = OrderedDict()
-        self.stats = {"memory_hits": 0, "disk_hits": 0, "computed_positions": 0, "reused_positions": 0,
-                      "corrupt_entries": 0}
+        self._lock = threading.Lock()
+        self.stats = {"memory_hits": 0, "disk_hits": 0, "computed_heads": 0, "computed_positions": 0,
+                      "reused_positions": 0, "corrupt_entries": 0}
         self._warned = False
 
     def _key(self, base: str, tokens, slots) -> str:
@@ -99,10 +104,11 @@ class PromptCache:
         base = "|".join([session.fingerprint(), code_id(), repr(method) if depends_on_prompt else "text",
                          prompt_id(prompt) if depends_on_prompt else ""])
         key = self._key(base, tokens, slots)
-        if key in self._memory:
-            self._memory.move_to_end(key)
-            self.stats["memory_hits"] += 1
-            return self._memory[key]
+        with self._lock:
+            if key in self._memory:
+                self._memory.move_to_end(key)
+                self.stats["memory_hits"] += 1
+                return self._memory[key]
         prefix, done = self._load_longest(base, tokens, slots)
         if done == len(tokens):
             self.stats["disk_hits"] += 1
@@ -111,12 +117,14 @@ class PromptCache:
             head = {"tokens": jnp.asarray([tokens], jnp.int32), "slots": jnp.asarray([slots], jnp.int32),
                     "task_id": jnp.zeros((1,), jnp.int32)}
             result = _shared_head(session.model, session.frozen, method, prompt, head, 0, prefix)
+            self.stats["computed_heads"] += 1
             self.stats["computed_positions"] += len(tokens) - done
             self.stats["reused_positions"] += done
             self._store(key, result)
-        self._memory[key] = result
-        if len(self._memory) > self.capacity:
-            self._memory.popitem(last=False)
+        with self._lock:
+            self._memory[key] = result
+            while len(self._memory) > self.capacity:
+                self._memory.popitem(last=False)
         return result
 
     # ---- disk ------------------------------------------------------------------------------------

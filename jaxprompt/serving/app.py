@@ -1,31 +1,43 @@
 """`jaxprompt serve`: one frozen model, many learned prompts, behind an OpenAI-compatible HTTP API.
 
-    GET  /health, /v1/models
-    POST /v1/completions        model = a prompt's name; prompt (string or list), max_tokens,
-                                temperature, top_p, stop, seed, logprobs, echo, stream (SSE)
+    GET  /health, /metrics (Prometheus), /v1/models (every prompt available, with parent/root and
+         whether it is resident)
+    POST /v1/completions        model = a prompt's name; prompt (text, token ids, or a list), max_tokens,
+                                temperature, top_p, top_k, stop, seed, logprobs, echo, raw, stream (SSE)
+    POST /v1/chat/completions   messages rendered by the model's chat template; max_tokens or
+                                max_completion_tokens, temperature, top_p, top_k, stop, seed,
+                                logprobs/top_logprobs, stream (SSE chunks in OpenAI's chat shape)
     POST /v1/prompts            {"name", "path"}: load a run (or a PEFT adapter) while serving
     DELETE /v1/prompts/{name}
 
-Requests wait in a bounded queue; one worker thread steps the engine's rows through
-`scheduler.Scheduler` (continuous batching: at most `--max-batch` rows decode together, a finished
-row's slot taken by a waiting request at the next step; an idle server waits `--batch-wait-ms` for
-a burst to arrive). The engine is used from that thread only (JAX calls are serialised by a lock),
-so prompts are loaded and unloaded between decode steps: a request keeps the prompt it was
-admitted with. Bad requests get OpenAI's error shape ({"error": {"message", "type",
-"param", "code"}}) with a 4xx status and never stop the server.
+A request names its prompt; a prompt not on the device is loaded first (library.py: on loader
+threads, while other prompts' rows decode). Requests wait in a bounded queue; one worker thread
+steps the engine's rows through `scheduler.Scheduler` (continuous batching: at most `--max-batch`
+rows decode together, a finished row's slot taken by a waiting request at the next step; an idle
+server waits `--batch-wait-ms` for a burst to arrive). A request keeps the prompt it was admitted
+with, whatever is loaded or evicted meanwhile. Bad requests get OpenAI's error shape
+({"error": {"message", "type", "param", "code"}}) with a 4xx status and never stop the server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
-import uuid
 
+from jaxprompt.serving import responses
 from jaxprompt.serving.batcher import Batcher, Pending
+from jaxprompt.serving.library import Library
+from jaxprompt.serving.metrics import Metrics
 from jaxprompt.serving.options import BadRequest, ServeOptions, error_body
-from jaxprompt.serving.prompts import add_adapter, add_run
+from jaxprompt.serving.parse import (
+    chat_body,
+    chat_request,
+    completion_body,
+    completion_requests,
+    field,
+    json_body,
+)
 
 try:  # the [serve] extra; FastAPI reads the handlers' annotations from this module's names
     from fastapi import Request as HTTPRequest
@@ -33,93 +45,19 @@ except ImportError:  # `jaxprompt serve` says how to install it
     HTTPRequest = None
 
 
-# ---- the HTTP API -------------------------------------------------------------------------------
-
-def _field(body: dict, name: str, kind, default, check=None, what: str = ""):
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise BadRequest(f"'{name}' must be {what}, got {json.dumps(value)}", param=name)
-    if check is not None and not check(value):
-        raise BadRequest(f"'{name}' must be {what}, got {json.dumps(value)}", param=name)
-    return value
-
-
-def parse_completion(body, engine, options: ServeOptions):
-    """(requests, served, echo texts, stream, logprobs) of a /v1/completions body, every field checked."""
-    from jaxprompt.inference.requests import Options, Request
-
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    name = body.get("model")
-    if not isinstance(name, str):
-        raise BadRequest("'model' must be a served prompt's name (see GET /v1/models)", param="model")
-    served = engine.prompts.get(name)
-    if served is None:
-        raise BadRequest(f"unknown model {name!r}; served: {', '.join(sorted(engine.prompts))}", 404, "model",
-                         kind="not_found_error")
-    prompts = body.get("prompt")
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-        raise BadRequest("'prompt' must be a string or a non-empty list of strings", param="prompt")
-    if any(not p.strip() for p in prompts):
-        raise BadRequest("'prompt' is empty", param="prompt")
-    limit = min(options.max_tokens, engine.config.max_positions)
-    max_tokens = _field(body, "max_tokens", int, 16, lambda v: 1 <= v <= limit, f"an integer in 1..{limit}")
-    temperature = _field(body, "temperature", float, 1.0, lambda v: 0 <= v <= 2, "a number in [0, 2]")
-    top_p = _field(body, "top_p", float, 1.0, lambda v: 0 < v <= 1, "a number in (0, 1]")
-    top_k = _field(body, "top_k", int, 0, lambda v: v >= 0, "an integer >= 0")
-    seed = _field(body, "seed", int, 0, lambda v: v >= 0, "an integer >= 0")
-    logprobs = _field(body, "logprobs", int, None, lambda v: 0 <= v <= 5, "an integer in 0..5")
-    echo = _field(body, "echo", bool, False, None, "true or false")
-    stream = _field(body, "stream", bool, False, None, "true or false")
-    raw = _field(body, "raw", bool, False, None, "true or false")
-    n = _field(body, "n", int, 1, lambda v: v == 1, "1 (one completion per prompt)")
-    del n
-    stop = body.get("stop")
-    stop = [stop] if isinstance(stop, str) else stop
-    if stop is not None and (not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop)):
-        raise BadRequest("'stop' must be a string or a list of at most 4 strings", param="stop")
-    opts = Options(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                   stop=tuple(stop or ()), logprobs=logprobs)
-    requests = [Request(name, text=p, options=opts, raw=raw, key=j) for j, p in enumerate(prompts)]
-    for r in requests:  # input that does not fit is refused here, before it is queued
-        try:
-            engine.check(r, served)
-        except ValueError as e:
-            raise BadRequest(" ".join(str(e).split()), param="prompt") from None
-    return requests, served, prompts if echo else None, stream
-
-
-def _choice(completion, index: int, echo: str | None) -> dict:
-    text = (echo or "") + completion.text
-    logprobs = None
-    if completion.logprobs is not None:
-        logprobs = {"tokens": [t for t in completion.token_texts], "token_logprobs": completion.logprobs,
-                    "top_logprobs": completion.top_logprobs,
-                    "text_offset": completion.offsets(len(echo or ""))}
-    return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": completion.finish_reason}
-
-
-def _usage(completions) -> dict:
-    prompt = sum(c.prompt_tokens for c in completions)
-    done = sum(c.completion_tokens for c in completions)
-    return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
-
-
-def build_app(engine, base, options: ServeOptions, batcher: Batcher):
+def build_app(engine, library: Library, options: ServeOptions, batcher: Batcher, chat_template=None):
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
     from starlette.exceptions import HTTPException
 
     app = FastAPI(title="jaxprompt serve")
+    metrics = Metrics(batcher, library, engine.prompt_cache)
+    app.state.metrics = metrics
+    body_limit = options.max_body_kb * 1024
 
     def fail(status: int, message: str, kind: str = "invalid_request_error", param=None):
+        metrics.refused.labels(status=str(status)).inc()
         return JSONResponse(error_body(message, kind, param), status_code=status)
 
     @app.exception_handler(BadRequest)
@@ -138,115 +76,200 @@ def build_app(engine, base, options: ServeOptions, batcher: Batcher):
     if options.api_key is not None:
         app.add_middleware(BearerKey, key=options.api_key)
 
-    async def json_body(request: HTTPRequest):
-        raw = await request.body()
+    async def read_body(request: HTTPRequest) -> dict:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > body_limit:  # refused before it is read
+            raise BadRequest(f"the request body is {declared} bytes; this server takes at most {body_limit}", 413)
+        return json_body(await request.body(), body_limit)
+
+    async def acquire(name: str):
+        """The prompt as served: at once if resident, else after its load (other rows decode on)."""
+        future = library.acquire(name)
+        waiting = not future.done()
+        metrics.loading += waiting
         try:
-            return json.loads(raw)
-        except ValueError as e:
-            raise BadRequest(f"the request body is not valid JSON ({e})") from None
+            return await asyncio.wrap_future(future)
+        except BadRequest:
+            raise
+        except (ValueError, OSError) as e:  # a run or adapter that cannot be read: named, the server goes on
+            raise BadRequest(f"model {name!r} cannot be loaded: {' '.join(str(e).split())}", param="model") from None
+        finally:
+            metrics.loading -= waiting
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": engine.model_id, "prompts": len(engine.prompts)}
+        return {"status": "ok", "model": engine.model_id, "prompts": len(library.resident)}
+
+    @app.get("/metrics")
+    async def prometheus():
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "jaxprompt",
-                                            "method": served.method.name if served.method is not None else "none"}
-                                           for name, served in sorted(engine.prompts.items())]}
+        available = await asyncio.get_running_loop().run_in_executor(None, library.available)
+        root = {"id": engine.model_id, "object": "model", "created": 0, "owned_by": "jaxprompt",
+                "root": engine.model_id, "parent": None, "resident": True, "method": "none"}
+        resident = dict(library.resident)
+        return {"object": "list", "data": [root] + [
+            {"id": name, "object": "model", "created": 0, "owned_by": "jaxprompt", "root": engine.model_id,
+             "parent": engine.model_id, "resident": name in resident,
+             "method": resident[name].method_name if name in resident else None}
+            for name in sorted(available) if name != engine.model_id]}
 
     @app.post("/v1/prompts")
     async def load(request: HTTPRequest):
-        body = await json_body(request)
-        if not isinstance(body, dict) or not isinstance(body.get("path"), str):
+        body = await read_body(request)
+        path = field(body, "path", str, None, lambda p: bool(p), "a run or adapter directory")
+        if path is None:
             raise BadRequest("the body must be {\"name\": NAME, \"path\": RUN_DIR}", param="path")
-        name = body.get("name") or os.path.basename(os.path.normpath(body["path"]))
-        if not isinstance(name, str):
-            raise BadRequest("'name' must be a string", param="name")
-
-        def add():
-            with batcher.lock:
-                if os.path.isfile(os.path.join(body["path"], "adapter_config.json")):
-                    return add_adapter(engine, base, name, body["path"])
-                return add_run(engine, base, name, body["path"], options.which)
-
+        name = field(body, "name", str, None, lambda n: bool(n.strip()), "a non-empty string") or \
+            os.path.basename(os.path.normpath(path))
         try:
-            added = await asyncio.get_running_loop().run_in_executor(None, add)
+            added = await asyncio.get_running_loop().run_in_executor(None, library.add, name, path)
+        except BadRequest:
+            raise
         except (ValueError, OSError) as e:
-            if isinstance(e, BadRequest):
-                raise
-            raise BadRequest(f"{body['path']}: {' '.join(str(e).split())}", param="path") from None
+            raise BadRequest(f"{path}: {' '.join(str(e).split())}", param="path") from None
         return {"added": added}
 
     @app.delete("/v1/prompts/{name:path}")
     async def unload(name: str):
-        if name not in engine.prompts or name == engine.model_id:
-            raise BadRequest(f"no loaded prompt {name!r}", 404, "name", kind="not_found_error")
-        with batcher.lock:
-            engine.remove(name)  # requests admitted with it keep their reference
+        library.remove(name)  # requests admitted with it keep their reference
         return {"deleted": name}
+
+    def submit(requests, served, live: bool) -> Pending:
+        loop = asyncio.get_running_loop()
+        pending = Pending(requests, served, loop.create_future(), loop, updates=asyncio.Queue() if live else None)
+        batcher.submit(pending)
+        return pending
+
+    def answered(pending: Pending, model: str, endpoint: str, results) -> None:
+        metrics.answered(model, endpoint, results, pending.arrived, pending.first_token, time.monotonic())
 
     @app.post("/v1/completions")
     async def completions(request: HTTPRequest):
-        body = await json_body(request)
-        requests, served, echo, stream = parse_completion(body, engine, options)
-        loop = asyncio.get_running_loop()
+        arrived = time.monotonic()
+        parsed = completion_body(await read_body(request), options, engine.config.max_positions)
+        served = await acquire(parsed.model)
+        requests = completion_requests(parsed, served, engine)
+        echo = [p if isinstance(p, str) else engine.tokenizer.decode(p) for p in parsed.texts] if parsed.echo else None
         # streamed token by token, unless log-probabilities are asked (they come with the completion)
-        live = stream and all(r.options.logprobs is None for r in requests)
-        pending = Pending(requests, served, loop.create_future(), loop, updates=asyncio.Queue() if live else None)
-        batcher.submit(pending)
-        ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        head = {"id": ident, "object": "text_completion", "created": created, "model": served.name}
-        if not stream:
+        pending = submit(requests, served, parsed.stream and parsed.sampling.logprobs is None)
+        pending.arrived = arrived
+        top = responses.head("text_completion", served.name)
+        if not parsed.stream:
             results = await _until_done(pending, request)
             if results is None:
                 return JSONResponse({}, status_code=499)
-            return {**head, "choices": [_choice(c, j, echo[j] if echo else None) for j, c in enumerate(results)],
-                    "usage": _usage(results)}
+            answered(pending, served.name, "completions", results)
+            return {**top, "choices": [responses.text_choice(c, j, echo[j] if echo else None)
+                                       for j, c in enumerate(results)], "usage": responses.usage(results)}
 
         async def events():
-            sent = [""] * len(requests)  # each row's text streamed so far
-            try:
-                if echo:
-                    for j, text in enumerate(echo):
-                        yield _chunk(head, j, text)
-                while pending.updates is not None:
-                    try:
-                        update = await asyncio.wait_for(pending.updates.get(), 0.1)
-                    except asyncio.TimeoutError:
-                        if await request.is_disconnected():
-                            pending.cancelled = True
-                            return
-                        continue
-                    if update is None:  # answered
-                        break
-                    j, tokens = update
-                    text = engine.streamable(requests[j].options, tokens)
-                    if len(text) > len(sent[j]) and text.startswith(sent[j]):
-                        yield _chunk(head, j, text[len(sent[j]):])
-                        sent[j] = text
-                results = await _until_done(pending, request)
-            except asyncio.CancelledError:  # the client went away
-                pending.cancelled = True
-                raise
-            except BadRequest as e:  # the status line is sent: the error is the stream's one event
-                yield f"data: {json.dumps(error_body(str(e), e.kind, e.param))}\n\n"
-                return
+            for j, text in enumerate(echo or []):
+                yield responses.text_chunk(top, j, text)
+            results = None
+            async for item in _stream(pending, request, engine, requests):
+                if isinstance(item, str):
+                    yield item
+                elif item[0] == "text":
+                    yield responses.text_chunk(top, item[1], item[2])
+                else:
+                    results = item[1]
             if results is None:
                 return
             for j, c in enumerate(results):
                 if pending.updates is None:  # token by token, now that the log-probabilities are known
                     for piece in c.pieces():
-                        yield _chunk(head, j, piece)
-                elif c.text.startswith(sent[j]) and len(c.text) > len(sent[j]):
-                    yield _chunk(head, j, c.text[len(sent[j]):])  # what was held back
-                yield _chunk(head, j, "", c.finish_reason)
-            yield f"data: {json.dumps({**head, 'choices': [], 'usage': _usage(results)})}\n\n"
-            yield "data: [DONE]\n\n"
+                        yield responses.text_chunk(top, j, piece)
+                yield responses.text_chunk(top, j, "", c.finish_reason)
+            answered(pending, served.name, "completions", results)
+            yield responses.event({**top, "choices": [], "usage": responses.usage(results)})
+            yield responses.DONE
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: HTTPRequest):
+        arrived = time.monotonic()
+        parsed = chat_body(await read_body(request), options, engine.config.max_positions)
+        if chat_template is None:  # refused before any load
+            chat_request(parsed, None, engine, None)
+        served = await acquire(parsed.model)
+        one = chat_request(parsed, served, engine, chat_template)
+        pending = submit([one], served, parsed.stream and parsed.sampling.logprobs is None)
+        pending.arrived = arrived
+        top = responses.head("chat.completion" if not parsed.stream else "chat.completion.chunk", served.name)
+        if not parsed.stream:
+            results = await _until_done(pending, request)
+            if results is None:
+                return JSONResponse({}, status_code=499)
+            answered(pending, served.name, "chat", results)
+            return {**top, "choices": [responses.chat_choice(results[0])], "usage": responses.usage(results)}
+
+        async def events():
+            yield responses.chat_chunk(top, {"role": "assistant", "content": ""})
+            results = None
+            async for item in _stream(pending, request, engine, [one]):
+                if isinstance(item, str):
+                    yield item
+                elif item[0] == "text":
+                    yield responses.chat_chunk(top, {"content": item[2]})
+                else:
+                    results = item[1]
+            if results is None:
+                return
+            c = results[0]
+            if pending.updates is None:  # each token with its log-probabilities
+                for entry in responses.chat_logprobs(c)["content"]:
+                    yield responses.chat_chunk(top, {"content": entry["token"]}, logprobs={"content": [entry]})
+            yield responses.chat_chunk(top, {}, c.finish_reason)
+            answered(pending, served.name, "chat", results)
+            if parsed.include_usage:
+                yield responses.event({**top, "choices": [], "usage": responses.usage(results)})
+            yield responses.DONE
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
     return app
+
+
+async def _stream(pending: Pending, request, engine, requests):
+    """A streamed request's new text per row as it decodes (("text", row, piece)), then
+    ("done", completions); an error after the status line is the stream's one event (a string);
+    nothing more if the client went away."""
+    sent = [""] * len(requests)  # each row's text streamed so far
+    try:
+        while pending.updates is not None:
+            try:
+                update = await asyncio.wait_for(pending.updates.get(), 0.1)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    pending.cancelled = True
+                    return
+                continue
+            if update is None:  # answered
+                break
+            j, tokens = update
+            text = engine.streamable(requests[j].sampling, tokens)
+            if len(text) > len(sent[j]) and text.startswith(sent[j]):
+                yield ("text", j, text[len(sent[j]):])
+                sent[j] = text
+        results = await _until_done(pending, request)
+    except asyncio.CancelledError:  # the client went away
+        pending.cancelled = True
+        raise
+    except BadRequest as e:
+        yield responses.event(error_body(str(e), e.kind, e.param))
+        return
+    if results is None:
+        return
+    for j, c in enumerate(results):
+        if pending.updates is not None and c.text.startswith(sent[j]) and len(c.text) > len(sent[j]):
+            yield ("text", j, c.text[len(sent[j]):])  # what was held back
+    yield ("done", results)
 
 
 class BearerKey:
@@ -265,11 +288,6 @@ class BearerKey:
             await JSONResponse(body, status_code=401)(scope, receive, send)
             return
         await self.app(scope, receive, send)
-
-
-def _chunk(head: dict, index: int, text: str, finish_reason: str | None = None) -> str:
-    choice = {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
-    return f"data: {json.dumps({**head, 'choices': [choice]})}\n\n"
 
 
 async def _until_done(pending: Pending, request):

@@ -23,6 +23,8 @@ class Pending:
     tickets: list = dataclasses.field(default_factory=list)  # its rows in the scheduler, once admitted
     updates: asyncio.Queue | None = None  # streamed: (row, its tokens so far) after each step, then None
     pushed: list = dataclasses.field(default_factory=list)  # streamed: how many tokens of each row were pushed
+    arrived: float = dataclasses.field(default_factory=time.monotonic)
+    first_token: float | None = None  # when its first token was decoded
 
 
 class Batcher:
@@ -34,7 +36,6 @@ class Batcher:
 
         self.engine, self.max_queue, self.max_batch, self.wait_s = engine, max_queue, max_batch, wait_s
         self.scheduler = Scheduler(engine, max_batch)
-        self.lock = threading.Lock()  # the engine (JAX) is used by one thread at a time
         self._queue: list[Pending] = []
         self._active: list[Pending] = []  # admitted into the scheduler, not answered yet
         self._cv = threading.Condition()
@@ -49,6 +50,16 @@ class Batcher:
                                  kind="rate_limit_error")
             self._queue.append(pending)
             self._cv.notify()
+
+    @property
+    def running(self) -> int:
+        """Requests admitted into the scheduler, not answered yet."""
+        return len(self._active)
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued, not yet admitted."""
+        return len(self._queue)
 
     def stop(self) -> None:
         with self._cv:
@@ -84,13 +95,15 @@ class Batcher:
                         self.scheduler.cancel(t)
             self._active = [p for p in self._active if not p.cancelled]
             try:
-                with self.lock:
-                    self.scheduler.step()
+                self.scheduler.step()
             except Exception as e:  # never expected (the scheduler fails rows, not itself): answer, go on
                 for p in self._active:
                     self._answer(p, e)
                 self._active = []
+            now = time.monotonic()
             for p in self._active:
+                if p.first_token is None and any(t.tokens or t.finished for t in p.tickets):
+                    p.first_token = now
                 self._push(p)
             for p in [p for p in self._active if all(t.finished for t in p.tickets)]:
                 self._active.remove(p)
