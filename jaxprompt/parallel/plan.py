@@ -209,12 +209,12 @@ def _leaf_bytes(x) -> int:
     return math.prod(shard) * x.dtype.itemsize
 
 
-def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: int, prompt_length: int,
+def plan_here(model, devices: int, data: int, model_axis: int, batch_size: int, prompt_length: int,
               text_tokens: int, dtype: str, micro_batches: int = 1, remat: bool | str = False,
               method: str = "soft", fsdp: bool = False, target: str = "accelerator",
               target_tokens: int | None = None) -> MemoryPlan:
     """The plan of one step of `method` (any of prompts.METHODS), compiled in this process (needs
-    `devices` devices). `target="cpu"`: the step as a run on this CPU compiles it (one device), and
+    `devices` devices; `model` a name, as `model_config` reads it, or a `ModelConfig`). `target="cpu"`: the step as a run on this CPU compiles it (one device), and
     this process's own resident memory after compiling it. `target_tokens`: predicted tokens per
     example (default 4, or the text if shorter)."""
     import jax
@@ -234,7 +234,7 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
         raise ValueError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
     if target == "cpu" and devices != 1:
         raise ValueError(f"target cpu plans this machine's CPU as one device; devices is {devices}")
-    config = model_config(model)
+    config, model = (model_config(model), model) if isinstance(model, str) else (model, model.model_type)
     weights_dtype = as_dtype(dtype)
     held = target == "cpu" and converts_layer_by_layer(weights_dtype)  # as `Session.load` holds them
     net = Model(config, remat=remat or held)
@@ -277,14 +277,9 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
     cost = executable.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     collectives = collective_bytes(executable.as_text(), devices) if devices > 1 else {}
-    frozen_bytes = sum(_leaf_bytes(x) for x in jax.tree.leaves(frozen))
-    prompt_bytes = sum(_leaf_bytes(x) for x in jax.tree.leaves(state))
-    batch_bytes = sum(_leaf_bytes(x) for x in jax.tree.leaves(batch))
-    temp = int(analysis.temp_size_in_bytes)
+    frozen_bytes, prompt_bytes, batch_bytes, temp, total = step_bytes(analysis, frozen, state, batch)
     host = process_memory()["rss"] if target == "cpu" else 0
-    # arguments (weights, state, batch) + temporaries; the updated state reuses the donated one
-    total = host + frozen_bytes + prompt_bytes + batch_bytes + temp + int(analysis.output_size_in_bytes
-                                                                          - analysis.alias_size_in_bytes)
+    total += host
     return MemoryPlan(model, devices, data, model_axis, batch_size, prompt_length, text_tokens, str(weights_dtype),
                       frozen_bytes, prompt_bytes, batch_bytes, temp, proxy, total,
                       sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(frozen)),
@@ -311,6 +306,17 @@ def weight_copies(hlo_text: str, frozen) -> dict[str, int]:
         if m and m.group(2) not in _NO_BUFFER and tuple(int(d) for d in m.group(1).split(",") if d) in shapes:
             found[m.group(2)] = found.get(m.group(2), 0) + 1
     return found
+
+
+def step_bytes(analysis, frozen, state, batch) -> tuple[int, int, int, int, int]:
+    """(frozen, prompt + optimizer, batch, temporaries, total) bytes per device of a compiled step
+    (`executable.memory_analysis()` and its arguments, arrays or shape structs): the arguments, the
+    temporaries, and the outputs the donated state does not take back."""
+    import jax
+
+    parts = [sum(_leaf_bytes(x) for x in jax.tree.leaves(tree)) for tree in (frozen, state, batch)]
+    temp = int(analysis.temp_size_in_bytes)
+    return (*parts, temp, sum(parts) + temp + int(analysis.output_size_in_bytes - analysis.alias_size_in_bytes))
 
 
 def process_memory(pid: int | str = "self") -> dict[str, int]:
