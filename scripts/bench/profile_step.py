@@ -6,6 +6,7 @@ batch 4). One side per process, so the two never hold their weights at once.
     python scripts/bench/profile_step.py --side jax --shape small           # a toy Llama (developing)
     python scripts/bench/profile_step.py --side jax --shape 1b --steps 2    # Llama-3.2-1B's shape
     python scripts/bench/profile_step.py --side peft --shape 1b --steps 2
+    python scripts/bench/profile_step.py --side jax --shape small --unstacked   # no per-layer slices
 
 Times are summed over the threads that ran each kernel (CPU time, not wall time); the shares say
 which kernels a step spends its work in.
@@ -89,6 +90,8 @@ def profile_jax(config, args) -> list[tuple[str, str, float]]:
 
     model = Model(config, remat=converts_layer_by_layer(args.dtype))
     frozen = model.hold_as_bits(Policy.of(args.dtype).cast_frozen(model.init(jax.random.key(0))))
+    if args.unstacked:  # one buffer per layer, an unrolled loop (as decoding holds them): no slices
+        frozen = model.decoding_params(frozen)
     examples = workload(config, args.batch)
     method = make_method("soft", length=20)
     prompt = method.init(jax.random.key(1), model, frozen, 20)
@@ -159,6 +162,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--unstacked", action="store_true", help="jax: the layers as separate buffers, unrolled")
     args = p.parse_args(argv)
     config = config_of(args.shape)
     rows = (profile_jax if args.side == "jax" else profile_peft)(config, args)
