@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
 
 from jaxprompt.models import Model, Prefix, positions_from_mask
 from jaxprompt.models.layers.attention import Adapter, AttentionSpec, KVCache, LayerInputs, attend, key_masks
@@ -37,9 +36,10 @@ def reference(q, keys, values, valid, scale):
     return out
 
 
-def case(heads, window, prefix, padding, cache, dtype, seed=0):
+def case(heads, window, prefix, padding, cache, dtype, seed=0, length=T):
     """(ctx for `attend`, q, k, v, and the float64 inputs of `reference`: all keys, their validity)."""
     H, G = heads
+    T = length
     rng = np.random.RandomState(seed)
     q, k, v = (rng.randn(B, T, n, K).astype(np.float32) for n in (H, G, G))
     mask = np.ones((B, T), bool)
@@ -117,7 +117,7 @@ def test_fused_attention_matches_float64_and_the_einsum_path(c, dtype):
     np.testing.assert_allclose(f(xla), f(einsum), rtol=2 * tolerance, atol=2 * tolerance)  # padding rows too
 
 
-GEOMETRY = [CASES[i] for i in (1, 2, 5, 8)]
+GEOMETRY = [CASES[i] for i in (1, 2, 5, 8)] + [dict(CASES[2], length=5)]  # odd queries after a cache
 
 
 @pytest.mark.parametrize("c", GEOMETRY, ids=map(_name, GEOMETRY))

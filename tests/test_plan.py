@@ -204,8 +204,6 @@ def test_a_training_step_copies_no_frozen_weight(dtype, attention, remat):
     conversion or transpose of the weights. bf16 is held as bits, as a run on this CPU holds it. The
     check finds the copies of a step that converts bf16 layers to bits inside the program (as
     `as_bits` did on every backend with remat, a GPU's included)."""
-    import jax.numpy as jnp
-
     from jaxprompt.data.batches import collate
     from jaxprompt.data.templates import Encoded
     from jaxprompt.parallel.plan import weight_copies

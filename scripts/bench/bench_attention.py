@@ -25,7 +25,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from benchlib import interleaved  # noqa: E402
 
-from jaxprompt.models.layers.attention import AttentionSpec, LayerInputs, attend, key_masks  # noqa: E402
+from jaxprompt.models.layers.attention import (  # noqa: E402
+    AttentionSpec,
+    LayerInputs,
+    attend,
+    key_masks,
+)
 
 HEADS = {"1b": (32, 8, 64), "8b": (32, 8, 128)}
 PREFIX = 20
@@ -69,7 +74,8 @@ def main(argv=None):
             fns = {i: step(ctx, spec, i) for i in implementations}
             temps = {i: f.lower(*args_).compile().memory_analysis().temp_size_in_bytes for i, f in fns.items()}
             outs = {i: f(*args_)[0] for i, f in fns.items()}
-            times = interleaved({i: lambda f=f: jax.block_until_ready(f(*args_)) for i, f in fns.items()}, args.rounds)
+            times = interleaved({i: lambda f=f, a=args_: jax.block_until_ready(f(*a)) for i, f in fns.items()},
+                                args.rounds)
             base = statistics.median(times["einsum"])
             for i in implementations:
                 ms = statistics.median(times[i])

@@ -77,7 +77,6 @@ def instruction_kinds(hlo: str) -> dict[str, str]:
 def profile_jax(config, args) -> list[tuple[str, str, float]]:
     import jax
 
-    from bench_train import bench_jax, frozen_model  # noqa: F401  (the same step bench_train times)
     from jaxprompt.config import OptimizerConfig
     from jaxprompt.data.batches import collate
     from jaxprompt.data.templates import common_prefix_length
@@ -122,7 +121,6 @@ def profile_jax(config, args) -> list[tuple[str, str, float]]:
 
 def profile_peft(config, args) -> list[tuple[str, str, float]]:
     import torch
-    from benchlib import hf_model, torch_setup  # noqa: F401
     from peft import PromptTuningConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import struct
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxprompt.models.layers.fused import choose, fused_attention
+from jaxprompt.models.layers.fused import choose, fused_attention, unsupported
 
 _MASKED = -1e30  # finite, so a fully masked (padding) query row gives a uniform softmax, not NaN
 
@@ -147,8 +147,11 @@ def attend(
         new_kv = (k, v)
     implementation = choose(ctx.implementation, q.dtype, T, K, spec.softcap)
     if implementation != "einsum":
-        return fused_attention(q, k, v, ctx.key_mask, ctx.prefix_k, ctx.prefix_v, ctx.prefix_mask, spec.scale,
-                               causal=ctx.cache_k is None, implementation=implementation), new_kv
+        try:
+            return fused_attention(q, k, v, ctx.key_mask, ctx.prefix_k, ctx.prefix_v, ctx.prefix_mask, spec.scale,
+                                   causal=ctx.cache_k is None, implementation=implementation), new_kv
+        except NotImplementedError as e:  # a kernel's limit met while tracing
+            unsupported(implementation, e)
     q = (q * jnp.asarray(spec.scale, q.dtype)).reshape(B, T, G, H // G, K)
     scores = jnp.where(ctx.key_mask[:, None, None], _scores(q, k, spec), _MASKED)
     if ctx.prefix_k is None:

@@ -70,6 +70,15 @@ def _capability() -> float:
     return float(getattr(jax.devices()[0], "compute_capability", "0") or 0)
 
 
+def unsupported(implementation: str, error: Exception) -> str:
+    """The einsum path, for a call a kernel refused while tracing (`NotImplementedError`: a limit
+    `fallback_reason` does not know), the refusal logged once."""
+    if str(error) not in _said:
+        _said.add(str(error))
+        _log.warning("attention: %s refused a call (%s); the einsum path computes it", implementation, error)
+    return "einsum"
+
+
 def choose(implementation: str, dtype, queries: int, head_dim: int, softcap: float | None) -> str:
     """The implementation that serves this call: `implementation`, or "einsum" where it cannot
     (the reason logged once)."""
@@ -93,8 +102,9 @@ def fused_attention(
     `causal`: the T queries are the last T keys, in order (no cache): the queries are then led by
     S - T dummy queries so that the kernel's own causal mask (query i reads keys 0..i, which lets
     cuDNN skip the tiles above the diagonal) is exactly ours, prefix included; the mask still
-    carries padding and windows. `even`: one masked key slot leads when S is odd (cuDNN's backward
-    pass with a mask needs even lengths); by default for cuDNN only.
+    carries padding and windows. `even`: one masked key slot leads when S is odd, and one dummy
+    query follows when T is (cuDNN's backward pass with a mask needs even lengths); by default for
+    cuDNN only.
     """
     B, T = q.shape[:2]
     dtype = q.dtype
@@ -105,13 +115,15 @@ def fused_attention(
         k = jnp.concatenate([jnp.broadcast_to(prefix_k.astype(dtype), shape), k], axis=1)
         v = jnp.concatenate([jnp.broadcast_to(prefix_v.astype(dtype), shape), v], axis=1)
         mask = jnp.concatenate([prefix_mask, mask], axis=-1)
-    if (implementation == "cudnn" if even is None else even) and k.shape[1] % 2:
+    even = implementation == "cudnn" if even is None else even
+    if even and k.shape[1] % 2:
         k, v = (jnp.pad(x, ((0, 0), (1, 0), (0, 0), (0, 0))) for x in (k, v))
         mask = jnp.pad(mask, ((0, 0), (0, 0), (1, 0)))  # never read
     lead = k.shape[1] - T if causal else 0
-    if lead:
-        q = jnp.pad(q, ((0, 0), (lead, 0), (0, 0), (0, 0)))
-        mask = jnp.pad(mask, ((0, 0), (lead, 0), (0, 0)), constant_values=True)  # dummy rows, thrown away
+    trail = int(even and (lead + T) % 2)  # with a cache: one dummy query after the last
+    if lead or trail:
+        q = jnp.pad(q, ((0, 0), (lead, trail), (0, 0), (0, 0)))
+        mask = jnp.pad(mask, ((0, 0), (lead, trail), (0, 0)), constant_values=True)  # dummy rows, thrown away
     out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale, is_causal=causal,
                                        implementation=implementation)
-    return out[:, lead:]
+    return out[:, lead:lead + T]
