@@ -153,3 +153,28 @@ def test_bf16_layers_held_as_bits_share_memory_and_copy_nothing_in_a_forward_pas
     temp = lambda p: forward.lower(p).compile().memory_analysis().temp_size_in_bytes
     assert temp(bits) < 2 * layer_f32 < temp(params), (temp(bits), layer_f32, temp(params))
     np.testing.assert_array_equal(np.asarray(forward(bits), np.float32), np.asarray(forward(params), np.float32))
+
+
+def test_remat_policies_trade_memory_for_recomputation_and_keep_the_gradient():
+    """What the backward pass keeps of each layer, measured by XLA's buffer assignment of the input
+    gradient: "full" (each layer's input) < "dots" (the weight matmuls' outputs) < "none"; every
+    policy gives the gradient of the step without one."""
+    import jax
+    from conftest import tiny_config
+
+    from jaxprompt.models import Model, positions_from_mask
+
+    config = tiny_config("llama", vocab_size=64, d_model=64, n_heads=4, n_kv_heads=2, d_ff=512, n_layers=4)
+    params = Model(config).init(jax.random.key(0))
+    embeds, mask = jnp.ones((2, 32, 64)) * 0.1, jnp.ones((2, 32), bool)
+
+    def gradient(remat):
+        model = Model(config, remat=remat)
+        loss = lambda e: jnp.sum(model.transformer(params, e, positions_from_mask(mask), mask)[0] ** 2)
+        compiled = jax.jit(jax.grad(loss)).lower(embeds).compile()
+        return compiled.memory_analysis().temp_size_in_bytes, compiled(embeds)
+
+    (full, g_full), (dots, g_dots), (none, g_none) = (gradient(r) for r in ("full", "dots", "none"))
+    assert full < dots < none, (full, dots, none)
+    for g in (g_full, g_dots):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(g_none), rtol=1e-5, atol=1e-6)

@@ -195,3 +195,33 @@ def test_collective_bytes_reads_each_way_xla_writes_its_groups():
     found = collective_bytes(HLO, 8)
     assert found == {"all-gather": int(4096 * 1024 * 4 * (1 / 2) * 32) + int(16 * 4 * 3 / 4),
                      "all-reduce": int(20 * 4096 * 4 * 2 * 7 / 8) + int(8 * 4 * 2 * 1 / 2)}, found
+
+
+@pytest.mark.parametrize("dtype,attention,remat", [("float32", "einsum", False), ("float32", "xla", "dots"),
+                                                   ("bfloat16", "einsum", True)])
+def test_a_training_step_copies_no_frozen_weight(dtype, attention, remat):
+    """The compiled step (state donated) writes no buffer of a frozen weight's shape: no copy,
+    conversion or transpose of the weights. bf16 is held as bits, as a run on this CPU holds it. The
+    check finds the copies of a step that converts bf16 layers to bits inside the program (as
+    `as_bits` did on every backend with remat, a GPU's included)."""
+    from jaxprompt.data.batches import collate
+    from jaxprompt.data.templates import Encoded
+    from jaxprompt.parallel.plan import weight_copies
+    from jaxprompt.prompts import make_method
+    from jaxprompt.prompts.loss import prompt_loss
+    from jaxprompt.training.optim import OptimizerConfig, make_optimizer
+    from jaxprompt.training.step import TrainState, make_train_step
+
+    config = tiny_config("llama", vocab_size=131, d_model=40, d_embed=40, d_ff=72, n_layers=3, n_heads=5,
+                         n_kv_heads=1, head_dim=8)  # shapes no activation of this batch has
+    model, method = Model(config, remat=remat, attention=attention), make_method("soft", length=4)
+    weights = jax.tree.map(lambda x: x.astype(dtype), model.init(jax.random.key(0)))
+    prompt = method.init(jax.random.key(1), model, weights, 4)
+    optimizer = make_optimizer(OptimizerConfig(), prompt)
+    state = TrainState.create(prompt, optimizer, jax.random.PRNGKey(0))
+    batch = collate([Encoded([0] * 4 + [5, 6, 7, 8, 9, 10], list(range(4)) + [-1] * 6, 2)] * 2, 0, shared_len=4)
+    step = jax.jit(make_train_step(prompt_loss(model, method, 4), optimizer), donate_argnums=(0,))
+    hlo = lambda frozen: step.lower(state, frozen, batch).compile().as_text()
+    assert weight_copies(hlo(model.hold_as_bits(weights)), weights) == {}
+    if dtype == "bfloat16":  # bits made inside the program: a copy of every stacked weight
+        assert weight_copies(hlo(weights), weights).get("bitcast-convert", 0) >= 5

@@ -17,7 +17,8 @@ from jaxtyping import Array, Bool, Float, Int
 from jaxprompt.models.architecture import Architecture, leaf_at, with_leaf
 from jaxprompt.models.layers.attention import Adapter, KVCache, Prefix
 from jaxprompt.models.layers.bits import bits_in_place
-from jaxprompt.models.layers.stack import StackInputs
+from jaxprompt.models.layers.fused import resolve
+from jaxprompt.models.layers.stack import StackInputs, remat_policy
 from jaxprompt.models.model_config import ConfigError, ModelConfig
 from jaxprompt.models.registry import architecture, require_adaption_prompts
 from jaxprompt.precision import LOGITS_DTYPE, converts_layer_by_layer
@@ -73,10 +74,13 @@ class Model:
     """
 
     config: ModelConfig
-    remat: bool = False  # rematerialise each block in the backward pass (saves activation memory)
+    remat: bool | str = False  # rematerialise blocks in the backward pass: a policy of `stack.REMAT` (True: "full")
+    attention: str = "auto"  # how attention runs (`layers/fused.py`): "auto", "einsum", "xla" or "cudnn"
 
     def __post_init__(self):
         architecture(self.config.model_type)  # unknown model types fail here, with the supported list
+        resolve(self.attention)  # and unknown attention implementations and remat policies
+        remat_policy(self.remat)
 
     @property
     def arch(self) -> Architecture:
@@ -143,8 +147,8 @@ class Model:
             require_adaption_prompts(self.config.model_type)
         check_positions_fit(positions, attention_mask, 0 if prefix is None else prefix.length,
                             self.config.max_positions)
-        return self.arch.transformer(params, StackInputs(embeds, positions, attention_mask, cache, prefix, adapter),
-                                     self.config, self.remat)
+        inputs = StackInputs(embeds, positions, attention_mask, cache, prefix, adapter, resolve(self.attention))
+        return self.arch.transformer(params, inputs, self.config, self.remat)
 
     def unembed(self, params: dict, hidden: Float[Array, "... E"]) -> Float[Array, "... V"]:
         """Logits in fp32, whatever the compute dtype (soft-capped where the architecture caps them)."""

@@ -7,10 +7,12 @@ bytes follow from the shardings exactly, temporaries from XLA's buffer assignmen
 (`compiled.memory_analysis()`). Compiling for N devices needs N devices: on a machine with fewer,
 the plan runs in a subprocess with N virtual CPU devices.
 
-Temporaries are those of XLA's CPU compiler. For bfloat16 the CPU compiler converts weights to
-float32 around every matmul, which a GPU or TPU does not; a bf16 plan therefore compiles the step in
-float32 and reports those temporaries as an upper bound (activations and gathered weights are at
-most twice their bf16 size), and the bytes its collectives send likewise.
+On a machine with the accelerator (as many devices as the mesh), the step is compiled for it and
+its temporaries are that compiler's (fused attention included). Elsewhere they are those of XLA's
+CPU compiler: for bfloat16 it converts weights to float32 around every matmul, which a GPU or TPU
+does not, so a bf16 plan compiles the step in float32 and reports those temporaries as an upper
+bound (activations and gathered weights are at most twice their bf16 size), and the bytes its
+collectives send likewise.
 
 `--target cpu` plans a run on this machine's CPU instead (one device): the step compiled exactly as
 such a run compiles it (bf16 weights held as raw bits, layers rematerialised, no proxy), and the
@@ -28,6 +30,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -88,7 +91,7 @@ class MemoryPlan:
     total_bytes: int
     frozen_total_bytes: int  # all frozen weights, unsharded
     micro_batches: int = 1
-    remat: bool = False
+    remat: bool | str = False  # a policy of `stack.REMAT` (True: "full")
     method: str = "soft"
     flops: float = 0.0  # this device's FLOPs per step (XLA's cost analysis of the partitioned step)
     collectives: dict = dataclasses.field(default_factory=dict)  # kind -> bytes this device sends per step
@@ -138,7 +141,7 @@ class MemoryPlan:
 
     def step_text(self) -> str:
         extra = (f", {self.micro_batches} micro-batches" if self.micro_batches > 1 else "") + \
-            (", remat" if self.remat else "")
+            (f", remat {'full' if self.remat is True else self.remat}" if self.remat not in (False, "none") else "")
         return (f"{self.method} prompt, batch {self.batch_size}, prompt length {self.prompt_length}, "
                 f"{self.text_tokens} text tokens per example{extra}")
 
@@ -206,12 +209,14 @@ def _leaf_bytes(x) -> int:
     return math.prod(shard) * x.dtype.itemsize
 
 
-def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: int, prompt_length: int,
-              text_tokens: int, dtype: str, micro_batches: int = 1, remat: bool = False,
-              method: str = "soft", fsdp: bool = False, target: str = "accelerator") -> MemoryPlan:
+def plan_here(model, devices: int, data: int, model_axis: int, batch_size: int, prompt_length: int,
+              text_tokens: int, dtype: str, micro_batches: int = 1, remat: bool | str = False,
+              method: str = "soft", fsdp: bool = False, target: str = "accelerator",
+              target_tokens: int | None = None) -> MemoryPlan:
     """The plan of one step of `method` (any of prompts.METHODS), compiled in this process (needs
-    `devices` devices). `target="cpu"`: the step as a run on this CPU compiles it (one device), and
-    this process's own resident memory after compiling it."""
+    `devices` devices; `model` a name, as `model_config` reads it, or a `ModelConfig`). `target="cpu"`: the step as a run on this CPU compiles it (one device), and
+    this process's own resident memory after compiling it. `target_tokens`: predicted tokens per
+    example (default 4, or the text if shorter)."""
     import jax
     import jax.numpy as jnp
 
@@ -229,11 +234,12 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
         raise ValueError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
     if target == "cpu" and devices != 1:
         raise ValueError(f"target cpu plans this machine's CPU as one device; devices is {devices}")
-    config = model_config(model)
+    config, model = (model_config(model), model) if isinstance(model, str) else (model, model.model_type)
     weights_dtype = as_dtype(dtype)
     held = target == "cpu" and converts_layer_by_layer(weights_dtype)  # as `Session.load` holds them
     net = Model(config, remat=remat or held)
-    proxy = weights_dtype == jnp.bfloat16 and target != "cpu"  # see the module docstring
+    # see the module docstring: a CPU compiler stands in for an accelerator in float32
+    proxy = weights_dtype == jnp.bfloat16 and target != "cpu" and jax.default_backend() == "cpu"
     mp = MeshParallel(data, model_axis, jax.devices()[:devices], n_layers=config.n_layers, fsdp=fsdp)
     if batch_size % (mp.batch_split * micro_batches):
         raise ValueError(f"batch size {batch_size} is not divisible by {mp.spec.split_text} x {micro_batches} "
@@ -258,7 +264,7 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
     state = jax.eval_shape(lambda p: TrainState.create(p, optimizer, jax.random.PRNGKey(0)), prompt)
     # the shape of a templated batch: the prompt as a shared head, then each example's text
     examples = [Encoded([0] * virtual + [1] * text_tokens, list(range(virtual)) + [-1] * text_tokens,
-                        min(4, text_tokens)) for _ in range(batch_size)]
+                        min(4 if target_tokens is None else target_tokens, text_tokens)) for _ in range(batch_size)]
     batch = collate(examples, 0, shared_len=virtual)
     batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=mp.batch_sharding), batch)
 
@@ -271,20 +277,46 @@ def plan_here(model: str, devices: int, data: int, model_axis: int, batch_size: 
     cost = executable.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     collectives = collective_bytes(executable.as_text(), devices) if devices > 1 else {}
-    frozen_bytes = sum(_leaf_bytes(x) for x in jax.tree.leaves(frozen))
-    prompt_bytes = sum(_leaf_bytes(x) for x in jax.tree.leaves(state))
-    batch_bytes = sum(_leaf_bytes(x) for x in jax.tree.leaves(batch))
-    temp = int(analysis.temp_size_in_bytes)
+    frozen_bytes, prompt_bytes, batch_bytes, temp, total = step_bytes(analysis, frozen, state, batch)
     host = process_memory()["rss"] if target == "cpu" else 0
-    # arguments (weights, state, batch) + temporaries; the updated state reuses the donated one
-    total = host + frozen_bytes + prompt_bytes + batch_bytes + temp + int(analysis.output_size_in_bytes
-                                                                          - analysis.alias_size_in_bytes)
+    total += host
     return MemoryPlan(model, devices, data, model_axis, batch_size, prompt_length, text_tokens, str(weights_dtype),
                       frozen_bytes, prompt_bytes, batch_bytes, temp, proxy, total,
                       sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(frozen)),
                       micro_batches=micro_batches, remat=net.remat, method=method_name,
                       flops=float(cost.get("flops", 0.0)), collectives=collectives, fsdp=fsdp, target=target,
                       host_bytes=host)
+
+
+# instructions that make no buffer of their own
+_NO_BUFFER = {"parameter", "get-tuple-element", "bitcast", "tuple"}
+_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%?[\w.\-]+ = \w+\[([\d,]*)\]\S* ([\w\-]+)\(")
+
+
+def weight_copies(hlo_text: str, frozen) -> dict[str, int]:
+    """Instructions of a compiled program (`executable.as_text()`) that write a buffer of a frozen
+    weight's whole shape (matrices and stacks of them), by opcode: copies, conversions, transposes
+    or fusions of the weights. A step should hold none; a scan's slice of one layer is not counted."""
+    import jax
+
+    shapes = {tuple(x.shape) for x in jax.tree.leaves(frozen) if len(x.shape) >= 2}
+    found: dict[str, int] = {}
+    for line in hlo_text.splitlines():
+        m = _INSTRUCTION.match(line)
+        if m and m.group(2) not in _NO_BUFFER and tuple(int(d) for d in m.group(1).split(",") if d) in shapes:
+            found[m.group(2)] = found.get(m.group(2), 0) + 1
+    return found
+
+
+def step_bytes(analysis, frozen, state, batch) -> tuple[int, int, int, int, int]:
+    """(frozen, prompt + optimizer, batch, temporaries, total) bytes per device of a compiled step
+    (`executable.memory_analysis()` and its arguments, arrays or shape structs): the arguments, the
+    temporaries, and the outputs the donated state does not take back."""
+    import jax
+
+    parts = [sum(_leaf_bytes(x) for x in jax.tree.leaves(tree)) for tree in (frozen, state, batch)]
+    temp = int(analysis.temp_size_in_bytes)
+    return (*parts, temp, sum(parts) + temp + int(analysis.output_size_in_bytes - analysis.alias_size_in_bytes))
 
 
 def process_memory(pid: int | str = "self") -> dict[str, int]:
@@ -304,17 +336,19 @@ def process_memory(pid: int | str = "self") -> dict[str, int]:
 
 
 def plans(model: str, devices: int, meshes: list, batch_size: int, prompt_length: int = 20,
-          text_tokens: int = 64, dtype: str = "bfloat16", micro_batches: int = 1, remat: bool = False,
-          method: str = "soft", target: str = "accelerator") -> list[MemoryPlan]:
-    """One plan per mesh (a `config.MeshSpec`, or `(data, model)`), compiled on `devices` virtual CPU
-    devices in one subprocess when this process has fewer devices (or another backend)."""
+          text_tokens: int = 64, dtype: str = "bfloat16", micro_batches: int = 1, remat: bool | str = False,
+          method: str = "soft", target: str = "accelerator", target_tokens: int | None = None) -> list[MemoryPlan]:
+    """One plan per mesh (a `config.MeshSpec`, or `(data, model)`), compiled here where this process
+    has the devices (an accelerator's, for an accelerator target; a CPU's), else on `devices`
+    virtual CPU devices in one subprocess."""
     import jax
 
     meshes = [_mesh_spec(m) for m in meshes]
     common = dict(model=model, devices=devices, batch_size=batch_size, prompt_length=prompt_length,
                   text_tokens=text_tokens, dtype=dtype, micro_batches=micro_batches, remat=remat, method=method,
-                  target=target)
-    if jax.default_backend() == "cpu" and jax.device_count() >= devices:
+                  target=target, target_tokens=target_tokens)
+    here = jax.default_backend() == "cpu" or target == "accelerator"
+    if here and jax.device_count() >= devices:
         return [plan_here(data=m.data, model_axis=m.model, fsdp=m.fsdp, **common) for m in meshes]
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"}

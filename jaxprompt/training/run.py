@@ -275,12 +275,15 @@ def _tracked_train(config: TrainConfig, options: RunOptions, run_dir: str, devic
         [learning_rates(config.optimizer, parts, steps)]
     rates_at = lambda s: {part: [float(r[part](s)) for r in rates] if members else float(rates[0][part](s))
                           for part in rates[0]}
-    shared = session.shared_len(train_enc + val_enc) if config.shared_prefix else 0
+    # the shared head is computed once per batch, at batch size 1, then read by every row: it saves
+    # the head's positions in every row but one, and costs a pass of its own, so never at batch 1
+    share = config.shared_prefix and data.batch_size // data.accumulate > 1
+    shared = session.shared_len(train_enc + val_enc) if share else 0
     t0 = time.perf_counter()
     if config.loss == "choices":
         loss_fn, eval_loss_fn, train_batches, val_batches = choice_training(
             session, method, train_rows, val_rows, data.batch_size, config.seed, [m.seed for m in members],
-            config.shared_prefix)
+            share)
     else:
         train_batches = MemberBatches(train_enc, data.batch_size, session.pad_id, [m.seed for m in members], shared) \
             if members else Batches(train_enc, data.batch_size, session.pad_id, seed=config.seed, shared_len=shared)

@@ -4,7 +4,7 @@
     rotary.py      rotary position embeddings (Su et al. 2021, "RoFormer") and their scalings
     attention.py   attention over [prefix | cache | current] keys: grouped-query heads, sliding
                    windows, soft-capping, adaption-prompt gates; the KV cache and the masks
-    stack.py       the scanned decoder stack (remat, FSDP gathering)
+    stack.py       the scanned decoder stack (remat policies, FSDP gathering)
     bits.py        bf16 weights held as raw 16-bit integers on a CPU, converted where used
 
 May import: jaxprompt.precision.

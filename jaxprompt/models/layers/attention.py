@@ -14,6 +14,8 @@ import jax.numpy as jnp
 from flax import struct
 from jaxtyping import Array, Bool, Float, Int
 
+from jaxprompt.models.layers.fused import choose, fused_attention, unsupported
+
 _MASKED = -1e30  # finite, so a fully masked (padding) query row gives a uniform softmax, not NaN
 
 
@@ -114,6 +116,7 @@ class LayerInputs(NamedTuple):
     prefix_mask: Bool[Array, "B T P"] | None
     rotary: tuple[Array, Array] | None  # cos, sin of the current tokens' positions
     adapter: tuple[Array, Array] | None = None  # this layer's adaption prompt [A, D] and gate []
+    implementation: str = "einsum"  # "einsum", or a kernel of `fused.py` ("xla", "cudnn"), resolved
 
 
 def _scores(q: Float[Array, "B T G R K"], k: Float[Array, "B S G K"], spec: AttentionSpec
@@ -132,16 +135,24 @@ def attend(
 
     Grouped-query attention (Ainslie et al. 2023): query head h reads key/value head h // R, as
     transformers' `repeat_kv` pairs them. Returns the output and, with a cache, this layer's
-    updated cache slots.
+    updated cache slots. `ctx.implementation` other than "einsum": the same attention by a fused
+    kernel where it can take the call (`fused.choose`).
     """
     B, T, H, K = q.shape
     G = k.shape[2]
-    q = (q * jnp.asarray(spec.scale, q.dtype)).reshape(B, T, G, H // G, K)
     new_kv = None
     if ctx.cache_k is not None:
         k = write_slots(ctx.cache_k, k, ctx.cache_index)
         v = write_slots(ctx.cache_v, v, ctx.cache_index)
         new_kv = (k, v)
+    implementation = choose(ctx.implementation, q.dtype, T, K, spec.softcap)
+    if implementation != "einsum":
+        try:
+            return fused_attention(q, k, v, ctx.key_mask, ctx.prefix_k, ctx.prefix_v, ctx.prefix_mask, spec.scale,
+                                   causal=ctx.cache_k is None, implementation=implementation), new_kv
+        except NotImplementedError as e:  # a kernel's limit met while tracing
+            unsupported(implementation, e)
+    q = (q * jnp.asarray(spec.scale, q.dtype)).reshape(B, T, G, H // G, K)
     scores = jnp.where(ctx.key_mask[:, None, None], _scores(q, k, spec), _MASKED)
     if ctx.prefix_k is None:
         weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)

@@ -17,12 +17,30 @@ from jaxtyping import Array, Bool, Float, Int
 
 from jaxprompt.models.layers.attention import Adapter, KVCache, LayerInputs, Prefix, key_masks
 from jaxprompt.models.layers.bits import as_bits, from_bits
+from jaxprompt.precision import converts_layer_by_layer
 
 BlockFn = Callable[[dict, Array, LayerInputs], tuple[Array, tuple[Array, Array] | None]]
 
 
 # Set while a step is traced under an FSDP layout (`parallel.MeshParallel`); read by `decoder_stack`.
 _GATHERED_LAYERS: contextvars.ContextVar = contextvars.ContextVar("gathered_layers", default=None)
+
+
+# What the backward pass recomputes of each layer (`jax.checkpoint` policies). A prompt-tuning step
+# needs no weight gradients, so a layer's backward pass reads the frozen weights (never saved) and
+# the inputs of its nonlinear parts; "dots" keeps the outputs of the weight matmuls (q/k/v, the
+# attention's projection, the MLP's gate/up/down: what norms, rotary, softmax and the activation
+# read) and recomputes the rest, "full" keeps only each layer's input.
+REMAT = {"none": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+         "full": jax.checkpoint_policies.nothing_saveable}
+
+
+def remat_policy(remat: bool | str | None) -> str:
+    """A key of `REMAT` from `Model.remat` (False: "none", True: "full")."""
+    name = remat if isinstance(remat, str) else "full" if remat else "none"
+    if name not in REMAT:
+        raise ValueError(f"unknown remat policy {remat!r}; use one of {', '.join(REMAT)}")
+    return name
 
 
 class StackInputs(NamedTuple):
@@ -35,6 +53,7 @@ class StackInputs(NamedTuple):
     cache: KVCache | None = None
     prefix: Prefix | None = None
     adapter: Adapter | None = None
+    attention: str = "einsum"  # how attention runs (`fused.py`): "einsum", "xla" or "cudnn", resolved
 
 
 @contextlib.contextmanager
@@ -61,7 +80,7 @@ def decoder_stack(
     layers: dict,
     h: Float[Array, "B T D"],
     inputs: StackInputs,
-    remat: bool = False,
+    remat: bool | str = False,
     rotary: tuple[Array, Array] | None = None,
     window: int | None = None,
     windowed_layers: tuple[bool, ...] | None = None,
@@ -70,6 +89,7 @@ def decoder_stack(
     from `h` (the inputs' embeddings as the family prepares them: positions added, projected).
 
     `window`: sliding-window width for the layers flagged in `windowed_layers` (all when None).
+    `remat`: what the backward pass recomputes (`REMAT`; True is "full").
     """
     attention_mask, positions, cache, prefix, adapter = (inputs.attention_mask, inputs.positions, inputs.cache,
                                                          inputs.prefix, inputs.adapter)
@@ -98,12 +118,15 @@ def decoder_stack(
         if prefix_mask is not None:
             prefix_mask = prefix_mask & pm[:, None, :]  # the layer's own prefix slots (top-k layers)
         ctx = LayerInputs(key_mask, ck, cv, None if cache is None else cache.index, pk, pv, prefix_mask, rotary,
-                          layer_adapter)
+                          layer_adapter, inputs.attention)
         return block(p, h, ctx)
 
-    remat = remat or gathered is not None
-    if remat:
-        body = jax.checkpoint(body, prevent_cse=False)
+    policy = "full" if gathered is not None else remat_policy(remat)
+    if policy != "none":
+        body = jax.checkpoint(body, prevent_cse=False, policy=REMAT[policy])
+    # bf16 on a CPU: the layers cross the scan as bits, converted where used (`as_bits`); never on a
+    # GPU or TPU, where the bitcast inside the program would be a copy of every layer
+    bits = policy != "none" and converts_layer_by_layer(jnp.bfloat16)
     if isinstance(layers, (tuple, list)):  # unstacked layers (see `unstack_layers`): an unrolled loop
         outs = []
         for i, p in enumerate(layers):
@@ -117,7 +140,7 @@ def decoder_stack(
             new_kv = tuple(tuple(part) if isinstance(cache.k, tuple) else jnp.stack(part) for part in zip(*outs))
     else:
         h, new_kv = jax.lax.scan(body, h, (
-            as_bits(layers) if remat else layers,
+            as_bits(layers) if bits else layers,
             None if cache is None else cache.k,
             None if cache is None else cache.v,
             None if prefix is None else prefix.k,
