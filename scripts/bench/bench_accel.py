@@ -146,15 +146,15 @@ def run_train(row: dict, args) -> dict:
     from jaxprompt.models import Model
     from jaxprompt.parallel.plan import plan_here, step_bytes, weight_copies
     from jaxprompt.parallel.strategies import MeshParallel
-    from jaxprompt.prompts import make_method
+    from jaxprompt.prompts import METHODS
     from jaxprompt.prompts.loss import prompt_loss
     from jaxprompt.training.optim import OptimizerConfig, make_optimizer
     from jaxprompt.training.step import TrainState
 
     config = model_config(row["shape"])
     P, text, targets = row["length"], row["text"], max(1, row["text"] // 4)
-    method = make_method(row["method"], length=P)
-    virtual = P if method.kind == "embeddings" else 0
+    method = METHODS[row["method"]](length=P)  # its shapes: no init pool needed
+    virtual = P if method.takes_positions else 0
     device = jax.devices()[0]
     memory = args.memory or (device.memory_stats() or {}).get("bytes_limit", 0)
     name = config if row["shape"] == "tiny" else SHAPES[row["shape"]]
@@ -169,7 +169,7 @@ def run_train(row: dict, args) -> dict:
     rows = [Encoded([0] * virtual + list(rng.randint(0, config.vocab_size, text)), list(range(virtual)) + [-1] * text,
                     targets) for _ in range(batch)]
     mp = MeshParallel(1, 1, jax.devices()[:1], n_layers=config.n_layers)
-    step = mp.train_step(prompt_loss(model, method, virtual), optimizer)
+    step = mp.train_step(prompt_loss(model, method), optimizer)
     holder = [mp.put_state(TrainState.create(prompt, optimizer, jax.random.PRNGKey(0)))]
     frozen, placed = mp.put_frozen(frozen), mp.put_batch(collate(rows, 0, shared_len=virtual))
     t = time.perf_counter()

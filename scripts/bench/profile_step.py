@@ -82,7 +82,7 @@ def profile_jax(config, args) -> list[tuple[str, str, float]]:
     from jaxprompt.data.templates import common_prefix_length
     from jaxprompt.models import Model
     from jaxprompt.precision import Policy, converts_layer_by_layer
-    from jaxprompt.prompts import make_method
+    from jaxprompt.prompts import METHODS
     from jaxprompt.prompts.loss import prompt_loss
     from jaxprompt.training.optim import make_optimizer
     from jaxprompt.training.step import TrainState, make_train_step
@@ -92,11 +92,11 @@ def profile_jax(config, args) -> list[tuple[str, str, float]]:
     if args.unstacked:  # one buffer per layer, an unrolled loop (as decoding holds them): no slices
         frozen = model.decoding_params(frozen)
     examples = workload(config, args.batch)
-    method = make_method("soft", length=20)
+    method = METHODS["soft"](length=20)
     prompt = method.init(jax.random.key(1), model, frozen, 20)
     optimizer = make_optimizer(OptimizerConfig(lr=0.1), prompt, total_steps=1000)
     S = common_prefix_length(examples)
-    step = jax.jit(make_train_step(prompt_loss(model, method, S), optimizer), donate_argnums=(0,))
+    step = jax.jit(make_train_step(prompt_loss(model, method), optimizer), donate_argnums=(0,))
     batch = jax.device_put(collate(examples, 0, shared_len=S))
     state = TrainState.create(prompt, optimizer, jax.random.PRNGKey(0))
     compiled = step.lower(state, frozen, batch).compile()
