@@ -77,22 +77,24 @@ def make_lm_class():
                             prompt if self.method is not None else None)
 
         @classmethod
-        def from_run(cls, run_dir: str, member: int | None = None, which: str = "best", **kwargs):
+        def from_run(cls, run_dir: str, member: int | None = None, which: str = "best", quantize: str | None = None,
+                     **kwargs):
             from jaxprompt.runs.load import load_run
 
-            session, prompt, info = load_run(run_dir, which=which, member=member)
+            session, prompt, info = load_run(run_dir, which=which, member=member, quantize=quantize)
             if info["members"] and member is None:
                 raise TemplateError(f"{run_dir} trained {len(info['members'])} prompts: pass member=0.."
                                     f"{len(info['members']) - 1}")
             return cls(session, prompt, **kwargs)
 
         @classmethod
-        def from_model(cls, model: str, dtype: str = "float32", **kwargs):
+        def from_model(cls, model: str, dtype: str = "float32", quantize: str | None = None, **kwargs):
             from jaxprompt.data.tasks import BUILTIN
             from jaxprompt.prompts import make_method
             from jaxprompt.session import Session
 
-            session = Session.load(model, BUILTIN["antonyms"], make_method("soft", length=1), dtype=dtype)
+            session = Session.load(model, BUILTIN["antonyms"], make_method("soft", length=1), dtype=dtype,
+                                   quantize=quantize)
             return cls(session, None, learned=False, **kwargs)
 
         # ---- tokens ----------------------------------------------------------------------------

@@ -6,5 +6,5 @@
     app.py         the HTTP API: routes, request parsing, streaming, the API key
 
 May import: jaxprompt.inference, jaxprompt.runs, jaxprompt.models, jaxprompt.data,
-jaxprompt.prompts, jaxprompt.session, jaxprompt.settings, jaxprompt.paths (never training).
+jaxprompt.prompts, jaxprompt.session, jaxprompt.settings, jaxprompt.config, jaxprompt.paths (never training).
 """

@@ -33,9 +33,10 @@ def load_engine(runs: list[str], adapters: list[str], options: ServeOptions):
     specs = [named(r) for r in runs]
     first = read_run_info(specs[0][1]) if specs else None
     model_id = options.model or (first["model_dir"] if first else DEFAULT_MODEL)
-    # the weights in the first run's dtype, as `jaxprompt generate` of that run loads them
+    # the weights in the first run's dtype and quantization, as `jaxprompt generate` of that run loads them
+    quantize = options.quantize if options.quantize != "run" else first["config"].quantize if first else "none"
     base = Session.load(model_id, BUILTIN["antonyms"], make_method("soft"),
-                        dtype=first["config"].dtype if first else "float32")
+                        dtype=first["config"].dtype if first else "float32", quantize=quantize)
     engine = Engine.of_session(base, max_batch=options.max_batch)
     engine.model_dir = os.path.realpath(resolve(model_id))
     engine.add(model_id, None)  # the bare model: raw text
