@@ -156,9 +156,10 @@ def _scans_layers(params: dict, model: Model) -> bool:
     decode loop it converts all of them once, ahead: a float32 copy of the model (4.9 GB for
     Llama-3.2-1B) beside the per-layer copy `decoding_params` makes. A scan over the stack, its
     layers passed as raw bits, converts one layer at a time instead. Quantized weights
-    (`--quantize`) likewise: XLA hoists the dequantization of unrolled layers out of the decode
-    loop, a float copy of every layer (measured on the CPU: `tests/test_quantized.py`); scanned,
-    each layer is dequantized where it runs."""
+    (`--quantize`) decode from the stack too: `decoding_params` would hold a second copy of the
+    quantized layers, one buffer per layer, beside the session's (a 1 GB int8 copy for
+    Llama-3.2-1B in the server's scheduler, which makes it outside any program); scanned, each
+    layer is dequantized where it runs."""
     key = model.arch.stack_key
     return (not isinstance(params[key], tuple)  # bf16, or bf16 held as bits (`layers.bits_in_place`)
             and (any_quantized(params[key])
