@@ -192,3 +192,49 @@ def test_quantized_bf16_logits_are_as_close_to_float32_as_transformers_bf16(tiny
     assert 0 < np.abs(ours - exact).max() <= allowed
     as_float32 = jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
     np.testing.assert_allclose(_logits(config, as_float32, tokens, mask)[real], exact, atol=1e-4, rtol=0)
+
+
+# ---- every prompt method, and a population, on quantized weights ------------------------------------
+
+# the three ways a prompt meets the frozen layers: embeddings (soft; p-tuning, relaxed and PEZ prompts
+# are embeddings too, made from an encoder or from the vocabulary table, which is not quantized),
+# keys/values in every layer (prefix), gated prompts through each layer's k/v projections (adaption)
+METHODS = [("soft", {}), ("prefix", {}), ("adaption", {"top_layers": 1})]
+
+
+@pytest.mark.parametrize("name,options", METHODS, ids=[n for n, _ in METHODS])
+def test_every_method_sees_the_float_model_holding_the_dequantized_weights(tiny_lms, gpt2_tokenizer, name, options):
+    """On a quantized Llama (NF4), each method's loss and prompt gradient equal those on the same
+    model holding the dequantized weights as float32 (the soft prompt sits inside the template: an
+    infix; adaption prompts go through the quantized k/v projections); and a population of two soft
+    prompts (`vmap`, the weights shared) gives each member's own gradient."""
+    from conftest import ANTONYM_PAIRS
+
+    from jaxprompt.data.batches import collate
+    from jaxprompt.data.templates import Template, encode
+    from jaxprompt.prompts import make_method
+    from jaxprompt.prompts.loss import prompt_loss
+
+    model, frozen = tiny_lms("llama")
+    quantized = quantize_params(model.config, frozen, Scheme("nf4", 8))
+    dense = jax.tree.map(lambda x: jnp.asarray(reference_weights(x.values, x.scales, x.format), jnp.float32)
+                         if is_quantized(x) else x, quantized, is_leaf=is_quantized)
+    method = make_method(name, length=3, **options)
+    template = Template("Here are two {prompt} {word1} and", " {word2}")
+    batch = collate([encode(template, {"word1": a, "word2": b}, gpt2_tokenizer, 3, virtual=method.kind == "embeddings")
+                     for a, b in ANTONYM_PAIRS[:4]], 50256)
+    prompt = method.init(jax.random.key(1), model, frozen, template.n_virtual(3))
+    loss = prompt_loss(model, method)
+    value_and_grad = jax.jit(jax.value_and_grad(lambda p, f: loss(p, f, batch, jax.random.key(0), 1)[0]))
+    (got, got_grad), (want, want_grad) = value_and_grad(prompt, quantized), value_and_grad(prompt, dense)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * np.abs(b).max()),
+                 got_grad, want_grad)
+    if name == "soft":
+        members = jax.tree.map(lambda x: jnp.stack([x, 2 * x]), prompt)
+        grads = jax.jit(jax.vmap(jax.grad(lambda p, f: loss(p, f, batch, jax.random.key(0), 1)[0]),
+                                 in_axes=(0, None)))(members, quantized)
+        second = value_and_grad(jax.tree.map(lambda x: 2 * x, prompt), dense)[1]
+        jax.tree.map(lambda g, a, b: (np.testing.assert_allclose(g[0], a, rtol=1e-4, atol=1e-6 * np.abs(a).max()),
+                                      np.testing.assert_allclose(g[1], b, rtol=1e-4, atol=1e-6 * np.abs(b).max())),
+                     grads, want_grad, second)
