@@ -195,3 +195,21 @@ def test_collective_bytes_reads_each_way_xla_writes_its_groups():
     found = collective_bytes(HLO, 8)
     assert found == {"all-gather": int(4096 * 1024 * 4 * (1 / 2) * 32) + int(16 * 4 * 3 / 4),
                      "all-reduce": int(20 * 4096 * 4 * 2 * 7 / 8) + int(8 * 4 * 2 * 1 / 2)}, found
+
+
+def test_a_quantized_plan_counts_the_integers_and_scales_a_quantized_load_holds(tiny_model_dir):
+    """`plan --quantize int8`: the frozen bytes are those of the session's quantized weights (kernels
+    of the tiny GPT-2 as int8 plus one float32 scale per output channel, counted by hand)."""
+    from jaxprompt.models import Model, load_pretrained
+    from jaxprompt.models.loading import load_config
+
+    config = load_config(tiny_model_dir)
+    L, D, F = config.n_layers, config.d_model, config.d_ff
+    kernels = [(D, 3 * D), (D, D), (D, F), (F, D)]  # c_attn, attn c_proj, c_fc, mlp c_proj: (in, out)
+    floats = 4 * Model(config).num_params()
+    by_hand = floats - sum(L * i * o * (4 - 1) - L * o * 4 for i, o in kernels)
+    _, held = load_pretrained(tiny_model_dir, quantize="int8")
+    assert sum(x.nbytes for x in jax.tree.leaves(held)) == by_hand
+    found = plan(tiny_model_dir, 1, 1, 1, batch_size=4, prompt_length=4, text_tokens=8, dtype="float32",
+                 quantize="int8")
+    assert found.frozen_bytes == found.frozen_total_bytes == by_hand and "matmul weights int8" in found.table()

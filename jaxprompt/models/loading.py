@@ -287,7 +287,7 @@ def load_params(config: ModelConfig, source: TensorSource, dtype=jnp.float32, sh
     """
     reader = CheckpointReader(config, source)
     scheme = scheme_of(quantize)
-    shapes = quantized_shapes(config, Model(config).param_shapes(dtype), scheme)
+    shapes = quantized_shapes(config, Model(config).param_shapes(dtype), quantize)
     names = lambda path: tuple(e.key for e in path)
     if callable(shardings):
         shardings = shardings(shapes)

@@ -119,7 +119,7 @@ def quantized_shapes(config: ModelConfig, shapes: dict, quantize: str | Scheme |
     scheme = scheme_of(quantize)
     if scheme is None:
         return shapes
-    check_quantizable(config, scheme)
+    check_quantizable(config, quantize)
     for path in quantized_paths(config):
         shapes = with_leaf(shapes, path, quantized_shape(leaf_at(shapes, path), scheme))
     return shapes
@@ -152,7 +152,7 @@ def quantize_params(config: ModelConfig, params: dict, quantize: str | Scheme | 
     scheme = scheme_of(quantize)
     if scheme is None:
         return params
-    check_quantizable(config, scheme)
+    check_quantizable(config, quantize)
     for path in quantized_paths(config):
         w = leaf_at(params, path)
         values, scales = quantize_kernel(np.asarray(w, np.float32), scheme, w.dtype)
