@@ -18,6 +18,7 @@ its stored (rounded) scale.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from concurrent.futures import ThreadPoolExecutor
 
 import jax
@@ -162,16 +163,17 @@ def quantize_params(config: ModelConfig, params: dict, quantize: str | Scheme | 
 
 def load_quantized(reader, path: tuple[str, ...], spec: Quantized, scheme: Scheme, sharding=None) -> Quantized:
     """One quantized kernel read through `reader` (a `loading.CheckpointReader`): one layer at a
-    time, each quantized into its place while the next is read, so the host holds the quantized
-    stack and one layer in float32. With `sharding` (a `Quantized` of shardings), each device's
+    time, read while the one before is quantized and written into its place in the stack on the
+    device (a donated in-place update: a host-side stack would be copied whole by `device_put`, the
+    largest kernel's quantized stack beside itself). The load's peak is the quantized model plus
+    one layer of one kernel in float32. With `sharding` (a `Quantized` of shardings), each device's
     slice of the values and of the scales is read on its own (`_slice_of`)."""
     if sharding is not None:
         return Quantized(*(jax.make_array_from_callback(
             part.shape, where, lambda index, name=name: _slice_of(reader, path, spec, scheme, name, index))
             for name, part, where in (("values", spec.values, sharding.values),
                                       ("scales", spec.scales, sharding.scales))), spec.format)
-    values, scales = np.empty(spec.values.shape, spec.values.dtype), np.empty(spec.scales.shape,
-                                                                              _np_dtype(spec.scales.dtype))
+    values, scales = jnp.zeros(spec.values.shape, spec.values.dtype), jnp.zeros(spec.scales.shape, spec.scales.dtype)
     read = lambda i: reader.leaf(path, (slice(i, i + 1),), np.float32)[0]
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(read, 0)
@@ -179,8 +181,14 @@ def load_quantized(reader, path: tuple[str, ...], spec: Quantized, scheme: Schem
             layer = pending.result()
             if i + 1 < values.shape[0]:
                 pending = pool.submit(read, i + 1)
-            values[i], scales[i] = quantize_kernel(layer, scheme, scales.dtype)
-    return Quantized(jax.device_put(values), jax.device_put(scales), spec.format)
+            layer_values, layer_scales = quantize_kernel(layer, scheme, spec.scales.dtype)
+            values, scales = _put_layer(values, layer_values, i), _put_layer(scales, layer_scales, i)
+    return Quantized(values, scales, spec.format)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _put_layer(stack: jax.Array, layer: jax.Array, i) -> jax.Array:
+    return jax.lax.dynamic_update_index_in_dim(stack, layer, i, 0)
 
 
 def _slice_of(reader, path, spec: Quantized, scheme: Scheme, part: str, index: tuple[slice, ...]) -> np.ndarray:
