@@ -19,7 +19,7 @@ Quantized frozen weights (docs/quantization.md): `--quantize int8|int4` holds ja
 kernels in 8 bits or NF4 and, on a CUDA device, loads PEFT's model through bitsandbytes the same
 way (LLM.int8(); 4-bit NF4 with bf16 compute, blocks of 64): the side-by-side of the issue, with
 each side's peak device memory. `--text-tokens` lengthens every example (Llama-3.1-8B at sequence
-2048: `--models llama-3.1-8b --batch 1 --text-tokens 2028 --dtype bfloat16 --quantize int8`).
+2048: `--models llama-3.1-8b --batch 1 --text-tokens 2028 --dtype bfloat16 --quantize int8 --remat`).
 """
 
 from __future__ import annotations
@@ -103,17 +103,18 @@ def step_flops(model: Model, examples, shared_len: int) -> float:
 
 
 @functools.cache
-def frozen_model(name: str, dtype: str, quantize: str = "none"):
+def frozen_model(name: str, dtype: str, quantize: str = "none", remat: bool = False):
     """The model and its random frozen weights (quantized as `Session.load(quantize=...)` holds
     them), made once: the timed sides share them."""
-    model = Model(preset(MODELS[name]))
+    model = Model(preset(MODELS[name]), remat=remat)
     frozen = Policy.of(dtype).cast_frozen(model.init(jax.random.key(0)))
     return model, quantize_params(model.config, frozen, quantize)
 
 
-def bench_jax(name: str, examples, prompt_len: int, dtype: str, shared: bool, quantize: str = "none"):
+def bench_jax(name: str, examples, prompt_len: int, dtype: str, shared: bool, quantize: str = "none",
+              remat: bool = False):
     """A jaxprompt training step to time (`run()` blocks until it is done), and its model FLOPs."""
-    model, frozen = frozen_model(name, dtype, quantize)
+    model, frozen = frozen_model(name, dtype, quantize, remat)
     method = make_method("soft", length=prompt_len)
     prompt = method.init(jax.random.key(1), model, frozen, prompt_len)
     optimizer = make_optimizer(OptimizerConfig(lr=0.1), prompt, total_steps=1000)
@@ -146,13 +147,15 @@ def bitsandbytes_model(name: str, quantize: str, device):
         return AutoModelForCausalLM.from_pretrained(tmp, quantization_config=how, device_map={"": device}).eval()
 
 
-def bench_peft(name: str, examples, prompt_len: int, dtype: str, quantize: str = "none"):
+def bench_peft(name: str, examples, prompt_len: int, dtype: str, quantize: str = "none", remat: bool = False):
     """PEFT's prompt-tuning training step on the same examples, to time (`quantize`: its frozen
-    model through bitsandbytes)."""
+    model through bitsandbytes; `remat`: transformers' gradient checkpointing)."""
     from peft import PromptTuningConfig, get_peft_model
 
     torch, device = torch_setup()
     base = hf_model(name, dtype, device) if quantize == "none" else bitsandbytes_model(name, quantize, device)
+    if remat:
+        base.gradient_checkpointing_enable()
     model = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=prompt_len)).eval()
     # PEFT prepends its virtual tokens to the whole input: the 16 text tokens follow them
     ids = torch.tensor([[t for t, s in zip(e.tokens, e.slots) if s < 0] for e in examples], device=device)
@@ -179,6 +182,7 @@ def main(argv=None):
     p.add_argument("--quantize", choices=("none", "int8", "int4"), default="none",
                    help="frozen matmul weights in 8 bits or NF4 (PEFT: through bitsandbytes, CUDA only)")
     p.add_argument("--text-tokens", type=int, default=16, help="text tokens per example, beside the prompt")
+    p.add_argument("--remat", action="store_true", help="recompute each layer in the backward pass (both sides)")
     p.add_argument("--steps", type=int, default=5, help="timed rounds: each side one step per round, in turn")
     p.add_argument("--no-peft", action="store_true", help="skip the PyTorch side (e.g. no torch on this machine)")
     p.add_argument("--json", default=None)
@@ -197,11 +201,11 @@ def main(argv=None):
         examples = workload(batch, args.prompt_length, preset(MODELS[name]).vocab_size, text_tokens=args.text_tokens)
         tokens = sum(len(e) for e in examples)  # prompt + text tokens per step (the same count for PEFT)
         (shared, flops), (unshared, unshared_flops) = (
-            bench_jax(name, examples, args.prompt_length, args.dtype, shared=s, quantize=args.quantize)
-            for s in (True, False))
+            bench_jax(name, examples, args.prompt_length, args.dtype, shared=s, quantize=args.quantize,
+                      remat=args.remat) for s in (True, False))
         sides = {"shared": shared, "unshared": unshared}
         if not args.no_peft:
-            sides["peft"] = bench_peft(name, examples, args.prompt_length, args.dtype, args.quantize)
+            sides["peft"] = bench_peft(name, examples, args.prompt_length, args.dtype, args.quantize, args.remat)
         times = interleaved(sides, args.steps)  # jaxprompt, jaxprompt unshared, PEFT, in turn
         seconds = {side: statistics.median(t) for side, t in times.items()}
         row = {"model": name, "batch": batch, "tokens_per_step": tokens,

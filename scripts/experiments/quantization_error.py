@@ -5,9 +5,10 @@ rows) and on a tiny random Llama (normal weights at Llama's initializer_range 0.
 
     python scripts/experiments/quantization_error.py [--rows 64] [--json FILE]
 
-Per scheme and model: the logits' RMS error over their own RMS, the mean KL divergence of the
-quantized model's next-token distribution from the float32 one (nats per token), and how often
-both pick the same next token. docs/quantization.md chose `--quantize int4` from this table.
+Per scheme and model: the quantized kernels' RMS error over their own RMS, the logits' RMS error
+over their own RMS, the mean KL divergence of the quantized model's next-token distribution from
+the float32 one (nats per token), and how often both pick the same next token.
+docs/quantization.md chose `--quantize int4` from this table.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import numpy as np
 from jaxprompt.data.tasks import BUILTIN
 from jaxprompt.data.tokenizer import Tokenizer
 from jaxprompt.models import Model, config_from_hf, load_pretrained
+from jaxprompt.models.layers.quantized import dequantize, is_quantized
 from jaxprompt.models.quantize import SCHEMES, Scheme, quantize_params
 from jaxprompt.paths import DEFAULT_MODEL
 
@@ -59,10 +61,14 @@ def compare(model: Model, params: dict, tokens: np.ndarray, mask: np.ndarray) ->
     log_p = ref - np.logaddexp.reduce(ref, axis=-1, keepdims=True)
     out = {}
     for name, scheme in COMPARED.items():
-        got = np.asarray(logits(quantize_params(model.config, params, scheme), jnp.asarray(tokens),
-                                jnp.asarray(mask)), np.float64)[mask]
+        quantized = quantize_params(model.config, params, scheme)
+        pairs = [(np.asarray(dequantize(q, jnp.float32), np.float64), np.asarray(w, np.float64)) for q, w in zip(
+            jax.tree.leaves(quantized, is_leaf=is_quantized), jax.tree.leaves(params)) if is_quantized(q)]
+        got = np.asarray(logits(quantized, jnp.asarray(tokens), jnp.asarray(mask)), np.float64)[mask]
         log_q = got - np.logaddexp.reduce(got, axis=-1, keepdims=True)
-        out[name] = {"relative RMS error": float(np.sqrt(np.mean((got - ref) ** 2) / np.mean(ref ** 2))),
+        out[name] = {"kernels: relative RMS error": float(np.sqrt(sum(np.sum((a - b) ** 2) for a, b in pairs)
+                                                                  / sum(np.sum(b ** 2) for _, b in pairs))),
+                     "logits: relative RMS error": float(np.sqrt(np.mean((got - ref) ** 2) / np.mean(ref ** 2))),
                      "KL (nats/token)": float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=-1))),
                      "top-1 agreement": float(np.mean(got.argmax(-1) == ref.argmax(-1)))}
     return out
@@ -73,7 +79,7 @@ def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     header = ["model", "scheme", *metrics]
     rows = [[model, scheme + (" (--quantize " + next(k for k, v in SCHEMES.items() if v == COMPARED[scheme]) + ")"
                               if COMPARED[scheme] in SCHEMES.values() else ""),
-             *(f"{values[m]:.2e}" if m.startswith(("rel", "KL")) else f"{100 * values[m]:.1f}%" for m in metrics)]
+             *(f"{values[m]:.2e}" if "RMS" in m or m.startswith("KL") else f"{100 * values[m]:.1f}%" for m in metrics)]
             for model, per in results.items() for scheme, values in per.items()]
     line = lambda cells: "| " + " | ".join(cells) + " |"
     return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)])
