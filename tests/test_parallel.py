@@ -254,7 +254,8 @@ QUANTIZED_SCRIPT = textwrap.dedent("""
                 if is_quantized(q):  # the scales split with their values where they divide
                     values, scales = q.values.sharding.spec, q.scales.sharding.spec
                     for axis, name in enumerate(values):
-                        assert scales[axis] == (name if q.scales.shape[axis] % model_axis == 0 else None), (values, scales)
+                        divides = q.scales.shape[axis] % model_axis == 0
+                        assert scales[axis] == (name if divides else None), (values, scales)
             losses = train(sharded, strategy=mp)
             print(scheme, "mesh", data, model_axis, fsdp, "max loss diff", float(np.abs(losses - ref).max()))
             np.testing.assert_allclose(losses, ref, rtol=2e-6)

@@ -161,9 +161,9 @@ def _scans_layers(params: dict, model: Model) -> bool:
     Llama-3.2-1B in the server's scheduler, which makes it outside any program); scanned, each
     layer is dequantized where it runs."""
     key = model.arch.stack_key
-    return (not isinstance(params[key], tuple)  # bf16, or bf16 held as bits (`layers.bits_in_place`)
-            and (any_quantized(params[key])
-                 or any(converts_layer_by_layer(x.dtype) or x.dtype == jnp.uint16 for x in jax.tree.leaves(params[key]))))
+    held_as_bits = any(converts_layer_by_layer(x.dtype) or x.dtype == jnp.uint16 for x in jax.tree.leaves(params[key]))
+    # bf16, or bf16 held as bits (`layers.bits_in_place`), or quantized
+    return not isinstance(params[key], tuple) and (held_as_bits or any_quantized(params[key]))
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[Int[Array, "B T"], Bool[Array, "B T"]]:

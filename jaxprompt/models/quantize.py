@@ -85,7 +85,8 @@ def quantized_paths(config: ModelConfig) -> list[tuple[str, ...]]:
     from jaxprompt.models.model import Model
 
     stack = architecture(config.model_type).stack_key
-    paths = [tuple(e.key for e in path) for path, _ in jax.tree_util.tree_flatten_with_path(Model(config).param_shapes())[0]]
+    shapes = jax.tree_util.tree_flatten_with_path(Model(config).param_shapes())[0]
+    paths = [tuple(e.key for e in path) for path, _ in shapes]
     return [p for p in paths if p[0] == stack and p[-1] == "kernel"]
 
 

@@ -323,7 +323,8 @@ def main() -> int:
               f"= {budget / GB:.2f} GB", flush=True)
     log: list = []
     if quantize:
-        loaded = run_phase("load", [sys.executable, os.path.abspath(__file__), "--load-only", model_dir, *quantize], log)
+        loaded = run_phase("load", [sys.executable, os.path.abspath(__file__), "--load-only", model_dir, *quantize],
+                           log)
     common = ["--model", model_dir, "--dtype", "bfloat16", "--steps", STEP["steps"], "--batch-size",
               STEP["batch_size"], "--prompt-length", STEP["prompt_length"], "--eval-examples", 4, *quantize]
     for method in ("soft", "ptuning", "prefix", "adaption", "pez"):

@@ -3,7 +3,7 @@ loss and exact match with the layers' matmul weights as they are (float32), in i
 (NF4), each prompt also evaluated on the float32 model, which it was not trained on (a prompt
 trained against quantized weights, exported and run on the unquantized model).
 
-    python scripts/experiments/quantized_prompts.py             # the README's main job: 5 seeds each (~18 min a row on a 2-core CPU)
+    python scripts/experiments/quantized_prompts.py         # the main job, 5 seeds each (~18 min a row, 2-core CPU)
     python scripts/experiments/quantized_prompts.py --steps 40 --seeds 2 --eval-examples 200    # a small run
 
 Every row trains the main job's settings (`jaxprompt train` defaults, `--seeds`) with one
@@ -71,9 +71,10 @@ def table(rows: list[dict]) -> str:
              "the same prompts on float32 weights: exact match |", "|---|---|---|---|---|---|"]
     for row in rows:
         delta = "" if base is None else f"{100 * (_metric(row['learned'], 'exact_match')[0] - base):+.1f} points"
+        match = lambda r: cell(r, "exact_match", 100, "{:.1f}%")
         lines.append(f"| {row['quantize']} | {row['weight_bytes'] / 2**20:.1f} MiB | "
-                     f"{cell(row['learned'], 'loss', 1, '{:.3f}')} | {cell(row['learned'], 'exact_match', 100, '{:.1f}%')} "
-                     f"| {delta} | {cell(row['on_float32'], 'exact_match', 100, '{:.1f}%')} |")
+                     f"{cell(row['learned'], 'loss', 1, '{:.3f}')} | {match(row['learned'])} | {delta} | "
+                     f"{match(row['on_float32'])} |")
     first = rows[0]
     note = (f"({first['steps']} steps, {first['seeds']} seed(s) each: mean ± standard deviation; "
             f"{first['learned'].n:,} test examples; minutes per row: "
