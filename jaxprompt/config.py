@@ -2,7 +2,7 @@
 
 What a run *is* (`TrainConfig`, stored in run.json):
 
-    TrainConfig   tasks, model, dtype, seed, split_seed, seeds, baseline, remat, shared_prefix
+    TrainConfig   tasks, model, dtype, quantize, seed, split_seed, seeds, baseline, remat, shared_prefix
       method      MethodConfig      the prompt method and its settings (prompts/settings.py)
       optimizer   OptimizerConfig   Optax optimizer, schedule, clipping, per-part rates
       loop        LoopConfig        steps / epochs, validation, early stopping, checkpoints
@@ -25,6 +25,11 @@ from jaxprompt.settings import AT_LEAST_0, AT_LEAST_1, POSITIVE, SettingError, S
 
 # the prompt method and every method's settings, generated from the methods' own declarations
 MethodConfig = method_config_class()
+
+# `--quantize`: the frozen matmul weights as they are (in --dtype), in 8 bits or in 4 (models/quantize.py's
+# SCHEMES; docs/quantization.md); the commands that load a run's model add "run": as the run trained
+QUANTIZE = ("none", "int8", "int4")
+QUANTIZE_HELP = "hold the frozen model's matmul weights in 8 or 4 bits, dequantized where each layer runs"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +97,8 @@ class TrainConfig(Settings):
                          shown_default="the embedded checkpoints/tiny-gpt2-wordnet")
     dtype: str = setting("float32", "compute dtype of the frozen weights (the prompt stays float32)",
                          choices=("float32", "bfloat16", "float16"))
+    quantize: str = setting("none", QUANTIZE_HELP + " (a prompt trained so runs on the unquantized model too)",
+                            choices=QUANTIZE)
     seed: int = setting(0, "seed of the batch order and prompt initialisation (and of the data split, unless "
                            "--split-seed)", range=AT_LEAST_0)
     split_seed: int | None = setting(None, "seed of the train/validation/test split", shown_default="--seed",

@@ -6,7 +6,10 @@
 - logits and losses are fp32;
 - bf16 weights on a CPU cross the layer scan as raw bits and are converted one layer at a time,
   which needs each block rematerialised in training (`converts_layer_by_layer`); the vocabulary
-  tables are held as bits too, and converted a block of rows at a time (`Model.over_vocabulary`).
+  tables are held as bits too, and converted a block of rows at a time (`Model.over_vocabulary`);
+- with `--quantize int8|int4` the layer stack's matmul weights are held as integers and scales (the
+  scales in the compute dtype) and dequantized to it inside each layer, where it runs; the tables,
+  norms and biases stay in the compute dtype (models/quantize.py, docs/quantization.md).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from jaxprompt.models import Model
 from jaxprompt.models.file_hashes import TABLE_NAME, directory_digest
 from jaxprompt.models.loading import load_pretrained, resolve
 from jaxprompt.models.model_config import ConfigError, ModelConfig
+from jaxprompt.models.quantize import quantized_scheme
 from jaxprompt.paths import prompt_cache_dir
 from jaxprompt.precision import as_dtype, converts_layer_by_layer, policy_of
 from jaxprompt.prompts import PromptMethod
@@ -70,15 +71,16 @@ class Session:
     @classmethod
     def load(cls, model_id: str, task: Task, method: PromptMethod, dtype="float32", remat: bool = False,
              tokenizer: Tokenizer | None = None, cache: bool | str = True, tasks: tuple[Task, ...] = (),
-             shardings=None) -> "Session":
+             shardings=None, quantize=None) -> "Session":
         """Loads the frozen model (local dir, HF cache or hub) and its tokenizer, and checks they match.
 
         `cache`: the on-disk prompt cache (True: `prompt_cache_dir()`, a path, or False: memory only).
         `shardings`: load every weight straight into shards (`load_pretrained`'s, e.g. a
-        `MeshParallel`'s `frozen_shardings`)."""
+        `MeshParallel`'s `frozen_shardings`). `quantize`: "int8" or "int4" holds the layers' matmul
+        weights in 8 or 4 bits (models/quantize.py; None or "none": in `dtype`)."""
         directory = resolve(model_id)
         _check_config_json(directory)
-        config, frozen = load_pretrained(directory, dtype=as_dtype(dtype), shardings=shardings)
+        config, frozen = load_pretrained(directory, dtype=as_dtype(dtype), shardings=shardings, quantize=quantize)
         tokenizer = tokenizer or load_tokenizer(directory)
         check_tokenizer(tokenizer, config)
         directory_cache = prompt_cache_dir() if cache is True else (cache or None)
@@ -151,15 +153,18 @@ class Session:
         Keys the prompt cache: any changed weight, anywhere, changes it. Weights loaded from a
         checkpoint directory are named by its files' content hashes (file_hashes.py: read once,
         remembered by path, size and mtime, so a later load reads no weight byte) with the dtype
-        they were loaded in. Other weights are hashed array by array; spread over several
-        processes, each shard by the process holding its first replica, and the processes' hashes
-        combined (every process must then call this at the same point)."""
+        and quantization they were loaded in. Other weights are hashed array by array (quantized
+        ones as their integers and scales); spread over several processes, each shard by the
+        process holding its first replica, and the processes' hashes combined (every process must
+        then call this at the same point)."""
         if self.weights_id is None:
             h = hashlib.sha256()
             if self.weights_dir is not None and self.frozen is self.loaded_frozen:
                 table = (os.path.join(self.prompt_cache.directory, TABLE_NAME) if self.prompt_cache.directory
                          else None)
-                h.update(f"files {directory_digest(self.weights_dir, table)} as {self.compute_dtype}".encode())
+                held = self.compute_dtype if (scheme := quantized_scheme(self.frozen)) is None \
+                    else f"{self.compute_dtype} quantized {scheme}"
+                h.update(f"files {directory_digest(self.weights_dir, table)} as {held}".encode())
                 h.update(self.tokenizer.backend.to_str().encode())
             else:
                 h = self._hash_arrays()

@@ -244,6 +244,11 @@ def bad_inputs(trained_run, tiny_model_dir, tmp_path_factory):
     broken_model = d / "broken-model"
     shutil.copytree(tiny_model_dir, broken_model)
     (broken_model / "config.json").write_text("{\"model_type\": ")
+    quantized_model = d / "bitsandbytes-model"  # weights stored quantized by another library
+    shutil.copytree(tiny_model_dir, quantized_model)
+    hf = json.load(open(quantized_model / "config.json"))
+    hf["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (quantized_model / "config.json").write_text(json.dumps(hf))
     (d / "a-file").write_text("x")
     for name, flags, message in [
         ("batch-size 0", ["--batch-size", "0"], "--batch-size 0: must be an integer >= 1"),
@@ -271,6 +276,11 @@ def bad_inputs(trained_run, tiny_model_dir, tmp_path_factory):
         ("accumulate", ["--accumulate", "3"], "--batch-size 8 is not divisible by --accumulate 3"),
         ("top-layers", ["--method", "prefix", "--prefix-top-layers", "5"], "the model has 2 layers; use 1..2"),
         ("config.json", ["--model", str(broken_model)], "config.json is not valid JSON"),
+        ("quantize", ["--quantize", "int3"], "--quantize 'int3': must be one of none, int8, int4"),
+        ("quantize int4 groups", ["--quantize", "int4"],  # the tiny model's 32 inputs
+         "--quantize int4 holds weights in groups of 64 inputs; this gpt2 model's attn/c_attn has 32 inputs"),
+        ("quantized checkpoint", ["--model", str(quantized_model)],
+         "holds weights quantized by bitsandbytes (config.json quantization_config); jaxprompt reads float"),
         ("missing model", ["--model", str(d / "nothing")], "is not a checkpoint directory"),
         ("out is a file", ["--out", str(d / "a-file")], "is a file, not a directory"),
         ("out read-only", ["--out", "/sys/jaxprompt-test-run"], "(/sys/jaxprompt-test-run)"),
@@ -303,6 +313,8 @@ def bad_inputs(trained_run, tiny_model_dir, tmp_path_factory):
          "--batch-size 6 is not divisible by the devices (4) x --accumulate 1"),
         ("dtype", ["--dtype", "int8"], "--dtype 'int8': must be one of float32, bfloat16, float16"),
         ("target", ["--target", "tpu"], "--target 'tpu': must be one of accelerator, cpu"),
+        ("quantize int4 groups", ["--quantize", "int4"], "--quantize int4 holds weights in groups of 64 inputs"),
+        ("quantized checkpoint", ["--model", str(quantized_model)], "holds weights quantized by bitsandbytes"),
         ("target cpu devices", ["--target", "cpu", "--devices", "2"],
          "--target cpu plans this machine's CPU as one device; --devices is 2"),
         ("missing model", ["--model", str(d / "nothing")], "is not a checkpoint directory"),
@@ -369,6 +381,10 @@ def bad_inputs(trained_run, tiny_model_dir, tmp_path_factory):
         "generate bad JSON": (["generate", trained_run, "--text", "{oops"], "input '{oops' is not a JSON object"),
         "inspect top -1": (["inspect", trained_run, "--top", "-1"], "--top -1: must be an integer >= 1"),
         "eval examples 0": (["eval", trained_run, "--examples", "0"], "--examples 0: must be an integer >= 1"),
+        "eval quantize": (["eval", trained_run, "--quantize", "int3"],
+                          "--quantize 'int3': must be one of run, none, int8, int4"),
+        "generate quantize int4 groups": (["generate", trained_run, "--text", "hot", "--quantize", "int4"],
+                                          "--quantize int4 holds weights in groups of 64 inputs"),
         "eval json dir": (["eval", trained_run, "--json", str(d)], f"--json {d} is a directory"),
         "eval json full": (["eval", trained_run, "--examples", "2", "--json", "/dev/full"],
                            "No space left on device (/dev/full)"),
@@ -392,6 +408,8 @@ BAD_INPUTS = [
     "temperature -1", "temperature nan", "top-p 0", "top-k past the vocabulary", "generate corrupt checkpoint",
     "generate bad JSON", "inspect top -1", "eval examples 0",
     "eval json dir", "eval json full", "export to a file", "not a run", "sweep trial fails",
+    "quantize", "quantize int4 groups", "quantized checkpoint", "eval quantize", "generate quantize int4 groups",
+    "plan quantize int4 groups", "plan quantized checkpoint",
     "mesh text", "mesh size", "coordinator alone", "coordinator port", "process-id", "plan mesh devices",
     "plan mesh text", "plan device-memory", "plan devices 0", "plan batch", "plan fsdp batch", "plan dtype",
     "plan target", "plan target cpu devices", "plan missing model",
@@ -511,3 +529,26 @@ def test_ctrl_c_while_training_keeps_the_checkpoint_and_resumes(tiny_model_dir, 
     assert main(["train", "--out", str(run), "--resume", "--steps", "8", "--no-progress"]) == 0
     history = [json.loads(line) for line in open(run / "metrics.jsonl")]
     assert [h["step"] for h in history if "val_loss" in h] == [0, 2, 4, 6, 8]
+
+
+@pytest.mark.slow
+def test_a_run_trained_quantized_loads_quantized_unless_told(tiny_model_dir, tmp_path, capsys):
+    """`train --quantize int8` stores the setting in run.json; eval, generate and export load the
+    frozen model quantized by default and unquantized with `--quantize none` (a prompt trained on
+    the quantized model runs on the float one); it exports as any run does (this infix template's
+    prompt as plain tensors: PEFT would prepend it)."""
+    from jaxprompt.models.quantize import quantized_scheme
+    from jaxprompt.runs.load import load_run
+
+    run = str(tmp_path / "run")
+    assert main(["train", "--model", tiny_model_dir, "--out", run, "--quantize", "int8", *FAST]) == 0
+    assert "matmul weights int8" in capsys.readouterr().out
+    assert json.load(open(os.path.join(run, "run.json")))["config"]["quantize"] == "int8"
+    assert quantized_scheme(load_run(run, cache=False)[0].frozen) == "int8"
+    assert quantized_scheme(load_run(run, cache=False, quantize="none")[0].frozen) is None
+    for flags in ([], ["--quantize", "none"]):
+        assert main(["eval", run, "--examples", "4", "--no-baseline", *flags]) == 0
+        assert "learned (best)" in capsys.readouterr().out
+    assert main(["generate", run, "--text", "hot", "--max-new-tokens", "2"]) == 0
+    assert main(["export", "--to", "plain", run, str(tmp_path / "plain")]) == 0
+    assert os.listdir(tmp_path / "plain")

@@ -207,3 +207,76 @@ def test_one_device_pmap_takes_the_frozen_weights_without_a_copy():
     np.testing.assert_allclose(dp.get(metrics)["loss"], ref_metrics["loss"], rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), dp.get(state.params),
                  jax.tree.map(np.asarray, ref_state.params))
+
+
+QUANTIZED_SCRIPT = textwrap.dedent("""
+    import sys, tempfile, jax, numpy as np
+    sys.path.insert(0, {tests!r})
+    from conftest import ANTONYM_PAIRS, tiny_config
+    from jaxprompt.config import LoopConfig, OptimizerConfig
+    from jaxprompt.data.batches import Batches
+    from jaxprompt.data.templates import Template, common_prefix_length, encode
+    from jaxprompt.data.tokenizer import Tokenizer
+    from jaxprompt.models import Model, load_pretrained, save_pretrained
+    from jaxprompt.models.layers.quantized import is_quantized
+    from jaxprompt.models.quantize import Scheme, quantize_params
+    from jaxprompt.parallel.strategies import MeshParallel
+    from jaxprompt.prompts import METHODS
+    from jaxprompt.prompts.loss import prompt_loss
+    from jaxprompt.training.loop import fit
+    from jaxprompt.training.optim import make_optimizer
+    assert jax.device_count() == 8
+    tok = Tokenizer.load({tok!r})
+    config = tiny_config(d_model=64, n_heads=4, d_ff=128, d_embed=64)
+    floats = Model(config).init(jax.random.key(0), std=0.2)
+    checkpoint = tempfile.mkdtemp()
+    save_pretrained(config, floats, checkpoint)
+    method = METHODS["soft"](length=4)
+    ex = [encode(Template("Here are two {{prompt}} {{word1}} and", " {{word2}}"), {{"word1": a, "word2": b}}, tok, method)
+          for a, b in ANTONYM_PAIRS]
+    model = Model(config)
+    prompt = method.init(jax.random.key(1), model, floats, 4)
+    optimizer = make_optimizer(OptimizerConfig(lr=0.5, name="sgd", clip_norm=None), prompt)
+
+    def train(frozen, **where):
+        r = fit(prompt_loss(model, method), optimizer, prompt, frozen,
+                Batches(ex, 8, 50256, shared_len=common_prefix_length(ex)), None, LoopConfig(steps=3, log_every=1),
+                **where)
+        return np.array([h["train_loss"] for h in r.history])
+
+    # int8's per-channel scales [L, 1, O] stay whole where values split along I; NF4's split with them
+    for scheme, meshes in ((Scheme("int8"), ((1, 8, False),)), (Scheme("nf4", 16), ((1, 8, False), (2, 4, False),
+                                                                                   (2, 4, True)))):
+        quantized = quantize_params(config, floats, scheme)
+        ref = train(quantized, devices=jax.devices()[:1])
+        for data, model_axis, fsdp in meshes:
+            mp = MeshParallel(data, model_axis, n_layers=config.n_layers, fsdp=fsdp)
+            _, sharded = load_pretrained(checkpoint, shardings=mp.frozen_shardings, quantize=scheme)
+            jax.tree.map(np.testing.assert_array_equal, sharded, quantized)
+            for q in jax.tree.leaves(sharded, is_leaf=is_quantized):
+                if is_quantized(q):  # the scales split with their values where they divide
+                    values, scales = q.values.sharding.spec, q.scales.sharding.spec
+                    for axis, name in enumerate(values):
+                        divides = q.scales.shape[axis] % model_axis == 0
+                        assert scales[axis] == (name if divides else None), (values, scales)
+            losses = train(sharded, strategy=mp)
+            print(scheme, "mesh", data, model_axis, fsdp, "max loss diff", float(np.abs(losses - ref).max()))
+            np.testing.assert_allclose(losses, ref, rtol=2e-6)
+    losses = train(quantized, devices=jax.devices()[:2])
+    print(scheme, "pmap 2 max loss diff", float(np.abs(losses - ref).max()))
+    np.testing.assert_allclose(losses, ref, rtol=2e-6)
+    print("OK")
+""")
+
+
+@pytest.mark.slow
+def test_quantized_weights_load_into_shards_and_train_like_one_device():
+    """int8 (mesh 1x8) and NF4 (meshes 1x8, 2x4 and FSDP 2x4) weights loaded straight into shards
+    are the integers and scales quantizing in memory gives, each kernel's scales split along its
+    values' axis wherever they divide, and 3 SGD steps give the one-device losses there and (NF4)
+    under pmap over 2 devices. One subprocess with 8 forced CPU devices."""
+    env = {**os.environ, "XLA_FLAGS": f"{FAST_COMPILE} --xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    script = QUANTIZED_SCRIPT.format(tests=str(REPO / "tests"), tok=str(TOKENIZER_DIR))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    print(proc.stdout)

@@ -207,21 +207,39 @@ def test_a_training_step_copies_no_frozen_weight(dtype, attention, remat):
     from jaxprompt.data.batches import collate
     from jaxprompt.data.templates import Encoded
     from jaxprompt.parallel.plan import weight_copies
-    from jaxprompt.prompts import make_method
+    from jaxprompt.prompts import METHODS
     from jaxprompt.prompts.loss import prompt_loss
     from jaxprompt.training.optim import OptimizerConfig, make_optimizer
     from jaxprompt.training.step import TrainState, make_train_step
 
     config = tiny_config("llama", vocab_size=131, d_model=40, d_embed=40, d_ff=72, n_layers=3, n_heads=5,
                          n_kv_heads=1, head_dim=8)  # shapes no activation of this batch has
-    model, method = Model(config, remat=remat, attention=attention), make_method("soft", length=4)
+    model, method = Model(config, remat=remat, attention=attention), METHODS["soft"](length=4)
     weights = jax.tree.map(lambda x: x.astype(dtype), model.init(jax.random.key(0)))
     prompt = method.init(jax.random.key(1), model, weights, 4)
     optimizer = make_optimizer(OptimizerConfig(), prompt)
     state = TrainState.create(prompt, optimizer, jax.random.PRNGKey(0))
     batch = collate([Encoded([0] * 4 + [5, 6, 7, 8, 9, 10], list(range(4)) + [-1] * 6, 2)] * 2, 0, shared_len=4)
-    step = jax.jit(make_train_step(prompt_loss(model, method, 4), optimizer), donate_argnums=(0,))
+    step = jax.jit(make_train_step(prompt_loss(model, method), optimizer), donate_argnums=(0,))
     hlo = lambda frozen: step.lower(state, frozen, batch).compile().as_text()
     assert weight_copies(hlo(model.hold_as_bits(weights)), weights) == {}
     if dtype == "bfloat16":  # bits made inside the program: a copy of every stacked weight
         assert weight_copies(hlo(weights), weights).get("bitcast-convert", 0) >= 5
+
+
+def test_a_quantized_plan_counts_the_integers_and_scales_a_quantized_load_holds(tiny_model_dir):
+    """`plan --quantize int8`: the frozen bytes are those of the session's quantized weights (kernels
+    of the tiny GPT-2 as int8 plus one float32 scale per output channel, counted by hand)."""
+    from jaxprompt.models import Model, load_pretrained
+    from jaxprompt.models.loading import load_config
+
+    config = load_config(tiny_model_dir)
+    L, D, F = config.n_layers, config.d_model, config.d_ff
+    kernels = [(D, 3 * D), (D, D), (D, F), (F, D)]  # c_attn, attn c_proj, c_fc, mlp c_proj: (in, out)
+    floats = 4 * Model(config).num_params()
+    by_hand = floats - sum(L * i * o * (4 - 1) - L * o * 4 for i, o in kernels)
+    _, held = load_pretrained(tiny_model_dir, quantize="int8")
+    assert sum(x.nbytes for x in jax.tree.leaves(held)) == by_hand
+    found = plan(tiny_model_dir, 1, 1, 1, batch_size=4, prompt_length=4, text_tokens=8, dtype="float32",
+                 quantize="int8")
+    assert found.frozen_bytes == found.frozen_total_bytes == by_hand and "matmul weights int8" in found.table()

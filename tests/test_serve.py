@@ -271,3 +271,15 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(server, client):
     assert len(texts) == 4
     # uvicorn re-raises the signal it caught once it has shut down: the exit is SIGTERM's (or 0)
     assert proc.wait(timeout=120) in (0, -signal.SIGTERM)
+
+
+def test_the_served_weights_are_held_as_the_first_run_trained_or_as_told(trained_run):
+    """`serve` holds the frozen model as its first run trained (--quantize run), or as --quantize says;
+    every run's prompt is served on it."""
+    from jaxprompt.models.quantize import quantized_scheme
+    from jaxprompt.serving.options import ServeOptions
+    from jaxprompt.serving.prompts import load_engine
+
+    held = {q: load_engine([trained_run], ServeOptions(quantize=q))[0] for q in ("run", "int8")}
+    assert quantized_scheme(held["run"].frozen) is None and quantized_scheme(held["int8"].frozen) == "int8"
+    assert all(os.path.basename(trained_run) in engine.prompts for engine in held.values())

@@ -3,6 +3,7 @@ fingerprint, and positions checked as sequences are encoded."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -116,3 +117,20 @@ def test_a_loaded_checkpoint_is_keyed_by_its_files_read_once(tiny_model_dir, tmp
     data[-3] ^= 1
     weights.write_bytes(bytes(data))
     assert load().fingerprint() != first
+
+
+def test_the_fingerprint_tells_quantized_weights_apart(tiny_model_dir, tmp_path):
+    """The prompt cache's key differs for the same checkpoint held in float32, int8 and 4 bits, loaded
+    from its files or hashed array by array (a prompt's keys/values computed on one are not the
+    other's), and is the same for the same quantization loaded twice."""
+    from jaxprompt.models.quantize import Scheme
+
+    cache = str(tmp_path / "cache")
+    load = lambda quantize: Session.load(tiny_model_dir, BUILTIN["antonyms"], METHODS["soft"](length=2),
+                                         cache=cache, quantize=quantize)
+    sessions = {q: load(q) for q in (None, "int8", Scheme("nf4", 16))}  # the tiny model's 32 inputs: groups of 16
+    keys = {q: s.fingerprint() for q, s in sessions.items()}
+    assert len(set(keys.values())) == 3 and load("int8").fingerprint() == keys["int8"]
+    arrays = {q: dataclasses.replace(s, frozen=jax.tree.map(np.array, s.frozen), weights_id=None).fingerprint()
+              for q, s in sessions.items()}
+    assert len(set(arrays.values())) == 3

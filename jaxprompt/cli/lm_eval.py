@@ -36,7 +36,7 @@ def cmd_lm_eval(args) -> int:
         raise CLIError(f"--include-path {opts.include_path} is not a directory")
     load = settings(args, LoadOptions)
     session, prompt, info = load_run(args.run_dir, which=load.which, model=load.model, cache=load.cache,
-                                     member=load.member)
+                                     member=load.member, quantize=load.weights)
     if info["members"] and load.member is None and not opts.bare:
         raise CLIError(f"{args.run_dir} trained {len(info['members'])} prompts (--seeds): choose one with --member "
                        f"0..{len(info['members']) - 1}")

@@ -13,7 +13,7 @@ from jaxprompt.settings import AT_LEAST_1, Range, SettingError, Settings, settin
 @dataclasses.dataclass(frozen=True)
 class PlanOptions(Settings):
     """`jaxprompt plan`: per-device memory of a training step, before the run (plan.py). The model,
-    dtype, batch size, prompt length, micro-batches and remat are the training settings' own flags."""
+    dtype, quantization, batch size, prompt length, micro-batches and remat are the training settings' own flags."""
 
     devices: int = setting(1, "devices to plan for (the step is compiled for as many virtual CPU devices: they "
                               "need not exist here)", range=Range(1, 1024))
@@ -42,15 +42,17 @@ class PlanOptions(Settings):
 
 
 # the training settings a memory plan depends on, with their own flags
-PLAN_TRAIN_SETTINGS = ("model", "method", "dtype", "batch_size", "prompt_length", "accumulate", "remat")
+PLAN_TRAIN_SETTINGS = ("model", "method", "dtype", "quantize", "batch_size", "prompt_length", "accumulate", "remat")
 
 
 def cmd_plan(args) -> int:
+    from jaxprompt.models.quantize import check_quantizable
     from jaxprompt.parallel.plan import candidate_meshes, comparison, human, model_config, plans, smallest_model_axis
 
     opts = settings(args, PlanOptions)
     config = settings(args, TrainConfig)
-    model_config(config.model)  # an unknown model is one line, before anything compiles
+    # an unknown model, or one the quantization cannot hold, is one line, before anything compiles
+    check_quantizable(model_config(config.model), config.quantize)
     batch, micro = config.data.batch_size, config.data.accumulate
     memory = parse_bytes(opts.device_memory) if opts.device_memory is not None else None
     meshes = candidate_meshes(opts.devices, batch // micro)  # data axes that split every micro-batch evenly
@@ -63,7 +65,7 @@ def cmd_plan(args) -> int:
         wanted = meshes
     found = plans(config.model, opts.devices, wanted, batch, prompt_length=config.method.length,
                   text_tokens=opts.text_tokens, dtype=config.dtype, micro_batches=micro, remat=config.remat,
-                  method=config.method.name, target=opts.target)
+                  method=config.method.name, target=opts.target, quantize=config.quantize)
     print(found[0].table(memory) if opts.mesh is not None else comparison(found, memory, opts.device_memory))
     if memory is not None:
         best = smallest_model_axis(found, memory)

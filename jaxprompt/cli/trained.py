@@ -7,6 +7,7 @@ import dataclasses
 import os
 
 from jaxprompt.cli.base import CLIError, settings
+from jaxprompt.config import QUANTIZE, QUANTIZE_HELP
 from jaxprompt.settings import AT_LEAST_0, Settings, setting
 
 RUN_DIR = ("run_dir", "a run directory (from `jaxprompt train` or `jaxprompt import`)")
@@ -21,8 +22,14 @@ class LoadOptions(Settings):
                                  shown_default="every member for eval; generate, inspect and export need one",
                                  range=AT_LEAST_0)
     model: str | None = setting(None, "load the frozen model from here instead of the run's")
+    quantize: str = setting("run", QUANTIZE_HELP + " (run: as the run trained)", choices=("run", *QUANTIZE))
     cache: bool = setting(True, "keep prompt representations ($JAXPROMPT_CACHE) and compiled programs "
                                 "(~/.cache/jaxprompt/xla) on disk")
+
+    @property
+    def weights(self) -> str | None:
+        """`--quantize` as `load_run` takes it (None: as the run trained)."""
+        return None if self.quantize == "run" else self.quantize
 
 
 def load(args, every_member: bool = False):
@@ -32,7 +39,7 @@ def load(args, every_member: bool = False):
 
     options = settings(args, LoadOptions)
     session, prompt, info = load_run(args.run_dir, which=options.which, model=options.model, cache=options.cache,
-                                     member=options.member)
+                                     member=options.member, quantize=options.weights)
     K = len(info["members"])
     if K and options.member is None and not every_member:
         raise CLIError(f"{args.run_dir} trained {K} prompts (--seeds {K}): choose one with --member 0..{K - 1}")

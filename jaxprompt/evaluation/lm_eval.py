@@ -94,22 +94,24 @@ def make_lm_class():
                             prompt if self.method is not None else None)
 
         @classmethod
-        def from_run(cls, run_dir: str, member: int | None = None, which: str = "best", **kwargs):
+        def from_run(cls, run_dir: str, member: int | None = None, which: str = "best", quantize: str | None = None,
+                     **kwargs):
             from jaxprompt.runs.load import load_run
 
-            session, prompt, info = load_run(run_dir, which=which, member=member)
+            session, prompt, info = load_run(run_dir, which=which, member=member, quantize=quantize)
             if info["members"] and member is None:
                 raise TemplateError(f"{run_dir} trained {len(info['members'])} prompts: pass member=0.."
                                     f"{len(info['members']) - 1}")
             return cls(session, prompt, **kwargs)
 
         @classmethod
-        def from_model(cls, model: str, dtype: str = "float32", **kwargs):
+        def from_model(cls, model: str, dtype: str = "float32", quantize: str | None = None, **kwargs):
             from jaxprompt.data.tasks import BUILTIN
             from jaxprompt.prompts import SoftPrompt
             from jaxprompt.session import Session
 
-            session = Session.load(model, BUILTIN["antonyms"], SoftPrompt(length=1), dtype=dtype)
+            session = Session.load(model, BUILTIN["antonyms"], SoftPrompt(length=1), dtype=dtype,
+                                   quantize=quantize)
             return cls(session, None, learned=False, **kwargs)
 
         @classmethod
@@ -131,7 +133,7 @@ def make_lm_class():
             if (run is None) == (model is None):
                 raise TemplateError("--model_args: give run=RUN_DIR (a trained prompt) or model=DIR_OR_HF_ID "
                                     "(the bare model)")
-            keys = ("member", "which", "bare") if run is not None else ("dtype",)
+            keys = ("member", "which", "bare", "quantize") if run is not None else ("dtype", "quantize")
             unknown = sorted(set(args) - set(keys))
             if unknown:
                 raise TemplateError(f"--model_args: unknown argument {unknown[0]!r}; jaxprompt takes "

@@ -16,6 +16,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from jaxprompt.inference.sampling import RowSampling, sample_rows
 from jaxprompt.models.layers.attention import Adapter, KVCache, Prefix
+from jaxprompt.models.layers.quantized import any_quantized
 from jaxprompt.models.model import Model, positions_from_mask
 from jaxprompt.precision import converts_layer_by_layer, policy_of
 
@@ -35,7 +36,7 @@ class Decoding:
 
 def decoding_form(model: Model, params: dict) -> tuple[Model, dict, bool]:
     """(model, params, per-layer cache) as the decode steps run them: one buffer per layer, or the
-    stacked layers as bits (bf16 on CPU, `_scans_layers`)."""
+    stacked layers as bits (bf16 on CPU) or quantized (`_scans_layers`)."""
     if _scans_layers(params, model):  # bf16 on CPU: converted to float32 one layer at a time (`layers.as_bits`)
         return dataclasses.replace(model, remat=True), params, False  # remat: only the bits; nothing is differentiated
     return model, model.decoding_params(params), True  # a copy of the layers, unless already in this form
@@ -149,10 +150,15 @@ def _scans_layers(params: dict, model: Model) -> bool:
     With bf16 weights on a CPU, XLA converts every weight to float32 for its matmuls, and in a
     decode loop it converts all of them once, ahead: a float32 copy of the model (4.9 GB for
     Llama-3.2-1B) beside the per-layer copy `decoding_params` makes. A scan over the stack, its
-    layers passed as raw bits, converts one layer at a time instead."""
+    layers passed as raw bits, converts one layer at a time instead. Quantized weights
+    (`--quantize`) decode from the stack too: `decoding_params` would hold a second copy of the
+    quantized layers, one buffer per layer, beside the session's (a 1 GB int8 copy for
+    Llama-3.2-1B in the server's scheduler, which makes it outside any program); scanned, each
+    layer is dequantized where it runs."""
     key = model.arch.stack_key
-    return (not isinstance(params[key], tuple)  # bf16, or bf16 held as bits (`layers.bits_in_place`)
-            and any(converts_layer_by_layer(x.dtype) or x.dtype == jnp.uint16 for x in jax.tree.leaves(params[key])))
+    held_as_bits = any(converts_layer_by_layer(x.dtype) or x.dtype == jnp.uint16 for x in jax.tree.leaves(params[key]))
+    # bf16, or bf16 held as bits (`layers.bits_in_place`), or quantized
+    return not isinstance(params[key], tuple) and (held_as_bits or any_quantized(params[key]))
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[Int[Array, "B T"], Bool[Array, "B T"]]:

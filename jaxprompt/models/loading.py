@@ -4,7 +4,8 @@ A checkpoint is a local directory, the HF cache or the hub (`resolve`): safetens
 not) or `pytorch_model.bin`. `CheckpointReader` reads each tensor through the architecture's key
 table (`convert.key_rows`), transposes `[out, in]` kernels in cache-sized tiles, casts to the
 target dtype and places it straight into its shards (`shardings`): each process reads only the
-slices its own devices hold. Nothing is loaded whole.
+slices its own devices hold. Nothing is loaded whole. With `quantize`, the layer stack's kernels
+are quantized as they are read, one layer at a time (quantize.py).
 """
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ import numpy as np
 
 from jaxprompt.models.architecture import KeyRow
 from jaxprompt.models.convert import CheckpointError, _get, _np_dtype, key_rows, tied_head_key
+from jaxprompt.models.layers.quantized import is_quantized
 from jaxprompt.models.model import Model
-from jaxprompt.models.model_config import ConfigError, ModelConfig
+from jaxprompt.models.model_config import ConfigError, ModelConfig, as_dict
+from jaxprompt.models.quantize import Scheme, load_quantized, quantized_shapes, scheme_of
 from jaxprompt.models.registry import architecture, config_from_hf
 
 # ---- load ------------------------------------------------------------------------------------
@@ -268,26 +271,38 @@ def _copy_into(out: np.ndarray, x: np.ndarray, block: int = 256) -> None:
             out[i:i + block, j:j + block] = x[i:i + block, j:j + block]
 
 
-def load_params(config: ModelConfig, source: TensorSource, dtype=jnp.float32, shardings=None) -> dict:
+def load_params(config: ModelConfig, source: TensorSource, dtype=jnp.float32, shardings=None,
+                quantize: str | Scheme | None = None) -> dict:
     """The params pytree, leaf by leaf in `dtype`: peak host memory is the params plus one leaf.
 
     With `shardings` (a pytree of `jax.sharding.Sharding` like the params, or a function of the
     params' shape pytree returning one), every leaf is created already sharded: each device's slice
     is read from the file on its own (`jax.make_array_from_callback`), so a host reads only the
     slices its devices hold and never a whole large tensor at once.
+
+    With `quantize` ("int8", "int4" or a `quantize.Scheme`), the layer stack's kernels are held as
+    `layers.quantized.Quantized` integers and scales, each quantized as its layers are read: the
+    peak is the quantized params plus one layer of one kernel in float32 (or plus the largest
+    other leaf).
     """
     reader = CheckpointReader(config, source)
-    shapes = Model(config).param_shapes(dtype)
+    scheme = scheme_of(quantize)
+    shapes = quantized_shapes(config, Model(config).param_shapes(dtype), quantize)
     names = lambda path: tuple(e.key for e in path)
-    if shardings is None:
-        return jax.tree_util.tree_map_with_path(
-            lambda path, spec: jnp.asarray(reader.leaf(names(path), dtype=dtype), dtype=spec.dtype), shapes)
     if callable(shardings):
         shardings = shardings(shapes)
-    return jax.tree_util.tree_map_with_path(
-        lambda path, spec, sharding: jax.make_array_from_callback(
-            spec.shape, sharding, lambda index, path=names(path): reader.leaf(path, index, dtype)),
-        shapes, shardings)
+
+    def one(path, spec, sharding=None):
+        if is_quantized(spec):
+            return load_quantized(reader, names(path), spec, scheme, sharding)
+        if sharding is None:
+            return jnp.asarray(reader.leaf(names(path), dtype=dtype), dtype=spec.dtype)
+        return jax.make_array_from_callback(spec.shape, sharding,
+                                            lambda index, path=names(path): reader.leaf(path, index, dtype))
+
+    if shardings is None:
+        return jax.tree_util.tree_map_with_path(one, shapes, is_leaf=is_quantized)
+    return jax.tree_util.tree_map_with_path(one, shapes, shardings, is_leaf=is_quantized)
 
 
 def resolve(name_or_path: str, revision: str | None = None) -> str:
@@ -322,16 +337,28 @@ def resolve(name_or_path: str, revision: str | None = None) -> str:
 
 
 def load_config(directory: str) -> ModelConfig:
+    """The checkpoint's config; a checkpoint stored quantized (bitsandbytes, GPTQ, AWQ, ...: its
+    weights are packed integers in that library's layout) is refused in one line."""
+    try:
+        hf = as_dict(directory)
+    except (OSError, ValueError):
+        hf = {}  # config_from_hf names what is wrong with the file
+    method = hf.get("quantization_config") if isinstance(hf, dict) else None
+    if method is not None:
+        kind = method.get("quant_method", "an unknown method") if isinstance(method, dict) else "an unknown method"
+        raise CheckpointError(f"{directory} holds weights quantized by {kind} (config.json quantization_config); "
+                              "jaxprompt reads float checkpoints (float32, bfloat16, float16): load the unquantized "
+                              "model and pass --quantize int8 or int4")
     try:
         return config_from_hf(directory)
     except ConfigError as e:
         raise ConfigError(f"{directory}: {e}") from e
 
 
-def load_pretrained(name_or_path: str, dtype=jnp.float32, revision: str | None = None, shardings=None
-                    ) -> tuple[ModelConfig, dict]:
+def load_pretrained(name_or_path: str, dtype=jnp.float32, revision: str | None = None, shardings=None,
+                    quantize: str | Scheme | None = None) -> tuple[ModelConfig, dict]:
     """Loads a HF checkpoint of any supported family as `(config, frozen params)` in `dtype`
-    (`shardings`: see `load_params`)."""
+    (`shardings`, `quantize`: see `load_params`)."""
     directory = resolve(name_or_path, revision)
     config = load_config(directory)
-    return config, load_params(config, TensorSource(directory), dtype, shardings)
+    return config, load_params(config, TensorSource(directory), dtype, shardings, quantize)

@@ -98,6 +98,7 @@ class MemoryPlan:
     fsdp: bool = False  # the second axis as FSDP (`fsdp=`), not as XLA chooses (`model=`)
     target: str = "accelerator"  # what runs the step: "accelerator" (GPU/TPU) or "cpu" (this machine's)
     host_bytes: int = 0  # "cpu": this process's resident memory after compiling the step (in the total)
+    quantize: str = "none"  # the matmul weights in 8 or 4 bits (`--quantize`): frozen bytes are the integers and scales
 
     @property
     def how(self) -> str:
@@ -113,7 +114,7 @@ class MemoryPlan:
     def table(self, device_memory: int | None = None) -> str:
         temp = human(self.temp_bytes) + (" (upper bound: float32 proxy compile)" if self.temp_upper_bound else "")
         rows = [
-            ("model", f"{self.model} ({self.dtype}, frozen weights {human(self.frozen_total_bytes)} in all)"),
+            ("model", f"{self.model} ({self.held}, frozen weights {human(self.frozen_total_bytes)} in all)"),
             ("mesh", f"{self.devices} devices: {self.mesh}"),
             ("step", self.step_text()),
             ("frozen weights / device", human(self.frozen_bytes)),
@@ -131,6 +132,11 @@ class MemoryPlan:
             rows.append(("device memory", f"{human(device_memory)}: {verdict}"))
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+    @property
+    def held(self) -> str:
+        """How the frozen weights are held: "bfloat16", "bfloat16, matmul weights int4"."""
+        return self.dtype + ("" if self.quantize == "none" else f", matmul weights {self.quantize}")
 
     def communication_text(self) -> str:
         """Bytes this device sends per step, by collective (counted from the compiled HLO)."""
@@ -163,7 +169,7 @@ def comparison(plans: list[MemoryPlan], device_memory: int | None = None, memory
         rows.append(row)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
-    notes = [f"{first.model} ({first.dtype}, frozen weights {human(first.frozen_total_bytes)} in all) on "
+    notes = [f"{first.model} ({first.held}, frozen weights {human(first.frozen_total_bytes)} in all) on "
              f"{first.devices} device(s); {first.step_text()}; bytes per device (sent/step: what each "
              "device's collectives send per step, counted from the compiled HLO):"]
     host = f"; the total holds the host, {human(first.host_bytes)}" if first.target == "cpu" else ""
@@ -212,17 +218,20 @@ def _leaf_bytes(x) -> int:
 def plan_here(model, devices: int, data: int, model_axis: int, batch_size: int, prompt_length: int,
               text_tokens: int, dtype: str, micro_batches: int = 1, remat: bool | str = False,
               method: str = "soft", fsdp: bool = False, target: str = "accelerator",
-              target_tokens: int | None = None) -> MemoryPlan:
+              target_tokens: int | None = None, quantize: str = "none") -> MemoryPlan:
     """The plan of one step of `method` (any of prompts.METHODS), compiled in this process (needs
-    `devices` devices; `model` a name, as `model_config` reads it, or a `ModelConfig`). `target="cpu"`: the step as a run on this CPU compiles it (one device), and
-    this process's own resident memory after compiling it. `target_tokens`: predicted tokens per
-    example (default 4, or the text if shorter)."""
+    `devices` devices; `model` a name, as `model_config` reads it, or a `ModelConfig`).
+    `target="cpu"`: the step as a run on this CPU compiles it (one device), and this process's own
+    resident memory after compiling it. `target_tokens`: predicted tokens per example (default 4, or
+    the text if shorter). `quantize`: the layers' matmul weights held as `Session.load(quantize=...)`
+    holds them (integers and scales)."""
     import jax
     import jax.numpy as jnp
 
     from jaxprompt.data.batches import collate
     from jaxprompt.data.templates import Encoded
     from jaxprompt.models import Model
+    from jaxprompt.models.quantize import quantized_shapes
     from jaxprompt.parallel.strategies import MeshParallel
     from jaxprompt.precision import as_dtype, converts_layer_by_layer
     from jaxprompt.prompts import METHODS
@@ -246,7 +255,7 @@ def plan_here(model, devices: int, data: int, model_axis: int, batch_size: int, 
                          "micro-batches")
 
     def abstract_frozen(dtype):
-        shapes = net.param_shapes(dtype)
+        shapes = quantized_shapes(config, net.param_shapes(dtype), quantize)
         shardings = mp.frozen_shardings(shapes)
         return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
@@ -285,7 +294,7 @@ def plan_here(model, devices: int, data: int, model_axis: int, batch_size: int, 
                       sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(frozen)),
                       micro_batches=micro_batches, remat=net.remat, method=method_name,
                       flops=float(cost.get("flops", 0.0)), collectives=collectives, fsdp=fsdp, target=target,
-                      host_bytes=host)
+                      host_bytes=host, quantize=quantize)
 
 
 # instructions that make no buffer of their own
@@ -337,7 +346,8 @@ def process_memory(pid: int | str = "self") -> dict[str, int]:
 
 def plans(model: str, devices: int, meshes: list, batch_size: int, prompt_length: int = 20,
           text_tokens: int = 64, dtype: str = "bfloat16", micro_batches: int = 1, remat: bool | str = False,
-          method: str = "soft", target: str = "accelerator", target_tokens: int | None = None) -> list[MemoryPlan]:
+          method: str = "soft", target: str = "accelerator", target_tokens: int | None = None,
+          quantize: str = "none") -> list[MemoryPlan]:
     """One plan per mesh (a `config.MeshSpec`, or `(data, model)`), compiled here where this process
     has the devices (an accelerator's, for an accelerator target; a CPU's), else on `devices`
     virtual CPU devices in one subprocess."""
@@ -346,7 +356,7 @@ def plans(model: str, devices: int, meshes: list, batch_size: int, prompt_length
     meshes = [_mesh_spec(m) for m in meshes]
     common = dict(model=model, devices=devices, batch_size=batch_size, prompt_length=prompt_length,
                   text_tokens=text_tokens, dtype=dtype, micro_batches=micro_batches, remat=remat, method=method,
-                  target=target, target_tokens=target_tokens)
+                  target=target, target_tokens=target_tokens, quantize=quantize)
     here = jax.default_backend() == "cpu" or target == "accelerator"
     if here and jax.device_count() >= devices:
         return [plan_here(data=m.data, model_axis=m.model, fsdp=m.fsdp, **common) for m in meshes]

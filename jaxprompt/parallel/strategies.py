@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from jaxprompt.config import MeshSpec, parse_mesh
+from jaxprompt.models.layers.quantized import Quantized, is_quantized
 from jaxprompt.models.layers.stack import gathered_layers
 from jaxprompt.parallel.distributed import host, process_rows
 from jaxprompt.training.step import LossFn, make_eval_step, make_train_step, vmap_eval_step, vmap_train_step
@@ -240,12 +241,23 @@ class MeshParallel:
 
     def frozen_shardings(self, frozen, n_layers: int | None = None):
         """A sharding per frozen leaf (arrays or shape structs), by `fsdp_spec`; `load_pretrained(
-        shardings=mp.frozen_shardings)` loads straight into them."""
+        shardings=mp.frozen_shardings)` loads straight into them. A quantized kernel's scales are
+        split along the axis its values are, where they divide (each device then holds the scales of
+        its own weights), else replicated: per-channel scales [L, 1, O] of values split along I."""
         n_layers = self.n_layers if n_layers is None else n_layers
         if n_layers is None:
             raise ValueError("frozen_shardings needs the model's number of layers (MeshParallel(n_layers=...))")
-        return jax.tree.map(lambda x: jax.sharding.NamedSharding(self.mesh, fsdp_spec(x.shape, self.model, n_layers)),
-                            frozen)
+        named = lambda spec: jax.sharding.NamedSharding(self.mesh, spec)
+
+        def one(x):
+            if not is_quantized(x):
+                return named(fsdp_spec(x.shape, self.model, n_layers))
+            values = fsdp_spec(x.values.shape, self.model, n_layers)
+            scales = [axis if axis is None or x.scales.shape[a] % self.model == 0 else None
+                      for a, axis in enumerate(values)]
+            return Quantized(named(values), named(jax.sharding.PartitionSpec(*scales)), x.format)
+
+        return jax.tree.map(one, frozen, is_leaf=is_quantized)
 
     @property
     def load_shardings(self):

@@ -49,7 +49,7 @@ _FORMAT_1_METHOD_NAMES = {"prompt_length": "length", "init": "init_from", "encod
                           "prefix_reparam": "reparam_hidden"}
 _FORMAT_1_TOP_LAYERS = ("prefix_top_layers", "adapter_layers")
 # settings added after runs were first stored, with the value every run written before them had
-_LATER_SETTINGS = {"split_seed": None, "seeds": 1, "loss": "lm"}
+_LATER_SETTINGS = {"split_seed": None, "seeds": 1, "loss": "lm", "quantize": "none"}
 _METHOD_SETTINGS_SINCE_FORMAT_3 = ("init_scale", "tau_start", "init_logit", "metric")
 
 

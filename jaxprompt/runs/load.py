@@ -23,12 +23,14 @@ from jaxprompt.settings import one_line
 
 
 def load_run(run_dir: str, which: str = "best", model: str | None = None, dtype: str | None = None,
-             cache: bool | str = True, member: int | None = None) -> tuple[Session, dict, dict]:
+             cache: bool | str = True, member: int | None = None, quantize: str | None = None
+             ) -> tuple[Session, dict, dict]:
     """(session, prompt, run info) of a finished or interrupted run, from its run.json and checkpoint.
 
     A population's prompt is member `member`'s, or without it every member's, stacked [K, ...]
     (`info["members"]` says whose). `model`: the frozen model from another directory or HF id than
-    the run's; `dtype`: another compute dtype than the run trained in."""
+    the run's; `dtype`: another compute dtype than the run trained in; `quantize`: other frozen
+    weights than the run trained on ("none", "int8", "int4"; None: the run's)."""
     info = read_run_info(run_dir)
     try:
         tasks = [task_of_spec(spec) for spec in info["tasks"]]
@@ -37,7 +39,8 @@ def load_run(run_dir: str, which: str = "best", model: str | None = None, dtype:
         raise RunError(f"{os.path.join(run_dir, RUN_INFO)} describes a task or method this jaxprompt cannot "
                        f"rebuild ({one_line(e)})") from None
     session = Session.load(model or info["model_dir"], tasks[0], method, dtype=dtype or info["config"].dtype,
-                           cache=cache, tasks=tuple(tasks) if len(tasks) > 1 else ())
+                           cache=cache, tasks=tuple(tasks) if len(tasks) > 1 else (),
+                           quantize=quantize or info["config"].quantize)
     K = len(info["members"])
     if member is not None and not 0 <= member < max(K, 1):
         raise RunError(f"--member {member}: {run_dir} trained {max(K, 1)} prompt(s); use "

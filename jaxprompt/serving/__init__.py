@@ -10,6 +10,6 @@
     app.py         the HTTP API: routes, streaming, the API key
 
 May import: jaxprompt.inference, jaxprompt.runs, jaxprompt.models, jaxprompt.data,
-jaxprompt.prompts, jaxprompt.session, jaxprompt.settings, jaxprompt.paths, jaxprompt.files
+jaxprompt.prompts, jaxprompt.session, jaxprompt.settings, jaxprompt.config, jaxprompt.paths, jaxprompt.files
 (never training).
 """

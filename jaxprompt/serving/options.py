@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxprompt.config import QUANTIZE, QUANTIZE_HELP
 from jaxprompt.settings import AT_LEAST_0, AT_LEAST_1, Settings, setting
 
 INSTALL = "jaxprompt serve needs the [serve] extra: pip install 'jaxprompt[serve]'"
@@ -22,6 +23,7 @@ class ServeOptions(Settings):
                                     "memory", range=AT_LEAST_1)
     model: str | None = setting(None, "the frozen model; every prompt must belong to it",
                                  shown_default="the first run's, on the command line or in --prompts")
+    quantize: str = setting("run", QUANTIZE_HELP + " (run: as the first run trained)", choices=("run", *QUANTIZE))
     host: str = setting("127.0.0.1", "address to bind (127.0.0.1: this machine only)")
     port: int = setting(8000, "port to bind", range=AT_LEAST_0)
     api_key: str | None = setting(None, "require 'Authorization: Bearer KEY' on /v1", shown_default="no key")

@@ -216,9 +216,10 @@ def load_engine(runs: list[str], options: ServeOptions):
         run = next((s.path for s in scan(options.prompts, {}).values() if not s.adapter), None)
         first = read_run_info(run) if run is not None else None
     model_id = options.model or (first["model_dir"] if first else DEFAULT_MODEL)
-    # the weights in the first run's dtype, as `jaxprompt generate` of that run loads them
+    # the weights in the first run's dtype and quantization, as `jaxprompt generate` of that run loads them
+    quantize = options.quantize if options.quantize != "run" else first["config"].quantize if first else "none"
     base = Session.load(model_id, BUILTIN["antonyms"], SoftPrompt(),
-                        dtype=first["config"].dtype if first else "float32")
+                        dtype=first["config"].dtype if first else "float32", quantize=quantize)
     base.prompt_cache.capacity = 2 * options.max_resident  # a template's head and a raw text's per prompt
     engine = Engine.of_session(base, max_batch=options.max_batch)
     engine.model_dir = os.path.realpath(resolve(model_id))

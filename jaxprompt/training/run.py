@@ -33,6 +33,7 @@ from jaxprompt.evaluation.results import (
 )
 from jaxprompt.files import atomic_write
 from jaxprompt.models.loading import load_config, resolve
+from jaxprompt.models.quantize import check_quantizable
 from jaxprompt.models.registry import require_adaption_prompts
 from jaxprompt.parallel.distributed import decided_by_writer, initialize, is_writer, run_devices
 from jaxprompt.parallel.strategies import make_strategy
@@ -177,6 +178,8 @@ def train_prompt(config: TrainConfig | None, options: RunOptions = RunOptions(),
     devices = _devices(options, config.data)
     tasks = [get_task(name) for name in config.tasks]
     check_loss(config.loss, tasks)
+    if config.quantize != "none":  # a model the scheme cannot hold is refused before the run directory is touched
+        check_quantizable(load_config(resolve(config.model)), config.quantize)
     splits = _splits(tasks, config)
     lock = decided_by_writer(lambda: open_run_dir(run_dir, options.resume, options.overwrite))
     try:
@@ -227,7 +230,7 @@ def _tracked_train(config: TrainConfig, options: RunOptions, run_dir: str, devic
     method = method_from_config(config.method, tokenizer, tasks[0], steps, n_tasks=len(tasks))
     session = Session.load(directory, tasks[0], method, dtype=config.dtype, remat=config.remat, tokenizer=tokenizer,
                            cache=options.cache, tasks=tuple(tasks) if len(tasks) > 1 else (),
-                           shardings=strategy.load_shardings)
+                           shardings=strategy.load_shardings, quantize=config.quantize)
     _check_method_fits(config, session)
     train_enc, val_enc = session.encode(train_rows), session.encode(val_rows)
     for i, rows in enumerate(splits["test"]):  # what evaluation will generate must fit, before training
@@ -250,7 +253,8 @@ def _tracked_train(config: TrainConfig, options: RunOptions, run_dir: str, devic
     if not options.resume and is_writer():
         write_run_info(run_dir, info)
     n_test = sum(map(len, splits["test"]))
-    log(f"model {config.model} ({session.model.num_params() / 1e6:.1f}M params, {config.dtype}), "
+    held = config.dtype + ("" if config.quantize == "none" else f", matmul weights {config.quantize}")
+    log(f"model {config.model} ({session.model.num_params() / 1e6:.1f}M params, {held}), "
         f"task {'+'.join(t.name for t in tasks)}: {len(train_rows)} train / {len(val_rows)} validation / "
         f"{n_test} test, method {method.name} (P={config.method.length}), {steps} steps on "
         f"{len(devices)} device(s)" + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")

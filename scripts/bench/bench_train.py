@@ -14,6 +14,12 @@ targets are (PEFT's model computes all of them).
 
     python scripts/bench/bench_train.py                          # gpt2, opt-125m, Llama-3.2-1B shape; fp32
     python scripts/bench/bench_train.py --dtype bfloat16         # on a GPU
+
+Quantized frozen weights (docs/quantization.md): `--quantize int8|int4` holds jaxprompt's layer
+kernels in 8 bits or NF4 and, on a CUDA device, loads PEFT's model through bitsandbytes the same
+way (LLM.int8(); 4-bit NF4 with bf16 compute, blocks of 64): the side-by-side of the issue, with
+each side's peak device memory. `--text-tokens` lengthens every example (Llama-3.1-8B at sequence
+2048: `--models llama-3.1-8b --batch 1 --text-tokens 2028 --dtype bfloat16 --quantize int8 --remat`).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from jaxprompt.config import OptimizerConfig
 from jaxprompt.data.batches import collate
 from jaxprompt.data.templates import Encoded, common_prefix_length
 from jaxprompt.models import Model, preset
+from jaxprompt.models.quantize import quantize_params
 from jaxprompt.precision import Policy
 from jaxprompt.prompts import METHODS
 from jaxprompt.prompts.loss import prompt_loss
@@ -55,14 +62,14 @@ BATCH = {"llama-3.2-1b": 4}
 DEFAULT_BATCH = 32
 
 
-def workload(batch: int, prompt_len: int, vocab: int, seed: int = 0) -> list[Encoded]:
-    """[3 fixed tokens][P virtual][11 input][2 target]."""
+def workload(batch: int, prompt_len: int, vocab: int, seed: int = 0, text_tokens: int = 16) -> list[Encoded]:
+    """[3 fixed tokens][P virtual][text_tokens - 5 input][2 target]."""
     rng = np.random.RandomState(seed)
     fixed = [4342, 389, 734]  # "Here are two"
     out = []
     for _ in range(batch):
-        text = list(rng.randint(0, min(vocab, 50257), 13))
-        out.append(Encoded(fixed + [0] * prompt_len + text, [-1] * 3 + list(range(prompt_len)) + [-1] * 13, 2))
+        text = list(rng.randint(0, min(vocab, 50257), text_tokens - 3))
+        out.append(Encoded(fixed + [0] * prompt_len + text, [-1] * 3 + list(range(prompt_len)) + [-1] * len(text), 2))
     return out
 
 
@@ -96,15 +103,18 @@ def step_flops(model: Model, examples, shared_len: int) -> float:
 
 
 @functools.cache
-def frozen_model(name: str, dtype: str):
-    """The model and its random frozen weights, made once: the timed sides share them."""
-    model = Model(preset(MODELS[name]))
-    return model, Policy.of(dtype).cast_frozen(model.init(jax.random.key(0)))
+def frozen_model(name: str, dtype: str, quantize: str = "none", remat: bool = False):
+    """The model and its random frozen weights (quantized as `Session.load(quantize=...)` holds
+    them), made once: the timed sides share them."""
+    model = Model(preset(MODELS[name]), remat=remat)
+    frozen = Policy.of(dtype).cast_frozen(model.init(jax.random.key(0)))
+    return model, quantize_params(model.config, frozen, quantize)
 
 
-def bench_jax(name: str, examples, prompt_len: int, dtype: str, shared: bool):
+def bench_jax(name: str, examples, prompt_len: int, dtype: str, shared: bool, quantize: str = "none",
+              remat: bool = False):
     """A jaxprompt training step to time (`run()` blocks until it is done), and its model FLOPs."""
-    model, frozen = frozen_model(name, dtype)
+    model, frozen = frozen_model(name, dtype, quantize, remat)
     method = METHODS["soft"](length=prompt_len)
     prompt = method.init(jax.random.key(1), model, frozen, prompt_len)
     optimizer = make_optimizer(OptimizerConfig(lr=0.1), prompt, total_steps=1000)
@@ -121,13 +131,32 @@ def bench_jax(name: str, examples, prompt_len: int, dtype: str, shared: bool):
     return run, step_flops(model, examples, S)
 
 
-def bench_peft(name: str, examples, prompt_len: int, dtype: str):
-    """PEFT's prompt-tuning training step on the same examples, to time."""
+def bitsandbytes_model(name: str, quantize: str, device):
+    """The preset's architecture (random weights) loaded through bitsandbytes, as QLoRA-style PEFT
+    runs hold a frozen model: LLM.int8() (Dettmers et al. 2022) or NF4 with bf16 compute. Needs a
+    CUDA device and `pip install bitsandbytes`; not run on the developers' CPU machine."""
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    how = (BitsAndBytesConfig(load_in_8bit=True) if quantize == "int8" else
+           BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16))
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_model(name, "bfloat16", "cpu").save_pretrained(tmp)
+        return AutoModelForCausalLM.from_pretrained(tmp, quantization_config=how, device_map={"": device}).eval()
+
+
+def bench_peft(name: str, examples, prompt_len: int, dtype: str, quantize: str = "none", remat: bool = False):
+    """PEFT's prompt-tuning training step on the same examples, to time (`quantize`: its frozen
+    model through bitsandbytes; `remat`: transformers' gradient checkpointing)."""
     from peft import PromptTuningConfig, get_peft_model
 
     torch, device = torch_setup()
-    model = get_peft_model(hf_model(name, dtype, device),
-                           PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=prompt_len)).eval()
+    base = hf_model(name, dtype, device) if quantize == "none" else bitsandbytes_model(name, quantize, device)
+    if remat:
+        base.gradient_checkpointing_enable()
+    model = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=prompt_len)).eval()
     # PEFT prepends its virtual tokens to the whole input: the 16 text tokens follow them
     ids = torch.tensor([[t for t, s in zip(e.tokens, e.slots) if s < 0] for e in examples], device=device)
     labels = torch.full_like(ids, -100)
@@ -150,26 +179,33 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=None, help="examples per step (default 32; Llama-3.2-1B 4)")
     p.add_argument("--prompt-length", type=int, default=20)
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--quantize", choices=("none", "int8", "int4"), default="none",
+                   help="frozen matmul weights in 8 bits or NF4 (PEFT: through bitsandbytes, CUDA only)")
+    p.add_argument("--text-tokens", type=int, default=16, help="text tokens per example, beside the prompt")
+    p.add_argument("--remat", action="store_true", help="recompute each layer in the backward pass (both sides)")
     p.add_argument("--steps", type=int, default=5, help="timed rounds: each side one step per round, in turn")
     p.add_argument("--no-peft", action="store_true", help="skip the PyTorch side (e.g. no torch on this machine)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
     peak = matmul_peak(jnp.dtype(jnp.bfloat16 if is_bf16(args.dtype) else jnp.float32))
+    if args.quantize != "none" and not args.no_peft and jax.default_backend() != "gpu":
+        p.error("--quantize compares with PEFT through bitsandbytes, which needs a CUDA device: add --no-peft")
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, dtype {args.dtype}, "
-          f"matmul peak {peak / 1e9:.1f} GFLOP/s; {load_average()}")
+          f"frozen matmul weights {args.quantize}, matmul peak {peak / 1e9:.1f} GFLOP/s; {load_average()}")
     if not args.no_peft:
         print(threads_line(torch_setup()[0]))
     rows = []
     for name in args.models.split(","):
         batch = args.batch if args.batch is not None else BATCH.get(name, DEFAULT_BATCH)
-        examples = workload(batch, args.prompt_length, preset(MODELS[name]).vocab_size)
+        examples = workload(batch, args.prompt_length, preset(MODELS[name]).vocab_size, text_tokens=args.text_tokens)
         tokens = sum(len(e) for e in examples)  # prompt + text tokens per step (the same count for PEFT)
         (shared, flops), (unshared, unshared_flops) = (
-            bench_jax(name, examples, args.prompt_length, args.dtype, shared=s) for s in (True, False))
+            bench_jax(name, examples, args.prompt_length, args.dtype, shared=s, quantize=args.quantize,
+                      remat=args.remat) for s in (True, False))
         sides = {"shared": shared, "unshared": unshared}
         if not args.no_peft:
-            sides["peft"] = bench_peft(name, examples, args.prompt_length, args.dtype)
+            sides["peft"] = bench_peft(name, examples, args.prompt_length, args.dtype, args.quantize, args.remat)
         times = interleaved(sides, args.steps)  # jaxprompt, jaxprompt unshared, PEFT, in turn
         seconds = {side: statistics.median(t) for side, t in times.items()}
         row = {"model": name, "batch": batch, "tokens_per_step": tokens,
@@ -187,13 +223,30 @@ def main(argv=None):
                      f"(unshared {row['unshared_ratio']:.2f}x, {ulow:.2f}-{uhigh:.2f})")
         line += (f"; {fraction_of_peak(flops / seconds['shared'], peak)} of matmul peak "
                  f"(unshared {fraction_of_peak(unshared_flops / seconds['unshared'], peak)})")
+        row.update(peak_device_memory(not args.no_peft))
+        if "jaxprompt_peak_bytes" in row:
+            line += f"; peak device memory: jaxprompt {row['jaxprompt_peak_bytes'] / 2**30:.2f} GiB" + (
+                f", PEFT {row['peft_peak_bytes'] / 2**30:.2f} GiB" if "peft_peak_bytes" in row else "")
         print(line, flush=True)
         rows.append(row)
         del sides, shared, unshared
         frozen_model.cache_clear()  # the next model's weights replace these
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"peak_flop_s": peak, "dtype": args.dtype, "rows": rows}, f, indent=2)
+            json.dump({"peak_flop_s": peak, "dtype": args.dtype, "quantize": args.quantize, "rows": rows}, f, indent=2)
+
+
+def peak_device_memory(peft: bool) -> dict:
+    """Each side's peak device memory so far (GPU only: a CPU's is the process's, `scale_check.py`)."""
+    if jax.default_backend() == "cpu":
+        return {}
+    out = {"jaxprompt_peak_bytes": jax.devices()[0].memory_stats().get("peak_bytes_in_use", 0)}
+    if peft:
+        import torch
+
+        if torch.cuda.is_available():
+            out["peft_peak_bytes"] = torch.cuda.max_memory_allocated()
+    return out
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import numpy as np
 
 MODELS = {"gpt2": "gpt2", "opt-125m": "facebook/opt-125m", "gpt2-medium": "gpt2-medium",
           "opt-350m": "facebook/opt-350m", "llama-3.2-1b": "meta-llama/Llama-3.2-1B",
-          "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B"}
+          "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B", "llama-3.1-8b": "meta-llama/Llama-3.1-8B"}
 
 
 def time_it(fn, steps: int, warmup: int = 2) -> float:

@@ -1,7 +1,7 @@
 """Every command on a checkpoint of Llama-3.2-1B's exact shape: wall time and peak RSS per phase,
 against a budget, with a breakdown of where the time goes.
 
-    nice -n 19 python scripts/bench/scale_check.py [--shape 1b|small] [--work DIR]
+    nice -n 19 python scripts/bench/scale_check.py [--shape 1b|small] [--work DIR] [--quantize int8|int4]
 
 The checkpoint is random (no download): Llama-3.2-1B's config (16 layers, hidden 2048, 32/8
 heads, vocabulary 128,256, tied embeddings), bf16, written as three safetensors shards with an
@@ -25,6 +25,13 @@ files), fingerprint (first and remembered), compile, steps, evaluation and gener
 process's resident memory after each. `jaxprompt plan --target cpu` (the step as this CPU runs it,
 and the host memory it measures) is compared with the soft phase's measured peak. It runs
 unchanged on a GPU (the budget is then for host memory only).
+
+With `--quantize int8|int4` every phase holds the layers' matmul weights in 8 or 4 bits (train
+phases pass the flag; eval, generate, export and inspect load the runs as they trained; plan
+plans it), and the budget of a phase is the issue's: the quantized weights (integers, scales and
+the bf16 tables, as `jaxprompt plan` counts them) + 1.2 GB. A `load` phase then reports the
+loader's own peak (a process that loads the session and exits): the quantized weights plus one
+layer's kernel in float32, against the bf16 checkpoint it reads.
 """
 
 from __future__ import annotations
@@ -144,12 +151,12 @@ def jaxprompt(*args) -> list[str]:
     return [sys.executable, "-m", "jaxprompt", *map(str, args)]
 
 
-def soft_plan(model_dir: str, target: str = "accelerator") -> dict:
+def soft_plan(model_dir: str, target: str = "accelerator", quantize: str = "none") -> dict:
     """`jaxprompt.plan`'s plan of one soft-prompt step of the phases' shape on one device (its own
     process, as `jaxprompt plan` runs it)."""
     request = {"common": dict(model=model_dir, devices=1, batch_size=STEP["batch_size"],
                               prompt_length=STEP["prompt_length"], text_tokens=TEXT_TOKENS, dtype="bfloat16",
-                              method="soft", target=target), "meshes": [[1, 1]]}
+                              method="soft", target=target, quantize=quantize), "meshes": [[1, 1]]}
     out = subprocess.run([sys.executable, "-m", "jaxprompt.parallel.plan", json.dumps(request)], capture_output=True,
                          text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])[0]
@@ -162,7 +169,22 @@ def plan_step_bytes(model_dir: str) -> int:
     return found["total_bytes"] - found["frozen_bytes"]
 
 
-def breakdown(model_dir: str) -> dict:
+def load_only(model_dir: str, quantize: str) -> dict:
+    """The session loaded and nothing else (the `--load-only` child): the loader's own peak."""
+    from jaxprompt.data.tasks import BUILTIN
+    from jaxprompt.prompts import make_method
+    from jaxprompt.session import Session
+
+    t = time.perf_counter()
+    session = Session.load(model_dir, BUILTIN["antonyms"], make_method("soft", length=STEP["prompt_length"]),
+                           dtype="bfloat16", cache=False, quantize=quantize)
+    import jax
+
+    held = sum(x.nbytes for x in jax.tree.leaves(session.frozen))
+    return {"seconds": time.perf_counter() - t, "held_bytes": held, **process_memory()}
+
+
+def breakdown(model_dir: str, quantize: str = "none") -> dict:
     """Seconds of each part of a run, in this process (the `--breakdown` child)."""
     import jax
     import jax.numpy as jnp
@@ -197,7 +219,8 @@ def breakdown(model_dir: str) -> dict:
         times[f"{name}: memory after it, RSS / peak so far (GB)"] = tuple(m / GB for m in process_memory().values())
         return out
 
-    session = timed("load", lambda: Session.load(model_dir, task, method, dtype="bfloat16", cache=False))
+    session = timed("load", lambda: Session.load(model_dir, task, method, dtype="bfloat16", cache=False,
+                                                 quantize=quantize))
     times["load (GB/s)"] = size / GB / times["load"]
     timed("fingerprint", session.fingerprint)
     session.weights_id = None
@@ -269,10 +292,16 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", choices=("1b", "small"), default="1b")
     p.add_argument("--work", default=os.path.join(ROOT, "scale-check"), help="checkpoint and runs go here")
+    p.add_argument("--quantize", choices=("none", "int8", "int4"), default="none",
+                   help="hold the layers' matmul weights in 8 or 4 bits in every phase")
     p.add_argument("--breakdown", help=argparse.SUPPRESS)  # the child that times the parts of a run
+    p.add_argument("--load-only", help=argparse.SUPPRESS)  # the child that loads and exits
     args = p.parse_args()
     if args.breakdown:
-        print(json.dumps(breakdown(args.breakdown)))
+        print(json.dumps(breakdown(args.breakdown, args.quantize)))
+        return 0
+    if args.load_only:
+        print(json.dumps(load_only(args.load_only, args.quantize)))
         return 0
     model_dir, runs = os.path.join(args.work, f"llama-3.2-1b-{args.shape}"), os.path.join(args.work, "runs")
     shutil.rmtree(runs, ignore_errors=True)
@@ -280,14 +309,24 @@ def main() -> int:
     weight_bytes = (json.load(open(os.path.join(model_dir, "model.safetensors.index.json")))["metadata"]["total_size"]
                     if os.path.isfile(os.path.join(model_dir, "config.json")) else build_checkpoint(model_dir, args.shape))
     print(f"checkpoint {model_dir}: {weight_bytes / GB:.2f} GB bf16 ({time.perf_counter() - t:.0f} s to build or read)")
-    step_bytes = plan_step_bytes(model_dir)
-    budget = weight_bytes + 1.5 * GB + step_bytes
-    print(f"budget per phase: bf16 weights {weight_bytes / GB:.2f} GB + 1.5 GB + plan's step beyond the weights "
-          f"{step_bytes / GB:.2f} GB "
-          f"= {budget / GB:.2f} GB", flush=True)
+    quantize = ["--quantize", args.quantize] if args.quantize != "none" else []
+    if quantize:
+        held = soft_plan(model_dir, quantize=args.quantize)["frozen_total_bytes"]
+        budget = held + 1.2 * GB
+        print(f"budget per phase: weights held {args.quantize} {held / GB:.2f} GB (integers, scales, bf16 tables) + "
+              f"1.2 GB = {budget / GB:.2f} GB", flush=True)
+    else:
+        step_bytes = plan_step_bytes(model_dir)
+        budget = weight_bytes + 1.5 * GB + step_bytes
+        print(f"budget per phase: bf16 weights {weight_bytes / GB:.2f} GB + 1.5 GB + plan's step beyond the weights "
+              f"{step_bytes / GB:.2f} GB "
+              f"= {budget / GB:.2f} GB", flush=True)
     log: list = []
+    if quantize:
+        loaded = run_phase("load", [sys.executable, os.path.abspath(__file__), "--load-only", model_dir, *quantize],
+                           log)
     common = ["--model", model_dir, "--dtype", "bfloat16", "--steps", STEP["steps"], "--batch-size",
-              STEP["batch_size"], "--prompt-length", STEP["prompt_length"], "--eval-examples", 4]
+              STEP["batch_size"], "--prompt-length", STEP["prompt_length"], "--eval-examples", 4, *quantize]
     for method in ("soft", "ptuning", "prefix", "adaption", "pez"):
         run_phase(f"train {method}", jaxprompt("train", "--method", method, *common, "--out",
                                                os.path.join(runs, method)), log)
@@ -300,16 +339,22 @@ def main() -> int:
     run_phase("inspect", jaxprompt("inspect", os.path.join(runs, "pez")), log)
     run_phase("plan", jaxprompt("plan", "--model", model_dir, "--dtype", "bfloat16", "--batch-size",
                                 STEP["batch_size"], "--prompt-length", STEP["prompt_length"],
-                                "--text-tokens", TEXT_TOKENS), log)
+                                "--text-tokens", TEXT_TOKENS, *quantize), log)
     run_phase("plan --target cpu", jaxprompt("plan", "--model", model_dir, "--dtype", "bfloat16", "--batch-size",
                                              STEP["batch_size"], "--prompt-length", STEP["prompt_length"],
-                                             "--text-tokens", TEXT_TOKENS, "--target", "cpu"), log)
-    parts = run_phase("breakdown", [sys.executable, os.path.abspath(__file__), "--breakdown", model_dir], log)
+                                             "--text-tokens", TEXT_TOKENS, "--target", "cpu", *quantize), log)
+    parts = run_phase("breakdown", [sys.executable, os.path.abspath(__file__), "--breakdown", model_dir, *quantize],
+                      log)
     print(f"\n| phase | wall time | peak RSS | within {budget / GB:.2f} GB |\n|---|---|---|---|")
     for row in log:
         ok = "unknown" if row["peak_rss"] is None else "yes" if row["peak_rss"] <= budget else "**no**"
         print(f"| {row['phase']} | {row['seconds']:.0f} s | {_gb(row['peak_rss'])} | {ok if not row['rc'] else 'failed'} |")
-    planned, soft_peak = soft_plan(model_dir, target="cpu")["total_bytes"], log[0]["peak_rss"]
+    if quantize and not loaded["rc"]:
+        figures = json.loads(loaded["tail"][-1])
+        print(f"\nload alone ({args.quantize}): {figures['seconds']:.1f} s, peak RSS {_gb(figures['peak'])} for "
+              f"{_gb(figures['held_bytes'])} of weights held (the checkpoint: {_gb(weight_bytes)} bf16)")
+    soft_peak = next(row["peak_rss"] for row in log if row["phase"] == "train soft")
+    planned = soft_plan(model_dir, target="cpu", quantize=args.quantize)["total_bytes"]
     if soft_peak:
         print(f"\n`jaxprompt plan --target cpu` for the soft step: {planned / GB:.2f} GB, against train soft's "
               f"measured peak {soft_peak / GB:.2f} GB: {100 * (planned - soft_peak) / soft_peak:+.0f}%")

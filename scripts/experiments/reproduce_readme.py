@@ -10,6 +10,8 @@ Tables, in order:
   hard prompts       scripts/experiments/hard_prompts.py: soft projected afterwards vs PEZ vs relaxed
   held-out pairs     scripts/experiments/heldout_pairs.py on the main job's run: antonym pairs seen / unseen in pretraining
   choice tasks       supersense and antonym-choice trained with --loss choices: written vs learned accuracy
+  quantize           (only when asked: --tables quantize) scripts/experiments/quantized_prompts.py: the main job
+                     with --quantize none, int8 and int4, each prompt also evaluated on float32 weights
 
 Runs go under --out and are replaced each time. The markdown goes to stdout (and to --markdown).
 """
@@ -38,17 +40,21 @@ SCRIPTS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, SCRIPTS)
 
 import hard_prompts  # noqa: E402  (a sibling script)
+import quantized_prompts  # noqa: E402
 import sample_efficiency  # noqa: E402
 
 TABLES = ("main", "sample-efficiency", "hard-prompts", "held-out-pairs", "choice-tasks")  # in docs/results.md's order
+OPTIONAL = ("quantize",)  # made only when --tables names them (docs/quantization.md's table)
 # what --quick changes: a smoke run that exercises every table in a few minutes
 QUICK = {"main": dict(steps=20, eval_examples=60, eval_every=10, seeds=2),
          "sample_efficiency": dict(steps=10, sizes="20,all", prompt_length=5, eval_examples=60),
          "hard_prompts": dict(steps=10, prompt_length=3, eval_examples=60, eval_every=5),
-         "choice_tasks": dict(steps=10, prompt_length=4, eval_examples=60, eval_every=5, seeds=2)}
+         "choice_tasks": dict(steps=10, prompt_length=4, eval_examples=60, eval_every=5, seeds=2),
+         "quantize": dict(steps=20, eval_examples=60, eval_every=10, seeds=2)}
 FULL = {"main": dict(seeds=5), "sample_efficiency": dict(steps=300, sizes="100,all", prompt_length=20, eval_examples=None),
         "hard_prompts": dict(steps=300, prompt_length=5, eval_examples=300, eval_every=50),
-        "choice_tasks": dict(steps=300, prompt_length=10, eval_examples=None, eval_every=50, seeds=5)}
+        "choice_tasks": dict(steps=300, prompt_length=10, eval_examples=None, eval_every=50, seeds=5),
+        "quantize": dict(seeds=5)}
 
 
 def _row(cells) -> str:
@@ -167,12 +173,12 @@ def main(argv=None):
     p.add_argument("--out", default="checkpoints/readme", help="where the runs go (replaced)")
     p.add_argument("--markdown", default=None, help="also write the tables to this file")
     p.add_argument("--tables", default=",".join(TABLES),
-                   help=f"comma-separated tables to make, of {', '.join(TABLES)} (default: all; held-out-pairs "
-                        "reads the main job's run under --out)")
+                   help=f"comma-separated tables to make, of {', '.join(TABLES + OPTIONAL)} (default: all but "
+                        f"{', '.join(OPTIONAL)}; held-out-pairs reads the main job's run under --out)")
     args = p.parse_args(argv)
     chosen = args.tables.split(",")
-    if unknown := [t for t in chosen if t not in TABLES]:
-        p.error(f"--tables: unknown {', '.join(unknown)}; choose from {', '.join(TABLES)}")
+    if unknown := [t for t in chosen if t not in TABLES + OPTIONAL]:
+        p.error(f"--tables: unknown {', '.join(unknown)}; choose from {', '.join(TABLES + OPTIONAL)}")
     if "held-out-pairs" in chosen and "main" not in chosen and not os.path.isdir(f"{args.out}/main"):
         p.error(f"--tables held-out-pairs needs the main job's run in {args.out}/main: add main")
     settings = QUICK if args.quick else FULL
@@ -181,9 +187,11 @@ def main(argv=None):
                                     lambda: sample_efficiency_table(args.out, settings["sample_efficiency"])),
               "hard-prompts": ("Hard prompts", lambda: hard_prompts_table(args.out, settings["hard_prompts"])),
               "held-out-pairs": ("Held-out antonym pairs", lambda: heldout_pairs_table(args.out)),
-              "choice-tasks": ("Choice tasks", lambda: choice_tasks_table(args.out, settings["choice_tasks"]))}
+              "choice-tasks": ("Choice tasks", lambda: choice_tasks_table(args.out, settings["choice_tasks"])),
+              "quantize": ("Quantized frozen weights", lambda: quantized_prompts.table(
+                  quantized_prompts.run(f"{args.out}/quantize", **settings["quantize"])))}
     sections = []
-    for name in TABLES:
+    for name in TABLES + OPTIONAL:
         if name not in chosen:
             continue
         title, make = makers[name]

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from jaxprompt.models.layers.quantized import Quantized, quantized_matmul
+
 # ---- norms -----------------------------------------------------------------------------------
 
 def layer_norm(x: Float[Array, "... D"], p: dict | None, eps: float) -> Float[Array, "... D"]:
@@ -43,7 +45,8 @@ def rms_norm(x: Float[Array, "... D"], scale: Float[Array, "D"], eps: float, uni
 # ---- dense and activations -------------------------------------------------------------------
 
 def dense(x: Float[Array, "... I"], p: dict) -> Float[Array, "... O"]:
-    y = x @ p["kernel"]
+    kernel = p["kernel"]  # a float array, or integers and scales (`--quantize`, layers/quantized.py)
+    y = quantized_matmul(x, kernel) if isinstance(kernel, Quantized) else x @ kernel
     if "bias" in p:
         y = y + p["bias"]
     return y
