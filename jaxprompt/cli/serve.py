@@ -31,5 +31,5 @@ def cmd_serve(args) -> int:
 
 
 SERVE = Command("serve", "serve learned prompts of one frozen model over an OpenAI-compatible HTTP API", cmd_serve,
-                options=(ServeOptions,),
+                options=(ServeOptions,), own_sigterm=True,
                 arguments=(("runs", "a run directory, or NAME=RUN_DIR (the name defaults to the directory's)", "*"),))

@@ -10,6 +10,9 @@ What depends on the file system at one moment (does the run directory hold a run
 locked?) is decided by process 0 alone and shared (`decided_by_writer`); writes another process
 must see are followed by a `barrier`. The run directory must be on a file system every process
 sees, as Orbax's multi-process checkpoints require.
+
+How a multi-process run ends early: preemption.py (every process stops at one step on SIGTERM or
+SIGINT).
 """
 
 from __future__ import annotations
@@ -46,7 +49,9 @@ def cluster_detected() -> bool:
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
                process_id: int | None = None) -> bool:
     """Joins (or starts) a multi-process run; returns whether the run is multi-process. Calling it
-    again in the same process changes nothing (a sweep trains several runs in one process)."""
+    again in the same process changes nothing (a sweep trains several runs in one process).
+
+    SIGTERM and SIGINT stop every process at one step (preemption.py)."""
     given = [coordinator is not None, num_processes is not None, process_id is not None]
     if any(given) and not all(given):
         raise DistributedError("a multi-process run needs all of --coordinator HOST:PORT, --num-processes N and "
@@ -66,12 +71,17 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 
 
 def _join(where: str, **arguments) -> None:
+    from jaxprompt.parallel import preemption
+
     _cpu_collectives()
     try:
         jax.distributed.initialize(**arguments)
     except Exception as e:  # a coordinator that cannot be reached, JAX already started in this process, ...
         raise DistributedError(f"could not join a multi-process run through {where} ({one_line(e, limit=300)})"
                                ) from None
+    preemption.reclaim_sigterm()  # jax.distributed installed its own handler
+    if jax.process_count() > 1:
+        preemption.listen()
 
 
 def _cpu_collectives() -> None:
