@@ -251,6 +251,9 @@ class RunOptions(Settings):
     num_processes: int | None = setting(None, "multi-process run: how many processes take part", range=AT_LEAST_1)
     process_id: int | None = setting(None, "multi-process run: this process's index, 0 to --num-processes - 1",
                                      range=AT_LEAST_0)
+    heartbeat_timeout: int = setting(60, "multi-process run: seconds without word from a process before it counts as "
+                                         "lost; the others stop after half of it, in one line, with exit code 75 "
+                                         "(docs/fault-tolerance.md)", range=Range(2))
     progress: bool = setting(True, "show a progress bar")
     cache: bool = setting(True, "keep prompt representations ($JAXPROMPT_CACHE, default "
                                 "~/.cache/jaxprompt/prompt-cache) and compiled programs (~/.cache/jaxprompt/xla) "

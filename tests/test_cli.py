@@ -297,6 +297,7 @@ def bad_inputs(trained_run, tiny_model_dir, tmp_path_factory):
          "--coordinator 'node0': must be HOST:PORT"),
         ("process-id", ["--coordinator", "node0:1234", "--num-processes", "2", "--process-id", "2"],
          "--process-id 2: must be in 0..1 for --num-processes 2"),
+        ("heartbeat-timeout 1", ["--heartbeat-timeout", "1"], "--heartbeat-timeout 1: must be an integer >= 2"),
     ]:
         cases[name] = (train + flags, message)
     plan = ["plan", "--model", tiny_model_dir]
@@ -401,7 +402,7 @@ BAD_INPUTS = [
     "temperature -1", "temperature nan", "top-p 0", "top-k past the vocabulary", "generate corrupt checkpoint",
     "generate bad JSON", "inspect top -1", "eval examples 0",
     "eval json dir", "eval json full", "export to a file", "not a run", "sweep trial fails",
-    "mesh text", "mesh size", "coordinator alone", "coordinator port", "process-id",
+    "mesh text", "mesh size", "coordinator alone", "coordinator port", "process-id", "heartbeat-timeout 1",
     "plan mesh devices",
     "plan mesh text", "plan device-memory", "plan devices 0", "plan batch", "plan fsdp batch", "plan dtype",
     "plan target", "plan target cpu devices", "plan missing model",

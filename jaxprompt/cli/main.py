@@ -7,7 +7,8 @@ help text and allowed values: jaxprompt/settings.py), so the CLI and the Python 
 every value is checked before anything runs. Bad input ends in one line on stderr and exit code 2, never a traceback;
 Ctrl-C (SIGINT) and SIGTERM in one line and exit code 130 or 143: during training steps after
 committing a checkpoint of the step they stop at, anywhere else at once with the run's last
-committed checkpoint kept.
+committed checkpoint kept. A lost process of a multi-process run ends the others in one line and
+exit code 75 (parallel/watchdog.py). docs/fault-tolerance.md says it for users.
 
 Commands import what they use when they run: `--help`, `jaxprompt tasks` and a refused flag
 answer without loading JAX.
@@ -35,7 +36,7 @@ from jaxprompt.cli.serve import SERVE
 from jaxprompt.cli.sweep import SWEEP
 from jaxprompt.cli.tasks import TASKS
 from jaxprompt.cli.train import TRAIN
-from jaxprompt.parallel import preemption
+from jaxprompt.parallel import preemption, watchdog
 from jaxprompt.settings import SettingError, Settings, allowed, get, leaves, parse_text
 
 PROG = "jaxprompt"
@@ -210,12 +211,16 @@ def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_abandoned_reads()
     code = _run(args)
+    # ended with its work done, or stopped with every process: not a process its peers lost
+    watchdog.ending(normal=code in (0, *preemption.EXIT_CODES.values()))
     if code and argv is None:
         _quiet_from_here()
     return code
 
 
 def _run(args) -> int:
+    # a lost process of a multi-process run ends this one in this line (parallel/watchdog.py)
+    watchdog.report["line"] = lambda what: f"{PROG} {args.command}: {what}{ending_note['note']()}"
     # warm starts: compiled programs kept on disk unless --no-cache (compile_cache.py)
     with signal_guard(args.command, not args.own_sigterm), compilation_cache(getattr(args, "cache", True)):
         try:
@@ -228,6 +233,7 @@ def _run(args) -> int:
             return 2
         except Exception as e:
             if not isinstance(e, _errors()):
+                watchdog.await_verdict()  # a collective failed for a lost process: the watchdog's line ends us
                 raise
             print(f"{PROG} {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)  # our own text
             return 2
