@@ -156,10 +156,10 @@ def test_a_stopped_run_that_loses_a_process_resumes_on_one_to_the_same_prompt(se
     stopped = Checkpointer(out).latest_step()
     errors = [open(f"{out}.err{i}").read() for i in range(2)]
     assert codes == [143, 143] and stopped < STEPS, errors
-    assert errors == [f"jaxprompt train: SIGTERM to process 1: stopped at step {stopped} and committed its checkpoint "
-                      f"in {out} {resume}\n",
-                      f"jaxprompt train: SIGTERM: stopped at step {stopped} and committed its checkpoint in {out} "
-                      f"{resume}\n"], errors
+    assert errors == [(f"jaxprompt train: SIGTERM to process 1: stopped at step {stopped} and committed its "
+                       f"checkpoint in {out} {resume}\n"),
+                      (f"jaxprompt train: SIGTERM: stopped at step {stopped} and committed its checkpoint in {out} "
+                       f"{resume}\n")], errors
 
     procs = _start(tiny_model_dir, task, out, tmp, "--resume", "--heartbeat-timeout", str(HEARTBEAT), **apart)
     committed = _wait_for_commit(procs, out, stopped)

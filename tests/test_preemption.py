@@ -96,8 +96,8 @@ def test_sigterm_commits_the_step_it_stops_at_and_resumes_exactly(tiny_model_dir
     stopped = record["last"][-1]
     assert proc.returncode == 143, err
     assert SIGNAL_AFTER < stopped < STEPS and stopped % EVERY, f"stopped at {stopped}: signal too late"
-    assert err.splitlines() == [f"jaxprompt train: SIGTERM: stopped at step {stopped} and committed its checkpoint "
-                                f"in {run} (continue with: jaxprompt train --out {run} --resume)"], err
+    assert err.splitlines() == [(f"jaxprompt train: SIGTERM: stopped at step {stopped} and committed its checkpoint "
+                                 f"in {run} (continue with: jaxprompt train --out {run} --resume)")], err
     assert record["best"] == EVERY  # the best stays the best validated step
     assert [e["step"] for e in _entries(run) if "train_loss" in e] == list(range(1, stopped + 1))
     _resumes_to(run, uninterrupted)
@@ -126,8 +126,8 @@ def test_a_second_sigterm_while_saving_keeps_the_previous_commit(tiny_model_dir,
     assert json.load(open(os.path.join(run, "checkpoints.json"))) == {"last": [EVERY], "best": EVERY}
     uncommitted = [name for name in os.listdir(os.path.join(run, "last")) if int(name) != EVERY]
     assert len(uncommitted) == 1, uncommitted  # written, never committed
-    assert err.splitlines() == [f"jaxprompt train: terminated again, before the step it was stopping at was saved; "
-                                f"{run} keeps step {EVERY}, its last committed checkpoint (continue with: jaxprompt "
-                                f"train --out {run} --resume)"], err
+    assert err.splitlines() == [(f"jaxprompt train: terminated again, before the step it was stopping at was saved; "
+                                 f"{run} keeps step {EVERY}, its last committed checkpoint (continue with: jaxprompt "
+                                 f"train --out {run} --resume)")], err
     _resumes_to(run, uninterrupted)
     assert not os.path.exists(os.path.join(run, "last", uncommitted[0]))  # removed before training went on

@@ -109,11 +109,8 @@ def reached(counter: int) -> bool:
     process counts from the same step)."""
     if _agreement is None:
         return _steps.signum is not None
-    from jax.experimental import multihost_utils
-
     ours = _agreement.reached(counter)
-    theirs = _jax_sync_point() and multihost_utils.reached_preemption_sync_point(counter)
-    return ours or theirs
+    return _agreement.jax_sync_point(counter) or ours  # both asked: JAX's counts every step too
 
 
 def sender() -> tuple[int, int] | None:
@@ -130,6 +127,7 @@ class _Agreement:
         self.counter = 0  # the last step counter the loop reported
         self.stop_at: int | None = None
         self.sender: tuple[int, int] | None = None
+        self.jax_sync_point = _jax_sync_point()
         self.thread = threading.Thread(target=self._listen, name="jaxprompt-stop-notice", daemon=True)
         self.thread.start()
 
@@ -202,10 +200,15 @@ def reclaim_sigterm() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
-def _jax_sync_point() -> bool:
-    from jax._src import distributed  # reached_preemption_sync_point raises without its manager
+def _jax_sync_point():
+    """JAX's preemption sync point (`counter -> bool`), or a constant False where JAX runs without
+    its preemption service (reached_preemption_sync_point would raise)."""
+    from jax._src import distributed
+    from jax.experimental import multihost_utils
 
-    return distributed.global_state.preemption_sync_manager is not None
+    if distributed.global_state.preemption_sync_manager is None:
+        return lambda counter: False
+    return multihost_utils.reached_preemption_sync_point
 
 
 def _running() -> bool:
