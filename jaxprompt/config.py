@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from jaxprompt.paths import DEFAULT_MODEL
 from jaxprompt.prompts.settings import method_config_class
-from jaxprompt.settings import AT_LEAST_0, AT_LEAST_1, POSITIVE, SettingError, Settings, setting
+from jaxprompt.settings import AT_LEAST_0, AT_LEAST_1, POSITIVE, Range, SettingError, Settings, setting
 
 # the prompt method and every method's settings, generated from the methods' own declarations
 MethodConfig = method_config_class()
@@ -211,6 +211,9 @@ class RunOptions(Settings):
     num_processes: int | None = setting(None, "multi-process run: how many processes take part", range=AT_LEAST_1)
     process_id: int | None = setting(None, "multi-process run: this process's index, 0 to --num-processes - 1",
                                      range=AT_LEAST_0)
+    heartbeat_timeout: int = setting(60, "multi-process run: seconds without word from a process before it counts as "
+                                         "lost; the others stop after half of it, in one line, with exit code 75 "
+                                         "(docs/fault-tolerance.md)", range=Range(2))
     progress: bool = setting(True, "show a progress bar")
     cache: bool = setting(True, "keep prompt representations ($JAXPROMPT_CACHE, default "
                                 "~/.cache/jaxprompt/prompt-cache) and compiled programs (~/.cache/jaxprompt/xla) "

@@ -59,6 +59,21 @@ def test_a_corrupt_checkpoint_is_one_line_and_left_in_place(tmp_path):
     assert all(p.exists() for p in files)
 
 
+def test_a_truncated_checkpoint_is_named_in_a_few_words(tmp_path):
+    """TensorStore's error nests every layer's context and its whole spec (JSON); the line keeps its
+    status and innermost cause."""
+    ckpt = Checkpointer(str(tmp_path))
+    ckpt.save(_state(2), {})
+    for p in (tmp_path / "last" / "2" / "state").rglob("*"):
+        if p.is_file() and p.parent.name == "d":  # the arrays' data, cut short
+            p.write_bytes(p.read_bytes()[:10])
+    with pytest.raises(CheckpointError) as info:
+        Checkpointer(str(tmp_path)).restore(_state(0))
+    message = str(info.value)
+    assert "its files are damaged or incomplete (OUT_OF_RANGE: " in message, message
+    assert "{" not in message and message.count(str(tmp_path)) == 1 and len(message) < 250 + len(str(tmp_path)), message
+
+
 def test_a_damaged_commit_record_is_named(tmp_path):
     (tmp_path / RECORD).write_text('{"last": [1, "x"], "best": null}')
     with pytest.raises(CheckpointError, match=f"{RECORD} is not a checkpoint record"):

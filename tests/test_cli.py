@@ -1,5 +1,6 @@
-"""Every `jaxprompt` command end to end; every bad input one line (exit 2) that leaves a run as it was;
-Ctrl-C one line (exit 130) that keeps the last checkpoint; --help states every flag's default and range."""
+"""Every `jaxprompt` command end to end; every bad input one line (exit 2) that leaves a run as it was,
+and nothing after it; Ctrl-C one line (exit 130) that keeps the last checkpoint, or during the steps
+commits the step it stops at; --help states every flag's default and range."""
 
 from __future__ import annotations
 
@@ -298,6 +299,7 @@ def bad_inputs(trained_run, tiny_model_dir, tmp_path_factory):
          "--coordinator 'node0': must be HOST:PORT"),
         ("process-id", ["--coordinator", "node0:1234", "--num-processes", "2", "--process-id", "2"],
          "--process-id 2: must be in 0..1 for --num-processes 2"),
+        ("heartbeat-timeout 1", ["--heartbeat-timeout", "1"], "--heartbeat-timeout 1: must be an integer >= 2"),
     ]:
         cases[name] = (train + flags, message)
     plan = ["plan", "--model", tiny_model_dir]
@@ -410,7 +412,7 @@ BAD_INPUTS = [
     "eval json dir", "eval json full", "export to a file", "not a run", "sweep trial fails",
     "quantize", "quantize int4 groups", "quantized checkpoint", "eval quantize", "generate quantize int4 groups",
     "plan quantize int4 groups", "plan quantized checkpoint",
-    "mesh text", "mesh size", "coordinator alone", "coordinator port", "process-id", "plan mesh devices",
+    "mesh text", "mesh size", "coordinator alone", "coordinator port", "process-id", "heartbeat-timeout 1", "plan mesh devices",
     "plan mesh text", "plan device-memory", "plan devices 0", "plan batch", "plan fsdp batch", "plan dtype",
     "plan target", "plan target cpu devices", "plan missing model",
     "plan unknown model",
@@ -432,6 +434,17 @@ def test_bad_input_is_one_line_and_touches_no_run(bad_inputs, trained_run, capfd
     assert len(lines) == 1 and "Traceback" not in err, err
     assert message in lines[0], lines[0]
     assert snapshot(trained_run) == before
+
+
+def test_a_damaged_checkpoint_is_one_short_line_and_nothing_after(bad_inputs):
+    """In a process of its own: what Orbax and TensorStore leave behind at exit (abandoned reads,
+    their specs) adds nothing after the one line, and the line names the damage in a few words."""
+    argv, message = bad_inputs["truncated checkpoint"]
+    proc = subprocess.run([sys.executable, "-m", "jaxprompt", *argv], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    line = proc.stderr.strip()
+    assert message in line and "its files are damaged or incomplete" in line, line
+    assert "tensorstore" not in line.lower() and len(line) - len(argv[-1]) < 250, line  # no spec, no nested paths
 
 
 def test_bad_input_table_is_complete(bad_inputs):
@@ -511,7 +524,9 @@ def test_ctrl_c_while_loading_is_one_line(tiny_model_dir, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("jaxprompt train: interrupted"), err
 
 
-def test_ctrl_c_while_training_keeps_the_checkpoint_and_resumes(tiny_model_dir, tmp_path):
+def test_ctrl_c_while_training_commits_the_step_it_stops_at(tiny_model_dir, tmp_path):
+    """Ctrl-C during the steps: the loop stops at the step boundary and commits that step (resuming
+    from such a step to the uninterrupted run's prompt: test_preemption.py)."""
     run = tmp_path / "run"
     args = ["--model", tiny_model_dir, "--out", str(run), "--steps", "8", "--prompt-length", "3", "--batch-size", "8",
             "--eval-examples", "8", "--eval-every", "2", "--no-progress", "--no-baseline"]
@@ -523,9 +538,10 @@ def test_ctrl_c_while_training_keeps_the_checkpoint_and_resumes(tiny_model_dir, 
     _, err = proc.communicate(timeout=120)
     lines = [line for line in err.splitlines() if line.strip()]
     assert proc.returncode == 130 and len(lines) == 1, (proc.returncode, err)
-    assert f"{run} keeps its last committed checkpoint" in lines[0] and "--resume" in lines[0]
     committed = json.load(open(run / "checkpoints.json"))["last"][-1]
     assert 2 <= committed < 8
+    assert lines[0] == (f"jaxprompt train: SIGINT: stopped at step {committed} and committed its checkpoint in {run} "
+                        f"(continue with: jaxprompt train --out {run} --resume)"), lines
     assert main(["train", "--out", str(run), "--resume", "--steps", "8", "--no-progress"]) == 0
     history = [json.loads(line) for line in open(run / "metrics.jsonl")]
     assert [h["step"] for h in history if "val_loss" in h] == [0, 2, 4, 6, 8]

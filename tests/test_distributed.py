@@ -1,7 +1,9 @@
 """Multi-process runs: two `jaxprompt train` processes on one machine (one CPU device each, JAX's
 gloo collectives) train the prompt one process trains, with the weights replicated (pmap) or
 sharded across the processes (a mesh); write each file once; checkpoint; resume after both are
-killed; and refuse an existing run in both processes, in one line."""
+killed; stop together on a signal to one; end in one line when the other is lost; resume on
+another number of processes to the same prompt; and refuse an existing run in both processes, in
+one line."""
 
 from __future__ import annotations
 
@@ -36,20 +38,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(model: str, task: str, out: str, tmp, *extra: str) -> list[subprocess.Popen]:
-    """Two processes of one run; their output goes to out.log0 / out.log1."""
+def _env(tmp, devices: int = 1) -> dict:
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO),
+            # the runs compile the same programs: once is enough
+            "JAX_COMPILATION_CACHE_DIR": str(tmp / "xla-cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            # `devices` per process, whatever the caller's flags
+            "XLA_FLAGS": f"{FAST_COMPILE} --xla_force_host_platform_device_count={devices}"}
+
+
+def _start(model: str, task: str, out: str, tmp, *extra: str, stderr_apart: bool = False) -> list[subprocess.Popen]:
+    """Two processes of one run; their output goes to out.log0 / out.log1 (stderr to out.err0 /
+    out.err1 with `stderr_apart`)."""
     port = _free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO),
-           # the three runs compile the same programs: once is enough
-           "JAX_COMPILATION_CACHE_DIR": str(tmp / "xla-cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "XLA_FLAGS": FAST_COMPILE}  # one device per process, whatever the caller's flags
     procs = []
     for i in range(2):
         log = open(f"{out}.log{i}", "w")
+        err = open(f"{out}.err{i}", "w") if stderr_apart else subprocess.STDOUT
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "jaxprompt", "train", "--model", model, "--task", task, "--out", out, *FLAGS,
              "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i), *extra],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO)))
+            env=_env(tmp), stdout=log, stderr=err, cwd=str(REPO)))
     return procs
 
 
@@ -95,16 +103,84 @@ def _same_run(run_dir: str, single: str) -> dict:
                                                                                                   "val_loss"))}
 
 
-def test_two_processes_data_parallel_train_like_one(setup, tiny_model_dir):
-    """pmap over both processes' devices: every file written once, by process 0; the same metrics,
-    results and prompt as one process."""
-    tmp, task, single = setup
+@pytest.fixture(scope="module")
+def two_processes(setup, tiny_model_dir):
+    """The run of two processes (pmap, one device each), uninterrupted, and what they printed: what a
+    run two processes began ends at, bit for bit, however often it stops and on however many
+    processes it resumes (a sum of two gradients is the same in either order)."""
+    tmp, task, _ = setup
     out = str(tmp / "pmap")
     codes, logs = _finish(_start(tiny_model_dir, task, out, tmp), out)
     assert codes == [0, 0], logs
+    return out, logs
+
+
+def test_two_processes_data_parallel_train_like_one(setup, two_processes):
+    """pmap over both processes' devices: every file written once, by process 0; the same metrics,
+    results and prompt as one process."""
+    _, _, single = setup
+    out, logs = two_processes
     assert "learned: soft P=3" in logs[0] and "learned" not in logs[1], logs  # process 0 prints the table
     assert "2 device(s) in 2 processes" in logs[0]
     print("pmap, 2 processes:", _same_run(out, single))
+
+
+HEARTBEAT = 10  # --heartbeat-timeout: JAX's runtime would abort the survivor after 10 s; the watchdog ends it after 5
+
+
+def _wait_for_commit(procs, out: str, after: int | None) -> int:
+    """The first commit of a step past `after` (bounded wait), once it is there."""
+    deadline = time.time() + 300
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        if os.path.exists(os.path.join(out, "checkpoints.json")):
+            step = Checkpointer(out).latest_step()
+            if step is not None and (after is None or step > after):
+                return step
+        time.sleep(0.02)
+    raise AssertionError(f"no commit past {after}: " + "".join(_finish(procs, out)[1]))
+
+
+def test_a_stopped_run_that_loses_a_process_resumes_on_one_to_the_same_prompt(setup, two_processes, tiny_model_dir):
+    """SIGTERM to process 1 stops both processes at one step, committed, each with its line (143).
+    Resumed on both, process 1 is killed after a commit: process 0 ends within the heartbeat timeout
+    in one line naming it and the step kept (75), no traceback, no C++ abort. Resumed on one process
+    (two devices), the run ends at the uninterrupted two-process run's prompt and metrics, bit for bit."""
+    tmp, task, _ = setup
+    out, apart = str(tmp / "stopped"), {"stderr_apart": True}
+    resume = f"(continue with: jaxprompt train --out {out} --resume)"
+
+    procs = _start(tiny_model_dir, task, out, tmp, "--heartbeat-timeout", str(HEARTBEAT), **apart)
+    _wait_for_commit(procs, out, None)
+    procs[1].send_signal(signal.SIGTERM)
+    codes, _ = _finish(procs, out)
+    stopped = Checkpointer(out).latest_step()
+    errors = [open(f"{out}.err{i}").read() for i in range(2)]
+    assert codes == [143, 143] and stopped < STEPS, errors
+    assert errors == [(f"jaxprompt train: SIGTERM to process 1: stopped at step {stopped} and committed its "
+                       f"checkpoint in {out} {resume}\n"),
+                      (f"jaxprompt train: SIGTERM: stopped at step {stopped} and committed its checkpoint in {out} "
+                       f"{resume}\n")], errors
+
+    procs = _start(tiny_model_dir, task, out, tmp, "--resume", "--heartbeat-timeout", str(HEARTBEAT), **apart)
+    committed = _wait_for_commit(procs, out, stopped)
+    procs[1].kill()
+    killed = time.monotonic()
+    code = procs[0].wait(timeout=3 * HEARTBEAT)
+    took = time.monotonic() - killed
+    procs[1].wait(timeout=60)
+    error = open(f"{out}.err0").read()
+    assert code == 75 and took < HEARTBEAT, (code, took, error)
+    assert Checkpointer(out).latest_step() == committed < STEPS, "killed too late"
+    assert error == (f"jaxprompt train: process 1 of 2 was lost: no word for {HEARTBEAT // 2} s; {out} keeps step "
+                     f"{committed}, its last committed checkpoint {resume}\n"), error
+    print(f"process 1 killed after step {committed}: process 0 ended {took:.1f} s later")
+
+    resumed = subprocess.run([sys.executable, "-m", "jaxprompt", "train", "--out", out, "--resume", "--no-progress"],
+                             env=_env(tmp, devices=2), capture_output=True, text=True, cwd=str(REPO), timeout=400)
+    assert resumed.returncode == 0 and "2 device(s)" in resumed.stdout, resumed.stdout + resumed.stderr
+    np.testing.assert_array_equal(_last_prompt(out), _last_prompt(two_processes[0]))
+    speedless = lambda run: [{k: v for k, v in h.items() if k != "tokens_per_s"} for h in _metrics(run)]
+    assert speedless(out) == speedless(two_processes[0])
 
 
 def test_two_processes_sharded_weights_killed_and_resumed(setup, tiny_model_dir):

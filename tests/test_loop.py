@@ -1,10 +1,11 @@
 """The training loop: what it reports is what it saved, bounded compiles, NaN guard, exact resume
-from any crash point, early stopping."""
+from any crash point and from a stop on a signal, early stopping."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ from jaxprompt.config import LoopConfig, OptimizerConfig
 from jaxprompt.data.batches import Batches, eval_batches
 from jaxprompt.data.templates import Template, common_prefix_length, encode
 from jaxprompt.models import Model
+from jaxprompt.parallel import preemption
 from jaxprompt.prompts import METHODS, SoftPrompt
 from jaxprompt.prompts.loss import prompt_loss
 from jaxprompt.runs import checkpoint
@@ -186,6 +188,27 @@ def test_a_kill_between_checkpoint_writes_resumes_exactly(resumable, tmp_path, m
     monkeypatch.undo()
     assert os.path.isdir(tmp_path / "last" / "15")  # written, not committed
     assert Checkpointer(str(tmp_path)).latest_step() == 10
+    _same(run(tmp_path, resume=True), straight)
+
+
+def test_a_signal_during_the_steps_commits_that_step_and_resumes_exactly(resumable, tmp_path):
+    """A stop taken during step 13 (as the command line's signal watcher takes SIGTERM): step 13 is
+    committed as the newest last checkpoint, best stays the best validated step, `Stopped` names
+    step 13, and resuming ends exactly as the uninterrupted run."""
+    run, batches, straight = resumable
+
+    def signalled_at_12(step):
+        if step == 12:
+            assert preemption.take(signal.SIGTERM)  # the loop is armed: it takes the signal
+        return batches(step)
+
+    with pytest.raises(preemption.Stopped) as stopped:
+        run(tmp_path, signalled_at_12)
+    assert stopped.value.step == 13 and stopped.value.exit_code == 143 and stopped.value.cause == "SIGTERM"
+    ckpt = Checkpointer(str(tmp_path))
+    assert ckpt.record == {"last": [5, 10, 13], "best": min((h["val_loss"], h["step"]) for h in straight.history
+                                                             if "val_loss" in h and 0 < h["step"] <= 10)[1]}
+    assert not preemption.take(signal.SIGTERM)  # outside the steps: the command ends at once
     _same(run(tmp_path, resume=True), straight)
 
 

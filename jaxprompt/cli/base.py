@@ -23,13 +23,15 @@ class Command:
 
     `options`: the settings dataclasses whose leaves become flags, each a class or a
     (class, flat names) pair for some of its settings only; `arguments`: positional
-    (name, help) pairs, or (name, help, nargs) triples."""
+    (name, help) pairs, or (name, help, nargs) triples. Every command ends on SIGINT and SIGTERM in
+    one line (main.signal_guard), but one that declares `own_sigterm` handles SIGTERM itself."""
 
     name: str
     help: str
     run: Callable[[argparse.Namespace], int]
     options: tuple[type[Settings] | tuple[type[Settings], tuple[str, ...]], ...] = ()
     arguments: tuple[tuple[str, ...], ...] = ()
+    own_sigterm: bool = False  # the command ends on SIGTERM in its own way (serve: the requests in flight first)
 
 
 def given(args: argparse.Namespace, cls: type[Settings]) -> dict:
@@ -43,5 +45,11 @@ def settings(args: argparse.Namespace, cls: type[Settings], base=None):
     return build(cls, given(args, cls), base)
 
 
-# A line Ctrl-C adds to its message once a command has something to say (cli.interrupt_guard).
-interrupt_note = {"text": ""}
+# What the last line of a command that ends early adds once the command has a run to speak of:
+# what the run keeps and how to continue it (set by `jaxprompt train`; main.signal_guard and the
+# watchdog of a lost process print it). A function: the step the run keeps changes as it trains.
+def no_note() -> str:
+    return ""
+
+
+ending_note: dict[str, Callable[[], str]] = {"note": no_note}

@@ -5,7 +5,10 @@ Each command is a module of jaxprompt/cli/ (its options beside the function that
 registered in `COMMANDS` below. Every option is generated from a settings dataclass (its default,
 help text and allowed values: jaxprompt/settings.py), so the CLI and the Python API cannot drift apart, and
 every value is checked before anything runs. Bad input ends in one line on stderr and exit code 2, never a traceback;
-Ctrl-C in one line and exit code 130, with the run's last committed checkpoint kept.
+Ctrl-C (SIGINT) and SIGTERM in one line and exit code 130 or 143: during training steps after
+committing a checkpoint of the step they stop at, anywhere else at once with the run's last
+committed checkpoint kept. A lost process of a multi-process run ends the others in one line and
+exit code 75 (parallel/watchdog.py). docs/fault-tolerance.md says it for users.
 
 Commands import what they use when they run: `--help`, `jaxprompt tasks` and a refused flag
 answer without loading JAX.
@@ -21,7 +24,7 @@ import sys
 import threading
 import typing
 
-from jaxprompt.cli.base import CLIError, Command, interrupt_note
+from jaxprompt.cli.base import CLIError, Command, ending_note, no_note
 from jaxprompt.cli.compile_cache import compilation_cache
 from jaxprompt.cli.eval import EVAL
 from jaxprompt.cli.export import EXPORT, IMPORT
@@ -33,6 +36,7 @@ from jaxprompt.cli.serve import SERVE
 from jaxprompt.cli.sweep import SWEEP
 from jaxprompt.cli.tasks import TASKS
 from jaxprompt.cli.train import TRAIN
+from jaxprompt.parallel import preemption, watchdog
 from jaxprompt.settings import SettingError, Settings, allowed, get, leaves, parse_text
 
 PROG = "jaxprompt"
@@ -93,22 +97,28 @@ def _shown(value) -> str:
     return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
-# ---- Ctrl-C ------------------------------------------------------------------------------------
+# ---- SIGINT (Ctrl-C) and SIGTERM --------------------------------------------------------------------
 
 @contextlib.contextmanager
-def interrupt_guard(command: str):
-    """Ctrl-C prints one line and exits 130 at once, even inside a long compilation or load.
+def signal_guard(command: str, sigterm: bool = True):
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's stop; unless `sigterm` is False: a command that
+    handles it itself) end a command in one line, exit code 130 or 143.
 
-    The signal's wake-up byte is read by a watcher thread, which does not wait for the main thread
-    to return to Python (it may be inside XLA for minutes). Every file jaxprompt writes is atomic
-    and checkpoints are committed by one rename, so stopping anywhere keeps the last commit."""
+    During training steps the loop takes the first one (parallel/preemption.py): it stops at the
+    step boundary, commits that step, and the train command says so. Anywhere else (loading,
+    compiling, evaluating), and for a second signal while that checkpoint is written, the command
+    ends at once: the signal's wake-up byte is read by a watcher thread, which does not wait for
+    the main thread to return to Python (it may be inside XLA for minutes). Every file jaxprompt
+    writes is atomic and checkpoints are committed by one rename, so stopping anywhere keeps the
+    last commit."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
     previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    previous_handler = signal.signal(signal.SIGINT, lambda *_: None)  # the watcher acts
+    handled = (signal.SIGINT, signal.SIGTERM) if sigterm else (signal.SIGINT,)
+    previous = {s: signal.signal(s, lambda *_: None) for s in handled}  # the watcher acts
 
     def watch():
         while True:
@@ -116,18 +126,26 @@ def interrupt_guard(command: str):
             if not data:  # the guard was closed
                 os.close(read_fd)
                 return
-            if data[0] == signal.SIGINT:
-                os.write(2, f"{PROG} {command}: interrupted{interrupt_note['text']}\n".encode())
-                os._exit(130)
+            if data[0] not in handled or preemption.take(data[0]):
+                continue  # the training loop stops at its next step boundary
+            word = "interrupted" if data[0] == signal.SIGINT else "terminated"
+            again = " again, before the step it was stopping at was saved" if preemption.taken() else ""
+            try:
+                note = ending_note["note"]()
+            except Exception:  # the run's record could not be read: the line without it
+                note = ""
+            os.write(2, f"{PROG} {command}: {word}{again}{note}\n".encode())
+            os._exit(preemption.EXIT_CODES[data[0]])
 
-    threading.Thread(target=watch, name="jaxprompt-interrupt", daemon=True).start()
+    threading.Thread(target=watch, name="jaxprompt-signals", daemon=True).start()
     try:
         yield
     finally:
         signal.set_wakeup_fd(previous_fd)
-        signal.signal(signal.SIGINT, previous_handler)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         os.close(write_fd)  # ends the watcher
-        interrupt_note["text"] = ""
+        ending_note["note"] = no_note
 
 
 # ---- the parser ------------------------------------------------------------------------------------
@@ -142,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         for options in command.options:
             cls, only = options if isinstance(options, tuple) else (options, None)
             add_settings(q, cls, only)
-        q.set_defaults(fn=command.run)
+        q.set_defaults(fn=command.run, own_sigterm=command.own_sigterm)
     return p
 
 
@@ -186,21 +204,46 @@ def _os_error(e: OSError) -> str:
 
 
 def main(argv=None) -> int:
+    """Runs the command of `argv` (default: the process's own arguments) and returns its exit code.
+    In the process's own command (`argv` None) a command that ended in its one line leaves stderr
+    quiet after it: what runs at exit (Orbax's abandoned reads, JAX's shutdown) adds nothing."""
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_abandoned_reads()
+    code = _run(args)
+    # ended with its work done, or stopped with every process: not a process its peers lost
+    watchdog.ending(normal=code in (0, *preemption.EXIT_CODES.values()))
+    if code and argv is None:
+        _quiet_from_here()
+    return code
+
+
+def _run(args) -> int:
+    # a lost process of a multi-process run ends this one in this line (parallel/watchdog.py)
+    watchdog.report["line"] = lambda what: f"{PROG} {args.command}: {what}{ending_note['note']()}"
     # warm starts: compiled programs kept on disk unless --no-cache (compile_cache.py)
-    with interrupt_guard(args.command), compilation_cache(getattr(args, "cache", True)):
+    with signal_guard(args.command, not args.own_sigterm), compilation_cache(getattr(args, "cache", True)):
         try:
             return args.fn(args)
+        except preemption.Stopped as stop:  # a command that trains without a run to resume (sweep)
+            print(f"{PROG} {args.command}: {stop.cause}: stopped at step {stop.step}", file=sys.stderr)
+            return stop.exit_code
         except OSError as e:  # read-only or full disk, a vanished file: the environment, in one line
             print(f"{PROG} {args.command}: error: {_os_error(e)}", file=sys.stderr)
             return 2
         except Exception as e:
             if not isinstance(e, _errors()):
+                watchdog.await_verdict()  # a collective failed for a lost process: the watchdog's line ends us
                 raise
             print(f"{PROG} {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)  # our own text
             return 2
+
+
+def _quiet_from_here() -> None:
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)  # C++ logging writes to the descriptor, not to sys.stderr
+    os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -66,5 +66,5 @@ def cmd_serve(args) -> int:
 
 
 SERVE = Command("serve", "serve learned prompts of one frozen model over an OpenAI-compatible HTTP API "
-                "(pip install 'jaxprompt[serve]')", cmd_serve, options=(ServeOptions,),
+                "(pip install 'jaxprompt[serve]')", cmd_serve, options=(ServeOptions,), own_sigterm=True,
                 arguments=(("runs", "a run directory, or NAME=RUN_DIR (the name defaults to the directory's)", "*"),))

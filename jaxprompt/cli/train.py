@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from jaxprompt.cli.base import CLIError, Command, given, interrupt_note, settings
+import shlex
+import sys
+
+from jaxprompt.cli.base import CLIError, Command, ending_note, given, settings
 from jaxprompt.config import RunOptions, TrainConfig
+from jaxprompt.parallel.preemption import Stopped
 from jaxprompt.settings import build
 
 
 def cmd_train(args) -> int:
+    from jaxprompt.runs.checkpoint import read_record
     from jaxprompt.runs.layout import check_run_dir, differences, read_run_info
     from jaxprompt.training.run import train_prompt
 
@@ -24,12 +29,32 @@ def cmd_train(args) -> int:
                            "stored settings (drop the flag, or replace the run with --overwrite)")
         config = stored
 
-    def started(run_dir: str) -> None:
-        interrupt_note["text"] = (f"; {run_dir} keeps its last committed checkpoint "
-                                  f"(continue with: jaxprompt train --out {run_dir} --resume)")
+    run_dir = None
 
-    train_prompt(config, options, started=started)  # names the default run directory (process 0's clock)
+    def started(directory: str) -> None:
+        nonlocal run_dir
+        run_dir = directory
+
+        def note() -> str:
+            step = read_record(directory)["last"][-1:]
+            kept = f"step {step[0]}, its last committed checkpoint" if step else "no checkpoint yet"
+            return f"; {directory} keeps {kept} (continue with: {resume_command(directory)})"
+
+        ending_note["note"] = note
+
+    try:
+        train_prompt(config, options, started=started)  # names the default run directory (process 0's clock)
+    except Stopped as stop:
+        print(f"jaxprompt train: {stop.cause}: stopped at step {stop.step} and committed its checkpoint in {run_dir} "
+              f"(continue with: {resume_command(run_dir)})", file=sys.stderr)
+        return stop.exit_code
     return 0
+
+
+def resume_command(run_dir: str) -> str:
+    """The command that continues a run (its settings are in its run.json; in a multi-process run,
+    each process adds its --coordinator/--num-processes/--process-id, any number of processes)."""
+    return f"jaxprompt train --out {shlex.quote(run_dir)} --resume"
 
 
 TRAIN = Command("train", "train a prompt on a task and compare it with the written prompt", cmd_train,

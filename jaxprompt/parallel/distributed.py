@@ -10,6 +10,9 @@ What depends on the file system at one moment (does the run directory hold a run
 locked?) is decided by process 0 alone and shared (`decided_by_writer`); writes another process
 must see are followed by a `barrier`. The run directory must be on a file system every process
 sees, as Orbax's multi-process checkpoints require.
+
+How a multi-process run ends early: preemption.py (every process stops at one step on SIGTERM or
+SIGINT) and watchdog.py (a lost process ends the others in one line).
 """
 
 from __future__ import annotations
@@ -44,9 +47,13 @@ def cluster_detected() -> bool:
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
+               process_id: int | None = None, heartbeat_timeout: int = 60) -> bool:
     """Joins (or starts) a multi-process run; returns whether the run is multi-process. Calling it
-    again in the same process changes nothing (a sweep trains several runs in one process)."""
+    again in the same process changes nothing (a sweep trains several runs in one process).
+
+    A process not heard from for `heartbeat_timeout` seconds is lost: JAX's coordination service
+    then aborts the others, and watchdog.py ends them first, in one line, after half that time.
+    SIGTERM and SIGINT stop every process at one step (preemption.py)."""
     given = [coordinator is not None, num_processes is not None, process_id is not None]
     if any(given) and not all(given):
         raise DistributedError("a multi-process run needs all of --coordinator HOST:PORT, --num-processes N and "
@@ -56,22 +63,28 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     if all(given):
         if num_processes == 1:
             return False
-        _join(f"the coordinator {coordinator}", coordinator_address=coordinator, num_processes=num_processes,
-              process_id=process_id)
+        _join(f"the coordinator {coordinator}", heartbeat_timeout, coordinator_address=coordinator,
+              num_processes=num_processes, process_id=process_id)
         return True
     if cluster_detected():
-        _join("the cluster this job runs in")
+        _join("the cluster this job runs in", heartbeat_timeout)
         return jax.process_count() > 1
     return False
 
 
-def _join(where: str, **arguments) -> None:
+def _join(where: str, heartbeat_timeout: int, **arguments) -> None:
+    from jaxprompt.parallel import preemption, watchdog
+
     _cpu_collectives()
     try:
-        jax.distributed.initialize(**arguments)
+        jax.distributed.initialize(**arguments, heartbeat_timeout_seconds=heartbeat_timeout)
     except Exception as e:  # a coordinator that cannot be reached, JAX already started in this process, ...
         raise DistributedError(f"could not join a multi-process run through {where} ({one_line(e, limit=300)})"
                                ) from None
+    preemption.reclaim_sigterm()  # jax.distributed installed its own handler
+    if jax.process_count() > 1:
+        preemption.listen()
+        watchdog.start(heartbeat_timeout)
 
 
 def _cpu_collectives() -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from typing import Any
 
@@ -40,6 +41,22 @@ KINDS = ("last", "best")
 
 
 
+def read_record(run_dir: str) -> dict:
+    """The run's commit record: {"last": [steps, oldest first], "best": step or None}."""
+    path = os.path.join(run_dir, RECORD)
+    if not os.path.isfile(path):
+        return {"last": [], "best": None}
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        steps, best = record["last"], record["best"]
+        if not all(isinstance(s, int) for s in steps) or not (best is None or isinstance(best, int)):
+            raise ValueError("steps must be integers")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a checkpoint record ({one_line(e)})") from None
+    return {"last": steps, "best": best}
+
+
 class Checkpointer:
     def __init__(self, run_dir: str, keep: int = 3):
         self.run_dir = os.path.abspath(run_dir)
@@ -50,18 +67,7 @@ class Checkpointer:
     # ---- the commit record -----------------------------------------------------------------------
 
     def _read_record(self) -> dict:
-        path = os.path.join(self.run_dir, RECORD)
-        if not os.path.isfile(path):
-            return {"last": [], "best": None}
-        try:
-            with open(path) as f:
-                record = json.load(f)
-            steps, best = record["last"], record["best"]
-            if not all(isinstance(s, int) for s in steps) or not (best is None or isinstance(best, int)):
-                raise ValueError("steps must be integers")
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{path} is not a checkpoint record ({one_line(e)})") from None
-        return {"last": steps, "best": best}
+        return read_record(self.run_dir)
 
     def _committed(self, kind: str) -> set[int]:
         return set(self.record["last"]) if kind == "last" else {self.record["best"]} - {None}
@@ -148,6 +154,18 @@ class Checkpointer:
             return self._orbax.restore(path, args=ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore()))
         except Exception as e:  # Orbax/TensorStore raise many types, with pages of detail
             raise CheckpointError(
-                f"checkpoint {which}/{step} in {self.run_dir} cannot be read ({one_line(e, limit=200)}); "
-                "it was left in place, other checkpoints are untouched"
+                f"checkpoint {which}/{step} in {self.run_dir} cannot be read, its files are damaged or incomplete "
+                f"({_reason(e)}); it was left in place, other checkpoints are untouched"
             ) from None
+
+
+def _reason(e: Exception) -> str:
+    """Why a checkpoint could not be read, in a few words. TensorStore's text nests the context of
+    every layer (the file read, the database, the driver opened, then the whole TensorStore spec as
+    JSON): its status code and the innermost cause say what happened."""
+    # the details TensorStore appends: [tensorstore_spec='{...}'], [tensorstore_spec[1]='{...}'], ...
+    text = re.split(r" \[\w+(?:\[\d+\])?=", " ".join(str(e).split()))[0]
+    status, _, context = text.partition(": ")
+    if status.isupper() and context:  # an absl status: CODE: context: ...: cause
+        return f"{status}: {context.rsplit(': ', 1)[-1]}"[:160]
+    return one_line(e, limit=160)

@@ -3,7 +3,8 @@
 It drives the pure steps of step.py over devices through a strategy of parallel/strategies.py (the same
 calls for either), and saves through runs/checkpoint.py; none of those know of it. In a multi-process
 run every process runs the loop in step: each feeds its rows of every batch and takes part in
-every checkpoint; process 0 alone writes the metrics.
+every checkpoint; process 0 alone writes the metrics. A signal stops every process at one step,
+with a checkpoint of it (parallel/preemption.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import optax
 
 from jaxprompt.config import LoopConfig
 from jaxprompt.files import atomic_write
+from jaxprompt.parallel import preemption
 from jaxprompt.parallel.distributed import host, is_writer
 from jaxprompt.parallel.strategies import DataParallel, Strategy
 from jaxprompt.runs.checkpoint import Checkpointer, CheckpointError
@@ -108,6 +110,11 @@ def fit(
     A non-finite loss, gradient, updated prompt or validation loss (of a member still counting)
     raises `NonFiniteLossError` naming the step; that step's update was not applied and nothing of
     it was saved.
+
+    A signal during the steps (SIGTERM, SIGINT, JAX's preemption notice: parallel/preemption.py, in
+    every process of a multi-process run at the same step) ends the loop at a step boundary: that
+    step's checkpoint is committed (as a last one: best stays the best validated) and
+    `preemption.Stopped` is raised; resuming continues to the result of an uninterrupted run.
     """
     if config.steps is None:
         raise ValueError("fit needs LoopConfig.steps")
@@ -185,8 +192,9 @@ def fit(
         val = evaluate_loss(eval_fn, strategy, state_r.params, frozen_r, val_batches, 0)
         record({"step": 0, "val_loss": packed(np.atleast_1d(val).tolist())})
 
-    def flush():
-        """Host-side look at the steps since the last flush (one device sync per flush)."""
+    def flush(record_entry: bool = True):
+        """Host-side look at the steps since the last flush (one device sync per flush): the NaN
+        guard, and a training entry for the last of them."""
         nonlocal pending
         pending = [(s, {k: np.atleast_1d(np.asarray(v, np.float64)) for k, v in strategy.get(m).items()})
                    for s, m in pending]
@@ -199,7 +207,7 @@ def fit(
                         "and training stopped. Lower the learning rate, use float32, or check the batch for bad "
                         "inputs."
                     )
-        if pending:
+        if pending and record_entry:
             s, m = pending[-1]
             entry = {"step": s + 1, "train_loss": packed(m["loss"].tolist()),
                      "grad_norm": packed(m["grad_norm"].tolist())}
@@ -215,40 +223,53 @@ def fit(
                                 tok_s=f"{tokens_done / max(elapsed, 1e-9):.0f}")
         pending = []
 
+    def validate(done: int) -> list[bool]:
+        """Validates the prompt of step `done`: which members improved on their best."""
+        improved = [False] * K
+        if not val_batches:
+            return improved
+        val = np.atleast_1d(evaluate_loss(eval_fn, strategy, state_r.params, frozen_r, val_batches, done))
+        for k in range(K):
+            if counting(k) and not math.isfinite(val[k]):
+                raise NonFiniteLossError(f"validation loss is not finite at step {done}{member_of(k)} "
+                                         f"({val[k]}); nothing of this step was saved and training stopped")
+        record({"step": done, "val_loss": packed(val.tolist())})
+        for k in range(K):
+            if not counting(k):
+                continue  # out of patience: its best is final
+            if best[k] is None or val[k] < best[k]:
+                best[k], best_step[k], bad_evals[k], improved[k] = float(val[k]), done, 0, True
+            else:
+                bad_evals[k] += 1
+        return improved
+
     try:
-        for step in range(start, config.steps):
-            batch = train_batches(step)
-            tokens_done += int(np.asarray(batch["mask"]).sum())
-            state_r, metrics = step_fn(state_r, frozen_r, strategy.put_batch(batch))
-            pending.append((step, metrics))
-            if bar:
-                bar.update(1)
-            done = step + 1
-            checkpoint_now = done % config.eval_every == 0 or done == config.steps
-            if done % config.log_every == 0 or checkpoint_now:
-                flush()
-            if not checkpoint_now:
-                continue
-            improved = [False] * K
-            if val_batches:
-                val = np.atleast_1d(evaluate_loss(eval_fn, strategy, state_r.params, frozen_r, val_batches, done))
-                for k in range(K):
-                    if counting(k) and not math.isfinite(val[k]):
-                        raise NonFiniteLossError(f"validation loss is not finite at step {done}{member_of(k)} "
-                                                 f"({val[k]}); nothing of this step was saved and training stopped")
-                record({"step": done, "val_loss": packed(val.tolist())})
-                for k in range(K):
-                    if not counting(k):
-                        continue  # out of patience: its best is final
-                    if best[k] is None or val[k] < best[k]:
-                        best[k], best_step[k], bad_evals[k], improved[k] = float(val[k]), done, 0, True
-                    else:
-                        bad_evals[k] += 1
-            save(done, improved)
-            if not any(counting(k) for k in range(K)):
-                stopped_early = True
-                break
-        flush()
+        with preemption.steps():
+            for step in range(start, config.steps):
+                batch = train_batches(step)
+                tokens_done += int(np.asarray(batch["mask"]).sum())
+                state_r, metrics = step_fn(state_r, frozen_r, strategy.put_batch(batch))
+                preemption.arm()  # the step has compiled: from here a signal stops the loop at a step boundary
+                pending.append((step, metrics))
+                if bar:
+                    bar.update(1)
+                done = step + 1
+                checkpoint_now = done % config.eval_every == 0 or done == config.steps
+                if done % config.log_every == 0 or checkpoint_now:
+                    flush()
+                if checkpoint_now:
+                    save(done, validate(done))
+                    if not any(counting(k) for k in range(K)):
+                        stopped_early = True
+                        break
+                if preemption.reached(done - start):  # every process at the same step
+                    if not checkpoint_now:
+                        # the NaN guard over the steps since the last entry; their entry is the one the
+                        # next log boundary writes after resuming, as in an uninterrupted run
+                        flush(record_entry=False)
+                        save(done, [False] * K)
+                    raise preemption.Stopped(done, preemption.taken(), preemption.sender())
+            flush()
     finally:
         if bar:
             bar.close()

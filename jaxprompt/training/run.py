@@ -155,7 +155,7 @@ def train_prompt(config: TrainConfig | None, options: RunOptions = RunOptions(),
         # float16's 5-bit exponent underflows small gradients to zero without loss scaling
         raise SettingError("--dtype float16 cannot train (no loss scaling; small gradients underflow to zero); "
                            "use bfloat16 or float32 (float16 is fine for eval and generate)")
-    initialize(options.coordinator, options.num_processes, options.process_id)
+    initialize(options.coordinator, options.num_processes, options.process_id, options.heartbeat_timeout)
     if not is_writer():
         log, options = (lambda *args, **kwargs: None), options.replace(progress=False)
     # process 0 names the run directory (a default name holds its clock) and judges it
