@@ -78,7 +78,8 @@ base = AutoModelForCausalLM.from_pretrained(jp.DEFAULT_MODEL, dtype=torch.float3
 peft_model = peft.PeftModel.from_pretrained(base, "opposites-adapter").eval()
 example = jp.encode(task.template, {"word": "cold", "answer": "", "options": []}, tokenizer, method, with_target=False)
 ours = jp.prompted_logits(model, frozen, method, prompt, jp.collate([example], tokenizer.pad_token_id))[0]
+ours = np.asarray(ours[:len(example.tokens)])  # padded on the right to a length bucket
 text_ids = [t for t, s in zip(example.tokens, example.slots) if s < 0]
 with torch.no_grad():
     theirs = peft_model(input_ids=torch.tensor([text_ids])).logits[0, -len(text_ids):].numpy()
-print(f"PEFT's logits differ from jaxprompt's by at most {np.abs(np.asarray(ours[-len(text_ids):]) - theirs).max():.1e}")
+print(f"PEFT's logits differ from jaxprompt's by at most {np.abs(ours[-len(text_ids):] - theirs).max():.1e}")

@@ -1,7 +1,7 @@
-"""`python -m jaxprompt`: the command line (cli.py)."""
+"""`python -m jaxprompt`: the command line (jaxprompt.cli)."""
 
 import sys
 
-from jaxprompt.cli.main import main
+from jaxprompt.cli import main
 
 sys.exit(main())

@@ -68,7 +68,7 @@ def test_disk_cache_is_reused_and_extended_piece_by_piece(tiny_lms, gpt2_tokeniz
     # only its new tokens
     second = _session(tiny_lm, gpt2_tokenizer, method, PromptCache(str(tmp_path)))
     a2 = second.prompt_cache.head(second, None, None, piece, [-1] * len(piece))
-    assert second.prompt_cache.stats == {"memory_hits": 0, "disk_hits": 1, "computed_positions": 0,
+    assert second.prompt_cache.stats == {"memory_hits": 0, "disk_hits": 1, "computed_heads": 0, "computed_positions": 0,
                                          "reused_positions": 0, "corrupt_entries": 0}
     jax.tree.map(np.testing.assert_array_equal, a, a2)
     longer = piece + more

@@ -182,7 +182,9 @@ def test_a_run_json_of_the_first_format_still_loads_and_resumes(run, tmp_path):
                                 "prefix_reparam": None, "tau_end": 0.05, "adapter_layers": None}
     with open(os.path.join(copy, "run.json"), "w") as f:
         json.dump(info, f)
-    assert read_run_info(copy)["config"] == config
+    # the first format wrote every setting's value, the method's default included
+    assert config.method.init_from is None and config.method.default_of("init_from") == "vocab_normal"
+    assert read_run_info(copy)["config"] == config.replace(method=config.method.replace(init_from="vocab_normal"))
     (_, theirs, _), (_, ours, _) = load_run(out), load_run(copy)
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), theirs, ours))
     train_prompt(None, RunOptions(out=copy, resume=True, progress=False), log=lambda *a: None)

@@ -9,6 +9,7 @@ Without the [serve] extra, `jaxprompt serve` says in one line what to install.""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import os
@@ -84,12 +85,13 @@ def client(server):
 
 
 def _generate(run: str, words: list[str], n: int) -> list[str]:
-    """`jaxprompt generate` of one run alone: the completion after the templated input."""
+    """`jaxprompt generate` of one run alone: the completion it prints after the templated input
+    (`input -> 'completion'`, stripped)."""
     out = io.StringIO()
     args = ["generate", run, "--max-new-tokens", str(n)] + [a for w in words for a in ("--text", w)]
     with contextlib.redirect_stdout(out):
         assert main(args) == 0
-    return [line.split(" and", 1)[1] for line in out.getvalue().splitlines()]
+    return [ast.literal_eval(line.rsplit(" -> ", 1)[1]) for line in out.getvalue().splitlines()]
 
 
 @pytest.mark.slow
@@ -124,7 +126,7 @@ def test_greedy_completions_equal_generate_of_each_run_alone(client, runs, serve
     with ThreadPoolExecutor(24) as pool:
         answers = list(pool.map(ask, jobs))
     for job, (text, usage) in zip(jobs, answers):
-        assert text == expected[job], job
+        assert text.strip() == expected[job], job
         assert usage.completion_tokens <= job[2] and usage.prompt_tokens > 0
         assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     metrics = httpx.get(server[1] + "/metrics", timeout=30).text  # /metrics is outside /v1
@@ -277,9 +279,17 @@ def test_the_served_weights_are_held_as_the_first_run_trained_or_as_told(trained
     """`serve` holds the frozen model as its first run trained (--quantize run), or as --quantize says;
     every run's prompt is served on it."""
     from jaxprompt.models.quantize import quantized_scheme
+    from jaxprompt.serving.library import Library
     from jaxprompt.serving.options import ServeOptions
     from jaxprompt.serving.prompts import load_engine
 
-    held = {q: load_engine([trained_run], ServeOptions(quantize=q))[0] for q in ("run", "int8")}
-    assert quantized_scheme(held["run"].frozen) is None and quantized_scheme(held["int8"].frozen) == "int8"
-    assert all(os.path.basename(trained_run) in engine.prompts for engine in held.values())
+    for quantize, scheme in (("run", None), ("int8", "int8")):
+        engine, base = load_engine([trained_run], ServeOptions(quantize=quantize))
+        assert quantized_scheme(engine.frozen) == scheme
+        library = Library(engine, base)
+        try:
+            library.add("antonyms", trained_run)
+            library.acquire("antonyms").result(timeout=300)
+            assert "antonyms" in engine.prompts
+        finally:
+            library.close()

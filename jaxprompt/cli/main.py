@@ -119,6 +119,8 @@ def signal_guard(command: str, sigterm: bool = True):
     previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     handled = (signal.SIGINT, signal.SIGTERM) if sigterm else (signal.SIGINT,)
     previous = {s: signal.signal(s, lambda *_: None) for s in handled}  # the watcher acts
+    if not sigterm:  # the command installs its own; it starts from the default (the process ends)
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def watch():
         while True:

@@ -105,12 +105,14 @@ def logprobs_of(logits: Float[Array, "... V"], tokens: Int[Array, "..."], top: i
     The one scorer of jaxprompt: the training loss, evaluation's loss, choice tasks and lm-eval's
     log-likelihoods, and completions' `logprobs` all read their numbers here."""
     logits = logits.astype(jnp.float32)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    chosen = jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+    # the chosen logit less the log-normaliser: with the vocabulary sharded over devices each device
+    # keeps to its share of the work (a log_softmax over [..., V] first did not: test_plan.py)
+    normaliser = jax.nn.logsumexp(logits, axis=-1)
+    chosen = jnp.take_along_axis(logits, tokens[..., None], axis=-1)[..., 0] - normaliser
     greedy = jnp.argmax(logits, axis=-1) == tokens
     if not top:
         return chosen, greedy
-    return chosen, greedy, jax.lax.top_k(logp, top)
+    return chosen, greedy, jax.lax.top_k(logits - normaliser[..., None], top)
 
 
 def target_token_logprobs(model: Model, frozen: dict, hidden: Float[Array, "B T-S E"], batch: dict

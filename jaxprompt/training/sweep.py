@@ -41,7 +41,7 @@ def sweep_prompt_length(base: TrainConfig, lengths: tuple[int, ...] | list[int],
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     root = sweep_dir if sweep_dir is not None else tempfile.mkdtemp(prefix="jaxprompt-sweep-")
     space = {"prompt_length": list(lengths), "lr": list(lrs or (base.optimizer.lr,)),
-             "init": list(inits or (base.method.init_from,)), "seed": list(seeds or (base.seed,))}
+             "init": list(inits or (base.method.default_of("init_from"),)), "seed": list(seeds or (base.seed,))}
     points = [dict(zip(space, values)) for values in product(*space.values())]
     grid = trials >= len(points)
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=base.seed))
