@@ -396,23 +396,44 @@ def seeds_run(tiny_model_dir, tmp_path_factory):
     return str(directory / "population"), str(directory / "seed1"), (directory / "printed.txt").read_text()
 
 
-# end-to-end files: whole runs, subprocesses, the embedded model
-SLOW_FILES = {"test_distributed.py", "test_embedded_model.py", "test_sweep.py"}
+# The slow tier (`python -m pytest -q -m slow`; the default command leaves it out, pyproject.toml):
+# whole runs on the embedded model, the examples, multi-process and 8-device subprocesses, sweeps,
+# preemption, and the few other tests of more than about 15 seconds on a 2-core CPU. Each is an
+# end-to-end run of code whose parts the default tier checks against the same references on
+# smaller inputs; together they take about as long as the rest of the suite.
+SLOW_FILES = {"test_distributed.py", "test_embedded_model.py", "test_sweep.py", "test_examples.py",
+              "test_preemption.py"}
+SLOW_TESTS = {
+    "test_parallel.py": {"test_every_strategy_trains_like_one_device",
+                         "test_quantized_weights_load_into_shards_and_train_like_one_device"},
+    "test_compile_cache.py": {"test_a_second_identical_run_reads_every_program_it_needs"},
+    "test_choices.py": {"test_loss_choices_raises_validation_accuracy_on_supersense"},
+    "test_cli.py": {"test_ctrl_c_while_training_commits_the_step_it_stops_at",
+                    "test_multi_task_training_with_per_part_learning_rates_from_the_cli"},
+    "test_lm_eval_backend.py": {"test_an_unknown_lm_eval_task_is_one_line",
+                                "test_lm_evals_own_command_line_with_model_jaxprompt_gives_jaxprompt_lm_evals_numbers"},
+    "test_plan.py": {"test_flops_are_an_even_share_and_data_parallel_sends_the_gradient",
+                     "test_smallest_model_axis_that_fits",
+                     "test_the_cpu_target_plans_the_step_a_bf16_run_on_this_cpu_compiles"},
+}
 
 
-# the longest files, in the order they start: pytest-xdist (`--dist loadfile`) hands out the first
-# files in turn to its two workers, so these start at once and on alternate workers (embedded model
-# and README on different ones). Left to itself, xdist sorts files by their number of tests
-# (pyproject.toml turns that off, `--no-loadscope-reorder`): the README's one long test then
-# started last and ran alone for minutes at the end of a run
-LONGEST_FIRST = ("test_embedded_model.py", "test_examples.py", "test_distributed.py", "test_lm_eval_backend.py")
+# the longest files of each tier, in the order they start: pytest-xdist (`--dist loadfile`) hands
+# out the first files in turn to its two workers, so these start at once and on alternate workers.
+# Left to itself, xdist sorts files by their number of tests (pyproject.toml turns that off,
+# `--no-loadscope-reorder`): a file with one long test then started last and ran alone at the end
+LONGEST_FIRST = ("test_embedded_model.py", "test_examples.py", "test_distributed.py", "test_prompts.py",
+                 "test_lm_eval_backend.py", "test_loss.py", "test_cli.py", "test_plan.py")
 
 
 def pytest_collection_modifyitems(config, items):
-    """`slow`: a test of an end-to-end file, or one that reads a trained run (`-m "not slow"` skips them).
-    The longest files first (`LONGEST_FIRST`); the rest keep their order."""
+    """`slow`: the slow tier (`SLOW_FILES`, `SLOW_TESTS`, tests that read the population run, and
+    those marked in their files). The longest files first (`LONGEST_FIRST`); the rest keep their
+    order."""
     for item in items:
-        if item.path.name in SLOW_FILES or {"trained_run", "seeds_run"} & set(getattr(item, "fixturenames", ())):
+        name = getattr(item, "originalname", item.name)
+        if (item.path.name in SLOW_FILES or name in SLOW_TESTS.get(item.path.name, ())
+                or "seeds_run" in getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))

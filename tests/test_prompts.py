@@ -40,7 +40,7 @@ def _fit(model, frozen, method, train, held_out, steps=40, lr=0.05):
                LoopConfig(steps=steps, eval_every=steps // 2), eval_loss_fn=prompt_loss(model, method, inference=True))
 
 
-EVERY_METHOD = [  # one case of each method, on GPT-2, Llama and Gemma 2
+EVERY_METHOD = [  # one case of each method, on GPT-2; those that enter the layers on Llama and Gemma 2 too
     ("soft", {}),
     ("ptuning", {"encoder": "mlp", "hidden": 32}),
     ("prefix", {}),
@@ -55,7 +55,11 @@ GPT2_VARIANTS = [  # and the initialisers and encoders, on GPT-2
     ("soft", {"init_from": "sampled_vocab"}),
     ("ptuning", {"encoder": "lstm", "hidden": 16}),
 ]
-METHOD_CASES = ([(family, n, o) for family in ("gpt2", "llama", "gemma2") for n, o in EVERY_METHOD]
+# prefix and adaption prompts enter every attention layer (grouped keys and values, Gemma 2's sliding
+# window and soft-capping); the others enter at the embeddings, which every family shares
+IN_THE_LAYERS = ("prefix", "adaption")
+METHOD_CASES = ([(family, n, o) for family in ("gpt2", "llama", "gemma2") for n, o in EVERY_METHOD
+                 if family == "gpt2" or n in IN_THE_LAYERS]
                 + [("gpt2", n, o) for n, o in GPT2_VARIANTS])
 
 
