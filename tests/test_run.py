@@ -3,6 +3,7 @@ lost or mixed: refused without --resume/--overwrite, locked, resumed only as sto
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -184,7 +185,8 @@ def test_a_run_json_of_the_first_format_still_loads_and_resumes(run, tmp_path):
         json.dump(info, f)
     # the first format wrote every setting's value, the method's default included
     assert config.method.init_from is None and config.method.default_of("init_from") == "vocab_normal"
-    assert read_run_info(copy)["config"] == config.replace(method=config.method.replace(init_from="vocab_normal"))
+    assert read_run_info(copy)["config"] == dataclasses.replace(
+        config, method=dataclasses.replace(config.method, init_from="vocab_normal"))
     (_, theirs, _), (_, ours, _) = load_run(out), load_run(copy)
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), theirs, ours))
     train_prompt(None, RunOptions(out=copy, resume=True, progress=False), log=lambda *a: None)
