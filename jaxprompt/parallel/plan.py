@@ -297,8 +297,7 @@ def plan_here(model, devices: int, data: int, model_axis: int, batch_size: int, 
                       host_bytes=host, quantize=quantize)
 
 
-# instructions that make no buffer of their own
-_NO_BUFFER = {"parameter", "get-tuple-element", "bitcast", "tuple"}
+_NO_BUFFER = {"parameter", "get-tuple-element", "bitcast", "tuple"}  # instructions that make no buffer
 _INSTRUCTION = re.compile(r"\s*(?:ROOT )?%?[\w.\-]+ = \w+\[([\d,]*)\]\S* ([\w\-]+)\(")
 
 
@@ -370,8 +369,7 @@ def plans(model: str, devices: int, meshes: list, batch_size: int, prompt_length
     return [MemoryPlan(**p) for p in json.loads(proc.stdout.strip().splitlines()[-1])]
 
 
-def _mesh_spec(mesh) -> MeshSpec:
-    """A `MeshSpec` from itself, `(data, model)` or `(data, model, fsdp)`."""
+def _mesh_spec(mesh) -> MeshSpec:  # from itself, (data, model) or (data, model, fsdp)
     return MeshSpec(*mesh, False) if len(mesh) == 2 else MeshSpec(*mesh)
 
 
