@@ -398,11 +398,10 @@ def seeds_run(tiny_model_dir, tmp_path_factory):
 
 # The slow tier (`python -m pytest -q -m slow`; the default command leaves it out, pyproject.toml):
 # whole runs on the embedded model, the examples, multi-process and 8-device subprocesses, sweeps,
-# preemption, and the few other tests of more than about 15 seconds on a 2-core CPU. Each is an
+# the server as a process, and the few other tests of more than about 15 seconds on a 2-core CPU. Each is an
 # end-to-end run of code whose parts the default tier checks against the same references on
 # smaller inputs; together they take about as long as the rest of the suite.
-SLOW_FILES = {"test_distributed.py", "test_embedded_model.py", "test_sweep.py", "test_examples.py",
-              "test_preemption.py"}
+SLOW_FILES = {"test_distributed.py", "test_embedded_model.py", "test_sweep.py", "test_examples.py"}
 SLOW_TESTS = {  # a test by name (every case), or one case by its id
     "test_parallel.py": {"test_every_strategy_trains_like_one_device",
                          "test_quantized_weights_load_into_shards_and_train_like_one_device"},
@@ -412,8 +411,8 @@ SLOW_TESTS = {  # a test by name (every case), or one case by its id
     "test_cli.py": {"test_ctrl_c_while_training_commits_the_step_it_stops_at",
                     "test_multi_task_training_with_per_part_learning_rates_from_the_cli",
                     "test_plan_on_a_preset_over_eight_devices"},
-    "test_lm_eval_backend.py": {"test_an_unknown_lm_eval_task_is_one_line",
-                                "test_lm_evals_own_command_line_with_model_jaxprompt_gives_jaxprompt_lm_evals_numbers"},
+    "test_lm_eval_backend.py": {"test_an_unknown_lm_eval_task_is_one_line"},
+    "test_preemption.py": {"test_a_second_sigterm_while_saving_keeps_the_previous_commit"},
     "test_plan.py": {"test_flops_are_an_even_share_and_data_parallel_sends_the_gradient",
                      "test_smallest_model_axis_that_fits",
                      "test_the_cpu_target_plans_the_step_a_bf16_run_on_this_cpu_compiles",
