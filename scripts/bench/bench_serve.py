@@ -33,7 +33,7 @@ import time
 from functools import partial
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from servelib import TEXTS, ClientProcesses, completer, drive, stamp, start_server, stop, write_adapters  # noqa: E402
+from servelib import TEXTS, ClientProcesses, completer, drive, report, start_server, stop, write_adapters  # noqa: E402
 
 
 def jobs(k: int, n: int, max_tokens: int, offset: int = 0) -> list[tuple[str, str, int]]:
@@ -82,10 +82,7 @@ def scale(args) -> None:
              f"{args.max_batch}, --max-resident {args.max_resident or max(args.prompts)}; prompts of "
              f"{', '.join(args.kinds)} kind(s), 8 virtual tokens; cold: the first request of an untouched prompt, "
              f"one at a time (median of {args.cold}); model {args.model}.")
-    text = f"{stamp()}\n\n{table}{notes}\n"
-    print("\n" + text)
-    with open(args.out, "w") as f:
-        f.write(text)
+    report(f"{table}{notes}", args.out)
     print(f"written to {args.out}")
 
 
@@ -155,12 +152,9 @@ def versus(args) -> None:
                     lines.append(f"| {k} | {name} | {m['rps']:.2f} | {m['tps']:.1f} | {m['p50']:.3f} | "
                                  f"{m['p95']:.3f} | {m['p99']:.3f} |")
                     print(lines[-1], flush=True)
-            text = (f"{stamp()}\n\n" + "\n".join(lines) + f"\n\n{clients} clients, {args.requests} requests per round, "
-                    f"max_tokens {args.max_tokens} (mixed lengths), prefix length 8, median of {args.rounds} "
-                    f"interleaved rounds; model {args.model}\n")
-            print("\n" + text)
-            with open(args.out, "w") as f:
-                f.write(text)
+            report("\n".join(lines) + f"\n\n{clients} clients, {args.requests} requests per round, "
+                   f"max_tokens {args.max_tokens} (mixed lengths), prefix length 8, median of {args.rounds} "
+                   f"interleaved rounds; model {args.model}", args.out)
         finally:
             for proc, _ in servers.values():
                 stop(proc)

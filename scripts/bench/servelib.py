@@ -104,26 +104,13 @@ def completer(base: str, timeout: float = 600.0):
 
 def drive(send, work: list[tuple], clients: int) -> dict:
     """`clients` threads working through `work`: requests/s, tokens/s, latency percentiles."""
-    latencies, tokens, lock = [], [], threading.Lock()
-
-    def one(job):
-        t = time.monotonic()
-        n = send(*job)
-        with lock:
-            latencies.append(time.monotonic() - t)
-            tokens.append(n)
-
     start = time.monotonic()
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(one, work))
+    latencies, tokens = _timed(send, work, clients)
     return summary(latencies, tokens, time.monotonic() - start)
 
 
-def _share(base: str, work: list[tuple], threads: int, start: float) -> tuple[list, list, float]:
-    """One client process's share: its latencies and tokens, and when its last request ended
-    (`time.monotonic` is one clock for every process of the machine)."""
-    send = completer(base)
-    time.sleep(max(0.0, start - time.monotonic()))
+def _timed(send, work: list[tuple], threads: int) -> tuple[list[float], list[int]]:
+    """`threads` threads sending `work`: each request's latency and the tokens it generated."""
     latencies, tokens, lock = [], [], threading.Lock()
 
     def one(job):
@@ -135,6 +122,15 @@ def _share(base: str, work: list[tuple], threads: int, start: float) -> tuple[li
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, work))
+    return latencies, tokens
+
+
+def _share(base: str, work: list[tuple], threads: int, start: float) -> tuple[list, list, float]:
+    """One client process's share: its latencies and tokens, and when its last request ended
+    (`time.monotonic` is one clock for every process of the machine)."""
+    send = completer(base)
+    time.sleep(max(0.0, start - time.monotonic()))
+    latencies, tokens = _timed(send, work, threads)
     return latencies, tokens, time.monotonic()
 
 
@@ -189,6 +185,14 @@ def metrics(base: str) -> dict[str, float]:
             labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
             out[s.name + (f"{{{labels}}}" if labels else "")] = s.value
     return out
+
+
+def report(body: str, out: str) -> None:
+    """Prints `body` under its stamp (machine, commit, command) and writes the same text to `out`."""
+    text = f"{stamp()}\n\n{body}\n"
+    print("\n" + text)
+    with open(out, "w") as f:
+        f.write(text)
 
 
 def stamp() -> str:

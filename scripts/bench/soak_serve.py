@@ -30,7 +30,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from servelib import TEXTS, metrics, resident_kib, stamp, start_server, stop, write_adapters  # noqa: E402
+from servelib import TEXTS, metrics, report, resident_kib, start_server, stop, write_adapters  # noqa: E402
 
 MALFORMED = [b"{oops", b"[" * 100_000, b'{"model": "p0", "prompt": "a", "seed": 1' + b"0" * 40 + b"}",
              b'{"model": "p0", "prompt": "a\\ud800"}', b'{"model": "p0", "prompt": 5}', b'{"model": "../p0"}',
@@ -199,12 +199,9 @@ def main() -> None:
             stop(proc)
     lines = [f"{'PASS' if ok else 'FAIL'}  {name}: {json.dumps(detail) if isinstance(detail, dict) else detail}"
              for name, ok, detail in results]
-    text = (f"{stamp()}\n\n" + "\n".join(lines) + f"\n\n{args.minutes} min, {args.clients} clients, {args.prompts} "
-            f"prompts, --max-resident {args.max_resident}, --max-batch {args.max_batch}, max_tokens "
-            f"{args.max_tokens}; {sum(soak.statuses.values())} requests; {json.dumps(loads)}; model {args.model}\n")
-    print("\n" + text)
-    with open(args.out, "w") as f:
-        f.write(text)
+    report("\n".join(lines) + f"\n\n{args.minutes} min, {args.clients} clients, {args.prompts} prompts, "
+           f"--max-resident {args.max_resident}, --max-batch {args.max_batch}, max_tokens {args.max_tokens}; "
+           f"{sum(soak.statuses.values())} requests; {json.dumps(loads)}; model {args.model}", args.out)
     sys.exit(0 if all(ok for _, ok, _ in results) else 1)
 
 
