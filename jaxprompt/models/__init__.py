@@ -10,6 +10,7 @@
     convert.py       params <-> Hugging Face state dicts through each family's one key table
     loading.py       Hugging Face checkpoints (safetensors, sharded or not, or .bin) -> params
     file_hashes.py   content hashes of a checkpoint's files (the prompt cache's key)
+    host_memory.py   the compiler's freed memory returned to the OS after each compile
 
 May import: jaxprompt.precision, jaxprompt.files, jaxprompt.settings.
 """

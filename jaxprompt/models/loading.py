@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from jaxprompt.models import host_memory
 from jaxprompt.models.architecture import KeyRow
 from jaxprompt.models.convert import CheckpointError, _get, _np_dtype, key_rows, tied_head_key
 from jaxprompt.models.layers.quantized import is_quantized
@@ -358,7 +359,9 @@ def load_config(directory: str) -> ModelConfig:
 def load_pretrained(name_or_path: str, dtype=jnp.float32, revision: str | None = None, shardings=None,
                     quantize: str | Scheme | None = None) -> tuple[ModelConfig, dict]:
     """Loads a HF checkpoint of any supported family as `(config, frozen params)` in `dtype`
-    (`shardings`, `quantize`: see `load_params`)."""
+    (`shardings`, `quantize`: see `load_params`). From here on the process returns the compiler's
+    freed memory to the OS after each compile (`host_memory`)."""
+    host_memory.release_after_compiles()
     directory = resolve(name_or_path, revision)
     config = load_config(directory)
     return config, load_params(config, TensorSource(directory), dtype, shardings, quantize)
