@@ -7,11 +7,13 @@ reparameterisation used during training); `inference_prompt` bakes them to plain
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
 
 from jaxprompt.models import Model, positions_from_mask
 from jaxprompt.precision import PROMPT_DTYPE, policy_of
@@ -27,6 +29,20 @@ class PrefixMLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         return nn.Dense(self.out)(jnp.tanh(nn.Dense(self.hidden)(x)))
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def token_kv(model: Model, frozen: dict, ids: Int[Array, "P"]) -> Float[Array, "L P 2 G K"]:
+    """The keys/values every layer of the frozen model computes for the tokens `ids` (a prefix's
+    start inside the model's own distribution), in float32. Computed in the weights' own dtype (the
+    precision policy: norms and softmax accumulate in float32 inside the layers), so no float32 copy
+    of the model is made; cast after. One compiled program per model and length: run eagerly, the
+    layer scan compiled anew on every call (a K = 1,000 adapter set compiled 1,000 times)."""
+    P = ids.shape[0]
+    mask = jnp.ones((1, P), bool)
+    cache = model.init_cache(1, P, policy_of(frozen).compute_dtype)
+    _, cache = model.transformer(frozen, model.embed(frozen, ids[None]), positions_from_mask(mask), mask, cache)
+    return jnp.stack([cache.k[:, 0], cache.v[:, 0]], axis=2).astype(PROMPT_DTYPE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,16 +69,9 @@ class PrefixTuning(PrefixSettings, PromptMethod):
             k_in, k_mlp = jax.random.split(key)
             inputs = 0.02 * jax.random.normal(k_in, (P, c.d_model), jnp.float32)
             return {"inputs": inputs, "mlp": self._mlp(model, n).init(k_mlp, inputs)["params"]}
-        # keys/values the frozen model computes for real tokens: a start inside its own distribution.
-        # Computed in the weights' own dtype (the precision policy: norms and softmax accumulate in
-        # float32 inside the layers), so no float32 copy of the model is ever made; cast after.
         ids = (jnp.resize(jnp.asarray(self.init_ids, jnp.int32), (P,)) if self.init_from == "text"
                else sample_ids(key, (P,), self.sample_pool, c.vocab_size))
-        mask = jnp.ones((1, P), bool)
-        cache = model.init_cache(1, P, policy_of(frozen).compute_dtype)
-        _, cache = model.transformer(frozen, model.embed(frozen, ids[None]), positions_from_mask(mask), mask, cache)
-        kv = jnp.stack([cache.k[:, 0], cache.v[:, 0]], axis=2).astype(PROMPT_DTYPE)  # [L, P, 2, G, K]
-        return {"kv": kv[c.n_layers - n:]}
+        return {"kv": token_kv(model, frozen, ids)[c.n_layers - n:]}
 
     def prefix(self, prompt, model: Model, frozen, step):
         c, n = model.config, self.n_layers(model)

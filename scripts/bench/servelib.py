@@ -43,8 +43,6 @@ def write_adapters(model_dir: str, directory: str, k: int, kind: str, length: in
         prompt = method.init(jax.random.key(i), session.model, session.frozen, session.n_virtual)
         paths.append(export_peft(os.path.join(directory, f"p{i}"), method, jax.tree.map(lambda x: 3.0 * x, prompt),
                                  session.model, session.frozen, session.task.template, base_model=model_dir))
-        if (i - first) % 32 == 31:  # a prefix's initialiser compiles per call: release them before XLA's CPU
-            jax.clear_caches()      # backend runs out of memory mappings (vm.max_map_count) near K = 1000
     return paths
 
 
