@@ -13,7 +13,7 @@ model does it (`loading.load_pretrained`), so every command and the Python API g
 library has no `malloc_trim` (macOS, musl) it does nothing. Compiles shorter than
 `MIN_COMPILE_SECONDS` are left alone: a trim walks every arena's free list (up to 70 ms in a
 process holding a 1B model), and after every compile of 0.2 s or more the test suite's
-compile-heavy files ran 20% slower, while the large programs (a 1B step: seconds) hold the memory.
+compile-heavy files ran 20% slower (one pair of runs), while the large programs (a 1B step: seconds) hold the memory.
 """
 from __future__ import annotations
 
