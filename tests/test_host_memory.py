@@ -9,13 +9,9 @@ import jax.numpy as jnp
 import pytest
 
 from jaxprompt.models import host_memory, load_pretrained
+from jaxprompt.parallel.plan import process_memory
 
 glibc = pytest.mark.skipif(host_memory._malloc_trim() is None, reason="the C library has no malloc_trim")
-
-
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
 
 
 @glibc
@@ -34,9 +30,9 @@ def test_free_pages_inside_the_heap_go_back_to_the_os():
     for i, b in enumerate(blocks):
         if i % 64:
             libc.free(b)
-    before = resident_bytes()
+    before = process_memory()["rss"]
     assert host_memory.release_freed_memory()
-    after = resident_bytes()
+    after = process_memory()["rss"]
     for b in kept:
         libc.free(b)
     assert before - after > 100e6, (before, after)

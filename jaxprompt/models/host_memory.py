@@ -5,15 +5,17 @@ blocks. glibc's `free` keeps them in the process's heap; later allocations (a st
 the next compile) do not fit the holes they leave, so the resident size grows with every program
 compiled and never comes down. At Llama-3.2-1B's shape a `jaxprompt train --quantize int8` run that
 compiled its programs (a cold compilation cache) peaked 0.39 GB higher than one that read them
-from the cache (2.93 against 2.54 GB; with this module, 2.59 GB cold: `docs/quantization.md`). `malloc_trim(0)` after each compile returns the free pages of every arena to the
-OS (glibc 2.8 and later release pages inside the heap, not only at its top).
+from the cache (2.93 against 2.54 GB; with this module, 2.59 GB cold: `docs/quantization.md`).
+`malloc_trim(0)` after each compile returns the free pages of every arena to the OS (glibc 2.8 and
+later release pages inside the heap, not only at its top).
 
 `release_after_compiles()` registers that once per process with JAX's monitoring hooks; loading a
 model does it (`loading.load_pretrained`), so every command and the Python API get it. Where the C
 library has no `malloc_trim` (macOS, musl) it does nothing. Compiles shorter than
 `MIN_COMPILE_SECONDS` are left alone: a trim walks every arena's free list (up to 70 ms in a
 process holding a 1B model), and after every compile of 0.2 s or more the test suite's
-compile-heavy files ran 20% slower (one pair of runs), while the large programs (a 1B step: seconds) hold the memory.
+compile-heavy files ran 20% slower (one pair of runs), while the large programs (a 1B step:
+seconds) hold the memory.
 """
 from __future__ import annotations
 

@@ -308,7 +308,7 @@ def main() -> int:
     model_dir, runs = os.path.join(args.work, f"llama-3.2-1b-{args.shape}"), os.path.join(args.work, "runs")
     shutil.rmtree(runs, ignore_errors=True)
     # a cold compilation cache, as a user's first runs have: compiling costs host memory that
-    # reading a compiled program does not (0.37 GB at this shape before host_memory.py)
+    # reading a compiled program does not (0.39 GB at this shape before host_memory.py)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(args.work, "xla-cache")
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
     t = time.perf_counter()
